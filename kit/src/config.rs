@@ -1,0 +1,223 @@
+//! Configuration from the environment, and only from it (factor III).
+//!
+//! Every setting is a clap argument with an `env` name, so `--help` lists every variable with
+//! its default. Two things are added on top of clap here, once for every service:
+//! - a bad or missing value becomes one line naming the variable (never a panic, never a
+//!   multi-line clap report), and
+//! - every variable `X` can instead be given as a file path in `X_FILE` (for secrets mounted by
+//!   Kubernetes, ECS or compose). `X` itself wins when both are set.
+
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{Args, Command, ValueEnum};
+
+/// What went wrong while reading the configuration; its `Display` is the single line printed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+/// The outcome of reading the command line and environment.
+#[derive(Debug)]
+pub enum Parsed<T> {
+    /// Settings are valid: run.
+    Run(T),
+    /// `--help` or `--version` was asked for; the text is to be printed and the process exits 0.
+    Info(String),
+}
+
+/// Parse `args` (the first being the program name) into `T`, reading every setting from its
+/// environment variable or `<VAR>_FILE`. `customize` may adjust the command first, e.g. to set
+/// per-service defaults.
+pub fn parse<T: clap::Parser>(
+    args: impl IntoIterator<Item = OsString>,
+    customize: impl FnOnce(Command) -> Command,
+) -> Result<Parsed<T>, ConfigError> {
+    let command = with_file_secrets(customize(T::command()))?;
+    let matches = match command.clone().try_get_matches_from(args) {
+        Ok(matches) => matches,
+        Err(error) => match error.kind() {
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                return Ok(Parsed::Info(error.render().to_string()));
+            }
+            _ => return Err(ConfigError(one_line(&command, &error))),
+        },
+    };
+    T::from_arg_matches(&matches)
+        .map(Parsed::Run)
+        .map_err(|error| ConfigError(one_line(&command, &error)))
+}
+
+/// For each argument read from `X` whose `X_FILE` is set (and `X` is not), make the file's
+/// contents the argument's default: the same precedence as if `X` had been set.
+fn with_file_secrets(mut command: Command) -> Result<Command, ConfigError> {
+    let from_files: Vec<(clap::Id, String)> = command
+        .get_arguments()
+        .filter_map(|arg| {
+            Some((
+                arg.get_id().clone(),
+                arg.get_env()?.to_string_lossy().into_owned(),
+            ))
+        })
+        .filter(|(_, var)| std::env::var_os(var).is_none())
+        .filter_map(|(id, var)| {
+            let file_var = format!("{var}_FILE");
+            std::env::var_os(&file_var).map(|path| (id, file_var, PathBuf::from(path)))
+        })
+        .map(|(id, file_var, path)| {
+            std::fs::read_to_string(&path)
+                .map(|text| (id, text.trim_end_matches(['\r', '\n']).to_owned()))
+                .map_err(|e| ConfigError(format!("{file_var}: cannot read {}: {e}", path.display())))
+        })
+        .collect::<Result<_, _>>()?;
+    for (id, value) in from_files {
+        command = command.mut_arg(id, |arg| arg.default_value(value));
+    }
+    Ok(command)
+}
+
+/// Render a clap error as one line that names environment variables instead of flags, and
+/// never repeats a secret's value.
+fn one_line(command: &Command, error: &clap::Error) -> String {
+    let rendered_args: Vec<String> = match error.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) => vec![arg.clone()],
+        Some(ContextValue::Strings(args)) => args.clone(),
+        _ => Vec::new(),
+    };
+    // clap renders an argument as `--name <VALUE>`: find it by its long name.
+    let find = |rendered: &str| {
+        let long = rendered.split_whitespace().next().unwrap_or_default().trim_start_matches("--");
+        command.get_arguments().find(|arg| arg.get_long() == Some(long))
+    };
+    let env_name = |rendered: &str| {
+        find(rendered)
+            .and_then(|arg| arg.get_env())
+            .map(|env| env.to_string_lossy().into_owned())
+            .unwrap_or_else(|| rendered.to_owned())
+    };
+    if error.kind() == ErrorKind::MissingRequiredArgument {
+        let names: Vec<String> = rendered_args.iter().map(|a| env_name(a)).collect();
+        return format!("missing required setting {}", names.join(", "));
+    }
+    let mut line = error
+        .render()
+        .to_string()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    line = line.trim_start_matches("error: ").to_owned();
+    for rendered in &rendered_args {
+        let secret = find(rendered).is_some_and(|arg| arg.is_hide_env_values_set());
+        if secret && let Some(ContextValue::String(value)) = error.get(ContextKind::InvalidValue) {
+            line = line.replace(&format!("'{value}'"), "(value hidden)");
+        }
+        line = line.replace(&format!("'{rendered}'"), &env_name(rendered));
+    }
+    if let Some(ContextValue::Strings(valid)) = error.get(ContextKind::ValidValue) {
+        line.push_str(&format!(" (expected one of: {})", valid.join(", ")));
+    }
+    line
+}
+
+/// Parse a duration such as `500ms`, `30s` or `2m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (expected e.g. 500ms, 30s, 2m)"))
+}
+
+/// Settings every HTTP service shares.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "HTTP server")]
+pub struct ServerSettings {
+    /// TCP port to serve HTTP on; 0 picks a free port, reported in the "ready" log line.
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// Address to bind.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+
+    /// Longest time a request may take; past it the answer is 503.
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Largest request body accepted, in bytes; a larger one gets 413.
+    #[arg(long, env = "BODY_LIMIT", default_value_t = 64 * 1024)]
+    pub body_limit: usize,
+
+    /// After SIGTERM, how long to keep serving with /readyz at 503 before closing the listener,
+    /// so that load balancers stop sending traffic first (Kubernetes' preStop pause does the
+    /// same job there).
+    #[arg(long, env = "DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub drain_delay: Duration,
+
+    /// After the listener closes, how long in-flight requests and background work may take to
+    /// finish before they are cut off (and the process exits 1).
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Timeout for each call this service makes to another service.
+    #[arg(long, env = "UPSTREAM_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub upstream_timeout: Duration,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Coloured, multi-line, for a human at a terminal.
+    Pretty,
+}
+
+/// Logs and traces.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Logs and traces")]
+pub struct TelemetrySettings {
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+
+    /// Log filter, e.g. `info` or `warn,dozen_kit=debug`; RUST_LOG is read when this is unset.
+    #[arg(long, env = "LOG_LEVEL", value_parser = parse_log_filter)]
+    pub log_level: Option<String>,
+
+    /// OTLP/HTTP endpoint traces are exported to, e.g. http://collector:4318; nothing is
+    /// exported when unset.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_parser = parse_http_url)]
+    pub otlp_endpoint: Option<String>,
+}
+
+fn parse_log_filter(text: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(text)
+        .map(|_| text.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// Accept an absolute `http://` or `https://` URL (a peer's base address, an exporter's
+/// endpoint), without a trailing slash.
+pub fn parse_http_url(text: &str) -> Result<String, String> {
+    let uri = http::Uri::from_str(text).map_err(|e| format!("not a URL: {e}"))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(_)) => Ok(text.trim_end_matches('/').to_owned()),
+        _ => Err("expected an http:// or https:// URL with a host".to_owned()),
+    }
+}
+
+/// The service's own database.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Database")]
+pub struct DatabaseSettings {
+    /// `sqlite://<path>` (embedded) or `postgres://user:password@host/db`.
+    /// [default: sqlite://data/<service>.db]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = crate::db::DatabaseUrl::parse)]
+    pub database_url: Option<crate::db::DatabaseUrl>,
+
+    /// Largest number of open connections to the database.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub database_max_connections: u32,
+}

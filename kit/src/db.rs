@@ -1,0 +1,219 @@
+//! Each service's own database, attached by URL (factor IV): SQLite embedded by default,
+//! Postgres in production. A service's stores match on [`Db`] and hold one implementation per
+//! backend; nothing here knows any service's tables.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+/// A validated `DATABASE_URL`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// `sqlite://<path>`: an embedded database file, created on first use.
+    Sqlite(String),
+    /// `postgres://…` or `postgresql://…`.
+    Postgres(String),
+}
+
+impl DatabaseUrl {
+    /// Accept `sqlite:` and `postgres:` URLs; anything else is an error naming the schemes.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.starts_with("sqlite:") {
+            SqliteConnectOptions::from_str(text).map_err(|e| e.to_string())?;
+            Ok(Self::Sqlite(text.to_owned()))
+        } else if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            PgConnectOptions::from_str(text).map_err(|e| format!("not a valid Postgres URL: {e}"))?;
+            Ok(Self::Postgres(text.to_owned()))
+        } else {
+            Err("expected a sqlite:// or postgres:// URL".to_owned())
+        }
+    }
+
+    /// The embedded default for a service: `sqlite://data/<service>.db`.
+    pub fn default_for(service: &str) -> Self {
+        Self::Sqlite(format!("sqlite://data/{service}.db"))
+    }
+
+    /// The backend's name, for logs (the URL itself may hold a password).
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    // The URL may carry a password: show only the backend.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({})", self.backend())
+    }
+}
+
+/// A service's migrations, one set per backend (their SQL dialects differ).
+#[derive(Debug)]
+pub struct Migrations {
+    /// Applied on SQLite.
+    pub sqlite: Migrator,
+    /// Applied on Postgres.
+    pub postgres: Migrator,
+}
+
+/// Why a service refuses to start against its database.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// The schema has never been created.
+    #[error("the database has no schema yet: run the `migrate` admin process first")]
+    Missing,
+    /// Some migrations this release knows have not been applied.
+    #[error(
+        "the database schema is behind this release ({pending} migration(s) pending): run the `migrate` admin process first"
+    )]
+    Behind {
+        /// How many are missing.
+        pending: usize,
+    },
+    /// A migration was applied with a different text than this release carries.
+    #[error("migration {version} in the database differs from this release's copy")]
+    Modified {
+        /// Which one.
+        version: i64,
+    },
+    /// The database could not be read.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// A connection pool to the service's own database.
+#[derive(Debug, Clone)]
+pub enum Db {
+    /// Embedded SQLite.
+    Sqlite(SqlitePool),
+    /// Postgres.
+    Postgres(PgPool),
+}
+
+impl Db {
+    /// Open a pool. A SQLite file (and its folder) is created when missing, in WAL mode with
+    /// `synchronous=FULL`, so a committed transaction survives a power cut.
+    pub async fn connect(url: &DatabaseUrl, max_connections: u32) -> Result<Self, sqlx::Error> {
+        match url {
+            DatabaseUrl::Sqlite(text) => {
+                let options = SqliteConnectOptions::from_str(text)?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Full)
+                    .foreign_keys(true)
+                    .busy_timeout(Duration::from_secs(5));
+                if let Some(folder) = options.get_filename().parent()
+                    && !folder.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(folder)?;
+                }
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(max_connections)
+                    .min_connections(0)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect_with(options)
+                    .await?;
+                Ok(Self::Sqlite(pool))
+            }
+            DatabaseUrl::Postgres(text) => {
+                let pool = PgPoolOptions::new()
+                    .max_connections(max_connections)
+                    .min_connections(0)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect_with(PgConnectOptions::from_str(text)?)
+                    .await?;
+                Ok(Self::Postgres(pool))
+            }
+        }
+    }
+
+    fn migrator<'m>(&self, migrations: &'m Migrations) -> &'m Migrator {
+        match self {
+            Self::Sqlite(_) => &migrations.sqlite,
+            Self::Postgres(_) => &migrations.postgres,
+        }
+    }
+
+    /// Apply every pending migration (the `migrate` admin process).
+    pub async fn migrate(&self, migrations: &Migrations) -> Result<(), sqlx::migrate::MigrateError> {
+        let migrator = self.migrator(migrations);
+        match self {
+            Self::Sqlite(pool) => migrator.run(pool).await,
+            Self::Postgres(pool) => migrator.run(pool).await,
+        }
+    }
+
+    /// Check at start-up that every migration this release carries has been applied, unchanged.
+    /// A database ahead of the release is accepted: during a rolling deploy the old release
+    /// keeps running on the new, backwards-compatible schema.
+    pub async fn check_schema(&self, migrations: &Migrations) -> Result<(), SchemaError> {
+        const APPLIED: &str = "SELECT version, checksum FROM _sqlx_migrations WHERE success";
+        let applied: Vec<(i64, Vec<u8>)> = match self {
+            Self::Sqlite(pool) => {
+                let exists: Option<(String,)> = sqlx::query_as(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+                )
+                .fetch_optional(pool)
+                .await?;
+                if exists.is_none() {
+                    return Err(SchemaError::Missing);
+                }
+                sqlx::query_as(APPLIED).fetch_all(pool).await?
+            }
+            Self::Postgres(pool) => {
+                let exists: (bool,) = sqlx::query_as("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                    .fetch_one(pool)
+                    .await?;
+                if !exists.0 {
+                    return Err(SchemaError::Missing);
+                }
+                sqlx::query_as(APPLIED).fetch_all(pool).await?
+            }
+        };
+        let mut pending = 0;
+        for migration in self
+            .migrator(migrations)
+            .iter()
+            .filter(|m| m.migration_type.is_up_migration())
+        {
+            match applied.iter().find(|(version, _)| *version == migration.version) {
+                None => pending += 1,
+                Some((_, checksum)) if checksum.as_slice() != &*migration.checksum => {
+                    return Err(SchemaError::Modified {
+                        version: migration.version,
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        if pending > 0 {
+            Err(SchemaError::Behind { pending })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A cheap round trip, for `/readyz`.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+            Self::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+        }
+    }
+
+    /// Close every connection (on shutdown).
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(pool) => pool.close().await,
+            Self::Postgres(pool) => pool.close().await,
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! HTTP: the server every service runs (middleware, ops endpoints, graceful shutdown) and the
+//! client every service-to-service call goes through.
+
+pub mod client;
+pub mod request_id;
+pub mod server;

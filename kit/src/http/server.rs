@@ -1,0 +1,213 @@
+//! The HTTP server every service runs: the service's routes plus `/healthz`, `/readyz`,
+//! `/metrics` and `/openapi.json`, behind one stack of middleware (request id, a span per
+//! request continuing the caller's trace, metrics, panic and timeout handling, body limit, and
+//! problem+json bodies on every error).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{from_fn, map_response};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::config::ServerSettings;
+use crate::http::request_id;
+use crate::lifecycle::Lifecycle;
+use crate::problem::{self, Problem};
+use crate::{metrics, trace_context};
+
+type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// What `/readyz` checks besides draining: each dependency the service cannot work without.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    checks: Vec<(&'static str, Arc<dyn Fn() -> CheckFuture + Send + Sync>)>,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<_> = self.checks.iter().map(|(name, _)| *name).collect();
+        f.debug_struct("Readiness").field("checks", &names).finish()
+    }
+}
+
+impl Readiness {
+    /// Add a named check; it fails with a reason.
+    pub fn add<F, Fut>(&mut self, name: &'static str, check: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.checks.push((name, Arc::new(move || Box::pin(check()))));
+    }
+
+    async fn failures(&self) -> Vec<String> {
+        let mut failures = Vec::new();
+        for (name, check) in &self.checks {
+            if let Err(reason) = check().await {
+                failures.push(format!("{name}: {reason}"));
+            }
+        }
+        failures
+    }
+}
+
+/// Everything the ops endpoints need.
+#[derive(Debug, Clone)]
+struct Ops {
+    lifecycle: Lifecycle,
+    readiness: Readiness,
+    openapi: Arc<String>,
+}
+
+/// Assemble the service's router: its API, the ops endpoints and the middleware stack.
+pub fn router(
+    service: &'static str,
+    api: OpenApiRouter,
+    readiness: Readiness,
+    lifecycle: Lifecycle,
+    settings: &ServerSettings,
+) -> Router {
+    let (api, mut openapi) = api.split_for_parts();
+    openapi.info = utoipa::openapi::InfoBuilder::new()
+        .title(format!("dozen {service}"))
+        .version(env!("CARGO_PKG_VERSION"))
+        .description(Some(format!("The HTTP API of dozen's {service} service.")))
+        .build();
+    let ops = Ops {
+        lifecycle,
+        readiness,
+        openapi: Arc::new(openapi.to_pretty_json().unwrap_or_else(|_| "{}".to_owned())),
+    };
+    let ops_routes = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi_json))
+        .with_state(ops);
+
+    api.merge(ops_routes)
+        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "no such route") })
+        // Each `layer` wraps the ones before it: the last is outermost.
+        .layer(DefaultBodyLimit::max(settings.body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            settings.request_timeout,
+        ))
+        .layer(CatchPanicLayer::custom(|_| {
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the request could not be completed",
+            )
+            .into_response()
+        }))
+        .layer(map_response(problem_bodies))
+        .layer(from_fn(metrics::record_http))
+        .layer(from_fn(request_id::scope))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_request(())
+                .on_response(log_response),
+        )
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+fn request_span(request: &Request<Body>) -> Span {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
+    let request_id = request
+        .headers()
+        .get(request_id::HEADER)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let span = tracing::info_span!("request", method = %request.method(), route, request_id);
+    let _ = span.set_parent(trace_context::extract_from_headers(request.headers()));
+    span
+}
+
+fn log_response(response: &Response, latency: Duration, _span: &Span) {
+    let status = response.status().as_u16();
+    let latency_ms = latency.as_secs_f64() * 1000.0;
+    if response.status().is_server_error() {
+        tracing::error!(status, latency_ms, "answered");
+    } else {
+        tracing::info!(status, latency_ms, "answered");
+    }
+}
+
+/// Every 4xx and 5xx leaves as problem+json: an answer produced elsewhere (axum's rejections,
+/// the body limit, the timeout, 405) keeps its status, and its text becomes the detail.
+async fn problem_bodies(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(problem::CONTENT_TYPE.as_bytes()));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let detail = match String::from_utf8_lossy(&text).trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_owned(),
+        text => text.to_owned(),
+    };
+    let mut answer = Problem::new(status, detail).into_response();
+    // Keep headers such as Allow, Retry-After and x-request-id.
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            answer.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    answer
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "alive" }))
+}
+
+async fn readyz(axum::extract::State(ops): axum::extract::State<Ops>) -> Response {
+    if ops.lifecycle.is_draining() {
+        return Problem::new(StatusCode::SERVICE_UNAVAILABLE, "draining: shutting down").into_response();
+    }
+    let failures = ops.readiness.failures().await;
+    if failures.is_empty() {
+        axum::Json(serde_json::json!({ "status": "ready" })).into_response()
+    } else {
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, failures.join("; ")).into_response()
+    }
+}
+
+async fn metrics_text() -> Response {
+    let mut response = metrics::render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
+}
+
+async fn openapi_json(axum::extract::State(ops): axum::extract::State<Ops>) -> Response {
+    let mut response = ops.openapi.as_str().to_owned().into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

@@ -1,0 +1,26 @@
+//! The kit: the one way every dozen service does each twelve-factor concern.
+//!
+//! - [`config`]: settings from the environment (factor III), validated at start.
+//! - [`telemetry`] and [`trace_context`]: JSON logs on stdout with trace ids (XI), OTLP export,
+//!   W3C trace context across HTTP and the bus.
+//! - [`http`]: the server stack with `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, and the
+//!   client for calls between services.
+//! - [`db`]: the service's own database (IV), SQLite or Postgres, with migrations.
+//! - [`lifecycle`]: readiness, graceful shutdown and background tasks (IX).
+//! - [`service`]: a service's `main`, from settings to exit, including the `migrate` admin
+//!   process (XII).
+//!
+//! The kit knows no service's domain: no tables, no routes beyond the ops endpoints.
+
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod lifecycle;
+pub mod metrics;
+pub mod problem;
+pub mod service;
+pub mod telemetry;
+pub mod trace_context;
+
+pub use problem::Problem;
+pub use service::{Context, Service};

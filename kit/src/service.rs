@@ -1,0 +1,318 @@
+//! A service's life from `main` to exit, the same for all six: read the configuration, start
+//! logs and traces, then either run the `migrate` admin process or serve until told to stop.
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::config::{self, DatabaseSettings, Parsed, ServerSettings, TelemetrySettings};
+use crate::db::{DatabaseUrl, Db, Migrations};
+use crate::http::client::HttpClient;
+use crate::http::server::{self, Readiness};
+use crate::lifecycle::{self, Lifecycle};
+use crate::{metrics, telemetry};
+
+/// What makes a service a service; the kit does the rest.
+pub trait Service: Sized + 'static {
+    /// Its short name: in logs, metrics, binary (`dozen-<name>`) and default database file.
+    const NAME: &'static str;
+    /// Its port under `dozen up`, and the default of `PORT`.
+    const DEFAULT_PORT: u16;
+    /// Its own settings, read from the environment like the kit's.
+    type Settings: Args + Clone + std::fmt::Debug + Send + Sync + 'static;
+
+    /// Its database setting and migrations, or `None` for a stateless service.
+    fn database(settings: &Self::Settings) -> Option<(&DatabaseSettings, &'static Migrations)>;
+
+    /// Its API routes. Background tasks go through `context.lifecycle`, and dependencies
+    /// `/readyz` must check into `context.readiness`.
+    fn routes(
+        context: &mut Context<Self::Settings>,
+    ) -> impl Future<Output = anyhow::Result<OpenApiRouter>> + Send;
+}
+
+/// What a service's routes and tasks are built from.
+#[derive(Debug)]
+pub struct Context<S> {
+    /// The service's own settings.
+    pub settings: S,
+    /// Its database, when it has one (connected, schema checked).
+    pub db: Option<Db>,
+    /// The client for calls to other services.
+    pub http: HttpClient,
+    /// Draining state, the stop signal and the background tasks shutdown waits for.
+    pub lifecycle: Lifecycle,
+    /// What `/readyz` checks.
+    pub readiness: Readiness,
+}
+
+impl<S> Context<S> {
+    /// The database, for a service that declares one.
+    pub fn database(&self) -> anyhow::Result<&Db> {
+        self.db.as_ref().context("this service has no database")
+    }
+}
+
+/// The command line of every service binary.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None, args_conflicts_with_subcommands = false)]
+pub struct Cli<S: Args> {
+    /// What to run; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub server: ServerSettings,
+    #[command(flatten)]
+    pub telemetry: TelemetrySettings,
+    #[command(flatten)]
+    pub service: S,
+}
+
+/// The processes a service binary can run.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum Command {
+    /// Serve HTTP until SIGTERM or Ctrl-C (the default).
+    Serve,
+    /// Apply pending database migrations, then exit (a one-off admin process).
+    Migrate,
+}
+
+/// Everything a service needs to run, as read from the environment.
+pub type Settings<S> = Cli<<S as Service>::Settings>;
+
+/// Read the settings of service `S` from `args` and the environment.
+pub fn parse_settings<S: Service>(
+    args: impl IntoIterator<Item = OsString>,
+) -> Result<Parsed<Settings<S>>, config::ConfigError> {
+    config::parse::<Settings<S>>(args, |command| {
+        command
+            .name(format!("dozen-{}", S::NAME))
+            .about(format!(
+                "dozen's {} service. Every setting is an environment variable.",
+                S::NAME
+            ))
+            .mut_arg("port", |arg| arg.default_value(S::DEFAULT_PORT.to_string()))
+    })
+}
+
+/// The whole `main` of a service binary.
+pub fn main<S: Service>() -> ExitCode {
+    run_from_args::<S>(std::env::args_os())
+}
+
+/// Run service `S` as its binary would, with `args` as its command line (the `dozen` command
+/// runs services this way).
+pub fn run_from_args<S: Service>(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let started = Instant::now();
+    let settings = match parse_settings::<S>(args) {
+        Ok(Parsed::Run(settings)) => settings,
+        Ok(Parsed::Info(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            eprintln!("dozen-{}: configuration error: {error}", S::NAME);
+            return ExitCode::from(2);
+        }
+    };
+    // One TLS crypto provider for every client (Postgres, HTTPS, OTLP); see RUST-NOTES.md.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("dozen-{}: cannot start the async runtime: {error}", S::NAME);
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let _telemetry = match telemetry::init(S::NAME, &settings.telemetry) {
+            Ok(guard) => guard,
+            Err(error) => {
+                eprintln!("dozen-{}: cannot start telemetry: {error:#}", S::NAME);
+                return ExitCode::FAILURE;
+            }
+        };
+        let outcome = match settings.command.unwrap_or(Command::Serve) {
+            Command::Migrate => migrate::<S>(&settings.service).await,
+            Command::Serve => match Application::build::<S>(settings, started).await {
+                Ok(app) => app.run_until_stopped(lifecycle::shutdown_signal()).await,
+                Err(error) => Err(error),
+            },
+        };
+        match outcome {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!(error = format!("{error:#}"), "stopped on an error");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// The database URL of service `S`: its setting, or the embedded default.
+fn database_url<S: Service>(database: &DatabaseSettings) -> DatabaseUrl {
+    database
+        .database_url
+        .clone()
+        .unwrap_or_else(|| DatabaseUrl::default_for(S::NAME))
+}
+
+/// The `migrate` admin process.
+async fn migrate<S: Service>(settings: &S::Settings) -> anyhow::Result<()> {
+    let Some((database, migrations)) = S::database(settings) else {
+        tracing::info!("this service has no database: nothing to migrate");
+        return Ok(());
+    };
+    let url = database_url::<S>(database);
+    let db = Db::connect(&url, 1)
+        .await
+        .with_context(|| format!("cannot open the {} database", url.backend()))?;
+    db.migrate(migrations).await.context("migration failed")?;
+    tracing::info!(backend = url.backend(), "database is up to date");
+    db.close().await;
+    Ok(())
+}
+
+/// A service bound to its port and ready to serve.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    lifecycle: Lifecycle,
+    db: Option<Db>,
+    server: ServerSettings,
+}
+
+impl Application {
+    /// Connect the database (checking its schema), build the routes and bind the port.
+    pub async fn build<S: Service>(settings: Settings<S>, started: Instant) -> anyhow::Result<Self> {
+        let recorder_ready = metrics::recorder();
+        let lifecycle = Lifecycle::new();
+        let mut readiness = Readiness::default();
+        let db = match S::database(&settings.service) {
+            None => None,
+            Some((database, migrations)) => {
+                let url = database_url::<S>(database);
+                let db = Db::connect(&url, database.database_max_connections)
+                    .await
+                    .with_context(|| format!("cannot open the {} database (DATABASE_URL)", url.backend()))?;
+                db.check_schema(migrations).await?;
+                let probe = db.clone();
+                readiness.add("database", move || {
+                    let probe = probe.clone();
+                    async move { probe.ping().await.map_err(|e| e.to_string()) }
+                });
+                Some(db)
+            }
+        };
+        let mut context = Context {
+            settings: settings.service,
+            db: db.clone(),
+            http: HttpClient::new(settings.server.upstream_timeout)?,
+            lifecycle: lifecycle.clone(),
+            readiness,
+        };
+        let api = S::routes(&mut context).await?;
+        let router = server::router(
+            S::NAME,
+            api,
+            context.readiness,
+            lifecycle.clone(),
+            &settings.server,
+        );
+        let address = SocketAddr::new(settings.server.host, settings.server.port);
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address} (PORT)"))?;
+        lifecycle.spawn(metrics::run_upkeep(lifecycle.stopping()));
+        let _ = recorder_ready;
+        let port = listener.local_addr()?.port();
+        tracing::info!(
+            port,
+            startup_ms = started.elapsed().as_secs_f64() * 1000.0,
+            database = db.as_ref().map(|db| match db {
+                Db::Sqlite(_) => "sqlite",
+                Db::Postgres(_) => "postgres",
+            }),
+            "ready"
+        );
+        Ok(Self {
+            name: S::NAME,
+            listener,
+            router,
+            lifecycle,
+            db,
+            server: settings.server,
+        })
+    }
+
+    /// The port actually bound (useful with `PORT=0`).
+    pub fn port(&self) -> u16 {
+        self.listener
+            .local_addr()
+            .map(|address| address.port())
+            .unwrap_or_default()
+    }
+
+    /// Its lifecycle: stop it from a test, or watch it drain.
+    pub fn lifecycle(&self) -> Lifecycle {
+        self.lifecycle.clone()
+    }
+
+    /// Serve until `signal` resolves, then shut down gracefully: readiness false at once,
+    /// listener closed after `DRAIN_DELAY`, in-flight requests and tasks given
+    /// `SHUTDOWN_TIMEOUT` to finish. An error means work was cut off.
+    pub async fn run_until_stopped(self, signal: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let Self {
+            name,
+            listener,
+            router,
+            lifecycle,
+            db,
+            server,
+        } = self;
+        let stopping = lifecycle.stopping();
+        let serving = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stopping.cancelled_owned())
+                .await
+        });
+        let stopped_from_within = lifecycle.stopping();
+        tokio::select! {
+            () = signal => {}
+            () = stopped_from_within.cancelled() => {}
+        }
+        lifecycle.begin_drain();
+        tracing::info!(drain_delay_ms = server.drain_delay.as_millis() as u64, "draining");
+        tokio::time::sleep(server.drain_delay).await;
+        lifecycle.stop();
+        let finished = async {
+            let served = serving.await;
+            lifecycle.tasks_finished().await;
+            served
+        };
+        let outcome = match tokio::time::timeout(server.shutdown_timeout, finished).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(error))) => Err(anyhow::Error::new(error).context("the HTTP server failed")),
+            Ok(Err(error)) => Err(anyhow::Error::new(error).context("the HTTP server task failed")),
+            Err(_) => Err(anyhow::anyhow!(
+                "in-flight work did not finish within SHUTDOWN_TIMEOUT ({:?})",
+                server.shutdown_timeout
+            )),
+        };
+        if let Some(db) = db {
+            db.close().await;
+        }
+        if outcome.is_ok() {
+            tracing::info!("stopped");
+        }
+        outcome
+    }
+}

@@ -1,0 +1,171 @@
+//! Logs and traces (factor XI): one JSON object per line on stdout, carrying the trace and span
+//! ids of the active span; `LOG_FORMAT=pretty` for a human. Spans are OpenTelemetry spans, so
+//! ids continue the caller's trace; they are exported over OTLP/HTTP only when an endpoint is
+//! configured.
+
+use std::fmt;
+
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::config::{LogFormat, TelemetrySettings};
+
+/// Flushes exported spans when dropped, at the end of `main`.
+#[derive(Debug)]
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        // Nothing to report to if the flush fails: the logs are the fallback.
+        let _ = self.provider.shutdown();
+    }
+}
+
+/// Install the global subscriber. Call once, early in `main`; a second call (several services
+/// in one test process) keeps the first subscriber.
+pub fn init(service: &'static str, settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
+    let mut provider =
+        SdkTracerProvider::builder().with_resource(Resource::builder().with_service_name(service).build());
+    if let Some(endpoint) = &settings.otlp_endpoint {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(format!("{endpoint}/v1/traces"))
+            .build()?;
+        provider = provider.with_batch_exporter(exporter);
+    }
+    let provider = provider.build();
+    let tracer = provider.tracer(service);
+
+    let filter = match &settings.log_level {
+        Some(level) => EnvFilter::try_new(level)?,
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let output = match settings.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonLines { service })
+            .with_writer(std::io::stdout)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .pretty()
+            .with_writer(std::io::stdout)
+            .boxed(),
+    };
+    let _already_set = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(output)
+        .try_init();
+    Ok(TelemetryGuard { provider })
+}
+
+/// Writes each event as one JSON object: time, level, service, target, message, the event's
+/// fields, the fields of the spans it happened in, and the trace and span ids.
+struct JsonLines {
+    service: &'static str,
+}
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        let mut line = Map::new();
+        line.insert(
+            "time".into(),
+            chrono::Utc::now()
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                .into(),
+        );
+        line.insert("level".into(), meta.level().as_str().into());
+        line.insert("service".into(), self.service.into());
+        line.insert("target".into(), meta.target().into());
+
+        let mut fields = FieldsToJson(Map::new());
+        event.record(&mut fields);
+        if let Some(message) = fields.0.remove("message") {
+            line.insert("message".into(), message);
+        }
+
+        if let Some(scope) = ctx.event_scope() {
+            let mut span_fields = Map::new();
+            for span in scope.from_root() {
+                if let Some(text) = span.extensions().get::<FormattedFields<N>>()
+                    && let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text)
+                {
+                    span_fields.extend(map);
+                }
+            }
+            // Entering a span makes its OpenTelemetry context current (context activation).
+            let context = opentelemetry::Context::current();
+            let span_context = context.span().span_context().clone();
+            if span_context.is_valid() {
+                line.insert("trace_id".into(), span_context.trace_id().to_string().into());
+                line.insert("span_id".into(), span_context.span_id().to_string().into());
+            }
+            if !span_fields.is_empty() {
+                line.insert("span".into(), Value::Object(span_fields));
+            }
+        }
+        if !fields.0.is_empty() {
+            line.insert("fields".into(), Value::Object(fields.0));
+        }
+        let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
+        writeln!(writer, "{text}")
+    }
+}
+
+/// Collects an event's fields as JSON values.
+struct FieldsToJson(Map<String, Value>);
+
+impl Visit for FieldsToJson {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        // The whole chain, so a log line says why and not only what.
+        let mut text = value.to_string();
+        let mut source = value.source();
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        self.0.insert(field.name().into(), text.into());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0.insert(field.name().into(), format!("{value:?}").into());
+    }
+}

@@ -1,0 +1,38 @@
+//! The users service: profiles (id, normalised unique email, display name, interests, verified).
+
+use clap::Args;
+use dozen_kit::config::DatabaseSettings;
+use dozen_kit::db::Migrations;
+use dozen_kit::{Context, Service};
+use utoipa_axum::router::OpenApiRouter;
+
+/// The users service's own schema, one set of migrations per backend.
+pub static MIGRATIONS: Migrations = Migrations {
+    sqlite: sqlx::migrate!("migrations/sqlite"),
+    postgres: sqlx::migrate!("migrations/postgres"),
+};
+
+/// The users service's settings.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    #[command(flatten)]
+    pub database: DatabaseSettings,
+}
+
+/// The users service.
+#[derive(Debug)]
+pub struct Users;
+
+impl Service for Users {
+    const NAME: &'static str = "users";
+    const DEFAULT_PORT: u16 = 8082;
+    type Settings = Settings;
+
+    fn database(settings: &Settings) -> Option<(&DatabaseSettings, &'static Migrations)> {
+        Some((&settings.database, &MIGRATIONS))
+    }
+
+    async fn routes(_context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
+        Ok(OpenApiRouter::new())
+    }
+}

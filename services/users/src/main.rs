@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    dozen_kit::service::main::<dozen_users::Users>()
+}
