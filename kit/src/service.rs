@@ -244,7 +244,6 @@ impl Application {
             "ready"
         );
         Ok(Self {
-            name: S::NAME,
             listener,
             router,
             lifecycle,
@@ -271,7 +270,6 @@ impl Application {
     /// `SHUTDOWN_TIMEOUT` to finish. An error means work was cut off.
     pub async fn run_until_stopped(self, signal: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let Self {
-            name,
             listener,
             router,
             lifecycle,
