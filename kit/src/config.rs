@@ -90,7 +90,11 @@ fn one_line(command: &Command, error: &clap::Error) -> String {
     };
     // clap renders an argument as `--name <VALUE>`: find it by its long name.
     let find = |rendered: &str| {
-        let long = rendered.split_whitespace().next().unwrap_or_default().trim_start_matches("--");
+        let long = rendered
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("--");
         command.get_arguments().find(|arg| arg.get_long() == Some(long))
     };
     let env_name = |rendered: &str| {

@@ -55,7 +55,9 @@ impl std::fmt::Debug for DatabaseUrl {
     }
 }
 
-/// A service's migrations, one set per backend (their SQL dialects differ).
+/// One set of migrations, written once per backend (their SQL dialects differ). A service's
+/// database may hold several sets (its own tables, the bus's outbox and inbox), each tracked
+/// in its own table, named by the migrators' `table_name`.
 #[derive(Debug)]
 pub struct Migrations {
     /// Applied on SQLite.
@@ -142,48 +144,58 @@ impl Db {
         }
     }
 
-    /// Apply every pending migration (the `migrate` admin process).
-    pub async fn migrate(&self, migrations: &Migrations) -> Result<(), sqlx::migrate::MigrateError> {
-        let migrator = self.migrator(migrations);
-        match self {
-            Self::Sqlite(pool) => migrator.run(pool).await,
-            Self::Postgres(pool) => migrator.run(pool).await,
+    /// Apply every pending migration of each set (the `migrate` admin process).
+    pub async fn migrate(&self, sets: &[&Migrations]) -> Result<(), sqlx::migrate::MigrateError> {
+        for migrations in sets {
+            let migrator = self.migrator(migrations);
+            match self {
+                Self::Sqlite(pool) => migrator.run(pool).await?,
+                Self::Postgres(pool) => migrator.run(pool).await?,
+            }
         }
+        Ok(())
     }
 
     /// Check at start-up that every migration this release carries has been applied, unchanged.
     /// A database ahead of the release is accepted: during a rolling deploy the old release
     /// keeps running on the new, backwards-compatible schema.
-    pub async fn check_schema(&self, migrations: &Migrations) -> Result<(), SchemaError> {
-        const APPLIED: &str = "SELECT version, checksum FROM _sqlx_migrations WHERE success";
+    pub async fn check_schema(&self, sets: &[&Migrations]) -> Result<(), SchemaError> {
+        for migrations in sets {
+            self.check_set(self.migrator(migrations)).await?;
+        }
+        Ok(())
+    }
+
+    async fn check_set(&self, migrator: &Migrator) -> Result<(), SchemaError> {
+        let table = migrator.table_name.as_ref();
+        // The table name is a constant of the release, never input.
+        let applied_query =
+            sqlx::AssertSqlSafe(format!("SELECT version, checksum FROM {table} WHERE success"));
         let applied: Vec<(i64, Vec<u8>)> = match self {
             Self::Sqlite(pool) => {
-                let exists: Option<(String,)> = sqlx::query_as(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
-                )
-                .fetch_optional(pool)
-                .await?;
+                let exists: Option<(String,)> =
+                    sqlx::query_as("SELECT name FROM sqlite_master WHERE type = 'table' AND name = $1")
+                        .bind(table)
+                        .fetch_optional(pool)
+                        .await?;
                 if exists.is_none() {
                     return Err(SchemaError::Missing);
                 }
-                sqlx::query_as(APPLIED).fetch_all(pool).await?
+                sqlx::query_as(applied_query).fetch_all(pool).await?
             }
             Self::Postgres(pool) => {
-                let exists: (bool,) = sqlx::query_as("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                let exists: (bool,) = sqlx::query_as("SELECT to_regclass($1) IS NOT NULL")
+                    .bind(table)
                     .fetch_one(pool)
                     .await?;
                 if !exists.0 {
                     return Err(SchemaError::Missing);
                 }
-                sqlx::query_as(APPLIED).fetch_all(pool).await?
+                sqlx::query_as(applied_query).fetch_all(pool).await?
             }
         };
         let mut pending = 0;
-        for migration in self
-            .migrator(migrations)
-            .iter()
-            .filter(|m| m.migration_type.is_up_migration())
-        {
+        for migration in migrator.iter().filter(|m| m.migration_type.is_up_migration()) {
             match applied.iter().find(|(version, _)| *version == migration.version) {
                 None => pending += 1,
                 Some((_, checksum)) if checksum.as_slice() != &*migration.checksum => {

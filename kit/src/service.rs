@@ -28,8 +28,9 @@ pub trait Service: Sized + 'static {
     /// Its own settings, read from the environment like the kit's.
     type Settings: Args + Clone + std::fmt::Debug + Send + Sync + 'static;
 
-    /// Its database setting and migrations, or `None` for a stateless service.
-    fn database(settings: &Self::Settings) -> Option<(&DatabaseSettings, &'static Migrations)>;
+    /// Its database setting and every set of migrations its database holds, or `None` for a
+    /// stateless service.
+    fn database(settings: &Self::Settings) -> Option<(&DatabaseSettings, &'static [&'static Migrations])>;
 
     /// Its API routes. Background tasks go through `context.lifecycle`, and dependencies
     /// `/readyz` must check into `context.readiness`.

@@ -30,11 +30,12 @@ use crate::problem::{self, Problem};
 use crate::{metrics, trace_context};
 
 type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+type Check = Arc<dyn Fn() -> CheckFuture + Send + Sync>;
 
 /// What `/readyz` checks besides draining: each dependency the service cannot work without.
 #[derive(Clone, Default)]
 pub struct Readiness {
-    checks: Vec<(&'static str, Arc<dyn Fn() -> CheckFuture + Send + Sync>)>,
+    checks: Vec<(&'static str, Check)>,
 }
 
 impl std::fmt::Debug for Readiness {

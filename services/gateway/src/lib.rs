@@ -36,7 +36,7 @@ impl Service for Gateway {
     const DEFAULT_PORT: u16 = 8080;
     type Settings = Settings;
 
-    fn database(_: &Settings) -> Option<(&DatabaseSettings, &'static Migrations)> {
+    fn database(_: &Settings) -> Option<(&DatabaseSettings, &'static [&'static Migrations])> {
         None
     }
 

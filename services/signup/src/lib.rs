@@ -12,6 +12,9 @@ pub static MIGRATIONS: Migrations = Migrations {
     postgres: sqlx::migrate!("migrations/postgres"),
 };
 
+/// Every set of migrations its database holds.
+pub static SCHEMA: &[&Migrations] = &[&MIGRATIONS];
+
 /// The signup service's settings.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
@@ -34,8 +37,8 @@ impl Service for Signup {
     const DEFAULT_PORT: u16 = 8081;
     type Settings = Settings;
 
-    fn database(settings: &Settings) -> Option<(&DatabaseSettings, &'static Migrations)> {
-        Some((&settings.database, &MIGRATIONS))
+    fn database(settings: &Settings) -> Option<(&DatabaseSettings, &'static [&'static Migrations])> {
+        Some((&settings.database, SCHEMA))
     }
 
     async fn routes(_context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {

@@ -12,6 +12,9 @@ pub static MIGRATIONS: Migrations = Migrations {
     postgres: sqlx::migrate!("migrations/postgres"),
 };
 
+/// Every set of migrations its database holds.
+pub static SCHEMA: &[&Migrations] = &[&MIGRATIONS];
+
 /// The verification service's settings.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
@@ -28,8 +31,8 @@ impl Service for Verification {
     const DEFAULT_PORT: u16 = 8084;
     type Settings = Settings;
 
-    fn database(settings: &Settings) -> Option<(&DatabaseSettings, &'static Migrations)> {
-        Some((&settings.database, &MIGRATIONS))
+    fn database(settings: &Settings) -> Option<(&DatabaseSettings, &'static [&'static Migrations])> {
+        Some((&settings.database, SCHEMA))
     }
 
     async fn routes(_context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
