@@ -1,0 +1,61 @@
+//! The `dozen` command: one binary that carries the whole release.
+//!
+//! - `dozen up` runs the platform on one machine: every service as its own OS process on the
+//!   embedded defaults (or on Postgres and NATS when told so), one merged log stream,
+//!   migrations first, crashed services restarted ([`up`]).
+//! - `dozen run <service> [serve|migrate]` runs one service exactly as its own binary would
+//!   ([`services`]).
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use dozen_kit::config::{self, Parsed};
+
+pub mod services;
+pub mod up;
+
+use services::ServiceName;
+
+/// dozen: a signup platform of six microservices, run with one command.
+#[derive(Debug, Parser)]
+#[command(name = "dozen", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole platform: every service as its own process, one log stream.
+    Up(up::UpSettings),
+    /// Run one service as its own binary would (`dozen run users migrate`); every argument
+    /// after the name goes to the service (`dozen run users --help` lists its settings).
+    Run {
+        /// Which service.
+        #[arg(value_enum)]
+        service: ServiceName,
+        /// The service's own command line.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+/// The whole `main` of the `dozen` binary.
+pub fn main() -> ExitCode {
+    let cli = match config::parse::<Cli>(std::env::args_os(), |command| command) {
+        Ok(Parsed::Run(cli)) => cli,
+        Ok(Parsed::Info(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            eprintln!("dozen: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Run { service, args } => service.run(args),
+        Command::Up(settings) => up::main(settings),
+    }
+}

@@ -1,0 +1,441 @@
+//! `dozen up`: the whole platform on one machine, as separate OS processes.
+//!
+//! It migrates every service's database (one-off `migrate` processes), starts each service,
+//! merges their output into one stream prefixed by service name, restarts a service that
+//! crashes (with backoff), and prints where the web UI is once all are ready. SIGINT or
+//! SIGTERM stops them all gracefully; a child that outlives its grace period is killed, and
+//! every child is told to stop should `dozen` itself die.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use dozen_kit::config::parse_duration;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+use crate::services::ServiceName;
+
+/// Settings of `dozen up`, from the environment like every other setting.
+#[derive(Debug, Clone, Args)]
+pub struct UpSettings {
+    /// Folder for the embedded databases, bus and mailbox.
+    #[arg(long, env = "DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// A Postgres server to use instead of embedded SQLite, e.g.
+    /// postgres://user:password@host:5432/postgres; each service gets its own database on it,
+    /// `dozen_<service>`, created when missing.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = parse_postgres_url)]
+    pub database_url: Option<String>,
+
+    /// The bus every service attaches to [default: sqlite://<DATA_DIR>/bus.db].
+    #[arg(long, env = "BUS_URL")]
+    pub bus_url: Option<String>,
+
+    /// Port of the gateway (the web UI and public API).
+    #[arg(long, env = "GATEWAY_PORT", default_value_t = ServiceName::Gateway.default_port())]
+    pub gateway_port: u16,
+    /// Port of the signup service.
+    #[arg(long, env = "SIGNUP_PORT", default_value_t = ServiceName::Signup.default_port())]
+    pub signup_port: u16,
+    /// Port of the users service.
+    #[arg(long, env = "USERS_PORT", default_value_t = ServiceName::Users.default_port())]
+    pub users_port: u16,
+    /// Port of the passwords service.
+    #[arg(long, env = "PASSWORDS_PORT", default_value_t = ServiceName::Passwords.default_port())]
+    pub passwords_port: u16,
+    /// Port of the verification service.
+    #[arg(long, env = "VERIFICATION_PORT", default_value_t = ServiceName::Verification.default_port())]
+    pub verification_port: u16,
+    /// Port of the friends service.
+    #[arg(long, env = "FRIENDS_PORT", default_value_t = ServiceName::Friends.default_port())]
+    pub friends_port: u16,
+
+    /// How long to wait for every service to be ready before saying which are not.
+    #[arg(long, env = "READY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub ready_timeout: Duration,
+
+    /// How long each service may take to stop after SIGTERM before it is killed.
+    #[arg(long, env = "STOP_TIMEOUT", default_value = "35s", value_parser = parse_duration)]
+    pub stop_timeout: Duration,
+}
+
+fn parse_postgres_url(text: &str) -> Result<String, String> {
+    if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
+        return Err("expected a postgres:// URL (leave it unset for embedded SQLite)".to_owned());
+    }
+    PgConnectOptions::from_str(text).map_err(|e| e.to_string())?;
+    Ok(text.to_owned())
+}
+
+impl UpSettings {
+    fn port(&self, service: ServiceName) -> u16 {
+        match service {
+            ServiceName::Gateway => self.gateway_port,
+            ServiceName::Signup => self.signup_port,
+            ServiceName::Users => self.users_port,
+            ServiceName::Passwords => self.passwords_port,
+            ServiceName::Verification => self.verification_port,
+            ServiceName::Friends => self.friends_port,
+        }
+    }
+}
+
+/// The `main` of `dozen up`.
+pub fn main(settings: UpSettings) -> ExitCode {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("dozen: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let log = Log::new();
+    match runtime.block_on(up(settings, &log)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            log.line("dozen", &format!("error: {error:#}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn up(settings: UpSettings, log: &Log) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let program = std::env::current_exe().context("cannot find the dozen binary")?;
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("cannot create DATA_DIR {}", settings.data_dir.display()))?;
+    let data_dir = std::path::absolute(&settings.data_dir)?;
+
+    // What every service is told: where its peers are, and which bus to use.
+    let mut shared_env = BTreeMap::new();
+    for service in ServiceName::ALL {
+        shared_env.insert(
+            format!("{}_URL", service.as_str().to_uppercase()),
+            format!("http://127.0.0.1:{}", settings.port(service)),
+        );
+    }
+    let bus_url = settings
+        .bus_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}/bus.db", data_dir.display()));
+    shared_env.insert("BUS_URL".to_owned(), bus_url);
+
+    let mut plans = Vec::new();
+    for service in ServiceName::ALL {
+        let mut env = shared_env.clone();
+        env.insert("PORT".to_owned(), settings.port(service).to_string());
+        if service.has_database() {
+            let url = match &settings.database_url {
+                None => format!("sqlite://{}/{}.db", data_dir.display(), service.as_str()),
+                Some(server) => postgres_database(server, service).await?,
+            };
+            env.insert("DATABASE_URL".to_owned(), url);
+        }
+        plans.push(Plan {
+            service,
+            env,
+            program: program.clone(),
+        });
+    }
+
+    log.line("dozen", "migrating databases");
+    let migrations: Vec<_> = plans
+        .iter()
+        .filter(|plan| plan.service.has_database())
+        .map(|plan| tokio::spawn(plan.clone().migrate(log.clone())))
+        .collect();
+    for migration in migrations {
+        migration.await??;
+    }
+
+    let stopping = CancellationToken::new();
+    let mut supervisors = Vec::new();
+    for plan in plans {
+        supervisors.push(tokio::spawn(plan.supervise(
+            log.clone(),
+            stopping.clone(),
+            settings.stop_timeout,
+        )));
+    }
+
+    let signal = dozen_kit::lifecycle::shutdown_signal();
+    tokio::pin!(signal);
+    tokio::select! {
+        () = wait_until_ready(&settings, log, started) => {}
+        () = &mut signal => stopping.cancel(),
+    }
+    if !stopping.is_cancelled() {
+        signal.await;
+        stopping.cancel();
+    }
+    log.line("dozen", "stopping every service");
+    let mut clean = true;
+    for supervisor in supervisors {
+        clean &= supervisor.await.unwrap_or(false);
+    }
+    if clean {
+        log.line("dozen", "all services stopped");
+        Ok(())
+    } else {
+        bail!("some services did not stop cleanly")
+    }
+}
+
+/// The service's own database on the Postgres server, created when missing.
+async fn postgres_database(server: &str, service: ServiceName) -> anyhow::Result<String> {
+    let name = format!("dozen_{}", service.as_str());
+    let options = PgConnectOptions::from_str(server)?;
+    let mut connection = options
+        .connect()
+        .await
+        .context("cannot connect to the Postgres server (DATABASE_URL)")?;
+    let exists: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(&name)
+        .fetch_optional(&mut connection)
+        .await?;
+    if exists.is_none() {
+        // The name is built from a fixed service name, never from input.
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut connection)
+            .await
+            .with_context(|| format!("cannot create database {name}"))?;
+    }
+    connection.close().await.ok();
+    Ok(options.database(&name).to_url_lossy().to_string())
+}
+
+/// How one service is run.
+#[derive(Debug, Clone)]
+struct Plan {
+    service: ServiceName,
+    /// Its environment on top of dozen's own.
+    env: BTreeMap<String, String>,
+    program: PathBuf,
+}
+
+impl Plan {
+    fn command(&self, subcommand: &str) -> Command {
+        let mut command = Command::new(&self.program);
+        command
+            .arg("run")
+            .arg(self.service.as_str())
+            .arg(subcommand)
+            .envs(&self.env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            // Its own process group: a Ctrl-C at the terminal reaches dozen alone, which then
+            // stops the services in order instead of racing them.
+            .process_group(0);
+        // SAFETY: the closure runs in the child between fork and exec and only calls
+        // prctl(2), which is async-signal-safe.
+        #[allow(unsafe_code)]
+        unsafe {
+            command.pre_exec(|| {
+                // Should dozen die without stopping its children, each gets SIGTERM.
+                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+            });
+        }
+        command
+    }
+
+    /// Run the one-off `migrate` process.
+    async fn migrate(self, log: Log) -> anyhow::Result<()> {
+        let name = self.service.as_str();
+        let mut child = self
+            .command("migrate")
+            .spawn()
+            .with_context(|| format!("cannot start {name} migrate"))?;
+        let readers = pipe_output(&mut child, name, &log);
+        let status = child.wait().await?;
+        readers.await;
+        if !status.success() {
+            bail!("{name} migrate exited with {status}");
+        }
+        Ok(())
+    }
+
+    /// Keep the service running until `stopping`; restart it with backoff when it exits on
+    /// its own. Returns whether it stopped cleanly.
+    async fn supervise(self, log: Log, stopping: CancellationToken, stop_timeout: Duration) -> bool {
+        const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+        const MAX_BACKOFF: Duration = Duration::from_secs(10);
+        const HEALTHY_RUN: Duration = Duration::from_secs(30);
+        let name = self.service.as_str();
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let mut child = match self.command("serve").spawn() {
+                Ok(child) => child,
+                Err(error) => {
+                    log.line("dozen", &format!("cannot start {name}: {error}"));
+                    return false;
+                }
+            };
+            let pid = child.id().unwrap_or_default();
+            log.line("dozen", &format!("started {name} (pid {pid})"));
+            let readers = pipe_output(&mut child, name, &log);
+            let ran_since = Instant::now();
+            tokio::select! {
+                status = child.wait() => {
+                    readers.await;
+                    let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                    if ran_since.elapsed() > HEALTHY_RUN {
+                        backoff = FIRST_BACKOFF;
+                    }
+                    log.line("dozen", &format!("{name} exited ({status}); restarting in {backoff:?}"));
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = stopping.cancelled() => return true,
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                () = stopping.cancelled() => {
+                    if let Ok(pid) = i32::try_from(pid) {
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+                    }
+                    let outcome = tokio::time::timeout(stop_timeout, child.wait()).await;
+                    readers.await;
+                    return match outcome {
+                        Ok(Ok(status)) if status.success() => true,
+                        Ok(Ok(status)) => {
+                            log.line("dozen", &format!("{name} stopped with {status}"));
+                            false
+                        }
+                        _ => {
+                            log.line("dozen", &format!("{name} did not stop within {stop_timeout:?}: killing it"));
+                            let _ = child.kill().await;
+                            false
+                        }
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Copy the child's stdout and stderr into the merged stream; the returned future resolves
+/// once both pipes have closed.
+fn pipe_output(
+    child: &mut tokio::process::Child,
+    name: &'static str,
+    log: &Log,
+) -> impl Future<Output = ()> + use<> {
+    let stdout = child
+        .stdout
+        .take()
+        .map(|pipe| tokio::spawn(copy_lines(pipe, name, log.clone())));
+    let stderr = child
+        .stderr
+        .take()
+        .map(|pipe| tokio::spawn(copy_lines(pipe, name, log.clone())));
+    async move {
+        for reader in [stdout, stderr].into_iter().flatten() {
+            let _ = reader.await;
+        }
+    }
+}
+
+async fn copy_lines(pipe: impl AsyncRead + Unpin, name: &'static str, log: Log) {
+    let mut lines = BufReader::new(pipe).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        log.line(name, &line);
+    }
+}
+
+/// Poll every service's `/readyz`, then say where the platform is.
+async fn wait_until_ready(settings: &UpSettings, log: &Log, started: Instant) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + settings.ready_timeout;
+    let mut waiting: Vec<ServiceName> = ServiceName::ALL.to_vec();
+    while !waiting.is_empty() && Instant::now() < deadline {
+        let mut still = Vec::new();
+        for service in waiting {
+            let url = format!("http://127.0.0.1:{}/readyz", settings.port(service));
+            let ready = client
+                .get(&url)
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                .is_ok_and(|response| response.status().is_success());
+            if !ready {
+                still.push(service);
+            }
+        }
+        waiting = still;
+        if !waiting.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    if waiting.is_empty() {
+        let seconds = started.elapsed().as_secs_f64();
+        log.line(
+            "dozen",
+            &format!(
+                "all {} services are ready ({seconds:.2} s)",
+                ServiceName::ALL.len()
+            ),
+        );
+        log.line(
+            "dozen",
+            &format!("web UI and API: http://127.0.0.1:{}/", settings.gateway_port),
+        );
+        log.line("dozen", "press Ctrl-C to stop");
+    } else {
+        let names: Vec<_> = waiting.iter().map(|service| service.as_str()).collect();
+        log.line(
+            "dozen",
+            &format!(
+                "not ready after {:?}: {}",
+                settings.ready_timeout,
+                names.join(", ")
+            ),
+        );
+    }
+}
+
+/// The merged output: one line at a time, each prefixed by who wrote it (coloured at a
+/// terminal).
+#[derive(Debug, Clone)]
+struct Log {
+    colour: bool,
+}
+
+impl Log {
+    fn new() -> Self {
+        Self {
+            colour: std::io::stdout().is_terminal(),
+        }
+    }
+
+    fn line(&self, who: &str, text: &str) {
+        let mut out = std::io::stdout().lock();
+        let _ = if self.colour {
+            let colour = match who {
+                "gateway" => 36,
+                "signup" => 32,
+                "users" => 33,
+                "passwords" => 35,
+                "verification" => 34,
+                "friends" => 31,
+                _ => 1,
+            };
+            writeln!(out, "\x1b[{colour}m{who:<12} |\x1b[0m {text}")
+        } else {
+            writeln!(out, "{who:<12} | {text}")
+        };
+    }
+}
