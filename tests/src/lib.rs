@@ -6,3 +6,21 @@
 
 pub mod database;
 pub mod process;
+
+/// Generate one test per database backend from an `async fn(Backend)`: the same suite runs on
+/// SQLite and on Postgres.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($test:ident) => {
+        mod $test {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn on_sqlite() {
+                super::$test($crate::database::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn on_postgres() {
+                super::$test($crate::database::Backend::Postgres).await
+            }
+        }
+    };
+}

@@ -1,0 +1,54 @@
+//! A service made only for tests: the kit plus `GET /slow?ms=N`, which answers after N
+//! milliseconds, and a background task that takes a while to finish once told to stop, so
+//! graceful shutdown can be tested with work in flight.
+
+use std::time::Duration;
+
+use axum::extract::Query;
+use axum::routing::get;
+use clap::Args;
+use dozen_kit::config::DatabaseSettings;
+use dozen_kit::db::Migrations;
+use dozen_kit::{Context, Service};
+use utoipa_axum::router::OpenApiRouter;
+
+#[derive(Debug, Clone, Args)]
+struct NoSettings {}
+
+#[derive(Debug)]
+struct Slow;
+
+#[derive(Debug, serde::Deserialize)]
+struct Wait {
+    ms: u64,
+}
+
+impl Service for Slow {
+    const NAME: &'static str = "fixture-slow";
+    const DEFAULT_PORT: u16 = 0;
+    type Settings = NoSettings;
+
+    fn database(_: &NoSettings) -> Option<(&DatabaseSettings, &'static [&'static Migrations])> {
+        None
+    }
+
+    async fn routes(context: &mut Context<NoSettings>) -> anyhow::Result<OpenApiRouter> {
+        let stopping = context.lifecycle.stopping();
+        context.lifecycle.spawn(async move {
+            stopping.cancelled().await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            tracing::info!("background work finished");
+        });
+        Ok(OpenApiRouter::new().route(
+            "/slow",
+            get(|Query(wait): Query<Wait>| async move {
+                tokio::time::sleep(Duration::from_millis(wait.ms)).await;
+                "done"
+            }),
+        ))
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    dozen_kit::service::main::<Slow>()
+}

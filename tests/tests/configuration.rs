@@ -1,0 +1,142 @@
+//! Settings come from the environment only; a bad or missing one stops the process with one
+//! line naming the variable.
+
+use dozen_tests::database::{Backend, TestDatabase};
+use dozen_tests::process::{SERVICES, Service, run_to_exit};
+
+fn assert_one_clear_line(stderr: &str, variable: &str) {
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line, got:\n{stderr}");
+    assert!(
+        lines[0].contains(variable),
+        "the line does not name {variable}: {}",
+        lines[0]
+    );
+    assert!(!stderr.contains("panicked"), "a panic: {stderr}");
+}
+
+#[tokio::test]
+async fn a_bad_port_stops_every_service_with_one_line_naming_port() {
+    for (service, _) in SERVICES {
+        let run = run_to_exit(&format!("dozen-{service}"), &[], &[("PORT", "eighty")]).await;
+        assert_eq!(run.status.code(), Some(2), "{service}: {run:?}");
+        assert_one_clear_line(&run.stderr, "PORT");
+        assert!(
+            run.stderr.contains("eighty"),
+            "the line names the bad value: {}",
+            run.stderr
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_bad_database_url_is_named_without_showing_its_value() {
+    let run = run_to_exit(
+        "dozen-users",
+        &[],
+        &[("DATABASE_URL", "mysql://root:hunter2@db/users")],
+    )
+    .await;
+    assert_eq!(run.status.code(), Some(2));
+    assert_one_clear_line(&run.stderr, "DATABASE_URL");
+    assert!(!run.stderr.contains("hunter2"), "a secret leaked: {}", run.stderr);
+}
+
+#[tokio::test]
+async fn a_bad_peer_url_is_named() {
+    let run = run_to_exit("dozen-signup", &[], &[("USERS_URL", "users:8082")]).await;
+    assert_eq!(run.status.code(), Some(2));
+    assert_one_clear_line(&run.stderr, "USERS_URL");
+}
+
+#[tokio::test]
+async fn bad_durations_levels_and_formats_are_named() {
+    for (variable, value) in [
+        ("SHUTDOWN_TIMEOUT", "soon"),
+        ("LOG_LEVEL", "[nonsense"),
+        ("LOG_FORMAT", "xml"),
+        ("BODY_LIMIT", "-1"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector"),
+        ("DATABASE_MAX_CONNECTIONS", "0"),
+    ] {
+        let run = run_to_exit("dozen-friends", &[], &[(variable, value)]).await;
+        assert_eq!(run.status.code(), Some(2), "{variable}={value}: {run:?}");
+        assert_one_clear_line(&run.stderr, variable);
+    }
+}
+
+#[tokio::test]
+async fn an_unreadable_secret_file_is_named() {
+    let run = run_to_exit(
+        "dozen-users",
+        &[],
+        &[("DATABASE_URL_FILE", "/nonexistent/secret")],
+    )
+    .await;
+    assert_eq!(run.status.code(), Some(2));
+    assert_one_clear_line(&run.stderr, "DATABASE_URL_FILE");
+}
+
+#[tokio::test]
+async fn a_setting_can_come_from_a_file() {
+    let database = TestDatabase::create(Backend::Sqlite).await;
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let secret = folder.path().join("database-url");
+    std::fs::write(&secret, format!("{}\n", database.url)).expect("write the secret file");
+    let secret = secret.to_string_lossy().into_owned();
+
+    let migrated = run_to_exit("dozen-users", &["migrate"], &[("DATABASE_URL_FILE", &secret)]).await;
+    assert!(migrated.status.success(), "{migrated:?}");
+    let service = Service::start("dozen-users", &[("DATABASE_URL_FILE", &secret)]).await;
+    let ready = reqwest::get(service.url("/readyz"))
+        .await
+        .expect("readyz answers");
+    assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test]
+async fn help_lists_every_variable_with_its_default() {
+    let run = run_to_exit("dozen-signup", &["--help"], &[]).await;
+    assert!(run.status.success());
+    for variable in [
+        "PORT",
+        "HOST",
+        "REQUEST_TIMEOUT",
+        "BODY_LIMIT",
+        "DRAIN_DELAY",
+        "SHUTDOWN_TIMEOUT",
+        "LOG_FORMAT",
+        "LOG_LEVEL",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "DATABASE_URL",
+        "USERS_URL",
+        "PASSWORDS_URL",
+    ] {
+        assert!(
+            run.stdout.contains(&format!("[env: {variable}")),
+            "--help does not list {variable}"
+        );
+    }
+    assert!(
+        run.stdout.contains("[default: 8081]"),
+        "the signup service's own port is its default"
+    );
+}
+
+#[tokio::test]
+async fn a_service_refuses_to_start_on_a_database_without_its_schema() {
+    let database = TestDatabase::create(Backend::Sqlite).await;
+    let run = run_to_exit("dozen-passwords", &[], &[("DATABASE_URL", &database.url)]).await;
+    assert_eq!(run.status.code(), Some(1), "{run:?}");
+    let errors: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|line| line.contains("\"ERROR\""))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", run.stdout);
+    assert!(
+        errors[0].contains("migrate"),
+        "the line says what to do: {}",
+        errors[0]
+    );
+}

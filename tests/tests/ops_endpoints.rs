@@ -1,0 +1,147 @@
+//! Every service, on SQLite and on Postgres: migrate, serve the kit's endpoints, answer every
+//! error as problem+json, continue the caller's trace in its logs, stop cleanly on SIGTERM.
+
+use std::time::Duration;
+
+use dozen_tests::database::{Backend, TestDatabase};
+use dozen_tests::on_both_backends;
+use dozen_tests::process::{SERVICES, Service, run_to_exit};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+async fn every_service_serves_the_ops_endpoints(backend: Backend) {
+    for (name, has_database) in SERVICES {
+        let program = format!("dozen-{name}");
+        let database = TestDatabase::create(backend).await;
+        let mut env = vec![("LOG_LEVEL", "info")];
+        if has_database {
+            env.push(("DATABASE_URL", &database.url));
+            let migrated = run_to_exit(&program, &["migrate"], &env).await;
+            assert!(migrated.status.success(), "{name} migrate: {migrated:?}");
+            let again = run_to_exit(&program, &["migrate"], &env).await;
+            assert!(
+                again.status.success(),
+                "{name}: migrate twice is harmless: {again:?}"
+            );
+        }
+        let mut service = Service::start(&program, &env).await;
+        let client = reqwest::Client::new();
+
+        let health = client.get(service.url("/healthz")).send().await.expect("healthz");
+        assert_eq!(health.status(), 200, "{name} /healthz");
+        let ready = client.get(service.url("/readyz")).send().await.expect("readyz");
+        assert_eq!(ready.status(), 200, "{name} /readyz");
+
+        let spec: Value = client
+            .get(service.url("/openapi.json"))
+            .send()
+            .await
+            .expect("spec")
+            .json()
+            .await
+            .expect("JSON");
+        assert!(
+            spec["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
+            "{name}: an OpenAPI 3 document"
+        );
+        assert_eq!(spec["info"]["title"], format!("dozen {name}"));
+
+        let metrics = client
+            .get(service.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        assert!(
+            metrics.contains(r#"http_requests_total{method="GET",route="/readyz",status="200"}"#),
+            "{name}: requests are counted by route and status:\n{metrics}"
+        );
+        assert!(
+            metrics.contains("http_request_duration_seconds_bucket"),
+            "{name}: latency histograms"
+        );
+        assert!(
+            metrics.contains("process_resident_memory_bytes"),
+            "{name}: process metrics"
+        );
+
+        // Unknown routes and wrong methods get problem+json, as does every error.
+        let missing = client
+            .get(service.url("/no/such/route"))
+            .send()
+            .await
+            .expect("404");
+        assert_eq!(missing.status(), 404);
+        assert_eq!(missing.headers()["content-type"], "application/problem+json");
+        let problem: Value = missing.json().await.expect("problem JSON");
+        assert_eq!(problem["status"], 404);
+        assert!(problem["title"].is_string() && problem["detail"].is_string() && problem["type"].is_string());
+        let wrong_method = client.delete(service.url("/healthz")).send().await.expect("405");
+        assert_eq!(wrong_method.status(), 405);
+        assert_eq!(wrong_method.headers()["content-type"], "application/problem+json");
+
+        // The caller's trace and request id carry on.
+        let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let answered = client
+            .get(service.url("/healthz"))
+            .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+            .header("x-request-id", "test-request-1")
+            .send()
+            .await
+            .expect("traced request");
+        assert_eq!(answered.headers()["x-request-id"], "test-request-1");
+        let logged = service
+            .process
+            .wait_for_line(Duration::from_secs(5), |line| line.contains("test-request-1"))
+            .await;
+        let logged: Value = serde_json::from_str(&logged).expect("a JSON log line");
+        assert_eq!(
+            logged["trace_id"], trace_id,
+            "{name}: the log line continues the caller's trace"
+        );
+        assert_eq!(logged["service"], name);
+        assert!(logged["span_id"].as_str().is_some_and(|id| id.len() == 16));
+
+        service.process.signal(Signal::SIGTERM);
+        let status = service.process.wait(Duration::from_secs(10)).await;
+        assert!(status.success(), "{name} exits 0 on SIGTERM: {status}");
+    }
+}
+on_both_backends!(every_service_serves_the_ops_endpoints);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_is_not_ready_while_its_database_is_gone() {
+    let database = TestDatabase::create(Backend::Postgres).await;
+    let env = [("DATABASE_URL", database.url.as_str())];
+    assert!(
+        run_to_exit("dozen-users", &["migrate"], &env)
+            .await
+            .status
+            .success()
+    );
+    let service = Service::start("dozen-users", &env).await;
+    let client = reqwest::Client::new();
+    assert_eq!(
+        client
+            .get(service.url("/readyz"))
+            .send()
+            .await
+            .expect("readyz")
+            .status(),
+        200
+    );
+
+    drop(database); // drops the Postgres database, closing the service's connections
+    let ready = client.get(service.url("/readyz")).send().await.expect("readyz");
+    assert_eq!(ready.status(), 503);
+    assert_eq!(ready.headers()["content-type"], "application/problem+json");
+    let problem: Value = ready.json().await.expect("problem JSON");
+    assert!(
+        problem["detail"].as_str().is_some_and(|d| d.contains("database")),
+        "{problem}"
+    );
+    let health = client.get(service.url("/healthz")).send().await.expect("healthz");
+    assert_eq!(health.status(), 200, "alive even when not ready");
+}
