@@ -34,8 +34,8 @@ pub struct UpSettings {
     pub data_dir: PathBuf,
 
     /// A Postgres server to use instead of embedded SQLite, e.g.
-    /// postgres://user:password@host:5432/postgres; each service gets its own database on it,
-    /// `dozen_<service>`, created when missing.
+    /// postgres://user:password@host:5432/dozen; each service gets its own database on it,
+    /// named `<database>_<service>` (`dozen_users`, …), created when missing.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_parser = parse_postgres_url)]
     pub database_url: Option<String>,
 
@@ -75,7 +75,18 @@ fn parse_postgres_url(text: &str) -> Result<String, String> {
     if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
         return Err("expected a postgres:// URL (leave it unset for embedded SQLite)".to_owned());
     }
-    PgConnectOptions::from_str(text).map_err(|e| e.to_string())?;
+    let options = PgConnectOptions::from_str(text).map_err(|e| e.to_string())?;
+    let prefix = options.get_database().unwrap_or("dozen");
+    if prefix.is_empty()
+        || !prefix
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(
+            "the database name (the prefix of each service's database) may hold only a-z, 0-9 and _"
+                .to_owned(),
+        );
+    }
     Ok(text.to_owned())
 }
 
@@ -196,9 +207,16 @@ async fn up(settings: UpSettings, log: &Log) -> anyhow::Result<()> {
 
 /// The service's own database on the Postgres server, created when missing.
 async fn postgres_database(server: &str, service: ServiceName) -> anyhow::Result<String> {
-    let name = format!("dozen_{}", service.as_str());
     let options = PgConnectOptions::from_str(server)?;
+    let name = format!(
+        "{}_{}",
+        options.get_database().unwrap_or("dozen"),
+        service.as_str()
+    );
+    // Create it from the server's maintenance database: the named one need not exist.
     let mut connection = options
+        .clone()
+        .database("postgres")
         .connect()
         .await
         .context("cannot connect to the Postgres server (DATABASE_URL)")?;
@@ -207,7 +225,7 @@ async fn postgres_database(server: &str, service: ServiceName) -> anyhow::Result
         .fetch_optional(&mut connection)
         .await?;
     if exists.is_none() {
-        // The name is built from a fixed service name, never from input.
+        // The name was checked to hold only a-z, 0-9 and _ (see parse_postgres_url).
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut connection)
             .await
