@@ -1,0 +1,149 @@
+//! Start-up benchmark: for every service binary, the time from exec to the first `/readyz`
+//! that answers 200, and its resident memory once idle — next to a bare axum server measured
+//! in the same run. It prints figures; it asserts nothing.
+//!
+//! Run: `cargo build --release --workspace --bins && cargo run --release -p dozen-bench --bin startup`
+//! (optionally `-- <runs>`, default 20).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+const SERVICES: [(&str, bool); 6] = [
+    ("gateway", false),
+    ("signup", true),
+    ("users", true),
+    ("passwords", true),
+    ("verification", true),
+    ("friends", true),
+];
+
+fn main() -> anyhow::Result<()> {
+    let runs: usize = std::env::args().nth(1).map(|n| n.parse()).transpose()?.unwrap_or(20);
+    let folder = std::env::current_exe()?.parent().context("binary folder")?.to_path_buf();
+    let data = tempfile::tempdir()?;
+
+    println!("start-up to /readyz = 200, and idle RSS; {runs} runs each, release build, {}", cpu_note());
+    println!("{:<22} {:>9} {:>9} {:>9} {:>12}", "binary", "p50 ms", "p90 ms", "max ms", "idle RSS MiB");
+    measure(&folder.join("hello"), &[], runs)?;
+    for (service, has_database) in SERVICES {
+        let binary = folder.join(format!("dozen-{service}"));
+        let mut env = vec![("LOG_LEVEL".to_owned(), "warn".to_owned())];
+        if has_database {
+            let url = format!("sqlite://{}", data.path().join(format!("{service}.db")).display());
+            env.push(("DATABASE_URL".to_owned(), url));
+            let migrated = Command::new(&binary).arg("migrate").envs(env.iter().cloned()).output()?;
+            if !migrated.status.success() {
+                bail!("{service} migrate failed: {}", String::from_utf8_lossy(&migrated.stdout));
+            }
+        }
+        measure(&binary, &env, runs)?;
+    }
+    Ok(())
+}
+
+fn cpu_note() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    format!("{cores} cores")
+}
+
+fn measure(binary: &Path, env: &[(String, String)], runs: usize) -> anyhow::Result<()> {
+    if !binary.exists() {
+        bail!("{} is missing: run `cargo build --release --workspace --bins` first", binary.display());
+    }
+    let mut startups = Vec::with_capacity(runs);
+    let mut rss = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let port = free_port()?;
+        let started = Instant::now();
+        let mut child = spawn(binary, env, port)?;
+        let ready = wait_ready(port, &mut child, Duration::from_secs(10));
+        let elapsed = started.elapsed();
+        if let Err(error) = ready {
+            let _ = child.kill();
+            return Err(error.context(format!("{} did not become ready", binary.display())));
+        }
+        startups.push(elapsed.as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_millis(500));
+        rss.push(resident_mib(child.id())?);
+        stop(&mut child)?;
+    }
+    startups.sort_by(f64::total_cmp);
+    rss.sort_by(f64::total_cmp);
+    let name = binary.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    println!(
+        "{:<22} {:>9.2} {:>9.2} {:>9.2} {:>12.2}",
+        name,
+        percentile(&startups, 0.5),
+        percentile(&startups, 0.9),
+        startups.last().copied().unwrap_or_default(),
+        percentile(&rss, 0.5),
+    );
+    Ok(())
+}
+
+fn spawn(binary: &Path, env: &[(String, String)], port: u16) -> anyhow::Result<Child> {
+    Ok(Command::new(PathBuf::from(binary))
+        .envs(env.iter().cloned())
+        .env("PORT", port.to_string())
+        .env("HOST", "127.0.0.1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?)
+}
+
+/// Poll with raw HTTP/1.1 over a fresh connection, as fast as the loopback allows, so the
+/// client adds next to nothing to the figure.
+fn wait_ready(port: u16, child: &mut Child, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            bail!("exited early with {status}");
+        }
+        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
+            stream.write_all(b"GET /readyz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+            let mut answer = String::new();
+            let _ = stream.read_to_string(&mut answer);
+            if answer.starts_with("HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    bail!("not ready within {timeout:?}")
+}
+
+fn resident_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .context("VmRSS")?
+        .parse()?;
+    Ok(kib / 1024.0)
+}
+
+fn stop(child: &mut Child) -> anyhow::Result<()> {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+    child.wait()?;
+    Ok(())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn percentile(sorted: &[f64], quantile: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() - 1) as f64 * quantile).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
