@@ -125,6 +125,15 @@ pub fn run_from_args<S: Service>(args: impl IntoIterator<Item = OsString>) -> Ex
     };
     // One TLS crypto provider for every client (Postgres, HTTPS, OTLP); see RUST-NOTES.md.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // Outside the async runtime: the OTLP exporter runs on threads of its own, and flushing it
+    // when the guard drops blocks.
+    let _telemetry = match telemetry::init(S::NAME, &settings.telemetry) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("dozen-{}: cannot start telemetry: {error:#}", S::NAME);
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -133,13 +142,6 @@ pub fn run_from_args<S: Service>(args: impl IntoIterator<Item = OsString>) -> Ex
         }
     };
     runtime.block_on(async {
-        let _telemetry = match telemetry::init(S::NAME, &settings.telemetry) {
-            Ok(guard) => guard,
-            Err(error) => {
-                eprintln!("dozen-{}: cannot start telemetry: {error:#}", S::NAME);
-                return ExitCode::FAILURE;
-            }
-        };
         let outcome = match settings.command.unwrap_or(Command::Serve) {
             Command::Migrate => migrate::<S>(&settings.service).await,
             Command::Serve => match Application::build::<S>(settings, started).await {

@@ -138,13 +138,20 @@ fn request_span(request: &Request<Body>) -> Span {
         .get(request_id::HEADER)
         .and_then(|value| value.to_str().ok())
         .unwrap_or_default();
-    let span = tracing::info_span!("request", method = %request.method(), route, request_id);
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        route,
+        request_id,
+        status = tracing::field::Empty,
+    );
     let _ = span.set_parent(trace_context::extract_from_headers(request.headers()));
     span
 }
 
-fn log_response(response: &Response, latency: Duration, _span: &Span) {
+fn log_response(response: &Response, latency: Duration, span: &Span) {
     let status = response.status().as_u16();
+    span.record("status", status);
     let latency_ms = latency.as_secs_f64() * 1000.0;
     if response.status().is_server_error() {
         tracing::error!(status, latency_ms, "answered");
