@@ -281,9 +281,13 @@ impl Application {
         } = self;
         let stopping = lifecycle.stopping();
         let serving = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stopping.cancelled_owned())
-                .await
+            // ConnectInfo gives handlers the client address (login throttling, rate limits).
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stopping.cancelled_owned())
+            .await
         });
         let stopped_from_within = lifecycle.stopping();
         tokio::select! {
