@@ -1,1 +1,158 @@
-//! The event bus.
+//! The event bus: how dozen's services tell each other what happened, without losing an
+//! event and without any event having two effects.
+//!
+//! Read top-down:
+//! - [`envelope`]: the CloudEvents-style envelope every event travels in.
+//! - [`contracts`]: every event type, its payload, version and topic, in one place; the
+//!   AsyncAPI document is generated from it.
+//! - [`tx`]: a transaction on the service's own database (SQLite or Postgres).
+//! - [`outbox`]: publishing inside that transaction, and the relay to the broker.
+//! - [`inbox`]: the subscriber's inbox and dead-letter queue, with listing and replay.
+//! - [`subscriber`]: the consume loop: inbox, handler, ack after commit, retries with
+//!   backoff, dead letters, graceful hand-back.
+//! - [`backend`]: the brokers, chosen by `BUS_URL`: [`backend::embedded`] (a SQLite file
+//!   shared by the processes on one host) and [`backend::nats`] (JetStream).
+//! - [`settings`] and [`metrics`].
+//!
+//! A service uses it through [`Bus`]:
+//! ```ignore
+//! let mut bus = Bus::connect(&settings.bus, "verification", db.clone()).await?;
+//! bus.subscribe("verification", &[UserSignedUp::TYPE], handler(|tx, event| Box::pin(async move {
+//!     let signed_up: UserSignedUp = event.decode()?;
+//!     /* write to tx.conn() */
+//!     Ok(())
+//! })));
+//! let outbox = bus.outbox().clone();
+//! bus.start(&context.lifecycle).await?;
+//! context.readiness.add("bus", bus.readiness_check());
+//! // later, in a request:
+//! let mut tx = Tx::begin(&db).await?;
+//! /* the state change, on tx.conn() */
+//! outbox.publish(&mut tx, &UserEmailVerified { .. }).await?;
+//! tx.commit().await?;
+//! ```
+//! The bus's tables live in the service's database: list [`MIGRATIONS`] next to the
+//! service's own.
+
+pub mod backend;
+pub mod contracts;
+pub mod envelope;
+pub mod error;
+pub mod inbox;
+pub mod metrics;
+pub mod outbox;
+pub mod settings;
+pub mod subscriber;
+pub mod tx;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use dozen_kit::db::{Db, Migrations};
+use dozen_kit::lifecycle::Lifecycle;
+use sqlx::migrate::Migrator;
+
+pub use backend::{BoxFuture, Broker};
+pub use contracts::Event;
+pub use envelope::Envelope;
+pub use error::BusError;
+pub use inbox::{DeadLetter, dead_letters, replay};
+pub use outbox::{Outbox, Relay};
+pub use settings::{BusSettings, BusUrl};
+pub use subscriber::{Handler, Subscriber, handler};
+pub use tx::{Tx, TxConn};
+
+/// The bus's tables in a service's database (outbox, inbox, dead letters), tracked in
+/// `_bus_migrations`, apart from the service's own.
+pub static MIGRATIONS: Migrations = Migrations {
+    sqlite: Migrator {
+        table_name: Cow::Borrowed("_bus_migrations"),
+        ..sqlx::migrate!("migrations/sqlite")
+    },
+    postgres: Migrator {
+        table_name: Cow::Borrowed("_bus_migrations"),
+        ..sqlx::migrate!("migrations/postgres")
+    },
+};
+
+/// One service's connection to the bus: its outbox and relay, and its subscribers.
+#[derive(Debug)]
+pub struct Bus {
+    broker: Arc<dyn Broker>,
+    db: Db,
+    outbox: Outbox,
+    settings: BusSettings,
+    subscribers: Vec<Subscriber>,
+}
+
+impl Bus {
+    /// Connect service `service` (whose database is `db`) to the broker named by `BUS_URL`.
+    pub async fn connect(settings: &BusSettings, service: &str, db: Db) -> Result<Self, BusError> {
+        let broker = backend::connect(settings).await?;
+        tracing::info!(backend = broker.backend(), "connected to the bus");
+        Ok(Self::with_broker(broker, settings, service, db))
+    }
+
+    /// The same, with a broker already connected.
+    pub fn with_broker(broker: Arc<dyn Broker>, settings: &BusSettings, service: &str, db: Db) -> Self {
+        metrics::describe();
+        Self {
+            broker,
+            db,
+            outbox: Outbox::new(service),
+            settings: settings.clone(),
+            subscribers: Vec::new(),
+        }
+    }
+
+    /// Where the service publishes.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// The broker.
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+
+    /// Handle `topics` as subscriber `name` (its durable queue), from [`Bus::start`] on.
+    pub fn subscribe(&mut self, name: &str, topics: &[&str], handler: Handler) -> &Subscriber {
+        let subscriber = Subscriber::new(
+            name,
+            topics,
+            handler,
+            self.db.clone(),
+            self.broker.clone(),
+            &self.settings,
+        );
+        self.subscribers.push(subscriber);
+        let last = self.subscribers.len() - 1;
+        &self.subscribers[last]
+    }
+
+    /// Open every subscriber's queues (failing fast if the broker refuses), then run the
+    /// relay, the consumers and their upkeep as background tasks of `lifecycle`: they stop
+    /// when it stops, handing back unfinished events.
+    pub async fn start(&mut self, lifecycle: &Lifecycle) -> Result<(), BusError> {
+        let relay = Relay::new(self.db.clone(), self.broker.clone(), &self.outbox, &self.settings);
+        lifecycle.spawn(relay.run(lifecycle.stopping()));
+        for subscriber in self.subscribers.drain(..) {
+            for queue in subscriber.open().await? {
+                lifecycle.spawn(subscriber.clone().consume(queue, lifecycle.stopping()));
+            }
+            lifecycle.spawn(subscriber.maintain(lifecycle.stopping()));
+        }
+        Ok(())
+    }
+
+    /// A readiness check for `Readiness::add("bus", …)`: the broker answers.
+    pub fn readiness_check(
+        &self,
+    ) -> impl Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync + 'static + use<> {
+        let broker = self.broker.clone();
+        move || {
+            let broker = broker.clone();
+            Box::pin(async move { broker.ping().await.map_err(|e| e.to_string()) })
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! Publishing: the transactional outbox and the relay that empties it.
+//!
+//! A service publishes by inserting the envelope into its own database's `outbox` table in
+//! the same transaction as the state change the event announces ([`Outbox::publish`]): both
+//! commit or neither does. The [`Relay`] then claims pending rows, publishes them to the
+//! broker, and marks them sent.
+//!
+//! Claims are leases (`lease_owner`, `lease_until`), taken inside `BEGIN IMMEDIATE` on SQLite
+//! and with `FOR UPDATE SKIP LOCKED` on Postgres, so several instances of a service relay
+//! side by side without publishing one row twice while its lease holds. A relay that dies
+//! between publishing and marking sent leaves its lease to expire; the row is then published
+//! again, and the duplicate is absorbed by the broker's deduplication (NATS) or by each
+//! subscriber's inbox. A failed publish is retried with exponential backoff.
+//!
+//! Order: a row is claimed only when no earlier row of the same subject is still unsent, so
+//! one subject's events leave in commit order even when several relays run.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dozen_kit::db::Db;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::backend::{Broker, millis, now_ms};
+use crate::contracts::Event;
+use crate::envelope::Envelope;
+use crate::error::BusError;
+use crate::metrics;
+use crate::settings::BusSettings;
+use crate::tx::{Tx, TxConn};
+
+/// Rows claimed per round trip to the broker.
+const BATCH: i64 = 256;
+/// How often the backlog figures are refreshed and old sent rows removed.
+const STATS_INTERVAL: Duration = Duration::from_secs(5);
+
+const CLAIM_SQLITE: &str = "
+UPDATE outbox SET lease_owner = $1, lease_until = $2
+WHERE seq IN (
+    SELECT o.seq FROM outbox o
+    WHERE o.sent_at IS NULL AND o.next_attempt_at <= $3 AND o.lease_until <= $3
+      AND NOT EXISTS (
+          SELECT 1 FROM outbox e WHERE e.sent_at IS NULL AND e.subject = o.subject AND e.seq < o.seq)
+    ORDER BY o.seq
+    LIMIT $4)
+RETURNING seq, envelope, attempts";
+
+const CLAIM_POSTGRES: &str = "
+UPDATE outbox SET lease_owner = $1, lease_until = $2
+WHERE seq IN (
+    SELECT o.seq FROM outbox o
+    WHERE o.sent_at IS NULL AND o.next_attempt_at <= $3 AND o.lease_until <= $3
+      AND NOT EXISTS (
+          SELECT 1 FROM outbox e WHERE e.sent_at IS NULL AND e.subject = o.subject AND e.seq < o.seq)
+    ORDER BY o.seq
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED)
+RETURNING seq, envelope, attempts";
+
+/// Where a service publishes: its outbox.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    /// The publishing service, the envelope's `source`.
+    source: Arc<str>,
+    /// Woken after each commit that wrote to the outbox, so the relay needs no fast polling.
+    wake: Arc<Notify>,
+}
+
+impl Outbox {
+    /// The outbox of service `source`.
+    pub fn new(source: &str) -> Self {
+        Self {
+            source: source.into(),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Publish `event` as part of `tx`: it leaves when (and only if) `tx` commits.
+    pub async fn publish<E: Event>(&self, tx: &mut Tx, event: &E) -> Result<Envelope, BusError> {
+        let envelope = Envelope::new(&self.source, event)?;
+        self.publish_envelope(tx, &envelope).await?;
+        Ok(envelope)
+    }
+
+    /// Publish a ready-made envelope as part of `tx`.
+    pub async fn publish_envelope(&self, tx: &mut Tx, envelope: &Envelope) -> Result<(), BusError> {
+        let text = serde_json::to_string(envelope)?;
+        let created_at = envelope.time.timestamp_millis();
+        match tx.conn() {
+            TxConn::Sqlite(conn) => {
+                sqlx::query(
+                    "INSERT INTO outbox (event_id, topic, subject, envelope, created_at) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(envelope.id.to_string())
+                .bind(envelope.topic())
+                .bind(&envelope.subject)
+                .bind(text)
+                .bind(created_at)
+                .execute(conn)
+                .await?;
+            }
+            TxConn::Postgres(conn) => {
+                sqlx::query(
+                    "INSERT INTO outbox (event_id, topic, subject, envelope, created_at) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(envelope.id)
+                .bind(envelope.topic())
+                .bind(&envelope.subject)
+                .bind(text)
+                .bind(created_at)
+                .execute(conn)
+                .await?;
+            }
+        }
+        tx.wake_after_commit(self.wake.clone());
+        Ok(())
+    }
+}
+
+/// Publishes a service's outbox to the broker.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    db: Db,
+    broker: Arc<dyn Broker>,
+    wake: Arc<Notify>,
+    /// Names this relay's leases.
+    owner: String,
+    settings: BusSettings,
+}
+
+/// A claimed outbox row.
+struct Claimed {
+    seq: i64,
+    envelope: String,
+    attempts: i32,
+}
+
+impl Relay {
+    /// A relay of `outbox`, stored in `db`, to `broker`.
+    pub fn new(db: Db, broker: Arc<dyn Broker>, outbox: &Outbox, settings: &BusSettings) -> Self {
+        Self {
+            db,
+            broker,
+            wake: outbox.wake.clone(),
+            owner: Uuid::new_v4().to_string(),
+            settings: settings.clone(),
+        }
+    }
+
+    /// Relay until `stop` is cancelled: after every commit that published, and on the
+    /// backstop poll (for retries and for rows left by a relay that died).
+    pub async fn run(self, stop: CancellationToken) {
+        let mut stats_due = Instant::now();
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            let mut more = false;
+            match self.relay_once().await {
+                Ok(count) => more = count > 0,
+                Err(error) => tracing::warn!(error = %error, "relaying the outbox failed; retrying"),
+            }
+            if stats_due <= Instant::now() {
+                stats_due = Instant::now() + STATS_INTERVAL;
+                if let Err(error) = self.upkeep().await {
+                    tracing::warn!(error = %error, "outbox upkeep failed");
+                }
+            }
+            if more {
+                continue;
+            }
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(self.settings.bus_poll_interval) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Claim one batch of due rows, publish it and mark it sent (or schedule its retry).
+    /// Returns how many rows were published.
+    pub async fn relay_once(&self) -> Result<usize, BusError> {
+        let claimed = self.claim().await?;
+        if claimed.is_empty() {
+            return Ok(0);
+        }
+        let seqs: Vec<i64> = claimed.iter().map(|row| row.seq).collect();
+        let envelopes: Result<Vec<Envelope>, _> = claimed
+            .iter()
+            .map(|row| serde_json::from_str(&row.envelope))
+            .collect();
+        let published = match envelopes {
+            Ok(envelopes) => self.broker.publish(&envelopes).await.map(|()| envelopes),
+            Err(error) => Err(BusError::Encoding(error)),
+        };
+        match published {
+            Ok(envelopes) => {
+                self.mark_sent(&seqs).await?;
+                for envelope in &envelopes {
+                    metrics::published(envelope.topic());
+                }
+                Ok(envelopes.len())
+            }
+            Err(error) => {
+                let attempts = claimed.iter().map(|row| row.attempts).max().unwrap_or(0);
+                let retry_at = now_ms()
+                    + millis(
+                        self.settings
+                            .backoff(u32::try_from(attempts).unwrap_or(0).saturating_add(1)),
+                    );
+                metrics::publish_failed();
+                self.mark_failed(&seqs, retry_at, &error.to_string()).await?;
+                Err(error)
+            }
+        }
+    }
+
+    async fn claim(&self) -> Result<Vec<Claimed>, BusError> {
+        let now = now_ms();
+        let lease_until = now + millis(self.settings.bus_ack_wait);
+        let rows: Vec<(i64, String, i32)> = match &self.db {
+            Db::Sqlite(pool) => {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let rows = sqlx::query_as(CLAIM_SQLITE)
+                    .bind(&self.owner)
+                    .bind(lease_until)
+                    .bind(now)
+                    .bind(BATCH)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                rows
+            }
+            Db::Postgres(pool) => {
+                sqlx::query_as(CLAIM_POSTGRES)
+                    .bind(&self.owner)
+                    .bind(lease_until)
+                    .bind(now)
+                    .bind(BATCH)
+                    .fetch_all(pool)
+                    .await?
+            }
+        };
+        let mut rows: Vec<Claimed> = rows
+            .into_iter()
+            .map(|(seq, envelope, attempts)| Claimed {
+                seq,
+                envelope,
+                attempts,
+            })
+            .collect();
+        rows.sort_unstable_by_key(|row| row.seq);
+        Ok(rows)
+    }
+
+    async fn mark_sent(&self, seqs: &[i64]) -> Result<(), BusError> {
+        let now = now_ms();
+        match &self.db {
+            Db::Sqlite(pool) => {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                sqlx::query(
+                    "UPDATE outbox SET sent_at = $1, lease_owner = NULL, lease_until = 0
+                     WHERE seq IN (SELECT value FROM json_each($2)) AND lease_owner = $3",
+                )
+                .bind(now)
+                .bind(serde_json::to_string(seqs)?)
+                .bind(&self.owner)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+            }
+            Db::Postgres(pool) => {
+                sqlx::query(
+                    "UPDATE outbox SET sent_at = $1, lease_owner = NULL, lease_until = 0
+                     WHERE seq = ANY($2) AND lease_owner = $3",
+                )
+                .bind(now)
+                .bind(seqs)
+                .bind(&self.owner)
+                .execute(pool)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn mark_failed(&self, seqs: &[i64], retry_at: i64, error: &str) -> Result<(), BusError> {
+        match &self.db {
+            Db::Sqlite(pool) => {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                sqlx::query(
+                    "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2,
+                         lease_owner = NULL, lease_until = 0
+                     WHERE seq IN (SELECT value FROM json_each($3)) AND lease_owner = $4",
+                )
+                .bind(retry_at)
+                .bind(error)
+                .bind(serde_json::to_string(seqs)?)
+                .bind(&self.owner)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+            }
+            Db::Postgres(pool) => {
+                sqlx::query(
+                    "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2,
+                         lease_owner = NULL, lease_until = 0
+                     WHERE seq = ANY($3) AND lease_owner = $4",
+                )
+                .bind(retry_at)
+                .bind(error)
+                .bind(seqs)
+                .bind(&self.owner)
+                .execute(pool)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Refresh the backlog gauges and forget rows sent longer ago than the retention.
+    async fn upkeep(&self) -> Result<(), BusError> {
+        let now = now_ms();
+        let cutoff = now - millis(self.settings.bus_retention);
+        let (backlog, oldest) = backlog(&self.db).await?;
+        metrics::outbox_backlog(backlog, oldest.map(|created| (now - created).max(0)));
+        match &self.db {
+            Db::Sqlite(pool) => {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                sqlx::query("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1")
+                    .bind(cutoff)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
+            Db::Postgres(pool) => {
+                sqlx::query("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1")
+                    .bind(cutoff)
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Unsent rows in a service's outbox, and when the oldest was written (ms since the epoch).
+pub async fn backlog(db: &Db) -> Result<(u64, Option<i64>), BusError> {
+    const QUERY: &str = "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE sent_at IS NULL";
+    let (count, oldest): (i64, Option<i64>) = match db {
+        Db::Sqlite(pool) => sqlx::query_as(QUERY).fetch_one(pool).await?,
+        Db::Postgres(pool) => sqlx::query_as(QUERY).fetch_one(pool).await?,
+    };
+    Ok((u64::try_from(count).unwrap_or_default(), oldest))
+}

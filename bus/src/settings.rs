@@ -1,0 +1,155 @@
+//! The bus's settings, read from the environment like the kit's (`dozen_kit::config`): a
+//! service flattens [`BusSettings`] into its own settings and `--help` lists them.
+
+use std::time::Duration;
+
+use clap::Args;
+use dozen_kit::config::parse_duration;
+
+/// A validated `BUS_URL`: which broker carries the events.
+#[derive(Clone, PartialEq, Eq)]
+pub enum BusUrl {
+    /// `sqlite://<path>`: the embedded bus, a SQLite file shared by the processes on one host.
+    Embedded(String),
+    /// `nats://host:port` (credentials allowed in the URL): NATS JetStream.
+    Nats(String),
+}
+
+impl BusUrl {
+    /// Accept `sqlite:` and `nats:` URLs; anything else is an error naming the schemes.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if let Some(path) = text.strip_prefix("sqlite:") {
+            if path.trim_start_matches('/').is_empty() {
+                return Err("expected a file path after sqlite://".to_owned());
+            }
+            Ok(Self::Embedded(text.to_owned()))
+        } else if text.starts_with("nats://") || text.starts_with("tls://") {
+            Ok(Self::Nats(text.to_owned()))
+        } else {
+            Err("expected a sqlite:// (embedded) or nats:// URL".to_owned())
+        }
+    }
+
+    /// The backend's name, for logs and metrics (the URL itself may hold a password).
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Embedded(_) => "embedded",
+            Self::Nats(_) => "nats",
+        }
+    }
+}
+
+impl std::fmt::Debug for BusUrl {
+    // The URL may carry credentials: show only the backend.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BusUrl({})", self.backend())
+    }
+}
+
+/// Settings of the event bus, the same in every service that publishes or consumes.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Event bus")]
+pub struct BusSettings {
+    /// The broker: `sqlite://<path>` (the embedded bus, shared by every process on this host)
+    /// or `nats://host:port` (NATS JetStream).
+    #[arg(long, env = "BUS_URL", default_value = "sqlite://data/bus.db", hide_env_values = true, value_parser = BusUrl::parse)]
+    pub bus_url: BusUrl,
+
+    /// Prefix of every name the bus creates on the broker (NATS streams and subjects), so that
+    /// several platforms can share one broker.
+    #[arg(long, env = "BUS_NAMESPACE", default_value = "dozen", value_parser = parse_namespace)]
+    pub bus_namespace: String,
+
+    /// Deliveries of one event to one subscriber before it moves to the dead-letter queue.
+    #[arg(long, env = "BUS_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub bus_max_attempts: u32,
+
+    /// Delay before the first retry of a failed delivery (or publish); it doubles with each
+    /// attempt, up to BUS_RETRY_BACKOFF_MAX.
+    #[arg(long, env = "BUS_RETRY_BACKOFF", default_value = "500ms", value_parser = parse_duration)]
+    pub bus_retry_backoff: Duration,
+
+    /// Longest delay between two retries.
+    #[arg(long, env = "BUS_RETRY_BACKOFF_MAX", default_value = "5m", value_parser = parse_duration)]
+    pub bus_retry_backoff_max: Duration,
+
+    /// How long a consumer or relay may hold an event before it is handed to another instance
+    /// (the lease on the embedded bus, the ack wait on NATS). Longer than any handler takes.
+    #[arg(long, env = "BUS_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    pub bus_ack_wait: Duration,
+
+    /// Backstop poll of the outbox and of replayed dead letters; wake-ups are otherwise
+    /// immediate.
+    #[arg(long, env = "BUS_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub bus_poll_interval: Duration,
+
+    /// How long event ids stay in the inbox (and sent events in the outbox) for deduplication;
+    /// longer than any redelivery can take.
+    #[arg(long, env = "BUS_RETENTION", default_value = "7days", value_parser = parse_duration)]
+    pub bus_retention: Duration,
+}
+
+fn parse_namespace(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err("expected 1 to 64 letters, digits, '_' or '-'".to_owned())
+    }
+}
+
+impl BusSettings {
+    /// The settings as if no variable were set, with `url` as `BUS_URL`.
+    pub fn new(url: BusUrl) -> Self {
+        Self {
+            bus_url: url,
+            bus_namespace: "dozen".to_owned(),
+            bus_max_attempts: 5,
+            bus_retry_backoff: Duration::from_millis(500),
+            bus_retry_backoff_max: Duration::from_secs(300),
+            bus_ack_wait: Duration::from_secs(30),
+            bus_poll_interval: Duration::from_secs(1),
+            bus_retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+
+    /// The delay before retry number `attempt` (1 for the first retry).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
+        self.bus_retry_backoff
+            .saturating_mul(factor)
+            .min(self.bus_retry_backoff_max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_doubles_up_to_its_ceiling() {
+        let mut settings = BusSettings::new(BusUrl::Embedded("sqlite://bus.db".into()));
+        settings.bus_retry_backoff = Duration::from_millis(100);
+        settings.bus_retry_backoff_max = Duration::from_millis(350);
+        let delays: Vec<u128> = (1..=4).map(|a| settings.backoff(a).as_millis()).collect();
+        assert_eq!(delays, [100, 200, 350, 350]);
+    }
+
+    #[test]
+    fn only_sqlite_and_nats_urls_are_accepted() {
+        assert!(matches!(
+            BusUrl::parse("sqlite://data/bus.db"),
+            Ok(BusUrl::Embedded(_))
+        ));
+        assert!(matches!(
+            BusUrl::parse("nats://127.0.0.1:4222"),
+            Ok(BusUrl::Nats(_))
+        ));
+        assert!(BusUrl::parse("amqp://localhost").is_err());
+        assert!(BusUrl::parse("sqlite://").is_err());
+    }
+}

@@ -1,0 +1,383 @@
+//! Consuming: a subscriber's loop from its durable queue to its handler and back.
+//!
+//! For each delivery the handler runs in the subscriber's own database transaction, together
+//! with the event id's insert into the inbox; the delivery is acknowledged only after that
+//! transaction commits. An id already in the inbox is acknowledged without running the
+//! handler. A failure rolls back and the event is retried after a doubling delay; at
+//! `BUS_MAX_ATTEMPTS` it moves to the subscriber's dead-letter queue (`inbox`), and later
+//! events keep flowing. On shutdown the loop stops pulling, finishes the handler in flight,
+//! and hands back what it holds.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use dozen_kit::db::Db;
+use futures_util::FutureExt;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use uuid::Uuid;
+
+use crate::backend::{BoxFuture, Broker, Delivery, Queue, Settlement, millis, now_ms};
+use crate::envelope::Envelope;
+use crate::error::BusError;
+use crate::inbox::{self, DeadLetter};
+use crate::metrics;
+use crate::settings::BusSettings;
+use crate::tx::Tx;
+
+/// Deliveries asked for at once.
+const BATCH: usize = 32;
+/// How often lag and dead-letter gauges are refreshed and the inbox trimmed.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What a subscriber does with an event, inside its transaction. An error (or a panic) rolls
+/// the transaction back and the event is retried.
+pub type Handler =
+    Arc<dyn for<'a> Fn(&'a mut Tx, &'a Envelope) -> BoxFuture<'a, anyhow::Result<()>> + Send + Sync>;
+
+/// Make a [`Handler`] from a closure returning a boxed future:
+/// `handler(|tx, event| Box::pin(async move { ... }))`.
+pub fn handler<F>(function: F) -> Handler
+where
+    F: for<'a> Fn(&'a mut Tx, &'a Envelope) -> BoxFuture<'a, anyhow::Result<()>> + Send + Sync + 'static,
+{
+    Arc::new(function)
+}
+
+/// A named subscriber: its durable queue on the broker, its handler, its database.
+#[derive(Clone)]
+pub struct Subscriber {
+    /// The durable queue's name, and the inbox's and dead-letter queue's key.
+    name: Arc<str>,
+    topics: Vec<String>,
+    handler: Handler,
+    db: Db,
+    broker: Arc<dyn Broker>,
+    settings: BusSettings,
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("name", &self.name)
+            .field("topics", &self.topics)
+            .finish()
+    }
+}
+
+/// How one delivery ended, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Handled,
+    Duplicate,
+    Retried,
+    DeadLettered,
+    HandedBack,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Handled => "handled",
+            Self::Duplicate => "duplicate",
+            Self::Retried => "retried",
+            Self::DeadLettered => "dead_lettered",
+            Self::HandedBack => "handed_back",
+        }
+    }
+}
+
+impl Subscriber {
+    /// A subscriber `name` to `topics`, handling events with `handler` in `db`.
+    pub fn new(
+        name: &str,
+        topics: &[&str],
+        handler: Handler,
+        db: Db,
+        broker: Arc<dyn Broker>,
+        settings: &BusSettings,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            topics: topics.iter().map(|topic| (*topic).to_owned()).collect(),
+            handler,
+            db,
+            broker,
+            settings: settings.clone(),
+        }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its topics.
+    pub fn topics(&self) -> &[String] {
+        &self.topics
+    }
+
+    /// Create (or find) the durable queues; after this, events published are kept for it.
+    pub async fn open(&self) -> Result<Vec<Box<dyn Queue>>, BusError> {
+        self.broker.open(&self.name, &self.topics).await
+    }
+
+    /// Events in its queues not yet acknowledged.
+    pub async fn pending(&self) -> Result<u64, BusError> {
+        self.broker.pending(&self.name, &self.topics).await
+    }
+
+    /// Consume `queue` until `stop` is cancelled, then hand back what is held.
+    pub async fn consume(self, mut queue: Box<dyn Queue>, stop: CancellationToken) {
+        while !stop.is_cancelled() {
+            let deliveries = match queue.receive(BATCH, &stop).await {
+                Ok(deliveries) => deliveries,
+                Err(error) => {
+                    tracing::warn!(subscriber = %self.name, %error, "receiving from the bus failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        () = stop.cancelled() => {}
+                    }
+                    continue;
+                }
+            };
+            let mut settled = Vec::with_capacity(deliveries.len());
+            for delivery in deliveries {
+                let started = Instant::now();
+                let (settlement, outcome, topic) = if stop.is_cancelled() {
+                    (Settlement::Release, Outcome::HandedBack, queue.label().to_owned())
+                } else {
+                    self.handle(&delivery).await
+                };
+                metrics::handled(&self.name, &topic, outcome.label(), started.elapsed());
+                settled.push((delivery, settlement));
+            }
+            if let Err(error) = queue.settle(settled).await {
+                // Unsettled deliveries come back after the ack wait; the inbox absorbs them.
+                tracing::warn!(subscriber = %self.name, %error, "settling deliveries failed");
+            }
+        }
+        queue.close().await;
+    }
+
+    /// Decide one delivery: handle it, skip it, retry it later, or bury it.
+    async fn handle(&self, delivery: &Delivery) -> (Settlement, Outcome, String) {
+        let envelope: Envelope = match serde_json::from_str(&delivery.payload) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                let letter = self.letter_for_undecodable(delivery, &error.to_string());
+                let topic = letter.event_type.clone();
+                let settlement = self.bury(letter).await;
+                return (settlement, Outcome::DeadLettered, topic);
+            }
+        };
+        if delivery.attempt > 1 {
+            metrics::redelivered(&self.name);
+        }
+        let span = tracing::info_span!(
+            "bus.handle",
+            subscriber = %self.name,
+            event_type = %envelope.event_type,
+            event_id = %envelope.id,
+            attempt = delivery.attempt,
+        );
+        // One trace follows the event from its publisher to here.
+        let _ = span.set_parent(dozen_kit::trace_context::extract_from_map(&envelope.trace));
+        let topic = envelope.event_type.clone();
+        let (settlement, outcome) = self.decide(&envelope, delivery).instrument(span).await;
+        (settlement, outcome, topic)
+    }
+
+    async fn decide(&self, envelope: &Envelope, delivery: &Delivery) -> (Settlement, Outcome) {
+        let max = self.settings.bus_max_attempts;
+        if delivery.attempt > max {
+            // Delivered past the limit without an outcome: its consumer kept dying on it.
+            let error = format!(
+                "delivered {} times without an outcome (its consumer may crash on it)",
+                delivery.attempt
+            );
+            return (
+                self.bury(self.letter(envelope, delivery, error)).await,
+                Outcome::DeadLettered,
+            );
+        }
+        match self.run_handler(envelope).await {
+            Ok(true) => (Settlement::Ack, Outcome::Handled),
+            Ok(false) => {
+                tracing::debug!("already in the inbox: acknowledged without handling");
+                (Settlement::Ack, Outcome::Duplicate)
+            }
+            Err(error) if delivery.attempt >= max => {
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "handler failed for the last time: dead-lettered"
+                );
+                (
+                    self.bury(self.letter(envelope, delivery, format!("{error:#}")))
+                        .await,
+                    Outcome::DeadLettered,
+                )
+            }
+            Err(error) => {
+                let delay = self.settings.backoff(delivery.attempt);
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "handler failed; will retry"
+                );
+                (Settlement::Retry(delay), Outcome::Retried)
+            }
+        }
+    }
+
+    /// Run the handler in a transaction with the inbox insert. False when the event was
+    /// already taken.
+    async fn run_handler(&self, envelope: &Envelope) -> anyhow::Result<bool> {
+        let mut tx = Tx::begin(&self.db).await?;
+        if !inbox::take(&mut tx, &self.name, envelope.id).await? {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        AssertUnwindSafe((self.handler)(&mut tx, envelope))
+            .catch_unwind()
+            .await
+            .map_err(|_| anyhow!("the handler panicked"))??;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    fn letter(&self, envelope: &Envelope, delivery: &Delivery, error: String) -> DeadLetter {
+        DeadLetter {
+            subscriber: self.name.to_string(),
+            event_id: envelope.id,
+            event_type: envelope.event_type.clone(),
+            envelope: delivery.payload.clone(),
+            attempts: delivery.attempt,
+            error,
+            failed_at: chrono::Utc::now(),
+            replay_requested: false,
+        }
+    }
+
+    fn letter_for_undecodable(&self, delivery: &Delivery, error: &str) -> DeadLetter {
+        // Keep the id when there is one, so that redeliveries find the same dead letter.
+        let loose: serde_json::Value = serde_json::from_str(&delivery.payload).unwrap_or_default();
+        let event_id = loose
+            .get("id")
+            .and_then(|id| id.as_str())
+            .and_then(|id| Uuid::parse_str(id).ok())
+            .unwrap_or_else(Uuid::new_v4);
+        let event_type = loose
+            .get("type")
+            .and_then(|t| t.as_str())
+            .unwrap_or("unknown")
+            .to_owned();
+        DeadLetter {
+            subscriber: self.name.to_string(),
+            event_id,
+            event_type,
+            envelope: delivery.payload.clone(),
+            attempts: delivery.attempt,
+            error: format!("undecodable envelope: {error}"),
+            failed_at: chrono::Utc::now(),
+            replay_requested: false,
+        }
+    }
+
+    /// Store a dead letter, then acknowledge; if it cannot be stored, retry the delivery.
+    async fn bury(&self, letter: DeadLetter) -> Settlement {
+        match inbox::bury(&self.db, &letter).await {
+            Ok(()) => {
+                metrics::dead_lettered(&self.name);
+                Settlement::Ack
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot store a dead letter; the event will be retried");
+                Settlement::Retry(self.settings.backoff(letter.attempts))
+            }
+        }
+    }
+
+    /// Replay dead letters marked by [`crate::replay`], refresh gauges and trim the inbox,
+    /// until `stop` is cancelled.
+    pub async fn maintain(self, stop: CancellationToken) {
+        let mut upkeep_due = Instant::now();
+        loop {
+            if let Err(error) = self.replay_marked().await {
+                tracing::warn!(subscriber = %self.name, %error, "replaying dead letters failed");
+            }
+            if upkeep_due <= Instant::now() {
+                upkeep_due = Instant::now() + UPKEEP_INTERVAL;
+                if let Err(error) = self.upkeep().await {
+                    tracing::warn!(subscriber = %self.name, %error, "subscriber upkeep failed");
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.settings.bus_poll_interval) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Run the handler once more for each dead letter marked for replay; the dead letter is
+    /// removed in the handler's transaction, or stays (attempts counted) when it fails again.
+    pub async fn replay_marked(&self) -> Result<usize, BusError> {
+        let mut replayed = 0;
+        for letter in inbox::replay_requested(&self.db, &self.name).await? {
+            let outcome = async {
+                let envelope: Envelope = serde_json::from_str(&letter.envelope)?;
+                let mut tx = Tx::begin(&self.db).await?;
+                if !inbox::unbury(&mut tx, &self.name, letter.event_id).await? {
+                    return anyhow::Ok(false);
+                }
+                let span = tracing::info_span!(
+                    "bus.replay",
+                    subscriber = %self.name,
+                    event_type = %envelope.event_type,
+                    event_id = %envelope.id,
+                );
+                let _ = span.set_parent(dozen_kit::trace_context::extract_from_map(&envelope.trace));
+                AssertUnwindSafe((self.handler)(&mut tx, &envelope))
+                    .catch_unwind()
+                    .instrument(span)
+                    .await
+                    .map_err(|_| anyhow!("the handler panicked"))??;
+                tx.commit().await?;
+                Ok(true)
+            }
+            .await;
+            match outcome {
+                Ok(true) => {
+                    replayed += 1;
+                    metrics::handled(&self.name, &letter.event_type, "replayed", Duration::ZERO);
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(event_id = %letter.event_id, error = format!("{error:#}"), "replay failed; the event stays dead-lettered");
+                    let again = DeadLetter {
+                        attempts: letter.attempts + 1,
+                        error: format!("{error:#}"),
+                        failed_at: chrono::Utc::now(),
+                        ..letter
+                    };
+                    inbox::bury(&self.db, &again).await?;
+                }
+            }
+        }
+        Ok(replayed)
+    }
+
+    async fn upkeep(&self) -> Result<(), BusError> {
+        metrics::dead_letters_waiting(&self.name, inbox::count(&self.db, &self.name).await?);
+        metrics::consumer_lag(&self.name, self.pending().await?);
+        inbox::forget(
+            &self.db,
+            &self.name,
+            now_ms() - millis(self.settings.bus_retention),
+        )
+        .await
+    }
+}
