@@ -6,6 +6,8 @@
 //! - [`http`]: the server stack with `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, and the
 //!   client for calls between services.
 //! - [`db`]: the service's own database (IV), SQLite or Postgres, with migrations.
+//! - [`email`] and [`problem`]: the shared value types: a normalised email address, and the
+//!   RFC 9457 body of every error.
 //! - [`lifecycle`]: readiness, graceful shutdown and background tasks (IX).
 //! - [`service`]: a service's `main`, from settings to exit, including the `migrate` admin
 //!   process (XII).
@@ -14,6 +16,7 @@
 
 pub mod config;
 pub mod db;
+pub mod email;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;
