@@ -25,8 +25,8 @@ impl Email {
             return Err("is longer than 254 characters");
         }
         let options = Options::default().without_display_text().without_domain_literal();
-        let address =
-            EmailAddress::parse_with_options(&normalised, options).map_err(|_| "is not a valid email address")?;
+        let address = EmailAddress::parse_with_options(&normalised, options)
+            .map_err(|_| "is not a valid email address")?;
         // A signup needs a deliverable address: a domain with at least one dot.
         let domain = address.domain();
         if !domain.contains('.') || domain.starts_with('.') || domain.ends_with('.') {
@@ -69,12 +69,24 @@ mod tests {
 
     #[test]
     fn addresses_are_trimmed_and_lower_cased() {
-        assert_eq!(Email::parse("  Ann.Lee@Example.COM ").map(|e| e.0), Ok("ann.lee@example.com".to_owned()));
+        assert_eq!(
+            Email::parse("  Ann.Lee@Example.COM ").map(|e| e.0),
+            Ok("ann.lee@example.com".to_owned())
+        );
     }
 
     #[test]
     fn malformed_or_undeliverable_addresses_are_rejected() {
-        for bad in ["", "   ", "ann", "ann@", "@example.com", "ann@localhost", "Ann <ann@example.com>", "a b@example.com"] {
+        for bad in [
+            "",
+            "   ",
+            "ann",
+            "ann@",
+            "@example.com",
+            "ann@localhost",
+            "Ann <ann@example.com>",
+            "a b@example.com",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} was accepted");
         }
         let long = format!("{}@example.com", "a".repeat(250));

@@ -1,6 +1,6 @@
 //! Each service's own database, attached by URL (factor IV): SQLite embedded by default,
-//! Postgres in production. A service's stores match on [`Db`] and hold one implementation per
-//! backend; nothing here knows any service's tables.
+//! Postgres in production. A service writes through a [`Tx`], and runs each statement on either
+//! backend with [`with_conn!`](crate::with_conn); nothing here knows any service's tables.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -10,6 +10,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+
+mod tx;
+pub use tx::{Tx, TxConn};
 
 /// A validated `DATABASE_URL`.
 #[derive(Clone, PartialEq, Eq)]
