@@ -14,6 +14,7 @@
 //!
 //! The kit knows no service's domain: no tables, no routes beyond the ops endpoints.
 
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod email;
@@ -25,5 +26,5 @@ pub mod service;
 pub mod telemetry;
 pub mod trace_context;
 
-pub use problem::Problem;
+pub use problem::{ApiError, Problem};
 pub use service::{Context, Service};

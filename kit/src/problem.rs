@@ -79,3 +79,62 @@ impl IntoResponse for Problem {
         response
     }
 }
+
+/// What a handler returns on failure: a problem the caller caused or should know about, or a
+/// fault of ours, logged with its cause and answered without it.
+#[derive(Debug)]
+pub enum ApiError {
+    /// Answered as it is.
+    Problem(Problem),
+    /// A dependency (the database, a peer) is unavailable: 503, worth retrying.
+    Unavailable(anyhow::Error),
+    /// A bug or an unexpected state: 500.
+    Internal(anyhow::Error),
+}
+
+impl From<Problem> for ApiError {
+    fn from(problem: Problem) -> Self {
+        Self::Problem(problem)
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+                Self::Unavailable(error.into())
+            }
+            other => Self::Internal(other.into()),
+        }
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(error: anyhow::Error) -> Self {
+        // A database error anywhere in the chain decides, so callers may use `?` freely.
+        match error.downcast::<sqlx::Error>() {
+            Ok(database) => database.into(),
+            Err(other) => Self::Internal(other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Problem(problem) => problem.into_response(),
+            Self::Unavailable(error) => {
+                tracing::warn!(error = format!("{error:#}"), "a dependency is unavailable");
+                let mut response =
+                    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "a dependency is unavailable; try again shortly")
+                        .into_response();
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                response
+            }
+            Self::Internal(error) => {
+                tracing::error!(error = format!("{error:#}"), "request failed");
+                Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "the request could not be completed").into_response()
+            }
+        }
+    }
+}

@@ -232,3 +232,15 @@ impl Db {
         }
     }
 }
+
+/// Run the same query on whichever pool a [`Db`] holds, outside any transaction (reads):
+/// `with_pool!(db, pool => sqlx::query_as("…").bind(id).fetch_optional(pool).await)`.
+#[macro_export]
+macro_rules! with_pool {
+    ($db:expr, $name:ident => $body:expr) => {
+        match $db {
+            $crate::db::Db::Sqlite($name) => $body,
+            $crate::db::Db::Postgres($name) => $body,
+        }
+    };
+}

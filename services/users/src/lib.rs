@@ -1,6 +1,18 @@
-//! The users service: profiles (id, normalised unique email, display name, interests, verified).
+//! The users service: profiles (id, normalised unique email, display name, interests,
+//! verified). It marks a profile verified on `user.email_verified` and publishes
+//! `user.profile_updated` whenever a profile changes.
+//!
+//! Layout: [`domain`] (what a profile accepts), [`store`] (its table), [`routes`] (the API),
+//! and here the service's settings and its bus subscription.
 
+pub mod domain;
+pub mod routes;
+pub mod store;
+
+use chrono::Utc;
 use clap::Args;
+use dozen_bus::contracts::UserEmailVerified;
+use dozen_bus::{Bus, BusSettings, Event as _, handler};
 use dozen_kit::config::DatabaseSettings;
 use dozen_kit::db::Migrations;
 use dozen_kit::{Context, Service};
@@ -12,14 +24,16 @@ pub static MIGRATIONS: Migrations = Migrations {
     postgres: sqlx::migrate!("migrations/postgres"),
 };
 
-/// Every set of migrations its database holds.
-pub static SCHEMA: &[&Migrations] = &[&MIGRATIONS];
+/// Every set of migrations its database holds: its own and the bus's.
+pub static SCHEMA: &[&Migrations] = &[&MIGRATIONS, &dozen_bus::MIGRATIONS];
 
 /// The users service's settings.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
     #[command(flatten)]
     pub database: DatabaseSettings,
+    #[command(flatten)]
+    pub bus: BusSettings,
 }
 
 /// The users service.
@@ -35,7 +49,30 @@ impl Service for Users {
         Some((&settings.database, SCHEMA))
     }
 
-    async fn routes(_context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
-        Ok(OpenApiRouter::new())
+    async fn routes(context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
+        let db = context.database()?.clone();
+        let mut bus = Bus::connect(&context.settings.bus, Self::NAME, db.clone()).await?;
+        let outbox = bus.outbox().clone();
+
+        let publisher = outbox.clone();
+        bus.subscribe(
+            Self::NAME,
+            &[UserEmailVerified::TYPE],
+            handler(move |tx, event| {
+                let publisher = publisher.clone();
+                Box::pin(async move {
+                    let verified: UserEmailVerified = event.decode()?;
+                    if let Some((profile, true)) =
+                        store::mark_verified(tx, verified.user_id, Utc::now()).await?
+                    {
+                        publisher.publish(tx, &routes::profile_updated(&profile)).await?;
+                    }
+                    Ok(())
+                })
+            }),
+        );
+        bus.start(&context.lifecycle).await?;
+        context.readiness.add("bus", bus.readiness_check());
+        Ok(routes::router(routes::AppState { db, outbox }))
     }
 }

@@ -1,10 +1,10 @@
 -- Profiles: one per user. The email is stored normalised (trimmed, lower-cased) and unique.
 CREATE TABLE profiles (
-    id           TEXT PRIMARY KEY NOT NULL,
+    id           BLOB PRIMARY KEY NOT NULL, -- UUID, 16 bytes
     email        TEXT NOT NULL UNIQUE,
     display_name TEXT NOT NULL,
     interests    TEXT NOT NULL DEFAULT '[]', -- JSON array of strings
-    verified     INTEGER NOT NULL DEFAULT 0 CHECK (verified IN (0, 1)),
+    verified     BOOLEAN NOT NULL DEFAULT FALSE,
     created_at   TEXT NOT NULL,
     updated_at   TEXT NOT NULL
 );

@@ -1,0 +1,112 @@
+//! The users service's HTTP API. `/profiles…` is internal (the signup service creates and, when
+//! a signup cannot finish, deletes profiles); it is not routed by the gateway.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use dozen_bus::Outbox;
+use dozen_bus::contracts::UserProfileUpdated;
+use dozen_kit::db::{Db, Tx};
+use dozen_kit::{ApiError, Problem};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::domain::{NewProfileRequest, Profile};
+use crate::store::{self, Created};
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The service's database.
+    pub db: Db,
+    /// Where profile changes are published.
+    pub outbox: Outbox,
+}
+
+/// The service's routes.
+pub fn router(state: AppState) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(create_profile))
+        .routes(routes!(get_profile, delete_profile))
+        .with_state(state)
+}
+
+/// The event that tells others what a profile now is.
+pub fn profile_updated(profile: &Profile) -> UserProfileUpdated {
+    UserProfileUpdated {
+        user_id: profile.id,
+        display_name: profile.display_name.clone(),
+        interests: profile.interests.clone(),
+        verified: profile.verified,
+    }
+}
+
+/// Create a profile (internal: the signup service). A retry with the same id and email
+/// answers 200 with the profile; an email or id already taken answers 409.
+#[utoipa::path(
+    post,
+    path = "/profiles",
+    request_body = NewProfileRequest,
+    responses(
+        (status = 201, description = "Created", body = Profile),
+        (status = 200, description = "Created before, by the same call", body = Profile),
+        (status = 409, description = "The email or id is taken", body = Problem),
+        (status = 422, description = "A field is invalid", body = Problem),
+    )
+)]
+async fn create_profile(
+    State(state): State<AppState>,
+    Json(request): Json<NewProfileRequest>,
+) -> Result<Response, ApiError> {
+    let new = request.validate()?;
+    let mut tx = Tx::begin(&state.db).await?;
+    let created = store::create(&mut tx, &new, Utc::now()).await?;
+    tx.commit().await?;
+    Ok(match created {
+        Created::New(profile) => (StatusCode::CREATED, Json(profile)).into_response(),
+        Created::AlreadyThere(profile) => (StatusCode::OK, Json(profile)).into_response(),
+        Created::Conflict => Problem::typed(
+            StatusCode::CONFLICT,
+            "profile-exists",
+            "Profile exists",
+            "a profile with this email or id already exists",
+        )
+        .into_response(),
+    })
+}
+
+/// A profile by id (internal).
+#[utoipa::path(
+    get,
+    path = "/profiles/{id}",
+    params(("id" = Uuid, Path, description = "The user's id")),
+    responses((status = 200, body = Profile), (status = 404, body = Problem))
+)]
+async fn get_profile(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<Profile>, ApiError> {
+    store::find(&state.db, id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| not_found().into())
+}
+
+/// Delete a profile (internal: undoing a signup that could not finish). Deleting one that
+/// is not there is not an error, so the undo can be retried.
+#[utoipa::path(
+    delete,
+    path = "/profiles/{id}",
+    params(("id" = Uuid, Path, description = "The user's id")),
+    responses((status = 204, description = "Gone"))
+)]
+async fn delete_profile(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<StatusCode, ApiError> {
+    let mut tx = Tx::begin(&state.db).await?;
+    store::delete(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn not_found() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "no such profile")
+}
