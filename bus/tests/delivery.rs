@@ -1,0 +1,774 @@
+//! The bus end to end, against real brokers (the embedded SQLite bus and NATS JetStream) and
+//! real service databases (SQLite and Postgres): fan-out, competing consumers, kill -9 of
+//! consumers and relays, dead letters and replay, rollbacks, redeliveries, shutdown, order.
+//!
+//! Every scenario runs on both brokers (`<scenario>::on_the_embedded_bus`, `<scenario>::on_nats`).
+//! Kills use real child processes: this test binary run again with `DOZEN_BUS_TEST_CHILD` set
+//! (see `runs_as_a_child_process_when_a_test_spawns_one`).
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use dozen_bus::backend::{BoxFuture, Queue};
+use dozen_bus::contracts::{UserEmailVerified, UserSignedUp};
+use dozen_bus::{Broker, BusError, Envelope, Event, Outbox, Relay, Subscriber, Tx, handler};
+use dozen_kit::lifecycle::Lifecycle;
+use dozen_tests::database::Backend;
+use support::{Kind, ServiceDb, TestBus, recording, wait_until, write_effect};
+use uuid::Uuid;
+
+macro_rules! on_both_brokers {
+    ($($scenario:ident),* $(,)?) => {
+        $(
+            mod $scenario {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_the_embedded_bus() {
+                    super::$scenario(super::Kind::Embedded).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_nats() {
+                    super::$scenario(super::Kind::Nats).await
+                }
+            }
+        )*
+    };
+}
+
+on_both_brokers!(
+    every_subscriber_receives_every_event_and_instances_of_one_split_the_work,
+    a_consumer_killed_mid_stream_again_and_again_loses_nothing_and_repeats_nothing,
+    a_relay_killed_between_publish_and_mark_sent_leaves_a_duplicate_the_inbox_absorbs,
+    an_event_whose_handler_always_fails_is_dead_lettered_while_others_flow_and_replay_delivers_it,
+    a_rolled_back_transaction_publishes_nothing,
+    an_event_delivered_twice_has_one_effect,
+    a_stopping_consumer_finishes_its_event_and_hands_back_the_rest,
+    the_readiness_check_answers_while_the_broker_does,
+);
+
+const SIGNED_UP: &str = UserSignedUp::TYPE;
+
+/// Start `subscriber`'s consumers (one per queue) under `lifecycle`.
+async fn start(subscriber: Subscriber, lifecycle: &Lifecycle) {
+    for queue in subscriber.open().await.expect("open the subscriber's queues") {
+        lifecycle.spawn(subscriber.clone().consume(queue, lifecycle.stopping()));
+    }
+    lifecycle.spawn(subscriber.maintain(lifecycle.stopping()));
+}
+
+/// A relay for `db` under `lifecycle`; the outbox to publish through.
+async fn start_relay(bus: &TestBus, db: &dozen_kit::db::Db, lifecycle: &Lifecycle) -> Outbox {
+    let outbox = Outbox::new("signup");
+    let relay = Relay::new(db.clone(), bus.connect().await, &outbox, &bus.settings);
+    lifecycle.spawn(relay.run(lifecycle.stopping()));
+    outbox
+}
+
+async fn stop(lifecycle: &Lifecycle) {
+    lifecycle.stop();
+    lifecycle.tasks_finished().await;
+}
+
+async fn pending(broker: &Arc<dyn Broker>, subscriber: &str, topics: &[&str]) -> u64 {
+    let topics: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
+    broker
+        .pending(subscriber, &topics)
+        .await
+        .expect("read the queue's depth")
+}
+
+async fn every_subscriber_receives_every_event_and_instances_of_one_split_the_work(kind: Kind) {
+    const EVENTS: i64 = 10_000;
+    let bus = TestBus::new(kind).await;
+    let publisher = ServiceDb::create(Backend::Sqlite).await;
+    let friends = ServiceDb::create(Backend::Postgres).await;
+    let verification = ServiceDb::create(Backend::Sqlite).await;
+    let audit = ServiceDb::create(Backend::Sqlite).await;
+    let lifecycle = Lifecycle::new();
+
+    // Queues keep events from their creation on: subscribe before publishing. Each instance
+    // has its own broker connection, as a separate process would.
+    let instances = [
+        ("friends", "first", &friends),
+        ("friends", "second", &friends),
+        ("verification", "only", &verification),
+        ("audit", "only", &audit),
+    ];
+    for (name, instance, db) in instances {
+        let subscriber = Subscriber::new(
+            name,
+            &[SIGNED_UP],
+            recording(name, instance),
+            db.db.clone(),
+            bus.connect().await,
+            &bus.settings,
+        );
+        start(subscriber, &lifecycle).await;
+    }
+    let outbox = start_relay(&bus, &publisher.db, &lifecycle).await;
+    support::publish_signups(&publisher.db, &outbox, EVENTS as usize).await;
+
+    let broker = bus.connect().await;
+    for (name, db) in [
+        ("friends", &friends),
+        ("verification", &verification),
+        ("audit", &audit),
+    ] {
+        wait_until(&format!("{name} has handled every event"), || async {
+            db.effects(name).await.1 == EVENTS && pending(&broker, name, &[SIGNED_UP]).await == 0
+        })
+        .await;
+    }
+    stop(&lifecycle).await;
+
+    for (name, db) in [
+        ("friends", &friends),
+        ("verification", &verification),
+        ("audit", &audit),
+    ] {
+        assert_eq!(
+            db.effects(name).await,
+            (EVENTS, EVENTS),
+            "{name}: every event, each once"
+        );
+    }
+    let split = friends.effects_by_instance("friends").await;
+    assert_eq!(
+        split.len(),
+        2,
+        "both instances of friends took a share: {split:?}"
+    );
+    assert!(split.iter().all(|(_, count)| *count > 0), "{split:?}");
+}
+
+/// Run this test binary again as a child process in `role`.
+fn spawn_child(role: &str, bus: &TestBus, database_url: &str, subscriber: &str) -> Child {
+    let mut command = Command::new(std::env::current_exe().expect("the test binary"));
+    command
+        .args([
+            "runs_as_a_child_process_when_a_test_spawns_one",
+            "--exact",
+            "--nocapture",
+        ])
+        .env("DOZEN_BUS_TEST_CHILD", role)
+        .env("DATABASE_URL", database_url)
+        .env("SUBSCRIBER", subscriber)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (name, value) in bus.env() {
+        command.env(name, value);
+    }
+    command.spawn().expect("spawn a child process")
+}
+
+fn kill_9(child: &mut Child) {
+    // SIGKILL: no handler runs, nothing is flushed or handed back.
+    child.kill().expect("kill -9 the child");
+    child.wait().expect("reap the child");
+}
+
+fn assert_running(child: &mut Child) -> bool {
+    if let Ok(Some(status)) = child.try_wait() {
+        panic!("the child process exited early: {status}");
+    }
+    true
+}
+
+async fn a_consumer_killed_mid_stream_again_and_again_loses_nothing_and_repeats_nothing(kind: Kind) {
+    const EVENTS: i64 = 3_000;
+    const KILLS: usize = 4;
+    let bus = TestBus::new(kind).await;
+    let publisher = ServiceDb::create(Backend::Sqlite).await;
+    let consumer = ServiceDb::create(match kind {
+        Kind::Embedded => Backend::Sqlite,
+        Kind::Nats => Backend::Postgres,
+    })
+    .await;
+    let broker = bus.connect().await;
+    broker
+        .open("verification", &[SIGNED_UP.to_owned()])
+        .await
+        .expect("create the queue before publishing");
+    let lifecycle = Lifecycle::new();
+    let outbox = start_relay(&bus, &publisher.db, &lifecycle).await;
+    support::publish_signups(&publisher.db, &outbox, EVENTS as usize).await;
+
+    for _ in 0..KILLS {
+        let before = consumer.effects("verification").await.1;
+        let mut child = spawn_child("consumer", &bus, &consumer.database.url, "verification");
+        // Kill it once it is well into the stream, whatever the machine's speed.
+        wait_until("the child consumer makes progress", || {
+            let running = assert_running(&mut child);
+            let consumer = &consumer;
+            async move { running && consumer.effects("verification").await.1 >= (before + 150).min(EVENTS) }
+        })
+        .await;
+        kill_9(&mut child);
+    }
+    assert!(
+        consumer.effects("verification").await.1 < EVENTS,
+        "the kills should land mid-stream: publish more events"
+    );
+    let mut child = spawn_child("consumer", &bus, &consumer.database.url, "verification");
+    wait_until("a restarted consumer has handled every event", || {
+        let running = assert_running(&mut child);
+        let (consumer, broker) = (&consumer, &broker);
+        async move {
+            running
+                && consumer.effects("verification").await.1 == EVENTS
+                && pending(broker, "verification", &[SIGNED_UP]).await == 0
+        }
+    })
+    .await;
+    kill_9(&mut child);
+    stop(&lifecycle).await;
+    assert_eq!(
+        consumer.effects("verification").await,
+        (EVENTS, EVENTS),
+        "every event had exactly one effect"
+    );
+}
+
+/// A broker that kills its own process right after a publish succeeds: a relay dying
+/// between publishing and marking its rows sent.
+#[derive(Debug)]
+struct DiesAfterPublish(Arc<dyn Broker>);
+
+impl Broker for DiesAfterPublish {
+    fn publish<'a>(&'a self, events: &'a [Envelope]) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            self.0.publish(events).await?;
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
+            std::future::pending().await
+        })
+    }
+
+    fn open<'a>(
+        &'a self,
+        subscriber: &'a str,
+        topics: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Box<dyn Queue>>, BusError>> {
+        self.0.open(subscriber, topics)
+    }
+
+    fn pending<'a>(
+        &'a self,
+        subscriber: &'a str,
+        topics: &'a [String],
+    ) -> BoxFuture<'a, Result<u64, BusError>> {
+        self.0.pending(subscriber, topics)
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), BusError>> {
+        self.0.ping()
+    }
+
+    fn backend(&self) -> &'static str {
+        self.0.backend()
+    }
+}
+
+fn duplicates_counted(subscriber: &str) -> f64 {
+    let text = dozen_kit::metrics::render();
+    text.lines()
+        .filter(|line| {
+            line.starts_with("bus_handled_total")
+                && line.contains(&format!("subscriber=\"{subscriber}\""))
+                && line.contains("outcome=\"duplicate\"")
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn a_relay_killed_between_publish_and_mark_sent_leaves_a_duplicate_the_inbox_absorbs(kind: Kind) {
+    const EVENTS: i64 = 100;
+    let _recorder = dozen_kit::metrics::recorder();
+    let bus = TestBus::new(kind).await;
+    let publisher = ServiceDb::create(match kind {
+        Kind::Embedded => Backend::Sqlite,
+        Kind::Nats => Backend::Postgres,
+    })
+    .await;
+    let consumer = ServiceDb::create(Backend::Sqlite).await;
+    let subscriber = format!("mailer_{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let lifecycle = Lifecycle::new();
+    let sub = Subscriber::new(
+        &subscriber,
+        &[SIGNED_UP],
+        recording(&subscriber, "only"),
+        consumer.db.clone(),
+        bus.connect().await,
+        &bus.settings,
+    );
+    start(sub, &lifecycle).await;
+
+    // Written while no relay runs; then a relay that dies right after publishing them.
+    support::publish_signups(&publisher.db, &Outbox::new("signup"), EVENTS as usize).await;
+    let mut child = spawn_child("relay-dies-after-publish", &bus, &publisher.database.url, "");
+    let status = child.wait().expect("the child relay ends");
+    assert_eq!(status.signal(), Some(9), "the relay died by SIGKILL: {status}");
+    let (backlog, _) = dozen_bus::outbox::backlog(&publisher.db)
+        .await
+        .expect("read the outbox");
+    assert_eq!(backlog, EVENTS as u64, "published, but never marked sent");
+    wait_until("the published events are handled", || async {
+        consumer.effects(&subscriber).await.1 == EVENTS
+    })
+    .await;
+
+    // Another relay publishes them again once the dead relay's lease expires.
+    let _outbox = start_relay(&bus, &publisher.db, &lifecycle).await;
+    let broker = bus.connect().await;
+    wait_until("the outbox is empty and the queue drained", || async {
+        dozen_bus::outbox::backlog(&publisher.db)
+            .await
+            .expect("read the outbox")
+            .0
+            == 0
+            && pending(&broker, &subscriber, &[SIGNED_UP]).await == 0
+    })
+    .await;
+    stop(&lifecycle).await;
+    assert_eq!(
+        consumer.effects(&subscriber).await,
+        (EVENTS, EVENTS),
+        "no event had two effects"
+    );
+    if kind == Kind::Embedded {
+        // NATS drops the second publish itself (Nats-Msg-Id); the embedded bus delivers it.
+        assert_eq!(
+            duplicates_counted(&subscriber),
+            EVENTS as f64,
+            "the inbox absorbed every duplicate"
+        );
+    }
+}
+
+async fn an_event_whose_handler_always_fails_is_dead_lettered_while_others_flow_and_replay_delivers_it(
+    kind: Kind,
+) {
+    const GOOD: i64 = 50;
+    let bus = TestBus::new(kind).await;
+    let publisher = ServiceDb::create(Backend::Sqlite).await;
+    let consumer = ServiceDb::create(match kind {
+        Kind::Embedded => Backend::Postgres,
+        Kind::Nats => Backend::Sqlite,
+    })
+    .await;
+    let poison = Uuid::now_v7();
+    let broken = Arc::new(AtomicBool::new(true));
+    let poison_attempts = Arc::new(AtomicUsize::new(0));
+    let fails_on_poison = {
+        let (broken, poison_attempts) = (broken.clone(), poison_attempts.clone());
+        handler(move |tx, event| {
+            let (broken, poison_attempts) = (broken.clone(), poison_attempts.clone());
+            Box::pin(async move {
+                let signed_up: UserSignedUp = event.decode()?;
+                if signed_up.user_id == poison {
+                    poison_attempts.fetch_add(1, Ordering::SeqCst);
+                    if broken.load(Ordering::SeqCst) {
+                        anyhow::bail!("this handler cannot cope with {}", signed_up.email);
+                    }
+                }
+                write_effect(tx, "verification", "only", event).await
+            })
+        })
+    };
+    let lifecycle = Lifecycle::new();
+    let subscriber = Subscriber::new(
+        "verification",
+        &[SIGNED_UP],
+        fails_on_poison,
+        consumer.db.clone(),
+        bus.connect().await,
+        &bus.settings,
+    );
+    start(subscriber, &lifecycle).await;
+    let outbox = start_relay(&bus, &publisher.db, &lifecycle).await;
+
+    let mut tx = Tx::begin(&publisher.db).await.expect("begin");
+    let mut poisoned = support::signed_up(0);
+    poisoned.user_id = poison;
+    let poison_event = outbox.publish(&mut tx, &poisoned).await.expect("publish");
+    tx.commit().await.expect("commit");
+    support::publish_signups(&publisher.db, &outbox, GOOD as usize).await;
+
+    wait_until(
+        "the poison event is dead-lettered and the others handled",
+        || async {
+            let letters = dozen_bus::dead_letters(&consumer.db, Some("verification"))
+                .await
+                .expect("list dead letters");
+            letters.len() == 1 && consumer.effects("verification").await.1 == GOOD
+        },
+    )
+    .await;
+    let letters = dozen_bus::dead_letters(&consumer.db, None)
+        .await
+        .expect("list dead letters");
+    assert_eq!(letters[0].event_id, poison_event.id);
+    assert_eq!(letters[0].attempts, bus.settings.bus_max_attempts);
+    assert!(letters[0].error.contains("cannot cope"), "{}", letters[0].error);
+    assert!(!consumer.has_effect("verification", poison_event.id).await);
+    assert_eq!(
+        poison_attempts.load(Ordering::SeqCst),
+        bus.settings.bus_max_attempts as usize
+    );
+
+    // Fixed: replay delivers it again, to this subscriber only.
+    broken.store(false, Ordering::SeqCst);
+    let marked = dozen_bus::replay(&consumer.db, "verification", None)
+        .await
+        .expect("replay");
+    assert_eq!(marked, 1);
+    wait_until("the replayed event is handled", || async {
+        consumer.has_effect("verification", poison_event.id).await
+    })
+    .await;
+    stop(&lifecycle).await;
+    assert!(
+        dozen_bus::dead_letters(&consumer.db, None)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert_eq!(consumer.effects("verification").await, (GOOD + 1, GOOD + 1));
+}
+
+async fn a_rolled_back_transaction_publishes_nothing(kind: Kind) {
+    let bus = TestBus::new(kind).await;
+    let publisher = ServiceDb::create(match kind {
+        Kind::Embedded => Backend::Postgres,
+        Kind::Nats => Backend::Sqlite,
+    })
+    .await;
+    let consumer = ServiceDb::create(Backend::Sqlite).await;
+    let lifecycle = Lifecycle::new();
+    let subscriber = Subscriber::new(
+        "verification",
+        &[SIGNED_UP],
+        recording("verification", "only"),
+        consumer.db.clone(),
+        bus.connect().await,
+        &bus.settings,
+    );
+    start(subscriber, &lifecycle).await;
+    let outbox = start_relay(&bus, &publisher.db, &lifecycle).await;
+
+    let mut tx = Tx::begin(&publisher.db).await.expect("begin");
+    let rolled_back = outbox
+        .publish(&mut tx, &support::signed_up(1))
+        .await
+        .expect("publish");
+    tx.rollback().await.expect("roll back");
+    let mut tx = Tx::begin(&publisher.db).await.expect("begin");
+    let dropped = outbox
+        .publish(&mut tx, &support::signed_up(2))
+        .await
+        .expect("publish");
+    drop(tx);
+    // A committed event after them: once it is handled, anything before it would have been.
+    let mut tx = Tx::begin(&publisher.db).await.expect("begin");
+    let committed = outbox
+        .publish(&mut tx, &support::signed_up(3))
+        .await
+        .expect("publish");
+    tx.commit().await.expect("commit");
+
+    wait_until("the committed event is handled", || async {
+        consumer.has_effect("verification", committed.id).await
+    })
+    .await;
+    let broker = bus.connect().await;
+    wait_until("the queue is drained", || async {
+        pending(&broker, "verification", &[SIGNED_UP]).await == 0
+    })
+    .await;
+    stop(&lifecycle).await;
+    assert!(!consumer.has_effect("verification", rolled_back.id).await);
+    assert!(!consumer.has_effect("verification", dropped.id).await);
+    assert_eq!(consumer.effects("verification").await, (1, 1));
+    assert_eq!(
+        dozen_bus::outbox::backlog(&publisher.db)
+            .await
+            .expect("backlog")
+            .0,
+        0
+    );
+}
+
+async fn an_event_delivered_twice_has_one_effect(kind: Kind) {
+    let bus = TestBus::new(kind).await;
+    let consumer = ServiceDb::create(Backend::Postgres).await;
+    let lifecycle = Lifecycle::new();
+    let broker = bus.connect().await;
+    let subscriber = Subscriber::new(
+        "friends",
+        &[SIGNED_UP, UserEmailVerified::TYPE],
+        recording("friends", "only"),
+        consumer.db.clone(),
+        broker.clone(),
+        &bus.settings,
+    );
+    start(subscriber, &lifecycle).await;
+
+    let signed_up = Envelope::new("signup", &support::signed_up(1)).expect("envelope");
+    let verified = Envelope::new(
+        "verification",
+        &UserEmailVerified {
+            user_id: Uuid::now_v7(),
+            email: "someone@example.test".into(),
+            verified_at: chrono::Utc::now(),
+        },
+    )
+    .expect("envelope");
+    // Straight to the broker, twice, as a relay that re-sends would.
+    for _ in 0..2 {
+        broker
+            .publish(&[signed_up.clone(), verified.clone()])
+            .await
+            .expect("publish");
+    }
+    wait_until("both events are handled and the queues drained", || async {
+        consumer.effects("friends").await.1 == 2
+            && pending(&broker, "friends", &[SIGNED_UP, UserEmailVerified::TYPE]).await == 0
+    })
+    .await;
+    stop(&lifecycle).await;
+    assert_eq!(consumer.effects("friends").await, (2, 2));
+}
+
+async fn a_stopping_consumer_finishes_its_event_and_hands_back_the_rest(kind: Kind) {
+    const EVENTS: i64 = 200;
+    let bus = TestBus::new(kind).await;
+    let publisher = ServiceDb::create(Backend::Sqlite).await;
+    let consumer = ServiceDb::create(Backend::Sqlite).await;
+    let relaying = Lifecycle::new();
+    let outbox = start_relay(&bus, &publisher.db, &relaying).await;
+    let slow = handler(|tx, event| {
+        Box::pin(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            write_effect(tx, "verification", "slow", event).await
+        })
+    });
+    let first = Lifecycle::new();
+    let subscriber = Subscriber::new(
+        "verification",
+        &[SIGNED_UP],
+        slow,
+        consumer.db.clone(),
+        bus.connect().await,
+        &bus.settings,
+    );
+    start(subscriber, &first).await;
+    support::publish_signups(&publisher.db, &outbox, EVENTS as usize).await;
+    wait_until("the first consumer is under way", || async {
+        consumer.effects("verification").await.1 >= 20
+    })
+    .await;
+    stop(&first).await;
+    let after_stop = consumer.effects("verification").await.1;
+    assert!(after_stop < EVENTS, "stopped mid-stream");
+
+    // What it held was handed back: a new consumer gets everything else.
+    let second = Lifecycle::new();
+    let subscriber = Subscriber::new(
+        "verification",
+        &[SIGNED_UP],
+        recording("verification", "second"),
+        consumer.db.clone(),
+        bus.connect().await,
+        &bus.settings,
+    );
+    start(subscriber, &second).await;
+    let broker = bus.connect().await;
+    wait_until("the second consumer has the rest", || async {
+        consumer.effects("verification").await.1 == EVENTS
+            && pending(&broker, "verification", &[SIGNED_UP]).await == 0
+    })
+    .await;
+    stop(&second).await;
+    stop(&relaying).await;
+    assert_eq!(consumer.effects("verification").await, (EVENTS, EVENTS));
+    assert_eq!(consumer.effects("verification").await.1 - after_stop, {
+        let by_instance: HashMap<String, i64> = consumer
+            .effects_by_instance("verification")
+            .await
+            .into_iter()
+            .collect();
+        by_instance.get("second").copied().unwrap_or_default()
+    });
+}
+
+async fn the_readiness_check_answers_while_the_broker_does(kind: Kind) {
+    let bus = TestBus::new(kind).await;
+    let db = ServiceDb::create(Backend::Sqlite).await;
+    let connected = dozen_bus::Bus::connect(&bus.settings, "signup", db.db.clone())
+        .await
+        .expect("connect");
+    let check = connected.readiness_check();
+    assert_eq!(check().await, Ok(()));
+    let mut readiness = dozen_kit::http::server::Readiness::default();
+    readiness.add("bus", connected.readiness_check());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_subjects_events_are_handled_in_order_on_the_embedded_bus_despite_competition_and_retries() {
+    const SUBJECTS: usize = 10;
+    const PER_SUBJECT: usize = 30;
+    let bus = TestBus::new(Kind::Embedded).await;
+    let consumer = ServiceDb::create(Backend::Sqlite).await;
+    let lifecycle = Lifecycle::new();
+    // The first delivery of every fifth event fails, to force retries.
+    let failed_once = Arc::new(Mutex::new(HashSet::new()));
+    for instance in ["first", "second"] {
+        let failed_once = failed_once.clone();
+        let flaky = handler(move |tx, event| {
+            let failed_once = failed_once.clone();
+            Box::pin(async move {
+                let n: usize = event.data["display_name"]
+                    .as_str()
+                    .and_then(|name| name.rsplit(' ').next()?.parse().ok())
+                    .unwrap_or_default();
+                if n % 5 == 0 && failed_once.lock().expect("lock").insert(event.id) {
+                    anyhow::bail!("failing the first delivery of event {n}");
+                }
+                write_effect(tx, "friends", instance, event).await
+            })
+        });
+        let subscriber = Subscriber::new(
+            "friends",
+            &[SIGNED_UP],
+            flaky,
+            consumer.db.clone(),
+            bus.connect().await,
+            &bus.settings,
+        );
+        start(subscriber, &lifecycle).await;
+    }
+    let broker = bus.connect().await;
+    let users: Vec<Uuid> = (0..SUBJECTS).map(|_| Uuid::now_v7()).collect();
+    let mut expected: HashMap<String, Vec<Uuid>> = HashMap::new();
+    let mut n = 0;
+    for _ in 0..PER_SUBJECT {
+        let mut batch = Vec::new();
+        for user in &users {
+            let mut event = support::signed_up(n);
+            event.user_id = *user;
+            let envelope = Envelope::new("signup", &event).expect("envelope");
+            expected
+                .entry(envelope.subject.clone())
+                .or_default()
+                .push(envelope.id);
+            batch.push(envelope);
+            n += 1;
+        }
+        broker.publish(&batch).await.expect("publish");
+    }
+    wait_until("every event is handled", || async {
+        consumer.effects("friends").await.1 == (SUBJECTS * PER_SUBJECT) as i64
+    })
+    .await;
+    stop(&lifecycle).await;
+    let order = consumer.subjects_in_order("friends").await;
+    let ids = effects_ids_in_order(&consumer).await;
+    let mut seen: HashMap<String, Vec<Uuid>> = HashMap::new();
+    for (subject, id) in order.into_iter().zip(ids) {
+        seen.entry(subject).or_default().push(id);
+    }
+    assert_eq!(
+        seen, expected,
+        "each subject's events were handled in publish order"
+    );
+}
+
+async fn effects_ids_in_order(consumer: &ServiceDb) -> Vec<Uuid> {
+    let ids: Vec<String> = match &consumer.db {
+        dozen_kit::db::Db::Sqlite(pool) => {
+            sqlx::query_scalar("SELECT event_id FROM effects ORDER BY id")
+                .fetch_all(pool)
+                .await
+        }
+        dozen_kit::db::Db::Postgres(pool) => {
+            sqlx::query_scalar("SELECT event_id FROM effects ORDER BY id")
+                .fetch_all(pool)
+                .await
+        }
+    }
+    .expect("read effects");
+    ids.iter()
+        .map(|id| Uuid::parse_str(id).expect("a uuid"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bus_tables_migrate_and_pass_the_schema_check_on_both_databases() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let database = dozen_tests::database::TestDatabase::create(backend).await;
+        let db = support::open(&database.url).await;
+        assert!(db.check_schema(&[&dozen_bus::MIGRATIONS]).await.is_err());
+        db.migrate(&[&dozen_bus::MIGRATIONS]).await.expect("migrate");
+        db.migrate(&[&dozen_bus::MIGRATIONS])
+            .await
+            .expect("migrating twice changes nothing");
+        db.check_schema(&[&dozen_bus::MIGRATIONS])
+            .await
+            .expect("schema is current");
+        db.close().await;
+    }
+}
+
+/// Not a test of its own: the entry point of the child processes the kill tests start (this
+/// binary, run again with `DOZEN_BUS_TEST_CHILD` naming the role). In a normal run it returns
+/// at once.
+#[test]
+fn runs_as_a_child_process_when_a_test_spawns_one() {
+    let Ok(role) = std::env::var("DOZEN_BUS_TEST_CHILD") else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async move {
+        let settings = support::settings_from_env();
+        let db = support::open(&std::env::var("DATABASE_URL").expect("DATABASE_URL")).await;
+        let broker = dozen_bus::backend::connect(&settings)
+            .await
+            .expect("connect to the broker");
+        let forever = tokio_util::sync::CancellationToken::new();
+        match role.as_str() {
+            "consumer" => {
+                let name = std::env::var("SUBSCRIBER").expect("SUBSCRIBER");
+                let instance = format!("pid{}", std::process::id());
+                let subscriber = Subscriber::new(
+                    &name,
+                    &[SIGNED_UP],
+                    recording(&name, &instance),
+                    db,
+                    broker,
+                    &settings,
+                );
+                let mut consumers = tokio::task::JoinSet::new();
+                for queue in subscriber.open().await.expect("open the queue") {
+                    consumers.spawn(subscriber.clone().consume(queue, forever.clone()));
+                }
+                consumers.join_all().await;
+            }
+            "relay-dies-after-publish" => {
+                let broker: Arc<dyn Broker> = Arc::new(DiesAfterPublish(broker));
+                Relay::new(db, broker, &Outbox::new("signup"), &settings)
+                    .run(forever)
+                    .await;
+            }
+            other => panic!("unknown child role {other}"),
+        }
+    });
+}

@@ -1,0 +1,353 @@
+//! What the bus's tests share: a real broker per test (the embedded bus in a fresh file, or
+//! NATS JetStream under a unique namespace that is deleted afterwards), service databases with
+//! the bus's tables, an `effects` table handlers write to, and waiting without timing.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::future::Future;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dozen_bus::contracts::UserSignedUp;
+use dozen_bus::{Broker, BusSettings, BusUrl, Envelope, Handler, Outbox, Tx, TxConn, handler};
+use dozen_kit::db::{DatabaseUrl, Db};
+use dozen_tests::database::{Backend, TestDatabase};
+use uuid::Uuid;
+
+/// Which broker a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Embedded,
+    Nats,
+}
+
+/// Generous: waits end as soon as their condition holds.
+pub const DEADLINE: Duration = Duration::from_secs(180);
+
+/// A broker that exists for one test.
+#[derive(Debug)]
+pub struct TestBus {
+    pub kind: Kind,
+    pub settings: BusSettings,
+    _folder: tempfile::TempDir,
+    /// A nats-server this test started because none was reachable.
+    nats_server: Option<Child>,
+}
+
+/// The NATS server tests use: `TEST_NATS_URL`, or the local default.
+fn nats_url() -> String {
+    std::env::var("TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+async fn nats_reachable(url: &str) -> bool {
+    let connecting = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(url);
+    matches!(
+        tokio::time::timeout(Duration::from_secs(3), connecting).await,
+        Ok(Ok(_))
+    )
+}
+
+impl TestBus {
+    pub async fn new(kind: Kind) -> Self {
+        let folder = tempfile::tempdir().expect("a temporary folder");
+        let namespace = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
+        let mut nats_server = None;
+        let url = match kind {
+            Kind::Embedded => {
+                BusUrl::Embedded(format!("sqlite://{}", folder.path().join("bus.db").display()))
+            }
+            Kind::Nats => {
+                let mut url = nats_url();
+                if !nats_reachable(&url).await {
+                    let (child, started) = start_nats_server(folder.path()).await;
+                    nats_server = Some(child);
+                    url = started;
+                }
+                BusUrl::Nats(url)
+            }
+        };
+        let mut settings = BusSettings::new(url);
+        settings.bus_namespace = namespace;
+        settings.bus_max_attempts = 3;
+        settings.bus_retry_backoff = Duration::from_millis(50);
+        settings.bus_retry_backoff_max = Duration::from_millis(200);
+        // Short, so that work left by a killed process comes back quickly.
+        settings.bus_ack_wait = Duration::from_secs(3);
+        settings.bus_poll_interval = Duration::from_millis(200);
+        Self {
+            kind,
+            settings,
+            _folder: folder,
+            nats_server,
+        }
+    }
+
+    /// A fresh connection to the broker, as a separate process would have.
+    pub async fn connect(&self) -> Arc<dyn Broker> {
+        dozen_bus::backend::connect(&self.settings)
+            .await
+            .expect("connect to the test broker")
+    }
+
+    /// The environment a child process needs to reach the same broker.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let url = match &self.settings.bus_url {
+            BusUrl::Embedded(url) | BusUrl::Nats(url) => url.clone(),
+        };
+        vec![
+            ("BUS_URL".into(), url),
+            ("BUS_NAMESPACE".into(), self.settings.bus_namespace.clone()),
+        ]
+    }
+}
+
+/// Settings for a child process from its environment, as in `TestBus::new`.
+pub fn settings_from_env() -> BusSettings {
+    let url = BusUrl::parse(&std::env::var("BUS_URL").expect("BUS_URL")).expect("a bus URL");
+    let mut settings = BusSettings::new(url);
+    settings.bus_namespace = std::env::var("BUS_NAMESPACE").expect("BUS_NAMESPACE");
+    settings.bus_max_attempts = 3;
+    settings.bus_retry_backoff = Duration::from_millis(50);
+    settings.bus_retry_backoff_max = Duration::from_millis(200);
+    settings.bus_ack_wait = Duration::from_secs(3);
+    settings.bus_poll_interval = Duration::from_millis(200);
+    settings
+}
+
+async fn start_nats_server(folder: &std::path::Path) -> (Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let child = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(folder.join("nats"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect(
+            "no NATS server is reachable and nats-server cannot be started (install it or set TEST_NATS_URL)",
+        );
+    let url = format!("nats://127.0.0.1:{port}");
+    wait_until("the NATS server started by the test answers", || async {
+        nats_reachable(&url).await
+    })
+    .await;
+    (child, url)
+}
+
+impl Drop for TestBus {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.nats_server.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        }
+        let BusUrl::Nats(url) = self.settings.bus_url.clone() else {
+            return;
+        };
+        let prefix = format!("{}_", self.settings.bus_namespace);
+        // Drop may run inside a runtime: delete the test's streams on a thread of its own.
+        let cleaned = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                use futures_util::StreamExt;
+                let client = async_nats::connect(&url).await.ok()?;
+                let jetstream = async_nats::jetstream::new(client);
+                let names: Vec<String> = jetstream
+                    .stream_names()
+                    .filter_map(|name| async move { name.ok() })
+                    .collect()
+                    .await;
+                for name in names.into_iter().filter(|name| name.starts_with(&prefix)) {
+                    jetstream.delete_stream(&name).await.ok()?;
+                }
+                Some(())
+            })
+        })
+        .join();
+        if !matches!(cleaned, Ok(Some(()))) {
+            eprintln!("warning: could not delete a test's NATS streams");
+        }
+    }
+}
+
+/// A service's database for one test, with the bus's tables and an `effects` table.
+#[derive(Debug)]
+pub struct ServiceDb {
+    pub db: Db,
+    pub database: TestDatabase,
+}
+
+impl ServiceDb {
+    pub async fn create(backend: Backend) -> Self {
+        let database = TestDatabase::create(backend).await;
+        let db = open(&database.url).await;
+        db.migrate(&[&dozen_bus::MIGRATIONS])
+            .await
+            .expect("bus migrations apply");
+        let effects = match backend {
+            Backend::Sqlite => {
+                "CREATE TABLE effects (id INTEGER PRIMARY KEY AUTOINCREMENT, subscriber TEXT NOT NULL,
+                 event_id TEXT NOT NULL, subject TEXT NOT NULL, instance TEXT NOT NULL)"
+            }
+            Backend::Postgres => {
+                "CREATE TABLE effects (id BIGSERIAL PRIMARY KEY, subscriber TEXT NOT NULL,
+                 event_id TEXT NOT NULL, subject TEXT NOT NULL, instance TEXT NOT NULL)"
+            }
+        };
+        match &db {
+            Db::Sqlite(pool) => sqlx::query(effects).execute(pool).await.map(drop),
+            Db::Postgres(pool) => sqlx::query(effects).execute(pool).await.map(drop),
+        }
+        .expect("create the effects table");
+        Self { db, database }
+    }
+
+    /// Effects `subscriber` had: (all, distinct events).
+    pub async fn effects(&self, subscriber: &str) -> (i64, i64) {
+        const SQL: &str = "SELECT COUNT(*), COUNT(DISTINCT event_id) FROM effects WHERE subscriber = $1";
+        match &self.db {
+            Db::Sqlite(pool) => sqlx::query_as(SQL).bind(subscriber).fetch_one(pool).await,
+            Db::Postgres(pool) => sqlx::query_as(SQL).bind(subscriber).fetch_one(pool).await,
+        }
+        .expect("count effects")
+    }
+
+    /// Effects `subscriber` had per instance.
+    pub async fn effects_by_instance(&self, subscriber: &str) -> Vec<(String, i64)> {
+        const SQL: &str = "SELECT instance, COUNT(*) FROM effects WHERE subscriber = $1 GROUP BY instance ORDER BY instance";
+        match &self.db {
+            Db::Sqlite(pool) => sqlx::query_as(SQL).bind(subscriber).fetch_all(pool).await,
+            Db::Postgres(pool) => sqlx::query_as(SQL).bind(subscriber).fetch_all(pool).await,
+        }
+        .expect("count effects by instance")
+    }
+
+    /// The effects' subjects in the order they were written.
+    pub async fn subjects_in_order(&self, subscriber: &str) -> Vec<String> {
+        const SQL: &str = "SELECT subject FROM effects WHERE subscriber = $1 ORDER BY id";
+        match &self.db {
+            Db::Sqlite(pool) => sqlx::query_scalar(SQL).bind(subscriber).fetch_all(pool).await,
+            Db::Postgres(pool) => sqlx::query_scalar(SQL).bind(subscriber).fetch_all(pool).await,
+        }
+        .expect("read effects")
+    }
+
+    /// Whether `subscriber` had an effect for `event_id`.
+    pub async fn has_effect(&self, subscriber: &str, event_id: Uuid) -> bool {
+        const SQL: &str = "SELECT COUNT(*) FROM effects WHERE subscriber = $1 AND event_id = $2";
+        let count: i64 = match &self.db {
+            Db::Sqlite(pool) => {
+                sqlx::query_scalar(SQL)
+                    .bind(subscriber)
+                    .bind(event_id.to_string())
+                    .fetch_one(pool)
+                    .await
+            }
+            Db::Postgres(pool) => {
+                sqlx::query_scalar(SQL)
+                    .bind(subscriber)
+                    .bind(event_id.to_string())
+                    .fetch_one(pool)
+                    .await
+            }
+        }
+        .expect("count effects");
+        count > 0
+    }
+}
+
+pub async fn open(url: &str) -> Db {
+    let url = DatabaseUrl::parse(url).expect("a database URL");
+    Db::connect(&url, 8).await.expect("open the test database")
+}
+
+/// Write the effect of `event` for `subscriber` in `tx`, as a real handler would.
+pub async fn write_effect(
+    tx: &mut Tx,
+    subscriber: &str,
+    instance: &str,
+    event: &Envelope,
+) -> anyhow::Result<()> {
+    const SQL: &str = "INSERT INTO effects (subscriber, event_id, subject, instance) VALUES ($1, $2, $3, $4)";
+    match tx.conn() {
+        TxConn::Sqlite(conn) => {
+            sqlx::query(SQL)
+                .bind(subscriber)
+                .bind(event.id.to_string())
+                .bind(&event.subject)
+                .bind(instance)
+                .execute(conn)
+                .await?;
+        }
+        TxConn::Postgres(conn) => {
+            sqlx::query(SQL)
+                .bind(subscriber)
+                .bind(event.id.to_string())
+                .bind(&event.subject)
+                .bind(instance)
+                .execute(conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// A handler that records one effect per event.
+pub fn recording(subscriber: &str, instance: &str) -> Handler {
+    let subscriber: Arc<str> = subscriber.into();
+    let instance: Arc<str> = instance.into();
+    handler(move |tx, event| {
+        let subscriber = subscriber.clone();
+        let instance = instance.clone();
+        Box::pin(async move { write_effect(tx, &subscriber, &instance, event).await })
+    })
+}
+
+/// A signup event for a new random user.
+pub fn signed_up(n: usize) -> UserSignedUp {
+    UserSignedUp {
+        user_id: Uuid::now_v7(),
+        email: format!("user{n}@example.test"),
+        display_name: format!("User {n}"),
+        interests: vec!["climbing".into()],
+    }
+}
+
+/// Publish `count` signups through `outbox` in `db`, committing in batches; their ids.
+pub async fn publish_signups(db: &Db, outbox: &Outbox, count: usize) -> Vec<Uuid> {
+    let mut ids = Vec::with_capacity(count);
+    let mut n = 0;
+    while n < count {
+        let mut tx = Tx::begin(db).await.expect("begin");
+        for _ in 0..500.min(count - n) {
+            let envelope = outbox.publish(&mut tx, &signed_up(n)).await.expect("publish");
+            ids.push(envelope.id);
+            n += 1;
+        }
+        tx.commit().await.expect("commit");
+    }
+    ids
+}
+
+/// Wait until `condition` holds, checking every 50 ms; fail after [`DEADLINE`].
+pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
