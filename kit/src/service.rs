@@ -37,6 +37,31 @@ pub trait Service: Sized + 'static {
     fn routes(
         context: &mut Context<Self::Settings>,
     ) -> impl Future<Output = anyhow::Result<OpenApiRouter>> + Send;
+
+    /// Its one-off admin processes besides `migrate` (factor XII), run as
+    /// `dozen-<name> <task> [args…]` from the same release.
+    const TASKS: &'static [AdminTask] = &[];
+
+    /// Run admin task `name` (one of [`Service::TASKS`]) with its arguments, against the
+    /// service's database (schema checked) and peers.
+    fn run_task(
+        name: &str,
+        args: &[OsString],
+        context: Context<Self::Settings>,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send {
+        let _ = (args, context);
+        let name = name.to_owned();
+        async move { anyhow::bail!("this service has no task {name}") }
+    }
+}
+
+/// A one-off admin process of a service.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminTask {
+    /// Its subcommand.
+    pub name: &'static str,
+    /// What it does, for `--help`.
+    pub about: &'static str,
 }
 
 /// What a service's routes and tasks are built from.
@@ -77,12 +102,15 @@ pub struct Cli<S: Args> {
 }
 
 /// The processes a service binary can run.
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Serve HTTP until SIGTERM or Ctrl-C (the default).
     Serve,
     /// Apply pending database migrations, then exit (a one-off admin process).
     Migrate,
+    /// One of the service's own admin tasks (listed below), with its arguments.
+    #[command(external_subcommand)]
+    Task(Vec<OsString>),
 }
 
 /// Everything a service needs to run, as read from the environment.
@@ -100,7 +128,19 @@ pub fn parse_settings<S: Service>(
                 S::NAME
             ))
             .mut_arg("port", |arg| arg.default_value(S::DEFAULT_PORT.to_string()))
+            .after_help(tasks_help::<S>())
     })
+}
+
+fn tasks_help<S: Service>() -> String {
+    if S::TASKS.is_empty() {
+        return String::new();
+    }
+    let mut help = String::from("Admin tasks:\n");
+    for task in S::TASKS {
+        help.push_str(&format!("  {:<8} {}\n", task.name, task.about));
+    }
+    help
 }
 
 /// The whole `main` of a service binary.
@@ -142,12 +182,13 @@ pub fn run_from_args<S: Service>(args: impl IntoIterator<Item = OsString>) -> Ex
         }
     };
     runtime.block_on(async {
-        let outcome = match settings.command.unwrap_or(Command::Serve) {
+        let outcome = match settings.command.clone().unwrap_or(Command::Serve) {
             Command::Migrate => migrate::<S>(&settings.service).await,
             Command::Serve => match Application::build::<S>(settings, started).await {
                 Ok(app) => app.run_until_stopped(lifecycle::shutdown_signal()).await,
                 Err(error) => Err(error),
             },
+            Command::Task(words) => run_task::<S>(words, settings).await,
         };
         match outcome {
             Ok(()) => ExitCode::SUCCESS,
@@ -183,6 +224,56 @@ async fn migrate<S: Service>(settings: &S::Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An admin task: the same context a serving process gets, then the task, then exit.
+async fn run_task<S: Service>(words: Vec<OsString>, settings: Settings<S>) -> anyhow::Result<()> {
+    let name = words
+        .first()
+        .map(|word| word.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !S::TASKS.iter().any(|task| task.name == name) {
+        let mut known = vec!["serve", "migrate"];
+        known.extend(S::TASKS.iter().map(|task| task.name));
+        anyhow::bail!("unknown command '{name}' (commands: {})", known.join(", "));
+    }
+    let context = Context::connect::<S>(settings.service, &settings.server).await?;
+    let lifecycle = context.lifecycle.clone();
+    let outcome = S::run_task(&name, &words[1..], context).await;
+    lifecycle.stop();
+    lifecycle.tasks_finished().await;
+    outcome
+}
+
+impl<S: Clone> Context<S> {
+    /// Connect what service `T` depends on: its database (schema checked, and checked by
+    /// `/readyz`) and the client for its peers.
+    async fn connect<T: Service<Settings = S>>(settings: S, server: &ServerSettings) -> anyhow::Result<Self> {
+        let mut readiness = Readiness::default();
+        let db = match T::database(&settings) {
+            None => None,
+            Some((database, migrations)) => {
+                let url = database_url::<T>(database);
+                let db = Db::connect(&url, database.database_max_connections)
+                    .await
+                    .with_context(|| format!("cannot open the {} database (DATABASE_URL)", url.backend()))?;
+                db.check_schema(migrations).await?;
+                let probe = db.clone();
+                readiness.add("database", move || {
+                    let probe = probe.clone();
+                    async move { probe.ping().await.map_err(|e| e.to_string()) }
+                });
+                Some(db)
+            }
+        };
+        Ok(Self {
+            settings,
+            db,
+            http: HttpClient::new(server.upstream_timeout)?,
+            lifecycle: Lifecycle::new(),
+            readiness,
+        })
+    }
+}
+
 /// A service bound to its port and ready to serve.
 #[derive(Debug)]
 pub struct Application {
@@ -196,32 +287,11 @@ pub struct Application {
 impl Application {
     /// Connect the database (checking its schema), build the routes and bind the port.
     pub async fn build<S: Service>(settings: Settings<S>, started: Instant) -> anyhow::Result<Self> {
-        let recorder_ready = metrics::recorder();
-        let lifecycle = Lifecycle::new();
-        let mut readiness = Readiness::default();
-        let db = match S::database(&settings.service) {
-            None => None,
-            Some((database, migrations)) => {
-                let url = database_url::<S>(database);
-                let db = Db::connect(&url, database.database_max_connections)
-                    .await
-                    .with_context(|| format!("cannot open the {} database (DATABASE_URL)", url.backend()))?;
-                db.check_schema(migrations).await?;
-                let probe = db.clone();
-                readiness.add("database", move || {
-                    let probe = probe.clone();
-                    async move { probe.ping().await.map_err(|e| e.to_string()) }
-                });
-                Some(db)
-            }
-        };
-        let mut context = Context {
-            settings: settings.service,
-            db: db.clone(),
-            http: HttpClient::new(settings.server.upstream_timeout)?,
-            lifecycle: lifecycle.clone(),
-            readiness,
-        };
+        // Installed before anything records.
+        metrics::recorder();
+        let mut context = Context::connect::<S>(settings.service, &settings.server).await?;
+        let lifecycle = context.lifecycle.clone();
+        let db = context.db.clone();
         let api = S::routes(&mut context).await?;
         let router = server::router(
             S::NAME,
@@ -235,7 +305,6 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {address} (PORT)"))?;
         lifecycle.spawn(metrics::run_upkeep(lifecycle.stopping()));
-        let _ = recorder_ready;
         let port = listener.local_addr()?.port();
         tracing::info!(
             port,

@@ -85,6 +85,15 @@ async fn a_profile_is_created_once_and_a_retry_is_harmless(backend: Backend) {
 
     let fetched: Value = users.get(ANN).await.json().await.expect("profile");
     assert_eq!(fetched["display_name"], "Ann Lee");
+    let by_email = users
+        .client
+        .get(users.service.url("/profiles"))
+        .query(&[("email", "ANN@example.com")])
+        .send()
+        .await
+        .expect("find by email");
+    assert_eq!(by_email.status(), 200);
+    assert_eq!(by_email.json::<Value>().await.expect("profile")["id"], ANN);
 }
 on_both_backends!(a_profile_is_created_once_and_a_retry_is_harmless);
 

@@ -2,13 +2,14 @@
 //! a signup cannot finish, deletes profiles); it is not routed by the gateway.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use dozen_bus::Outbox;
 use dozen_bus::contracts::UserProfileUpdated;
 use dozen_kit::db::{Db, Tx};
+use dozen_kit::email::Email;
 use dozen_kit::{ApiError, Problem};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -29,7 +30,7 @@ pub struct AppState {
 /// The service's routes.
 pub fn router(state: AppState) -> OpenApiRouter {
     OpenApiRouter::new()
-        .routes(routes!(create_profile))
+        .routes(routes!(create_profile, find_profile))
         .routes(routes!(get_profile, delete_profile))
         .with_state(state)
 }
@@ -76,6 +77,34 @@ async fn create_profile(
         )
         .into_response(),
     })
+}
+
+/// Which profile to find.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+struct ProfileQuery {
+    /// The email address (any case; compared normalised).
+    email: String,
+}
+
+/// The profile with an email address (internal: the signup service names the owner of an
+/// address that signs up again).
+#[utoipa::path(
+    get,
+    path = "/profiles",
+    params(ProfileQuery),
+    responses((status = 200, body = Profile), (status = 404, body = Problem), (status = 422, body = Problem))
+)]
+async fn find_profile(
+    State(state): State<AppState>,
+    Query(query): Query<ProfileQuery>,
+) -> Result<Json<Profile>, ApiError> {
+    let email = Email::parse(&query.email).map_err(|error| {
+        Problem::validation(std::iter::once(("email".to_owned(), error.to_owned())).collect())
+    })?;
+    store::find_by_email(&state.db, &email)
+        .await?
+        .map(Json)
+        .ok_or_else(|| not_found().into())
 }
 
 /// A profile by id (internal).

@@ -89,6 +89,14 @@ pub async fn find(db: &Db, id: Uuid) -> Result<Option<Profile>, sqlx::Error> {
     row.map(ProfileRow::into_profile).transpose()
 }
 
+/// The profile with `email`.
+pub async fn find_by_email(db: &Db, email: &Email) -> Result<Option<Profile>, sqlx::Error> {
+    let query = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM profiles WHERE email = $1"));
+    let row: Option<ProfileRow> =
+        with_pool!(db, pool => sqlx::query_as(query).bind(email.as_str()).fetch_optional(pool).await)?;
+    row.map(ProfileRow::into_profile).transpose()
+}
+
 /// Apply `changes`; `None` when there is no such profile.
 pub async fn update(
     tx: &mut Tx,
