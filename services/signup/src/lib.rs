@@ -1,10 +1,30 @@
-//! The signup service: records signups under their idempotency key, creates the profile and the credential (chained calls), and publishes `user.signed_up` through its outbox.
+//! The signup service: takes a signup through the chain (profile in users, credential in
+//! passwords), records how far each got under its Idempotency-Key, and publishes
+//! `user.signed_up` — or `user.signup_conflict` for a taken email — through its outbox.
+//!
+//! Layout: [`domain`] (request, key, states), [`store`] (signup records), [`peers`] (calls to
+//! users and passwords), [`flow`] (the chain, and `repair`), [`routes`] (the API).
 
+pub mod domain;
+pub mod flow;
+pub mod peers;
+pub mod routes;
+pub mod store;
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use anyhow::Context as _;
 use clap::Args;
-use dozen_kit::config::{DatabaseSettings, parse_http_url};
+use dozen_bus::{Bus, BusSettings, Relay};
+use dozen_kit::config::{DatabaseSettings, parse_duration, parse_http_url};
 use dozen_kit::db::Migrations;
+use dozen_kit::service::AdminTask;
 use dozen_kit::{Context, Service};
 use utoipa_axum::router::OpenApiRouter;
+
+use crate::flow::Flow;
+use crate::peers::Peers;
 
 /// The signup service's own schema, one set of migrations per backend.
 pub static MIGRATIONS: Migrations = Migrations {
@@ -12,25 +32,45 @@ pub static MIGRATIONS: Migrations = Migrations {
     postgres: sqlx::migrate!("migrations/postgres"),
 };
 
-/// Every set of migrations its database holds.
-pub static SCHEMA: &[&Migrations] = &[&MIGRATIONS];
+/// Every set of migrations its database holds: its own and the bus's.
+pub static SCHEMA: &[&Migrations] = &[&MIGRATIONS, &dozen_bus::MIGRATIONS];
 
 /// The signup service's settings.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
     #[command(flatten)]
     pub database: DatabaseSettings,
+    #[command(flatten)]
+    pub bus: BusSettings,
     /// Base URL of the users service.
     #[arg(long, env = "USERS_URL", default_value = "http://127.0.0.1:8082", value_parser = parse_http_url)]
     pub users_url: String,
     /// Base URL of the passwords service.
     #[arg(long, env = "PASSWORDS_URL", default_value = "http://127.0.0.1:8083", value_parser = parse_http_url)]
     pub passwords_url: String,
+    /// How long a signup may sit unfinished before `repair` completes or undoes it.
+    #[arg(long, env = "REPAIR_AFTER", default_value = "15m", value_parser = parse_duration)]
+    pub repair_after: Duration,
 }
 
 /// The signup service.
 #[derive(Debug)]
 pub struct Signup;
+
+impl Signup {
+    async fn flow(context: &Context<Settings>, bus: &Bus) -> anyhow::Result<Flow> {
+        Ok(Flow {
+            db: context.database()?.clone(),
+            outbox: bus.outbox().clone(),
+            peers: Peers {
+                users: context.http.upstream("users", &context.settings.users_url),
+                passwords: context
+                    .http
+                    .upstream("passwords", &context.settings.passwords_url),
+            },
+        })
+    }
+}
 
 impl Service for Signup {
     const NAME: &'static str = "signup";
@@ -41,7 +81,35 @@ impl Service for Signup {
         Some((&settings.database, SCHEMA))
     }
 
-    async fn routes(_context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
-        Ok(OpenApiRouter::new())
+    async fn routes(context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
+        let mut bus = Bus::connect(&context.settings.bus, Self::NAME, context.database()?.clone()).await?;
+        let flow = Self::flow(context, &bus).await?;
+        bus.start(&context.lifecycle).await?;
+        context.readiness.add("bus", bus.readiness_check());
+        Ok(routes::router(flow))
+    }
+
+    const TASKS: &'static [AdminTask] = &[AdminTask {
+        name: "repair",
+        about: "Complete or undo every signup left unfinished for longer than REPAIR_AFTER",
+    }];
+
+    async fn run_task(name: &str, _args: &[OsString], context: Context<Settings>) -> anyhow::Result<()> {
+        anyhow::ensure!(name == "repair", "no task {name}");
+        let bus = Bus::connect(&context.settings.bus, Self::NAME, context.database()?.clone()).await?;
+        let flow = Self::flow(&context, &bus).await?;
+        let before = chrono::Utc::now() - chrono::Duration::from_std(context.settings.repair_after)?;
+        let (completed, undone) = flow.repair(before).await.context("repair failed")?;
+        // Publish what repair wrote to the outbox before exiting (a serving instance's relay
+        // would too, but none may be running).
+        let relay = Relay::new(
+            flow.db.clone(),
+            bus.broker().clone(),
+            bus.outbox(),
+            &context.settings.bus,
+        );
+        while relay.relay_once().await? > 0 {}
+        tracing::info!(completed, undone, "repair finished");
+        Ok(())
     }
 }

@@ -1,0 +1,162 @@
+//! The calls signup makes, through the kit's client: create and delete a profile in users,
+//! set and delete a credential in passwords. Each answer is sorted into what the flow needs
+//! to know; anything unexpected is a fault, never the caller's problem.
+
+use axum::http::StatusCode;
+use dozen_kit::Problem;
+use dozen_kit::email::Email;
+use dozen_kit::http::client::Upstream;
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+/// How a call to a peer went.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Done (created now, or by an earlier try).
+    Done,
+    /// The email (or id) is taken by another account.
+    Taken,
+    /// The peer refused the input; the problem says why, field by field.
+    Refused(Problem),
+}
+
+/// Why a call to a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// It could not be reached or answered with a server error.
+    #[error("{peer} is unavailable: {reason}")]
+    Unavailable {
+        /// Which peer.
+        peer: &'static str,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// The users and passwords services.
+#[derive(Debug, Clone)]
+pub struct Peers {
+    /// The users service.
+    pub users: Upstream,
+    /// The passwords service.
+    pub passwords: Upstream,
+}
+
+#[derive(Debug, Deserialize)]
+struct ProfileId {
+    id: Uuid,
+}
+
+impl Peers {
+    /// Create the profile (idempotent for the same id and email).
+    pub async fn create_profile(
+        &self,
+        user_id: Uuid,
+        email: &Email,
+        display_name: &str,
+        interests: &[String],
+    ) -> Result<Outcome, PeerError> {
+        let body =
+            json!({ "id": user_id, "email": email, "display_name": display_name, "interests": interests });
+        let answer = self
+            .users
+            .request(Method::POST, "/profiles")
+            .json(&body)
+            .send()
+            .await;
+        sort(&self.users, answer).await
+    }
+
+    /// The id of the account that owns `email`, if any.
+    pub async fn owner_of(&self, email: &Email) -> Result<Option<Uuid>, PeerError> {
+        let answer = self
+            .users
+            .request(Method::GET, "/profiles")
+            .query(&[("email", email.as_str())])
+            .send()
+            .await
+            .map_err(|e| unavailable(&self.users, e))?;
+        match answer.status() {
+            StatusCode::OK => Ok(Some(
+                answer
+                    .json::<ProfileId>()
+                    .await
+                    .map_err(|e| unavailable(&self.users, e))?
+                    .id,
+            )),
+            StatusCode::NOT_FOUND => Ok(None),
+            status => Err(unavailable(&self.users, format!("answered {status}"))),
+        }
+    }
+
+    /// Delete the profile (idempotent).
+    pub async fn delete_profile(&self, user_id: Uuid) -> Result<(), PeerError> {
+        let answer = self
+            .users
+            .request(Method::DELETE, &format!("/profiles/{user_id}"))
+            .send()
+            .await;
+        expect_success(&self.users, answer)
+    }
+
+    /// Set the credential (idempotent for the same user and email).
+    pub async fn set_credential(
+        &self,
+        user_id: Uuid,
+        email: &Email,
+        password: &str,
+    ) -> Result<Outcome, PeerError> {
+        let body = json!({ "email": email, "password": password });
+        let answer = self
+            .passwords
+            .request(Method::PUT, &format!("/credentials/{user_id}"))
+            .json(&body)
+            .send()
+            .await;
+        sort(&self.passwords, answer).await
+    }
+
+    /// Delete the credential (idempotent).
+    pub async fn delete_credential(&self, user_id: Uuid) -> Result<(), PeerError> {
+        let answer = self
+            .passwords
+            .request(Method::DELETE, &format!("/credentials/{user_id}"))
+            .send()
+            .await;
+        expect_success(&self.passwords, answer)
+    }
+}
+
+async fn sort(peer: &Upstream, answer: reqwest::Result<reqwest::Response>) -> Result<Outcome, PeerError> {
+    let answer = answer.map_err(|e| unavailable(peer, e))?;
+    let status = answer.status();
+    if status.is_success() {
+        return Ok(Outcome::Done);
+    }
+    if status == StatusCode::CONFLICT {
+        return Ok(Outcome::Taken);
+    }
+    if status == StatusCode::UNPROCESSABLE_ENTITY || status == StatusCode::BAD_REQUEST {
+        let problem = answer.json::<Problem>().await.map_err(|e| unavailable(peer, e))?;
+        return Ok(Outcome::Refused(problem));
+    }
+    Err(unavailable(peer, format!("answered {status}")))
+}
+
+fn expect_success(peer: &Upstream, answer: reqwest::Result<reqwest::Response>) -> Result<(), PeerError> {
+    let answer = answer.map_err(|e| unavailable(peer, e))?;
+    if answer.status().is_success() {
+        Ok(())
+    } else {
+        Err(unavailable(peer, format!("answered {}", answer.status())))
+    }
+}
+
+fn unavailable(peer: &Upstream, reason: impl ToString) -> PeerError {
+    PeerError::Unavailable {
+        peer: peer.name(),
+        reason: reason.to_string(),
+    }
+}
