@@ -1,8 +1,27 @@
-//! The friends service: the event-sourced friendship log and its read models (suggestions, friend lists).
+//! The friends service: an event-sourced friendship log with its projections (CQRS), fed with
+//! the users it may suggest by `user.signed_up`, `user.profile_updated` and
+//! `user.email_verified`, and publishing `friend.connected`.
+//!
+//! Layout: [`domain`] (streams, events, the fold and the decisions), [`store`] (the log, the
+//! projections, the members read model), [`commands`] (appending with optimistic
+//! concurrency), [`suggestions`] (ranking), [`routes`] (the API). `rebuild` is an admin task
+//! that replays the log into fresh projections.
+
+pub mod commands;
+pub mod domain;
+pub mod routes;
+pub mod store;
+pub mod suggestions;
+
+use std::ffi::OsString;
 
 use clap::Args;
-use dozen_kit::config::DatabaseSettings;
-use dozen_kit::db::Migrations;
+use dozen_bus::contracts::{UserEmailVerified, UserProfileUpdated, UserSignedUp};
+use dozen_bus::{Bus, BusSettings, Envelope, Event as _, handler};
+use dozen_kit::auth::{JwtVerifier, TokenSettings};
+use dozen_kit::config::{DatabaseSettings, parse_http_url};
+use dozen_kit::db::{Migrations, Tx};
+use dozen_kit::service::AdminTask;
 use dozen_kit::{Context, Service};
 use utoipa_axum::router::OpenApiRouter;
 
@@ -12,19 +31,61 @@ pub static MIGRATIONS: Migrations = Migrations {
     postgres: sqlx::migrate!("migrations/postgres"),
 };
 
-/// Every set of migrations its database holds.
-pub static SCHEMA: &[&Migrations] = &[&MIGRATIONS];
+/// Every set of migrations its database holds: its own and the bus's.
+pub static SCHEMA: &[&Migrations] = &[&MIGRATIONS, &dozen_bus::MIGRATIONS];
 
 /// The friends service's settings.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
     #[command(flatten)]
     pub database: DatabaseSettings,
+    #[command(flatten)]
+    pub bus: BusSettings,
+    #[command(flatten)]
+    pub tokens: TokenSettings,
+    /// Base URL of the passwords service (whose keys sign access tokens).
+    #[arg(long, env = "PASSWORDS_URL", default_value = "http://127.0.0.1:8083", value_parser = parse_http_url)]
+    pub passwords_url: String,
 }
 
 /// The friends service.
 #[derive(Debug)]
 pub struct Friends;
+
+/// Keep the members read model up to date with what users do.
+async fn on_user_event(tx: &mut Tx, event: &Envelope) -> anyhow::Result<()> {
+    match event.event_type.as_str() {
+        UserSignedUp::TYPE => {
+            let signed_up: UserSignedUp = event.decode()?;
+            store::upsert_member(
+                tx,
+                signed_up.user_id,
+                &signed_up.display_name,
+                &signed_up.interests,
+                false,
+            )
+            .await?;
+        }
+        UserProfileUpdated::TYPE => {
+            let updated: UserProfileUpdated = event.decode()?;
+            store::upsert_member(
+                tx,
+                updated.user_id,
+                &updated.display_name,
+                &updated.interests,
+                updated.verified,
+            )
+            .await?;
+        }
+        UserEmailVerified::TYPE => {
+            let verified: UserEmailVerified = event.decode()?;
+            store::mark_verified(tx, verified.user_id).await?;
+        }
+        // Subscribed to these three only; anything else is a contract change to handle.
+        other => anyhow::bail!("friends does not handle {other}"),
+    }
+    Ok(())
+}
 
 impl Service for Friends {
     const NAME: &'static str = "friends";
@@ -35,7 +96,40 @@ impl Service for Friends {
         Some((&settings.database, SCHEMA))
     }
 
-    async fn routes(_context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
-        Ok(OpenApiRouter::new())
+    async fn routes(context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
+        let db = context.database()?.clone();
+        let mut bus = Bus::connect(&context.settings.bus, Self::NAME, db.clone()).await?;
+        bus.subscribe(
+            Self::NAME,
+            &[
+                UserSignedUp::TYPE,
+                UserProfileUpdated::TYPE,
+                UserEmailVerified::TYPE,
+            ],
+            handler(|tx, event| Box::pin(on_user_event(tx, event))),
+        );
+        let outbox = bus.outbox().clone();
+        bus.start(&context.lifecycle).await?;
+        context.readiness.add("bus", bus.readiness_check());
+        let verifier = JwtVerifier::new(
+            &context.http,
+            &context.settings.passwords_url,
+            &context.settings.tokens,
+        );
+        Ok(routes::router(routes::AppState { db, outbox, verifier }))
+    }
+
+    const TASKS: &'static [AdminTask] = &[AdminTask {
+        name: "rebuild",
+        about: "Drop the friendship projections and replay the log into them",
+    }];
+
+    async fn run_task(name: &str, _args: &[OsString], context: Context<Settings>) -> anyhow::Result<()> {
+        anyhow::ensure!(name == "rebuild", "no task {name}");
+        let mut tx = Tx::begin(context.database()?).await?;
+        let replayed = store::rebuild(&mut tx).await?;
+        tx.commit().await?;
+        tracing::info!(replayed, "projections rebuilt from the friendship log");
+        Ok(())
     }
 }

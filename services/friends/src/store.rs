@@ -1,0 +1,290 @@
+//! The friends service's tables: the friendship log, its projections (pending requests,
+//! friendships) and the members read model. Statements are written once for both backends.
+
+use chrono::{DateTime, Utc};
+use dozen_kit::db::{Db, Tx};
+use dozen_kit::{with_conn, with_pool};
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use crate::domain::{FriendshipEvent, FriendshipEventKind, FriendshipStream};
+
+/// Why an append failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Another writer appended to the stream first (optimistic concurrency).
+    #[error("the stream changed meanwhile")]
+    Conflict,
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    event_type: String,
+    actor: Uuid,
+    occurred_at: DateTime<Utc>,
+}
+
+impl EventRow {
+    fn into_event(self) -> Result<FriendshipEvent, sqlx::Error> {
+        let kind = FriendshipEventKind::parse(&self.event_type)
+            .ok_or_else(|| sqlx::Error::Decode(format!("event type {}", self.event_type).into()))?;
+        Ok(FriendshipEvent {
+            kind,
+            actor: self.actor,
+            occurred_at: self.occurred_at,
+        })
+    }
+}
+
+/// The events of `stream`, in order.
+pub async fn load(tx: &mut Tx, stream: &FriendshipStream) -> Result<Vec<FriendshipEvent>, sqlx::Error> {
+    let rows: Vec<EventRow> = with_conn!(tx.conn(), conn => sqlx::query_as(
+        "SELECT event_type, actor, occurred_at FROM friendship_events WHERE stream = $1 ORDER BY version",
+    )
+    .bind(stream.key())
+    .fetch_all(conn)
+    .await)?;
+    rows.into_iter().map(EventRow::into_event).collect()
+}
+
+/// Append `event` as version `version` of `stream`, and bring the projections up to date in
+/// the same transaction.
+pub async fn append(
+    tx: &mut Tx,
+    stream: &FriendshipStream,
+    version: i64,
+    event: &FriendshipEvent,
+) -> Result<(), AppendError> {
+    let appended = with_conn!(tx.conn(), conn => sqlx::query(
+        "INSERT INTO friendship_events (stream, version, event_type, actor, occurred_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(stream.key())
+    .bind(version)
+    .bind(event.kind.as_str())
+    .bind(event.actor)
+    .bind(event.occurred_at)
+    .execute(conn)
+    .await
+    .map(drop));
+    match appended {
+        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+            return Err(AppendError::Conflict);
+        }
+        other => other?,
+    }
+    project(tx, stream, event).await?;
+    Ok(())
+}
+
+/// Apply one event to the projections. The live path and `rebuild` both come through here, so
+/// they cannot disagree.
+async fn project(tx: &mut Tx, stream: &FriendshipStream, event: &FriendshipEvent) -> Result<(), sqlx::Error> {
+    let actor = event.actor;
+    let other = stream.other(actor);
+    clear_pair(tx, actor, other).await?;
+    match event.kind {
+        FriendshipEventKind::Requested => {
+            with_conn!(tx.conn(), conn => sqlx::query(
+                "INSERT INTO friend_requests (requester, addressee, requested_at) VALUES ($1, $2, $3)",
+            )
+            .bind(actor)
+            .bind(other)
+            .bind(event.occurred_at)
+            .execute(conn)
+            .await
+            .map(drop))?;
+        }
+        FriendshipEventKind::Accepted => {
+            with_conn!(tx.conn(), conn => sqlx::query(
+                "INSERT INTO friendships (user_id, friend_id, since) VALUES ($1, $2, $3), ($2, $1, $3)",
+            )
+            .bind(actor)
+            .bind(other)
+            .bind(event.occurred_at)
+            .execute(conn)
+            .await
+            .map(drop))?;
+        }
+        FriendshipEventKind::Removed => {}
+    }
+    Ok(())
+}
+
+async fn clear_pair(tx: &mut Tx, a: Uuid, b: Uuid) -> Result<(), sqlx::Error> {
+    with_conn!(tx.conn(), conn => sqlx::query(
+        "DELETE FROM friend_requests WHERE (requester = $1 AND addressee = $2) OR (requester = $2 AND addressee = $1)",
+    )
+    .bind(a)
+    .bind(b)
+    .execute(conn)
+    .await
+    .map(drop))?;
+    with_conn!(tx.conn(), conn => sqlx::query(
+        "DELETE FROM friendships WHERE (user_id = $1 AND friend_id = $2) OR (user_id = $2 AND friend_id = $1)",
+    )
+    .bind(a)
+    .bind(b)
+    .execute(conn)
+    .await
+    .map(drop))
+}
+
+/// Drop the projections and replay the whole log into them; how many events were replayed.
+pub async fn rebuild(tx: &mut Tx) -> Result<usize, sqlx::Error> {
+    with_conn!(tx.conn(), conn => sqlx::query("DELETE FROM friend_requests").execute(conn).await.map(drop))?;
+    with_conn!(tx.conn(), conn => sqlx::query("DELETE FROM friendships").execute(conn).await.map(drop))?;
+    let rows: Vec<(String, String, Uuid, DateTime<Utc>)> = with_conn!(tx.conn(), conn => sqlx::query_as(
+        "SELECT stream, event_type, actor, occurred_at FROM friendship_events ORDER BY stream, version",
+    )
+    .fetch_all(conn)
+    .await)?;
+    let replayed = rows.len();
+    for (key, event_type, actor, occurred_at) in rows {
+        let stream = FriendshipStream::parse(&key)
+            .ok_or_else(|| sqlx::Error::Decode(format!("stream {key}").into()))?;
+        let event = EventRow {
+            event_type,
+            actor,
+            occurred_at,
+        }
+        .into_event()?;
+        project(tx, &stream, &event).await?;
+    }
+    Ok(replayed)
+}
+
+/// A user as friends knows them.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Member {
+    /// Their id.
+    pub user_id: Uuid,
+    /// Their display name.
+    pub display_name: String,
+    /// Their interests.
+    pub interests: Json<Vec<String>>,
+    /// Whether their email is verified.
+    pub verified: bool,
+}
+
+/// Whether `user` is known.
+pub async fn is_member(tx: &mut Tx, user: Uuid) -> Result<bool, sqlx::Error> {
+    let found: Option<(Uuid,)> = with_conn!(tx.conn(), conn => sqlx::query_as(
+        "SELECT user_id FROM members WHERE user_id = $1",
+    )
+    .bind(user)
+    .fetch_optional(conn)
+    .await)?;
+    Ok(found.is_some())
+}
+
+/// Record what a user's profile says now. `verified` only ever turns on: a late, older event
+/// cannot un-verify anyone.
+pub async fn upsert_member(
+    tx: &mut Tx,
+    user: Uuid,
+    display_name: &str,
+    interests: &[String],
+    verified: bool,
+) -> Result<(), sqlx::Error> {
+    with_conn!(tx.conn(), conn => sqlx::query(
+        "INSERT INTO members (user_id, display_name, interests, verified) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (user_id) DO UPDATE SET display_name = excluded.display_name,
+             interests = excluded.interests, verified = members.verified OR excluded.verified",
+    )
+    .bind(user)
+    .bind(display_name)
+    .bind(Json(interests))
+    .bind(verified)
+    .execute(conn)
+    .await
+    .map(drop))
+}
+
+/// Mark a user verified (known or not yet: the signup event may come later).
+pub async fn mark_verified(tx: &mut Tx, user: Uuid) -> Result<(), sqlx::Error> {
+    with_conn!(tx.conn(), conn => sqlx::query(
+        "INSERT INTO members (user_id, display_name, interests, verified) VALUES ($1, '', '[]', TRUE)
+         ON CONFLICT (user_id) DO UPDATE SET verified = TRUE",
+    )
+    .bind(user)
+    .execute(conn)
+    .await
+    .map(drop))
+}
+
+/// A friend, or a request, with the other user's name.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Relation {
+    /// The other user.
+    pub id: Uuid,
+    /// Their display name.
+    pub display_name: String,
+    /// Since when (friends) or when asked (requests).
+    pub since: DateTime<Utc>,
+}
+
+/// The friends of `user`, oldest friendship first.
+pub async fn friends_of(db: &Db, user: Uuid) -> Result<Vec<Relation>, sqlx::Error> {
+    with_pool!(db, pool => sqlx::query_as(
+        "SELECT f.friend_id AS id, COALESCE(m.display_name, '') AS display_name, f.since AS since
+         FROM friendships f LEFT JOIN members m ON m.user_id = f.friend_id
+         WHERE f.user_id = $1 ORDER BY f.since, f.friend_id",
+    )
+    .bind(user)
+    .fetch_all(pool)
+    .await)
+}
+
+/// The requests waiting for `user` to answer, oldest first.
+pub async fn requests_to(db: &Db, user: Uuid) -> Result<Vec<Relation>, sqlx::Error> {
+    with_pool!(db, pool => sqlx::query_as(
+        "SELECT r.requester AS id, COALESCE(m.display_name, '') AS display_name, r.requested_at AS since
+         FROM friend_requests r LEFT JOIN members m ON m.user_id = r.requester
+         WHERE r.addressee = $1 ORDER BY r.requested_at, r.requester",
+    )
+    .bind(user)
+    .fetch_all(pool)
+    .await)
+}
+
+/// A possible friend: a verified user with no friendship or request with `user` yet, and how
+/// many friends they have in common.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Candidate {
+    /// Who.
+    #[sqlx(flatten)]
+    pub member: Member,
+    /// Friends in common.
+    pub mutual_friends: i64,
+}
+
+/// Everyone `user` might befriend.
+pub async fn candidates_for(db: &Db, user: Uuid) -> Result<Vec<Candidate>, sqlx::Error> {
+    with_pool!(db, pool => sqlx::query_as(
+        "SELECT m.user_id, m.display_name, m.interests, m.verified,
+            (SELECT COUNT(*) FROM friendships mine JOIN friendships theirs ON theirs.user_id = mine.friend_id
+             WHERE mine.user_id = $1 AND theirs.friend_id = m.user_id) AS mutual_friends
+         FROM members m
+         WHERE m.verified AND m.user_id <> $1
+           AND NOT EXISTS (SELECT 1 FROM friendships f WHERE f.user_id = $1 AND f.friend_id = m.user_id)
+           AND NOT EXISTS (SELECT 1 FROM friend_requests r
+                           WHERE (r.requester = $1 AND r.addressee = m.user_id)
+                              OR (r.requester = m.user_id AND r.addressee = $1))",
+    )
+    .bind(user)
+    .fetch_all(pool)
+    .await)
+}
+
+/// The member `user`, if known.
+pub async fn member(db: &Db, user: Uuid) -> Result<Option<Member>, sqlx::Error> {
+    with_pool!(db, pool => sqlx::query_as(
+        "SELECT user_id, display_name, interests, verified FROM members WHERE user_id = $1",
+    )
+    .bind(user)
+    .fetch_optional(pool)
+    .await)
+}
