@@ -1,10 +1,47 @@
-//! The verification service: single-use, expiring verification tokens, and the mail that carries them.
+//! The verification service: single-use, expiring verification tokens, and the mail that
+//! carries them.
+//!
+//! On `user.signed_up` it records the account, issues a token (only its SHA-256 is stored)
+//! and queues a mail with the link `{PUBLIC_URL}/verify?token=…`; on `user.signup_conflict` it
+//! queues a notice to the address's owner instead. Following the link
+//! (`POST /verifications/{token}`) verifies the address once and publishes
+//! `user.email_verified`.
+//!
+//! Exactly one mail per signup: the bus's inbox drops a redelivered event, the account insert
+//! drops a second event for the same user, and the mail is a row written in the handler's
+//! transaction (an outbox for mail) that the [`sender`] delivers under the row's id.
+//!
+//! Layout: [`domain`] (tokens and mail texts), [`store`] (the tables), [`links`] (a token and
+//! its mail, written together), [`mailer`] (folder or SMTP), [`sender`] (the background
+//! delivery), [`routes`] (the API), and here the settings and the bus subscription.
 
+pub mod domain;
+pub mod links;
+pub mod mailer;
+pub mod routes;
+pub mod sender;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::Utc;
 use clap::Args;
-use dozen_kit::config::DatabaseSettings;
+use dozen_bus::contracts::{UserSignedUp, UserSignupConflict};
+use dozen_bus::{Bus, BusSettings, Event as _, handler};
+use dozen_kit::config::{DatabaseSettings, parse_duration, parse_http_url};
 use dozen_kit::db::Migrations;
+use dozen_kit::email::Email;
 use dozen_kit::{Context, Service};
+use lettre::message::Mailbox;
+use tokio::sync::Notify;
 use utoipa_axum::router::OpenApiRouter;
+
+use crate::links::Links;
+use crate::mailer::{MailUrl, Mailer};
+use crate::sender::MailSender;
+use crate::store::Throttle;
 
 /// The verification service's own schema, one set of migrations per backend.
 pub static MIGRATIONS: Migrations = Migrations {
@@ -12,14 +49,63 @@ pub static MIGRATIONS: Migrations = Migrations {
     postgres: sqlx::migrate!("migrations/postgres"),
 };
 
-/// Every set of migrations its database holds.
-pub static SCHEMA: &[&Migrations] = &[&MIGRATIONS];
+/// Every set of migrations its database holds: its own and the bus's.
+pub static SCHEMA: &[&Migrations] = &[&MIGRATIONS, &dozen_bus::MIGRATIONS];
 
 /// The verification service's settings.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
     #[command(flatten)]
     pub database: DatabaseSettings,
+    #[command(flatten)]
+    pub bus: BusSettings,
+    #[command(flatten)]
+    pub mail: MailSettings,
+}
+
+/// Mail and links.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Mail and links")]
+pub struct MailSettings {
+    /// Where mail goes: `file://<folder>` (the embedded mailbox, one JSON file per message,
+    /// listed at GET /mailbox), `smtp://[user:pass@]host[:port]` (add `?tls=required` for
+    /// STARTTLS) or `smtps://user:pass@host[:port]` (TLS).
+    #[arg(long, env = "MAIL_URL", default_value = "file://data/mailbox", hide_env_values = true, value_parser = MailUrl::parse)]
+    pub mail_url: MailUrl,
+
+    /// The sender of every mail.
+    #[arg(long, env = "MAIL_FROM", default_value = "dozen <no-reply@dozen.local>", value_parser = mailer::parse_from)]
+    pub mail_from: Mailbox,
+
+    /// Longest one delivery may take. A mail held by an instance that died is sent again after
+    /// it (over SMTP that may deliver a second copy, with the same Message-ID).
+    #[arg(long, env = "MAIL_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
+    pub mail_timeout: Duration,
+
+    /// The base of the links in mails (the gateway's public address); links are
+    /// `<PUBLIC_URL>/verify?token=…`.
+    #[arg(long, env = "PUBLIC_URL", default_value = "http://127.0.0.1:8080", value_parser = parse_http_url)]
+    pub public_url: String,
+
+    /// How long a verification link works.
+    #[arg(long, env = "TOKEN_TTL", default_value = "24h", value_parser = parse_positive_duration)]
+    pub token_ttl: Duration,
+
+    /// Least time between two mails to one address (resent links, and conflict notices).
+    #[arg(long, env = "RESEND_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub resend_interval: Duration,
+
+    /// Most verification mails to one account in a day, the first one included (and most
+    /// conflict notices to one address).
+    #[arg(long, env = "RESEND_DAILY_LIMIT", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub resend_daily_limit: u32,
+}
+
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        duration if duration.is_zero() => Err("must be longer than zero".to_owned()),
+        duration => Ok(duration),
+    }
 }
 
 /// The verification service.
@@ -35,7 +121,73 @@ impl Service for Verification {
         Some((&settings.database, SCHEMA))
     }
 
-    async fn routes(_context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
-        Ok(OpenApiRouter::new())
+    async fn routes(context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
+        let db = context.database()?.clone();
+        let settings = context.settings.mail.clone();
+        let mailer = Mailer::new(&settings.mail_url, settings.mail_timeout)?;
+        tracing::info!(mail = settings.mail_url.kind(), "mail transport ready");
+        let mail_queued = Arc::new(Notify::new());
+        let links = Links {
+            public_url: settings.public_url.clone(),
+            ttl: settings.token_ttl,
+            throttle: Throttle {
+                interval_ms: i64::try_from(settings.resend_interval.as_millis()).unwrap_or(i64::MAX),
+                daily_limit: i64::from(settings.resend_daily_limit),
+            },
+            mail_queued: mail_queued.clone(),
+        };
+
+        let mut bus = Bus::connect(&context.settings.bus, Self::NAME, db.clone()).await?;
+        let outbox = bus.outbox().clone();
+        let issuer = links.clone();
+        bus.subscribe(
+            Self::NAME,
+            &[UserSignedUp::TYPE, UserSignupConflict::TYPE],
+            handler(move |tx, event| {
+                let issuer = issuer.clone();
+                Box::pin(async move {
+                    let now = Utc::now().timestamp_millis();
+                    if event.event_type == UserSignedUp::TYPE {
+                        let signed_up: UserSignedUp = event.decode()?;
+                        let email = Email::parse(&signed_up.email)
+                            .map_err(|e| anyhow::anyhow!("the signed-up email {e}"))?;
+                        // A second event for the same user (the signup announced twice) mails nothing.
+                        if store::create_account(tx, signed_up.user_id, email.as_str(), now).await? {
+                            issuer.issue(tx, signed_up.user_id, email.as_str(), now).await?;
+                        }
+                    } else {
+                        let conflict: UserSignupConflict = event.decode()?;
+                        let email = Email::parse(&conflict.email)
+                            .map_err(|e| anyhow::anyhow!("the conflicting email {e}"))?;
+                        if !issuer
+                            .notify_conflict(tx, email.as_str(), conflict.attempted_at, now)
+                            .await?
+                        {
+                            tracing::info!(user_id = %conflict.user_id, "conflict notice throttled");
+                        }
+                    }
+                    Ok(())
+                })
+            }),
+        );
+        bus.start(&context.lifecycle)
+            .await
+            .context("cannot subscribe to the bus (BUS_URL)")?;
+        context.readiness.add("bus", bus.readiness_check());
+
+        let sender = MailSender::new(
+            db.clone(),
+            mailer.clone(),
+            settings.mail_from.clone(),
+            mail_queued,
+            settings.mail_timeout,
+        );
+        context.lifecycle.spawn(sender.run(context.lifecycle.stopping()));
+        Ok(routes::router(routes::AppState {
+            db,
+            outbox,
+            links,
+            mailer,
+        }))
     }
 }

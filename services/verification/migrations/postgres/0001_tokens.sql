@@ -1,10 +1,49 @@
--- Verification tokens, stored only as a SHA-256 hash; single use (used_at) and expiring.
+-- The verification service's tables (Postgres). Times are milliseconds since the Unix epoch,
+-- the same on both backends, so that expiry, throttling and leases compare plain integers.
+
+-- Each signed-up user's address, and when it was verified. Resends are throttled per user
+-- here: at most one mail per RESEND_INTERVAL and RESEND_DAILY_LIMIT in a sliding day.
+CREATE TABLE accounts (
+    user_id           UUID PRIMARY KEY,
+    email             TEXT NOT NULL,
+    signed_up_at      BIGINT NOT NULL,
+    verified_at       BIGINT,
+    last_mail_at      BIGINT NOT NULL,
+    window_started_at BIGINT NOT NULL,
+    mails_in_window   INTEGER NOT NULL
+);
+CREATE INDEX accounts_email ON accounts (email, signed_up_at);
+
+-- Verification tokens, stored only as the SHA-256 of the token text: single use (used_at),
+-- expiring (expires_at), and revoked when a newer one is issued (revoked_at).
 CREATE TABLE verification_tokens (
-    token_hash TEXT PRIMARY KEY,
-    user_id    UUID NOT NULL,
-    email      TEXT NOT NULL,
-    expires_at TIMESTAMPTZ NOT NULL,
-    used_at    TIMESTAMPTZ,
-    created_at TIMESTAMPTZ NOT NULL
+    token_hash BYTEA PRIMARY KEY,
+    user_id    UUID NOT NULL REFERENCES accounts (user_id),
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    used_at    BIGINT,
+    revoked_at BIGINT
 );
 CREATE INDEX verification_tokens_user ON verification_tokens (user_id);
+CREATE INDEX verification_tokens_expiry ON verification_tokens (expires_at);
+
+-- Outgoing mail, written in the same transaction as the token it carries; the mail sender
+-- claims pending rows with a lease, sends them and marks them sent. The id is the mailbox file
+-- name and the Message-ID. The body may hold a live token: it is cleared once the mail is sent.
+CREATE TABLE mails (
+    id              UUID PRIMARY KEY,
+    kind            TEXT NOT NULL,
+    recipient       TEXT NOT NULL,
+    subject         TEXT NOT NULL,
+    body            TEXT,
+    created_at      BIGINT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at BIGINT NOT NULL DEFAULT 0,
+    lease_owner     TEXT,
+    lease_until     BIGINT NOT NULL DEFAULT 0,
+    last_error      TEXT,
+    sent_at         BIGINT,
+    failed_at       BIGINT
+);
+CREATE INDEX mails_pending ON mails (created_at) WHERE sent_at IS NULL AND failed_at IS NULL;
+CREATE INDEX mails_recipient ON mails (recipient, kind, created_at);

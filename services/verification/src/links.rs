@@ -1,0 +1,60 @@
+//! Issuing verification links and notices: the one place where a token and the mail that
+//! carries it are written, together, in the caller's transaction (an event handler's or a
+//! resend request's). The mail leaves only if the transaction commits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use dozen_kit::db::Tx;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::domain::{self, MailKind, Token};
+use crate::store::{self, DAY_MS, Throttle};
+
+/// What issuing needs: where links point, how long they live, whom to wake.
+#[derive(Debug, Clone)]
+pub struct Links {
+    /// The base of every link (`PUBLIC_URL`).
+    pub public_url: String,
+    /// How long a token works (`TOKEN_TTL`).
+    pub ttl: Duration,
+    /// The resend throttle, also applied to conflict notices.
+    pub throttle: Throttle,
+    /// Woken after a commit that queued a mail, so the sender needs no fast polling.
+    pub mail_queued: Arc<Notify>,
+}
+
+impl Links {
+    /// Issue a fresh token for `user_id` (revoking older ones) and queue its mail to `email`.
+    pub async fn issue(&self, tx: &mut Tx, user_id: Uuid, email: &str, now: i64) -> anyhow::Result<()> {
+        let token = Token::generate()?;
+        let expires_at = now.saturating_add(i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX));
+        store::issue_token(tx, user_id, &token.hash(), now, expires_at).await?;
+        let mail = domain::verification_mail(email, &self.public_url, &token, self.ttl);
+        store::queue_mail(tx, &mail, now).await?;
+        tx.wake_after_commit(self.mail_queued.clone());
+        Ok(())
+    }
+
+    /// Queue the notice for an attempt to sign up again with `email`, unless the throttle
+    /// says enough notices went there lately (someone may be trying to flood the owner).
+    /// Whether one was queued.
+    pub async fn notify_conflict(
+        &self,
+        tx: &mut Tx,
+        email: &str,
+        attempted_at: DateTime<Utc>,
+        now: i64,
+    ) -> anyhow::Result<bool> {
+        let (count, last) = store::recent_mails(tx, email, MailKind::SignupConflict, now - DAY_MS).await?;
+        let too_soon = last.is_some_and(|last| last > now - self.throttle.interval_ms);
+        if too_soon || count >= self.throttle.daily_limit {
+            return Ok(false);
+        }
+        store::queue_mail(tx, &domain::signup_conflict_mail(email, attempted_at), now).await?;
+        tx.wake_after_commit(self.mail_queued.clone());
+        Ok(true)
+    }
+}

@@ -1,0 +1,176 @@
+//! The verification service's HTTP API: following a link (`POST /verifications/{token}`),
+//! asking for a new one (`POST /verifications/resend`), and the dev mailbox (`GET /mailbox`).
+//! The gateway routes them as `/api/verifications/…` and `/api/dev/mailbox`.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::Utc;
+use dozen_bus::Outbox;
+use dozen_bus::contracts::UserEmailVerified;
+use dozen_kit::db::{Db, Tx};
+use dozen_kit::email::Email;
+use dozen_kit::{ApiError, Problem};
+use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::domain::Token;
+use crate::links::Links;
+use crate::mailer::{Mailer, StoredMessage};
+use crate::store;
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The service's database.
+    pub db: Db,
+    /// Where `user.email_verified` is published.
+    pub outbox: Outbox,
+    /// Issuing new links.
+    pub links: Links,
+    /// Where mail goes (the mailbox is listed from it).
+    pub mailer: Mailer,
+}
+
+/// The service's routes.
+pub fn router(state: AppState) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(resend))
+        .routes(routes!(verify))
+        .routes(routes!(mailbox))
+        .with_state(state)
+}
+
+/// The answer to a followed link.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Verified {
+    /// Always `verified`.
+    pub status: String,
+}
+
+/// Follow a verification link: the token works once, before it expires and before a newer
+/// one is issued. An unknown, malformed, used, revoked or expired token gets the same 404, so
+/// answers tell nothing about which tokens exist.
+#[utoipa::path(
+    post,
+    path = "/verifications/{token}",
+    params(("token" = String, Path, description = "The token from the link")),
+    responses(
+        (status = 200, description = "The address is verified", body = Verified),
+        (status = 404, description = "The link is unknown, used, superseded or expired", body = Problem),
+    )
+)]
+async fn verify(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+) -> Result<Json<Verified>, ApiError> {
+    // Garbage never reaches the database.
+    let token = Token::parse(&token).ok_or_else(invalid_link)?;
+    let now = Utc::now();
+    let mut tx = Tx::begin(&state.db).await?;
+    let used = store::use_token(&mut tx, &token.hash(), now.timestamp_millis())
+        .await?
+        .ok_or_else(invalid_link)?;
+    if used.newly_verified {
+        let event = UserEmailVerified {
+            user_id: used.user_id,
+            email: used.email,
+            verified_at: now,
+        };
+        state
+            .outbox
+            .publish(&mut tx, &event)
+            .await
+            .map_err(anyhow::Error::from)?;
+    }
+    tx.commit().await?;
+    Ok(Json(Verified {
+        status: "verified".to_owned(),
+    }))
+}
+
+/// The body of `POST /verifications/resend`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResendRequest {
+    /// The address that signed up.
+    pub email: String,
+}
+
+/// The answer to a resend request, whatever happened.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ResendAccepted {
+    /// Always `accepted`.
+    pub status: String,
+}
+
+/// Ask for a new verification link. The answer is 202 whether or not the address has an
+/// account, is verified already, or is throttled (at most one mail per `RESEND_INTERVAL` and
+/// `RESEND_DAILY_LIMIT` a day, the first one included): it tells nothing about accounts. When
+/// the address has an unverified account and the throttle allows, its older links stop
+/// working and a new one is mailed.
+#[utoipa::path(
+    post,
+    path = "/verifications/resend",
+    request_body = ResendRequest,
+    responses(
+        (status = 202, description = "A link is mailed if the address awaits verification", body = ResendAccepted),
+        (status = 422, description = "The address is not valid", body = Problem),
+    )
+)]
+async fn resend(
+    State(state): State<AppState>,
+    Json(request): Json<ResendRequest>,
+) -> Result<(StatusCode, Json<ResendAccepted>), ApiError> {
+    let email = Email::parse(&request.email).map_err(|error| {
+        Problem::validation(std::iter::once(("email".to_owned(), error.to_owned())).collect())
+    })?;
+    let now = Utc::now().timestamp_millis();
+    let mut tx = Tx::begin(&state.db).await?;
+    if let Some(user_id) = store::unverified_account(&mut tx, email.as_str()).await?
+        && store::take_resend_slot(&mut tx, user_id, state.links.throttle, now).await?
+    {
+        state.links.issue(&mut tx, user_id, email.as_str(), now).await?;
+        tx.commit().await?;
+        tracing::info!(%user_id, "verification link issued again");
+    } else {
+        tx.rollback().await?;
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(ResendAccepted {
+            status: "accepted".to_owned(),
+        }),
+    ))
+}
+
+/// The dev mailbox: every mail written to the mailbox folder, newest first. Only when
+/// `MAIL_URL` is a `file://` folder; over SMTP it answers 404.
+#[utoipa::path(
+    get,
+    path = "/mailbox",
+    responses(
+        (status = 200, description = "The messages, newest first", body = [StoredMessage]),
+        (status = 404, description = "Mail goes over SMTP: there is no mailbox", body = Problem),
+    )
+)]
+async fn mailbox(State(state): State<AppState>) -> Result<Json<Vec<StoredMessage>>, ApiError> {
+    match state.mailer.list().await {
+        Some(listed) => Ok(Json(listed.map_err(anyhow::Error::from)?)),
+        None => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "there is no mailbox: mail goes over SMTP (MAIL_URL is not a file:// folder)",
+        )
+        .into()),
+    }
+}
+
+fn invalid_link() -> Problem {
+    Problem::typed(
+        StatusCode::NOT_FOUND,
+        "invalid-verification-link",
+        "Invalid verification link",
+        "this link is unknown, already used, replaced by a newer one or expired; ask for a new one",
+    )
+}

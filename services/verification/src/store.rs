@@ -1,0 +1,342 @@
+//! The verification service's tables: accounts (address, verified, resend throttle), tokens
+//! (hashes only) and outgoing mail. Each statement is written once and runs on SQLite or
+//! Postgres (`with_conn!`, `with_pool!`); times are milliseconds since the epoch on both.
+
+use dozen_kit::db::{Db, Tx, TxConn};
+use dozen_kit::{with_conn, with_pool};
+use uuid::Uuid;
+
+use crate::domain::{Mail, MailKind, TokenHash};
+
+/// A day, for the daily resend limit.
+pub const DAY_MS: i64 = 24 * 3600 * 1000;
+
+/// Record a new account, with its first mail counted against the resend throttle. False when
+/// the user is known already (the signup was announced twice): nothing changes.
+pub async fn create_account(tx: &mut Tx, user_id: Uuid, email: &str, now: i64) -> Result<bool, sqlx::Error> {
+    with_conn!(tx.conn(), conn => sqlx::query(
+        "INSERT INTO accounts (user_id, email, signed_up_at, last_mail_at, window_started_at, mails_in_window)
+         VALUES ($1, $2, $3, $3, $3, 1) ON CONFLICT DO NOTHING",
+    )
+    .bind(user_id)
+    .bind(email)
+    .bind(now)
+    .execute(conn)
+    .await
+    .map(|done| done.rows_affected() == 1))
+}
+
+/// The most recent unverified account with `email`.
+pub async fn unverified_account(tx: &mut Tx, email: &str) -> Result<Option<Uuid>, sqlx::Error> {
+    let row: Option<(Uuid,)> = with_conn!(tx.conn(), conn => sqlx::query_as(
+        "SELECT user_id FROM accounts WHERE email = $1 AND verified_at IS NULL
+         ORDER BY signed_up_at DESC LIMIT 1",
+    )
+    .bind(email)
+    .fetch_optional(conn)
+    .await)?;
+    Ok(row.map(|(id,)| id))
+}
+
+/// The resend throttle, for [`take_resend_slot`].
+#[derive(Debug, Clone, Copy)]
+pub struct Throttle {
+    /// Least time between two mails to one account, in ms.
+    pub interval_ms: i64,
+    /// Most mails to one account in a day (the first one included).
+    pub daily_limit: i64,
+}
+
+/// Count one more mail against the account's throttle, if it allows one now; false (and
+/// nothing changed) when it does not. One conditional update, so concurrent resends cannot
+/// both pass: Postgres re-checks the condition on the row it locked.
+pub async fn take_resend_slot(
+    tx: &mut Tx,
+    user_id: Uuid,
+    throttle: Throttle,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    with_conn!(tx.conn(), conn => sqlx::query(
+        "UPDATE accounts SET
+             last_mail_at = $2,
+             window_started_at = CASE WHEN window_started_at <= $2 - $3 THEN $2 ELSE window_started_at END,
+             mails_in_window = CASE WHEN window_started_at <= $2 - $3 THEN 1 ELSE mails_in_window + 1 END
+         WHERE user_id = $1 AND verified_at IS NULL
+           AND last_mail_at <= $2 - $4
+           AND (window_started_at <= $2 - $3 OR mails_in_window < $5)",
+    )
+    .bind(user_id)
+    .bind(now)
+    .bind(DAY_MS)
+    .bind(throttle.interval_ms)
+    .bind(throttle.daily_limit)
+    .execute(conn)
+    .await
+    .map(|done| done.rows_affected() == 1))
+}
+
+/// Store a token's hash for `user_id`, after revoking every token of the user still open:
+/// only the newest link works.
+pub async fn issue_token(
+    tx: &mut Tx,
+    user_id: Uuid,
+    hash: &TokenHash,
+    now: i64,
+    expires_at: i64,
+) -> Result<(), sqlx::Error> {
+    with_conn!(tx.conn(), conn => sqlx::query(
+        "UPDATE verification_tokens SET revoked_at = $2
+         WHERE user_id = $1 AND used_at IS NULL AND revoked_at IS NULL",
+    )
+    .bind(user_id)
+    .bind(now)
+    .execute(conn)
+    .await
+    .map(drop))?;
+    with_conn!(tx.conn(), conn => sqlx::query(
+        "INSERT INTO verification_tokens (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(hash.0.as_slice())
+    .bind(user_id)
+    .bind(now)
+    .bind(expires_at)
+    .execute(conn)
+    .await
+    .map(drop))
+}
+
+/// A token just used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Used {
+    /// Whose it was.
+    pub user_id: Uuid,
+    /// The address it verifies.
+    pub email: String,
+    /// Whether this use verified the account (false: it was verified before).
+    pub newly_verified: bool,
+}
+
+/// Use the token with `hash` if it is open (not used, not revoked, not expired): mark it
+/// used, revoke the user's other tokens and mark the account verified. `None` otherwise, with
+/// nothing changed. The first update is conditional, so a token is used at most once even
+/// when two requests race.
+pub async fn use_token(tx: &mut Tx, hash: &TokenHash, now: i64) -> Result<Option<Used>, sqlx::Error> {
+    let used: Option<(Uuid,)> = with_conn!(tx.conn(), conn => sqlx::query_as(
+        "UPDATE verification_tokens SET used_at = $2
+         WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $2
+         RETURNING user_id",
+    )
+    .bind(hash.0.as_slice())
+    .bind(now)
+    .fetch_optional(conn)
+    .await)?;
+    let Some((user_id,)) = used else {
+        return Ok(None);
+    };
+    with_conn!(tx.conn(), conn => sqlx::query(
+        "UPDATE verification_tokens SET revoked_at = $2
+         WHERE user_id = $1 AND used_at IS NULL AND revoked_at IS NULL",
+    )
+    .bind(user_id)
+    .bind(now)
+    .execute(conn)
+    .await
+    .map(drop))?;
+    let newly_verified = with_conn!(tx.conn(), conn => sqlx::query(
+        "UPDATE accounts SET verified_at = $2 WHERE user_id = $1 AND verified_at IS NULL",
+    )
+    .bind(user_id)
+    .bind(now)
+    .execute(conn)
+    .await
+    .map(|done| done.rows_affected() == 1))?;
+    let (email,): (String,) = with_conn!(tx.conn(), conn => sqlx::query_as(
+        "SELECT email FROM accounts WHERE user_id = $1",
+    )
+    .bind(user_id)
+    .fetch_one(conn)
+    .await)?;
+    Ok(Some(Used {
+        user_id,
+        email,
+        newly_verified,
+    }))
+}
+
+/// Mails of `kind` queued to `recipient` since `since`, and when the last one was.
+pub async fn recent_mails(
+    tx: &mut Tx,
+    recipient: &str,
+    kind: MailKind,
+    since: i64,
+) -> Result<(i64, Option<i64>), sqlx::Error> {
+    with_conn!(tx.conn(), conn => sqlx::query_as(
+        "SELECT COUNT(*), MAX(created_at) FROM mails WHERE recipient = $1 AND kind = $2 AND created_at > $3",
+    )
+    .bind(recipient)
+    .bind(kind.as_str())
+    .bind(since)
+    .fetch_one(conn)
+    .await)
+}
+
+/// Queue `mail`: the sender delivers it once `tx` commits. Returns its id.
+pub async fn queue_mail(tx: &mut Tx, mail: &Mail, now: i64) -> Result<Uuid, sqlx::Error> {
+    let id = Uuid::now_v7();
+    with_conn!(tx.conn(), conn => sqlx::query(
+        "INSERT INTO mails (id, kind, recipient, subject, body, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(id)
+    .bind(mail.kind.as_str())
+    .bind(&mail.to)
+    .bind(&mail.subject)
+    .bind(&mail.body)
+    .bind(now)
+    .execute(conn)
+    .await
+    .map(drop))?;
+    Ok(id)
+}
+
+/// A mail claimed for sending.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedMail {
+    /// Its id.
+    pub id: Uuid,
+    /// Its kind's name.
+    pub kind: String,
+    /// Its address.
+    pub recipient: String,
+    /// Its subject.
+    pub subject: String,
+    /// Its body (present until sent).
+    pub body: Option<String>,
+    /// Failed attempts so far.
+    pub attempts: i32,
+}
+
+const CLAIM_SQLITE: &str = "
+UPDATE mails SET lease_owner = $1, lease_until = $2
+WHERE id = (
+    SELECT id FROM mails
+    WHERE sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $3 AND lease_until <= $3
+    ORDER BY created_at, id
+    LIMIT 1)
+RETURNING id, kind, recipient, subject, body, attempts";
+
+const CLAIM_POSTGRES: &str = "
+UPDATE mails SET lease_owner = $1, lease_until = $2
+WHERE id = (
+    SELECT id FROM mails
+    WHERE sent_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $3 AND lease_until <= $3
+    ORDER BY created_at, id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED)
+RETURNING id, kind, recipient, subject, body, attempts";
+
+/// Claim the oldest due mail for `owner` until `lease_until`: no other sender takes it while
+/// the lease holds (SQLite: inside `BEGIN IMMEDIATE`; Postgres: `FOR UPDATE SKIP LOCKED`).
+pub async fn claim_mail(
+    db: &Db,
+    owner: &str,
+    now: i64,
+    lease_until: i64,
+) -> Result<Option<ClaimedMail>, sqlx::Error> {
+    let mut tx = Tx::begin(db).await?;
+    let claimed = match tx.conn() {
+        TxConn::Sqlite(conn) => {
+            sqlx::query_as(CLAIM_SQLITE)
+                .bind(owner)
+                .bind(lease_until)
+                .bind(now)
+                .fetch_optional(conn)
+                .await?
+        }
+        TxConn::Postgres(conn) => {
+            sqlx::query_as(CLAIM_POSTGRES)
+                .bind(owner)
+                .bind(lease_until)
+                .bind(now)
+                .fetch_optional(conn)
+                .await?
+        }
+    };
+    tx.commit().await?;
+    Ok(claimed)
+}
+
+/// Mark a claimed mail sent, and forget its body (it may hold a live token). Nothing happens
+/// if `owner` lost the lease meanwhile.
+pub async fn mark_sent(db: &Db, id: Uuid, owner: &str, now: i64) -> Result<(), sqlx::Error> {
+    let mut tx = Tx::begin(db).await?;
+    with_conn!(tx.conn(), conn => sqlx::query(
+        "UPDATE mails SET sent_at = $3, body = NULL, lease_owner = NULL, lease_until = 0, last_error = NULL
+         WHERE id = $1 AND lease_owner = $2",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(now)
+    .execute(conn)
+    .await
+    .map(drop))?;
+    tx.commit().await
+}
+
+/// Record a failed attempt: retry at `retry_at`, or give up (`retry_at` is `None`) and forget
+/// the body.
+pub async fn mark_failed(
+    db: &Db,
+    id: Uuid,
+    owner: &str,
+    now: i64,
+    retry_at: Option<i64>,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    let mut tx = Tx::begin(db).await?;
+    with_conn!(tx.conn(), conn => sqlx::query(
+        "UPDATE mails SET attempts = attempts + 1, last_error = $3, lease_owner = NULL, lease_until = 0,
+             next_attempt_at = COALESCE($4, next_attempt_at),
+             failed_at = CASE WHEN $4 IS NULL THEN $5 ELSE NULL END,
+             body = CASE WHEN $4 IS NULL THEN NULL ELSE body END
+         WHERE id = $1 AND lease_owner = $2",
+    )
+    .bind(id)
+    .bind(owner)
+    .bind(error)
+    .bind(retry_at)
+    .bind(now)
+    .execute(conn)
+    .await
+    .map(drop))?;
+    tx.commit().await
+}
+
+/// Mails not yet sent (nor given up), and when the oldest was queued.
+pub async fn mail_backlog(db: &Db) -> Result<(i64, Option<i64>), sqlx::Error> {
+    with_pool!(db, pool => sqlx::query_as(
+        "SELECT COUNT(*), MIN(created_at) FROM mails WHERE sent_at IS NULL AND failed_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await)
+}
+
+/// Forget sent or failed mails and dead tokens older than `cutoff`. Accounts stay: they are
+/// what a resend looks up.
+pub async fn forget_before(db: &Db, cutoff: i64) -> Result<(), sqlx::Error> {
+    let mut tx = Tx::begin(db).await?;
+    with_conn!(tx.conn(), conn => sqlx::query(
+        "DELETE FROM mails WHERE COALESCE(sent_at, failed_at) < $1",
+    )
+    .bind(cutoff)
+    .execute(conn)
+    .await
+    .map(drop))?;
+    with_conn!(tx.conn(), conn => sqlx::query(
+        "DELETE FROM verification_tokens WHERE expires_at < $1",
+    )
+    .bind(cutoff)
+    .execute(conn)
+    .await
+    .map(drop))?;
+    tx.commit().await
+}
