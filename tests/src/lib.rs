@@ -5,6 +5,8 @@
 //! unique name, dropped when the test ends), so tests run in parallel and leave nothing behind.
 
 pub mod database;
+pub mod nats;
+pub mod platform;
 pub mod process;
 
 /// Generate one test per database backend from an `async fn(Backend)`: the same suite runs on

@@ -4,98 +4,10 @@
 use std::time::{Duration, Instant};
 
 use dozen_tests::database::postgres_admin_url;
-use dozen_tests::process::{Running, free_port};
+use dozen_tests::platform::Platform;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sqlx::{ConnectOptions, Connection};
-
-const SERVICES: [&str; 6] = [
-    "gateway",
-    "signup",
-    "users",
-    "passwords",
-    "verification",
-    "friends",
-];
-
-struct Platform {
-    up: Running,
-    ports: Vec<(&'static str, u16)>,
-    _data: tempfile::TempDir,
-}
-
-impl Platform {
-    async fn start(extra_env: &[(&str, &str)]) -> Self {
-        let data = tempfile::tempdir().expect("data folder");
-        let ports: Vec<(&str, u16)> = SERVICES.iter().map(|name| (*name, free_port())).collect();
-        let port_vars: Vec<(String, String)> = ports
-            .iter()
-            .map(|(name, port)| (format!("{}_PORT", name.to_uppercase()), port.to_string()))
-            .collect();
-        let data_dir = data.path().to_string_lossy().into_owned();
-        let mut env: Vec<(&str, &str)> = port_vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        env.push(("DATA_DIR", &data_dir));
-        env.extend_from_slice(extra_env);
-        let mut up = Running::start("dozen", &["up"], &env);
-        up.wait_for_line(Duration::from_secs(90), |line| {
-            line.contains("all 6 services are ready")
-        })
-        .await;
-        Self {
-            up,
-            ports,
-            _data: data,
-        }
-    }
-
-    /// The pid of the newest process of `service`, from dozen's "started" lines.
-    fn pid_of(&self, service: &str) -> i32 {
-        let marker = format!("started {service} (pid ");
-        let line = self
-            .up
-            .lines()
-            .into_iter()
-            .rev()
-            .find(|line| line.contains(&marker))
-            .expect("a started line");
-        let start = line.find(&marker).expect("marker") + marker.len();
-        line[start..].trim_end_matches(')').parse().expect("a pid")
-    }
-
-    fn started_count(&self, service: &str) -> usize {
-        let marker = format!("started {service} (pid ");
-        self.up
-            .lines()
-            .iter()
-            .filter(|line| line.contains(&marker))
-            .count()
-    }
-
-    async fn is_ready(&self, port: u16) -> bool {
-        reqwest::Client::new()
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .is_ok_and(|response| response.status() == 200)
-    }
-
-    async fn stop(mut self) -> Vec<i32> {
-        let pids: Vec<i32> = SERVICES.iter().map(|service| self.pid_of(service)).collect();
-        self.up.signal(Signal::SIGINT);
-        let status = self.up.wait(Duration::from_secs(60)).await;
-        assert!(
-            status.success(),
-            "dozen up exits 0 after Ctrl-C: {status}\n{}",
-            self.up.lines().join("\n")
-        );
-        for (name, port) in &self.ports {
-            let connected = tokio::net::TcpStream::connect(("127.0.0.1", *port)).await;
-            assert!(connected.is_err(), "{name} still listens on {port}");
-        }
-        pids
-    }
-}
 
 fn is_alive(pid: i32) -> bool {
     kill(Pid::from_raw(pid), None).is_ok()
@@ -108,7 +20,7 @@ async fn dozen_up_runs_every_service_restarts_a_killed_one_and_stops_them_all() 
         assert!(platform.is_ready(*port).await, "{name} is ready");
     }
 
-    let (_, users_port) = platform.ports[2];
+    let users_port = platform.port("users");
     let killed = platform.pid_of("users");
     kill(Pid::from_raw(killed), Signal::SIGKILL).expect("kill -9 users");
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -1,0 +1,119 @@
+//! The whole platform under `dozen up`, on free ports and a throwaway data folder.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::process::{Running, free_port};
+
+/// Every service, in the order `dozen up` reports them.
+pub const SERVICES: [&str; 6] = [
+    "gateway",
+    "signup",
+    "users",
+    "passwords",
+    "verification",
+    "friends",
+];
+
+/// A running `dozen up`.
+#[derive(Debug)]
+pub struct Platform {
+    /// The `dozen up` process.
+    pub up: Running,
+    /// Each service's port.
+    pub ports: Vec<(&'static str, u16)>,
+    _data: tempfile::TempDir,
+}
+
+impl Platform {
+    /// Start `dozen up` with `extra_env`, and wait until it says every service is ready.
+    pub async fn start(extra_env: &[(&str, &str)]) -> Self {
+        let data = tempfile::tempdir().expect("data folder");
+        let ports: Vec<(&str, u16)> = SERVICES.iter().map(|name| (*name, free_port())).collect();
+        let port_vars: Vec<(String, String)> = ports
+            .iter()
+            .map(|(name, port)| (format!("{}_PORT", name.to_uppercase()), port.to_string()))
+            .collect();
+        let data_dir = data.path().to_string_lossy().into_owned();
+        let mut env: Vec<(&str, &str)> = port_vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        env.push(("DATA_DIR", &data_dir));
+        env.extend_from_slice(extra_env);
+        let mut up = Running::start("dozen", &["up"], &env);
+        up.wait_for_line(Duration::from_secs(90), |line| {
+            line.contains("all 6 services are ready")
+        })
+        .await;
+        Self {
+            up,
+            ports,
+            _data: data,
+        }
+    }
+
+    /// The port of `service`.
+    pub fn port(&self, service: &str) -> u16 {
+        self.ports
+            .iter()
+            .find(|(name, _)| *name == service)
+            .map(|(_, port)| *port)
+            .expect("a service name")
+    }
+
+    /// `http://127.0.0.1:<port of service><path>`.
+    pub fn url(&self, service: &str, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port(service))
+    }
+
+    /// The pid of the newest process of `service`, from dozen's "started" lines.
+    pub fn pid_of(&self, service: &str) -> i32 {
+        let marker = format!("started {service} (pid ");
+        let line = self
+            .up
+            .lines()
+            .into_iter()
+            .rev()
+            .find(|line| line.contains(&marker))
+            .expect("a started line");
+        let start = line.find(&marker).expect("marker") + marker.len();
+        line[start..].trim_end_matches(')').parse().expect("a pid")
+    }
+
+    /// How often `service` was started.
+    pub fn started_count(&self, service: &str) -> usize {
+        let marker = format!("started {service} (pid ");
+        self.up
+            .lines()
+            .iter()
+            .filter(|line| line.contains(&marker))
+            .count()
+    }
+
+    /// Whether `/readyz` of the service on `port` answers 200.
+    pub async fn is_ready(&self, port: u16) -> bool {
+        reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .is_ok_and(|response| response.status() == 200)
+    }
+
+    /// Ctrl-C, and check that every service stopped and freed its port; the services' last
+    /// pids are returned.
+    pub async fn stop(mut self) -> Vec<i32> {
+        let pids: Vec<i32> = SERVICES.iter().map(|service| self.pid_of(service)).collect();
+        self.up.signal(Signal::SIGINT);
+        let status = self.up.wait(Duration::from_secs(60)).await;
+        assert!(
+            status.success(),
+            "dozen up exits 0 after Ctrl-C: {status}\n{}",
+            self.up.lines().join("\n")
+        );
+        for (name, port) in &self.ports {
+            let connected = tokio::net::TcpStream::connect(("127.0.0.1", *port)).await;
+            assert!(connected.is_err(), "{name} still listens on {port}");
+        }
+        pids
+    }
+}

@@ -1,0 +1,303 @@
+//! The signup journey through the real processes under `dozen up`: signup → exactly one mail →
+//! verify → login → profile verified → two users with shared interests see each other in
+//! suggestions → request and accept → each lists the other. Also: the same Idempotency-Key
+//! twice makes one account, and 20 concurrent signups with one email make one account. On the
+//! embedded defaults, and again on Postgres + NATS JetStream.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use dozen_tests::database::postgres_admin_url;
+use dozen_tests::platform::Platform;
+use serde_json::{Value, json};
+use sqlx::ConnectOptions;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Poll `check` until it returns `Some`, or fail after the deadline saying `what`.
+async fn eventually<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+struct Journey<'p> {
+    platform: &'p Platform,
+    client: reqwest::Client,
+}
+
+impl Journey<'_> {
+    async fn sign_up(&self, key: &str, email: &str, name: &str, interests: &[&str]) -> reqwest::Response {
+        self.client
+            .post(self.platform.url("signup", "/signups"))
+            .header("Idempotency-Key", key)
+            .json(&json!({ "email": email, "password": "correct horse battery staple", "display_name": name, "interests": interests }))
+            .send()
+            .await
+            .expect("POST /signups")
+    }
+
+    async fn mailbox(&self) -> Vec<Value> {
+        let answer = self
+            .client
+            .get(self.platform.url("verification", "/mailbox"))
+            .send()
+            .await
+            .expect("mailbox");
+        assert_eq!(answer.status(), 200);
+        answer.json().await.expect("mails")
+    }
+
+    async fn mails_to(&self, email: &str) -> Vec<Value> {
+        self.mailbox()
+            .await
+            .into_iter()
+            .filter(|mail| mail["to"].as_str().is_some_and(|to| to.contains(email)))
+            .collect()
+    }
+
+    async fn login(&self, email: &str) -> reqwest::Response {
+        self.client
+            .post(self.platform.url("passwords", "/sessions"))
+            .json(&json!({ "email": email, "password": "correct horse battery staple" }))
+            .send()
+            .await
+            .expect("POST /sessions")
+    }
+
+    async fn as_user(&self, token: &str, method: reqwest::Method, path: &str) -> reqwest::Response {
+        self.client
+            .request(method, self.platform.url("friends", path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("friends")
+    }
+}
+
+fn token_in(mail: &Value) -> Option<String> {
+    let body = mail["body"].as_str()?;
+    let start = body.find("verify?token=")? + "verify?token=".len();
+    let token: String = body[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect();
+    (!token.is_empty()).then_some(token)
+}
+
+fn subject_of(access_token: &str) -> String {
+    let payload = access_token.split('.').nth(1).expect("a JWT");
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url");
+    let claims: Value = serde_json::from_slice(&claims).expect("JSON claims");
+    claims["sub"].as_str().expect("sub").to_owned()
+}
+
+/// Verify `email` from its mail and log in; the access token.
+async fn verify_and_log_in(journey: &Journey<'_>, email: &str) -> String {
+    let mails = eventually(&format!("a mail to {email}"), || async {
+        let mails = journey.mails_to(email).await;
+        (!mails.is_empty()).then_some(mails)
+    })
+    .await;
+    let token = token_in(&mails[0]).expect("the mail carries a verification link");
+    let verified = journey
+        .client
+        .post(
+            journey
+                .platform
+                .url("verification", &format!("/verifications/{token}")),
+        )
+        .send()
+        .await
+        .expect("verify");
+    assert_eq!(verified.status(), 200);
+    assert_eq!(
+        verified.json::<Value>().await.expect("JSON"),
+        json!({ "status": "verified" })
+    );
+    let again = journey
+        .client
+        .post(
+            journey
+                .platform
+                .url("verification", &format!("/verifications/{token}")),
+        )
+        .send()
+        .await
+        .expect("verify again");
+    assert!(
+        again.status().is_client_error(),
+        "a used token is refused: {}",
+        again.status()
+    );
+
+    eventually(&format!("{email} can log in"), || async {
+        let answer = journey.login(email).await;
+        if answer.status() == 200 {
+            let session: Value = answer.json().await.ok()?;
+            assert_eq!(session["token_type"], "Bearer");
+            session["access_token"].as_str().map(str::to_owned)
+        } else {
+            assert_eq!(answer.status(), 403, "not verified yet, never anything else");
+            None
+        }
+    })
+    .await
+}
+
+async fn the_signup_journey(extra_env: &[(&str, &str)]) {
+    let platform = Platform::start(extra_env).await;
+    let journey = Journey {
+        platform: &platform,
+        client: reqwest::Client::new(),
+    };
+
+    // Ann signs up twice with one key (a retry), Bob once.
+    for _ in 0..2 {
+        assert_eq!(
+            journey
+                .sign_up("ann-1", "ann@example.com", "Ann", &["chess", "go"])
+                .await
+                .status(),
+            202
+        );
+    }
+    let accepted = journey
+        .sign_up("bob-1", "Bob@Example.com", "Bob", &["Chess", "sailing"])
+        .await;
+    assert_eq!(accepted.status(), 202);
+    assert_eq!(
+        accepted.json::<Value>().await.expect("JSON"),
+        json!({ "status": "pending_verification" })
+    );
+
+    let ann = verify_and_log_in(&journey, "ann@example.com").await;
+    let bob = verify_and_log_in(&journey, "bob@example.com").await;
+    let (ann_id, bob_id) = (subject_of(&ann), subject_of(&bob));
+
+    let profile: Value = eventually("Ann's profile is verified", || async {
+        let answer = journey
+            .client
+            .get(platform.url("users", &format!("/profiles/{ann_id}")))
+            .send()
+            .await
+            .ok()?;
+        let profile: Value = answer.json().await.ok()?;
+        (profile["verified"] == true).then_some(profile)
+    })
+    .await;
+    assert_eq!(profile["email"], "ann@example.com");
+
+    let suggestion = eventually("Ann is suggested Bob", || async {
+        let answer = journey.as_user(&ann, reqwest::Method::GET, "/suggestions").await;
+        let suggestions: Vec<Value> = answer.json().await.ok()?;
+        suggestions.into_iter().find(|s| s["id"] == bob_id.as_str())
+    })
+    .await;
+    assert_eq!(suggestion["shared_interests"], json!(["chess"]));
+    assert_eq!(suggestion["display_name"], "Bob");
+
+    let asked = journey
+        .as_user(&ann, reqwest::Method::POST, &format!("/friends/{bob_id}"))
+        .await;
+    assert_eq!(asked.status(), 200);
+    assert_eq!(asked.json::<Value>().await.expect("JSON")["status"], "requested");
+    let accepted = journey
+        .as_user(&bob, reqwest::Method::POST, &format!("/friends/{ann_id}/accept"))
+        .await;
+    assert_eq!(accepted.status(), 200);
+    for (token, friend) in [(&ann, &bob_id), (&bob, &ann_id)] {
+        let friends: Vec<Value> = journey
+            .as_user(token, reqwest::Method::GET, "/friends")
+            .await
+            .json()
+            .await
+            .expect("friends");
+        assert_eq!(friends.len(), 1);
+        assert_eq!(friends[0]["id"], friend.as_str());
+    }
+
+    // Exactly one mail per signup, whatever was retried or redelivered.
+    assert_eq!(journey.mails_to("ann@example.com").await.len(), 1);
+    assert_eq!(journey.mails_to("bob@example.com").await.len(), 1);
+
+    // Twenty concurrent signups with one new email: one account, one verification link.
+    let attempts = (0..20).map(|i| {
+        let journey = &journey;
+        async move {
+            journey
+                .sign_up(&format!("cem-{i}"), "cem@example.com", "Cem", &["go"])
+                .await
+                .status()
+        }
+    });
+    for status in futures_util::future::join_all(attempts).await {
+        assert_eq!(status, 202);
+    }
+    let mails = eventually("Cem's mails", || async {
+        let mails = journey.mails_to("cem@example.com").await;
+        (mails.len() == 20).then_some(mails)
+    })
+    .await;
+    let links = mails.iter().filter(|mail| token_in(mail).is_some()).count();
+    assert_eq!(
+        links, 1,
+        "one verification link; every other attempt got a notice"
+    );
+    let found = journey
+        .client
+        .get(platform.url("users", "/profiles"))
+        .query(&[("email", "cem@example.com")])
+        .send()
+        .await
+        .expect("find Cem");
+    assert_eq!(found.status(), 200, "exactly one profile exists for the address");
+
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_signup_journey_on_the_embedded_defaults() {
+    the_signup_journey(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_signup_journey_on_postgres_and_nats() {
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let prefix = format!("journey_{suffix}");
+    let admin: sqlx::postgres::PgConnectOptions = postgres_admin_url().parse().expect("Postgres URL");
+    let server_url = admin.clone().database(&prefix).to_url_lossy().to_string();
+    let namespace = format!("journey-{suffix}");
+    the_signup_journey(&[
+        ("DATABASE_URL", &server_url),
+        ("BUS_URL", &dozen_tests::nats::nats_url()),
+        ("BUS_NAMESPACE", &namespace),
+    ])
+    .await;
+
+    // Clean up: the five databases and the NATS streams of this run.
+    let mut connection = admin.connect().await.expect("Postgres");
+    let created: Vec<(String,)> = sqlx::query_as("SELECT datname FROM pg_database WHERE datname LIKE $1")
+        .bind(format!("{prefix}_%"))
+        .fetch_all(&mut connection)
+        .await
+        .expect("list databases");
+    for (name,) in created {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
+            .execute(&mut connection)
+            .await
+            .expect("drop a test database");
+    }
+    dozen_tests::nats::delete_streams_with_prefix(&namespace).await;
+}
