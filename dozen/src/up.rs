@@ -43,6 +43,15 @@ pub struct UpSettings {
     #[arg(long, env = "BUS_URL")]
     pub bus_url: Option<String>,
 
+    /// Where verification sends mail [default: file://<DATA_DIR>/mailbox, the dev mailbox].
+    #[arg(long, env = "MAIL_URL", hide_env_values = true)]
+    pub mail_url: Option<String>,
+
+    /// The address users reach the platform at, for links in mails
+    /// [default: http://127.0.0.1:<GATEWAY_PORT>].
+    #[arg(long, env = "PUBLIC_URL")]
+    pub public_url: Option<String>,
+
     /// Port of the gateway (the web UI and public API).
     #[arg(long, env = "GATEWAY_PORT", default_value_t = ServiceName::Gateway.default_port())]
     pub gateway_port: u16,
@@ -143,6 +152,20 @@ async fn up(settings: UpSettings, log: &Log) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}/bus.db", data_dir.display()));
     shared_env.insert("BUS_URL".to_owned(), bus_url);
+    let mail_url = settings
+        .mail_url
+        .clone()
+        .unwrap_or_else(|| format!("file://{}/mailbox", data_dir.display()));
+    shared_env.insert("MAIL_URL".to_owned(), mail_url);
+    let public_url = settings
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://127.0.0.1:{}", settings.gateway_port));
+    shared_env.insert("PUBLIC_URL".to_owned(), public_url);
+    if std::env::var_os("JWT_SIGNING_KEYS").is_none() && std::env::var_os("JWT_SIGNING_KEYS_FILE").is_none() {
+        let key = development_signing_key(&data_dir)?;
+        shared_env.insert("JWT_SIGNING_KEYS_FILE".to_owned(), key.display().to_string());
+    }
 
     let mut plans = Vec::new();
     for service in ServiceName::ALL {
@@ -203,6 +226,22 @@ async fn up(settings: UpSettings, log: &Log) -> anyhow::Result<()> {
     } else {
         bail!("some services did not stop cleanly")
     }
+}
+
+/// The key passwords signs access tokens with when none is configured: made on the first
+/// `dozen up` and kept under DATA_DIR, so sessions survive a restart. Not for production,
+/// where `JWT_SIGNING_KEYS` comes from a secret store.
+fn development_signing_key(data_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let path = data_dir.join("jwt-signing-key.pem");
+    if !path.exists() {
+        let mut file = std::fs::OpenOptions::new();
+        file.write(true).create_new(true);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut file, 0o600);
+        file.open(&path)
+            .and_then(|mut file| file.write_all(dozen_passwords::generate_signing_key_pem().as_bytes()))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(path)
 }
 
 /// The service's own database on the Postgres server, created when missing.

@@ -102,7 +102,7 @@ impl Service for Signup {
         let (completed, undone) = flow.repair(before).await.context("repair failed")?;
         // Publish what repair wrote to the outbox before exiting (a serving instance's relay
         // would too, but none may be running).
-        let relay = Relay::new(
+        let mut relay = Relay::new(
             flow.db.clone(),
             bus.broker().clone(),
             bus.outbox(),
