@@ -228,6 +228,31 @@ async fn the_signup_journey(extra_env: &[(&str, &str)]) {
         assert_eq!(friends[0]["id"], friend.as_str());
     }
 
+    // A profile change reaches friends through user.profile_updated.
+    let renamed = journey
+        .client
+        .patch(platform.url("users", "/me"))
+        .bearer_auth(&ann)
+        .json(&json!({ "display_name": "Ann Lee" }))
+        .send()
+        .await
+        .expect("PATCH /me");
+    assert_eq!(renamed.status(), 200);
+    assert_eq!(
+        renamed.json::<Value>().await.expect("profile")["display_name"],
+        "Ann Lee"
+    );
+    eventually("Bob's friend list shows Ann's new name", || async {
+        let friends: Vec<Value> = journey
+            .as_user(&bob, reqwest::Method::GET, "/friends")
+            .await
+            .json()
+            .await
+            .ok()?;
+        (friends.first()?["display_name"] == "Ann Lee").then_some(())
+    })
+    .await;
+
     // Exactly one mail per signup, whatever was retried or redelivered.
     assert_eq!(journey.mails_to("ann@example.com").await.len(), 1);
     assert_eq!(journey.mails_to("bob@example.com").await.len(), 1);

@@ -13,7 +13,8 @@ use chrono::Utc;
 use clap::Args;
 use dozen_bus::contracts::UserEmailVerified;
 use dozen_bus::{Bus, BusSettings, Event as _, handler};
-use dozen_kit::config::DatabaseSettings;
+use dozen_kit::auth::{JwtVerifier, TokenSettings};
+use dozen_kit::config::{DatabaseSettings, parse_http_url};
 use dozen_kit::db::Migrations;
 use dozen_kit::{Context, Service};
 use utoipa_axum::router::OpenApiRouter;
@@ -34,6 +35,11 @@ pub struct Settings {
     pub database: DatabaseSettings,
     #[command(flatten)]
     pub bus: BusSettings,
+    #[command(flatten)]
+    pub tokens: TokenSettings,
+    /// Base URL of the passwords service (whose keys sign access tokens).
+    #[arg(long, env = "PASSWORDS_URL", default_value = "http://127.0.0.1:8083", value_parser = parse_http_url)]
+    pub passwords_url: String,
 }
 
 /// The users service.
@@ -73,6 +79,11 @@ impl Service for Users {
         );
         bus.start(&context.lifecycle).await?;
         context.readiness.add("bus", bus.readiness_check());
-        Ok(routes::router(routes::AppState { db, outbox }))
+        let verifier = JwtVerifier::new(
+            &context.http,
+            &context.settings.passwords_url,
+            &context.settings.tokens,
+        );
+        Ok(routes::router(routes::AppState { db, outbox, verifier }))
     }
 }

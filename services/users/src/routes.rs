@@ -1,13 +1,15 @@
-//! The users service's HTTP API. `/profiles…` is internal (the signup service creates and, when
-//! a signup cannot finish, deletes profiles); it is not routed by the gateway.
+//! The users service's HTTP API. `/me` acts for the caller named by their access token (the
+//! gateway routes `/api/me` here). `/profiles…` is internal (the signup service creates and,
+//! when a signup cannot finish, deletes profiles); the gateway does not route it.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRef, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use dozen_bus::Outbox;
 use dozen_bus::contracts::UserProfileUpdated;
+use dozen_kit::auth::{Authenticated, JwtVerifier};
 use dozen_kit::db::{Db, Tx};
 use dozen_kit::email::Email;
 use dozen_kit::{ApiError, Problem};
@@ -15,7 +17,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::domain::{NewProfileRequest, Profile};
+use crate::domain::{NewProfileRequest, Profile, ProfileChangesRequest};
 use crate::store::{self, Created};
 
 /// What the handlers share.
@@ -25,6 +27,14 @@ pub struct AppState {
     pub db: Db,
     /// Where profile changes are published.
     pub outbox: Outbox,
+    /// Checks callers' access tokens.
+    pub verifier: JwtVerifier,
+}
+
+impl FromRef<AppState> for JwtVerifier {
+    fn from_ref(state: &AppState) -> Self {
+        state.verifier.clone()
+    }
 }
 
 /// The service's routes.
@@ -32,6 +42,7 @@ pub fn router(state: AppState) -> OpenApiRouter {
     OpenApiRouter::new()
         .routes(routes!(create_profile, find_profile))
         .routes(routes!(get_profile, delete_profile))
+        .routes(routes!(get_me, update_me))
         .with_state(state)
 }
 
@@ -134,6 +145,53 @@ async fn delete_profile(State(state): State<AppState>, Path(id): Path<Uuid>) -> 
     store::delete(&mut tx, id).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's profile.
+#[utoipa::path(
+    get,
+    path = "/me",
+    responses((status = 200, body = Profile), (status = 401, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = []))
+)]
+async fn get_me(caller: Authenticated, State(state): State<AppState>) -> Result<Json<Profile>, ApiError> {
+    store::find(&state.db, caller.user_id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| not_found().into())
+}
+
+/// Change the caller's display name and/or interests; `user.profile_updated` is published
+/// with the change, in the same transaction.
+#[utoipa::path(
+    patch,
+    path = "/me",
+    request_body = ProfileChangesRequest,
+    responses(
+        (status = 200, body = Profile),
+        (status = 401, body = Problem),
+        (status = 404, body = Problem),
+        (status = 422, description = "A field is invalid", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+async fn update_me(
+    caller: Authenticated,
+    State(state): State<AppState>,
+    Json(request): Json<ProfileChangesRequest>,
+) -> Result<Json<Profile>, ApiError> {
+    let changes = request.validate()?;
+    let mut tx = Tx::begin(&state.db).await?;
+    let Some(profile) = store::update(&mut tx, caller.user_id, &changes, Utc::now()).await? else {
+        return Err(not_found().into());
+    };
+    state
+        .outbox
+        .publish(&mut tx, &profile_updated(&profile))
+        .await
+        .map_err(anyhow::Error::from)?;
+    tx.commit().await?;
+    Ok(Json(profile))
 }
 
 fn not_found() -> Problem {
