@@ -33,8 +33,9 @@ const BATCH: usize = 32;
 /// How often lag and dead-letter gauges are refreshed and the inbox trimmed.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// What a subscriber does with an event, inside its transaction. An error (or a panic) rolls
-/// the transaction back and the event is retried.
+/// What a subscriber does with an event, inside its database transaction. It runs in a
+/// savepoint of a transaction that may carry other events of the same batch, committed
+/// together; an error (or a panic) rolls back this event's work only, and it is retried.
 pub type Handler =
     Arc<dyn for<'a> Fn(&'a mut Tx, &'a Envelope) -> BoxFuture<'a, anyhow::Result<()>> + Send + Sync>;
 
@@ -66,6 +67,26 @@ impl std::fmt::Debug for Subscriber {
             .field("topics", &self.topics)
             .finish()
     }
+}
+
+/// Run a savepoint statement on either backend (the same SQL on both).
+async fn savepoint(tx: &mut Tx, sql: &'static str) -> Result<(), sqlx::Error> {
+    dozen_kit::with_conn!(tx.conn(), conn => sqlx::raw_sql(sql).execute(conn).await.map(drop))
+}
+
+/// What became of one event of a batch inside the transaction.
+#[derive(Debug)]
+enum Step {
+    /// Its handler ran and its savepoint was kept.
+    Handled,
+    /// Already in the inbox: its handler did not run.
+    Duplicate,
+    /// Its handler failed; its savepoint was rolled back.
+    Failed(anyhow::Error),
+    /// The whole transaction failed: try again.
+    Retry,
+    /// Stopping: not started, to be handed back.
+    NotRun,
 }
 
 /// How one delivery ended, for metrics.
@@ -144,17 +165,10 @@ impl Subscriber {
                     continue;
                 }
             };
-            let mut settled = Vec::with_capacity(deliveries.len());
-            for delivery in deliveries {
-                let started = Instant::now();
-                let (settlement, outcome, topic) = if stop.is_cancelled() {
-                    (Settlement::Release, Outcome::HandedBack, queue.label().to_owned())
-                } else {
-                    self.handle(&delivery).await
-                };
-                metrics::handled(&self.name, &topic, outcome.label(), started.elapsed());
-                settled.push((delivery, settlement));
+            if deliveries.is_empty() {
+                continue;
             }
+            let settled = self.handle_batch(deliveries, &stop, queue.label()).await;
             if let Err(error) = queue.settle(settled).await {
                 // Unsettled deliveries come back after the ack wait; the inbox absorbs them.
                 tracing::warn!(subscriber = %self.name, %error, "settling deliveries failed");
@@ -163,90 +177,169 @@ impl Subscriber {
         queue.close().await;
     }
 
-    /// Decide one delivery: handle it, skip it, retry it later, or bury it.
-    async fn handle(&self, delivery: &Delivery) -> (Settlement, Outcome, String) {
-        let envelope: Envelope = match serde_json::from_str(&delivery.payload) {
-            Ok(envelope) => envelope,
+    /// Decide a batch of deliveries. Those that decode and are within their attempts are
+    /// handled in one transaction of the subscriber's database, each in a savepoint of its
+    /// own: one disk flush per batch, and a failing event rolls back only its own work.
+    async fn handle_batch(
+        &self,
+        deliveries: Vec<Delivery>,
+        stop: &CancellationToken,
+        label: &str,
+    ) -> Vec<(Delivery, Settlement)> {
+        let max = self.settings.bus_max_attempts;
+        let mut settled = Vec::with_capacity(deliveries.len());
+        let mut batch: Vec<(Delivery, Envelope, tracing::Span)> = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            if stop.is_cancelled() {
+                metrics::handled(&self.name, label, Outcome::HandedBack.label(), Duration::ZERO);
+                settled.push((delivery, Settlement::Release));
+                continue;
+            }
+            let envelope = match serde_json::from_str::<Envelope>(&delivery.payload) {
+                Ok(envelope) => envelope,
+                Err(error) => {
+                    let letter = self.letter_for_undecodable(&delivery, &error.to_string());
+                    metrics::handled(
+                        &self.name,
+                        &letter.event_type,
+                        Outcome::DeadLettered.label(),
+                        Duration::ZERO,
+                    );
+                    settled.push((delivery, self.bury(letter).await));
+                    continue;
+                }
+            };
+            if delivery.attempt > 1 {
+                metrics::redelivered(&self.name);
+            }
+            let span = tracing::info_span!(
+                "bus.handle",
+                subscriber = %self.name,
+                event_type = %envelope.event_type,
+                event_id = %envelope.id,
+                attempt = delivery.attempt,
+            );
+            // One trace follows the event from its publisher to here.
+            let _ = span.set_parent(dozen_kit::trace_context::extract_from_map(&envelope.trace));
+            if delivery.attempt > max {
+                // Delivered past the limit without an outcome: its consumer kept dying on it.
+                let error = format!(
+                    "delivered {} times without an outcome (its consumer may crash on it)",
+                    delivery.attempt
+                );
+                span.in_scope(|| tracing::error!(%error, "dead-lettered"));
+                let letter = self.letter(&envelope, &delivery, error);
+                metrics::handled(
+                    &self.name,
+                    &envelope.event_type,
+                    Outcome::DeadLettered.label(),
+                    Duration::ZERO,
+                );
+                settled.push((delivery, self.bury(letter).await));
+                continue;
+            }
+            batch.push((delivery, envelope, span));
+        }
+        if batch.is_empty() {
+            return settled;
+        }
+
+        let steps = match self.run_handlers(&batch, stop).await {
+            Ok(steps) => steps,
             Err(error) => {
-                let letter = self.letter_for_undecodable(delivery, &error.to_string());
-                let topic = letter.event_type.clone();
-                let settlement = self.bury(letter).await;
-                return (settlement, Outcome::DeadLettered, topic);
+                // Nothing of the batch was committed: all of it is retried.
+                tracing::warn!(subscriber = %self.name, error = format!("{error:#}"), "the handlers' transaction failed; retrying");
+                batch.iter().map(|_| (Step::Retry, Duration::ZERO)).collect()
             }
         };
-        if delivery.attempt > 1 {
-            metrics::redelivered(&self.name);
+        for ((delivery, envelope, span), (step, took)) in batch.into_iter().zip(steps) {
+            let (settlement, outcome) = match step {
+                Step::Handled => (Settlement::Ack, Outcome::Handled),
+                Step::Duplicate => {
+                    span.in_scope(|| tracing::debug!("already in the inbox: acknowledged without handling"));
+                    (Settlement::Ack, Outcome::Duplicate)
+                }
+                Step::NotRun => (Settlement::Release, Outcome::HandedBack),
+                Step::Retry => (
+                    Settlement::Retry(self.settings.backoff(delivery.attempt)),
+                    Outcome::Retried,
+                ),
+                Step::Failed(error) if delivery.attempt >= max => {
+                    span.in_scope(|| {
+                        tracing::error!(
+                            error = format!("{error:#}"),
+                            "handler failed for the last time: dead-lettered"
+                        )
+                    });
+                    let letter = self.letter(&envelope, &delivery, format!("{error:#}"));
+                    (self.bury(letter).await, Outcome::DeadLettered)
+                }
+                Step::Failed(error) => {
+                    let delay = self.settings.backoff(delivery.attempt);
+                    span.in_scope(|| {
+                        tracing::warn!(
+                            error = format!("{error:#}"),
+                            retry_in_ms = delay.as_millis() as u64,
+                            "handler failed; will retry"
+                        )
+                    });
+                    (Settlement::Retry(delay), Outcome::Retried)
+                }
+            };
+            metrics::handled(&self.name, &envelope.event_type, outcome.label(), took);
+            settled.push((delivery, settlement));
         }
-        let span = tracing::info_span!(
-            "bus.handle",
-            subscriber = %self.name,
-            event_type = %envelope.event_type,
-            event_id = %envelope.id,
-            attempt = delivery.attempt,
-        );
-        // One trace follows the event from its publisher to here.
-        let _ = span.set_parent(dozen_kit::trace_context::extract_from_map(&envelope.trace));
-        let topic = envelope.event_type.clone();
-        let (settlement, outcome) = self.decide(&envelope, delivery).instrument(span).await;
-        (settlement, outcome, topic)
+        settled
     }
 
-    async fn decide(&self, envelope: &Envelope, delivery: &Delivery) -> (Settlement, Outcome) {
-        let max = self.settings.bus_max_attempts;
-        if delivery.attempt > max {
-            // Delivered past the limit without an outcome: its consumer kept dying on it.
-            let error = format!(
-                "delivered {} times without an outcome (its consumer may crash on it)",
-                delivery.attempt
-            );
-            return (
-                self.bury(self.letter(envelope, delivery, error)).await,
-                Outcome::DeadLettered,
-            );
-        }
-        match self.run_handler(envelope).await {
-            Ok(true) => (Settlement::Ack, Outcome::Handled),
-            Ok(false) => {
-                tracing::debug!("already in the inbox: acknowledged without handling");
-                (Settlement::Ack, Outcome::Duplicate)
-            }
-            Err(error) if delivery.attempt >= max => {
-                tracing::error!(
-                    error = format!("{error:#}"),
-                    "handler failed for the last time: dead-lettered"
-                );
-                (
-                    self.bury(self.letter(envelope, delivery, format!("{error:#}")))
-                        .await,
-                    Outcome::DeadLettered,
-                )
-            }
-            Err(error) => {
-                let delay = self.settings.backoff(delivery.attempt);
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    retry_in_ms = delay.as_millis() as u64,
-                    "handler failed; will retry"
-                );
-                (Settlement::Retry(delay), Outcome::Retried)
-            }
-        }
-    }
-
-    /// Run the handler in a transaction with the inbox insert. False when the event was
-    /// already taken.
-    async fn run_handler(&self, envelope: &Envelope) -> anyhow::Result<bool> {
+    /// Run the handlers of a batch in one transaction; an error means nothing was committed.
+    async fn run_handlers(
+        &self,
+        batch: &[(Delivery, Envelope, tracing::Span)],
+        stop: &CancellationToken,
+    ) -> anyhow::Result<Vec<(Step, Duration)>> {
         let mut tx = Tx::begin(&self.db).await?;
-        if !inbox::take(&mut tx, &self.name, envelope.id).await? {
-            tx.rollback().await?;
-            return Ok(false);
+        let mut steps = Vec::with_capacity(batch.len());
+        for (_, envelope, span) in batch {
+            // Stop means: finish the handler in flight, start no other.
+            if stop.is_cancelled() {
+                steps.push((Step::NotRun, Duration::ZERO));
+                continue;
+            }
+            let started = Instant::now();
+            let step = self.run_one(&mut tx, envelope).instrument(span.clone()).await?;
+            steps.push((step, started.elapsed()));
         }
-        AssertUnwindSafe((self.handler)(&mut tx, envelope))
-            .catch_unwind()
-            .await
-            .map_err(|_| anyhow!("the handler panicked"))??;
         tx.commit().await?;
-        Ok(true)
+        Ok(steps)
+    }
+
+    /// One event in its own savepoint: the inbox insert, then the handler. An error returned
+    /// here is the transaction's (the batch fails); the handler's is in the step.
+    async fn run_one(&self, tx: &mut Tx, envelope: &Envelope) -> anyhow::Result<Step> {
+        savepoint(tx, "SAVEPOINT bus_event").await?;
+        if !inbox::take(tx, &self.name, envelope.id).await? {
+            savepoint(tx, "RELEASE SAVEPOINT bus_event").await?;
+            return Ok(Step::Duplicate);
+        }
+        let outcome = AssertUnwindSafe((self.handler)(tx, envelope))
+            .catch_unwind()
+            .await;
+        match outcome {
+            Ok(Ok(())) => {
+                savepoint(tx, "RELEASE SAVEPOINT bus_event").await?;
+                Ok(Step::Handled)
+            }
+            failed => {
+                savepoint(tx, "ROLLBACK TO SAVEPOINT bus_event").await?;
+                savepoint(tx, "RELEASE SAVEPOINT bus_event").await?;
+                let error = match failed {
+                    Ok(Err(error)) => error,
+                    _ => anyhow!("the handler panicked"),
+                };
+                Ok(Step::Failed(error))
+            }
+        }
     }
 
     fn letter(&self, envelope: &Envelope, delivery: &Delivery, error: String) -> DeadLetter {

@@ -636,7 +636,7 @@ async fn one_subjects_events_are_handled_in_order_on_the_embedded_bus_despite_co
                     .as_str()
                     .and_then(|name| name.rsplit(' ').next()?.parse().ok())
                     .unwrap_or_default();
-                if n % 5 == 0 && failed_once.lock().expect("lock").insert(event.id) {
+                if n.is_multiple_of(5) && failed_once.lock().expect("lock").insert(event.id) {
                     anyhow::bail!("failing the first delivery of event {n}");
                 }
                 write_effect(tx, "friends", instance, event).await

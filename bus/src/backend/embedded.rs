@@ -97,7 +97,12 @@ pub struct EmbeddedBus {
 
 #[derive(Debug)]
 struct Shared {
+    /// For what must survive a power cut: published messages, subscriptions.
     pool: SqlitePool,
+    /// For claims and acknowledgements, whose commits are not flushed to disk: one lost in a
+    /// power cut only means a redelivery, which the inbox absorbs, and it saves a flush (a
+    /// millisecond or more) per claim and per acknowledgement.
+    light: SqlitePool,
     /// Bumped by the watcher whenever another connection commits.
     changes: watch::Receiver<u64>,
     /// How long a claim holds.
@@ -133,6 +138,12 @@ impl EmbeddedBus {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.clone())
             .await?;
+        let light = SqlitePoolOptions::new()
+            .max_connections(4)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone().synchronous(SqliteSynchronous::Normal))
+            .await?;
         // Every process runs this at start; IF NOT EXISTS makes it idempotent and the write
         // lock makes concurrent starts take turns.
         let mut conn = pool.acquire().await?;
@@ -143,10 +154,11 @@ impl EmbeddedBus {
 
         let watch_conn = options.connect().await?;
         let (sender, changes) = watch::channel(0);
-        let watcher = tokio::spawn(watch_commits(watch_conn, pool.clone(), sender)).abort_handle();
+        let watcher = tokio::spawn(watch_commits(watch_conn, light.clone(), sender)).abort_handle();
         Ok(Self {
             shared: Arc::new(Shared {
                 pool,
+                light,
                 changes,
                 ack_wait: settings.bus_ack_wait,
                 backstop: settings.bus_poll_interval,
@@ -278,7 +290,7 @@ impl Broker for EmbeddedBus {
         Box::pin(async move {
             let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE subscriber = $1")
                 .bind(subscriber)
-                .fetch_one(&self.shared.pool)
+                .fetch_one(&self.shared.light)
                 .await?;
             Ok(u64::try_from(count).unwrap_or_default())
         })
@@ -313,7 +325,7 @@ impl EmbeddedQueue {
         )
         .bind(&self.subscriber)
         .bind(now)
-        .fetch_optional(&self.shared.pool)
+        .fetch_optional(&self.shared.light)
         .await?;
         Ok(due.is_some())
     }
@@ -324,7 +336,7 @@ impl EmbeddedQueue {
             "SELECT MIN(MAX(not_before, lease_until)) FROM deliveries WHERE subscriber = $1",
         )
         .bind(&self.subscriber)
-        .fetch_one(&self.shared.pool)
+        .fetch_one(&self.shared.light)
         .await?;
         Ok(due)
     }
@@ -335,7 +347,7 @@ impl EmbeddedQueue {
             return Ok(Vec::new());
         }
         let lease: Arc<str> = uuid::Uuid::now_v7().to_string().into();
-        let mut tx = self.shared.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.shared.light.begin_with("BEGIN IMMEDIATE").await?;
         let mut claimed: Vec<(i64, i64)> = sqlx::query_as(CLAIM)
             .bind(&*lease)
             .bind(now + millis(self.shared.ack_wait))
@@ -384,7 +396,7 @@ impl EmbeddedQueue {
             return Ok(());
         }
         let now = now_ms();
-        let mut tx = self.shared.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.shared.light.begin_with("BEGIN IMMEDIATE").await?;
         for (delivery, settlement) in settled {
             let Receipt::Embedded { seq, lease } = delivery.receipt else {
                 continue;
