@@ -1,4 +1,5 @@
-//! The signup journey through the real processes under `dozen up`: signup → exactly one mail →
+//! The signup journey through the gateway's public API, with every service a real process under
+//! `dozen up`: signup → exactly one mail →
 //! verify → login → profile verified → two users with shared interests see each other in
 //! suggestions → request and accept → each lists the other. Also: the same Idempotency-Key
 //! twice makes one account, and 20 concurrent signups with one email make one account. On the
@@ -38,7 +39,7 @@ struct Journey<'p> {
 impl Journey<'_> {
     async fn sign_up(&self, key: &str, email: &str, name: &str, interests: &[&str]) -> reqwest::Response {
         self.client
-            .post(self.platform.url("signup", "/signups"))
+            .post(self.platform.url("gateway", "/api/signups"))
             .header("Idempotency-Key", key)
             .json(&json!({ "email": email, "password": "correct horse battery staple", "display_name": name, "interests": interests }))
             .send()
@@ -49,7 +50,7 @@ impl Journey<'_> {
     async fn mailbox(&self) -> Vec<Value> {
         let answer = self
             .client
-            .get(self.platform.url("verification", "/mailbox"))
+            .get(self.platform.url("gateway", "/api/dev/mailbox"))
             .send()
             .await
             .expect("mailbox");
@@ -67,7 +68,7 @@ impl Journey<'_> {
 
     async fn login(&self, email: &str) -> reqwest::Response {
         self.client
-            .post(self.platform.url("passwords", "/sessions"))
+            .post(self.platform.url("gateway", "/api/sessions"))
             .json(&json!({ "email": email, "password": "correct horse battery staple" }))
             .send()
             .await
@@ -76,11 +77,11 @@ impl Journey<'_> {
 
     async fn as_user(&self, token: &str, method: reqwest::Method, path: &str) -> reqwest::Response {
         self.client
-            .request(method, self.platform.url("friends", path))
+            .request(method, self.platform.url("gateway", path))
             .bearer_auth(token)
             .send()
             .await
-            .expect("friends")
+            .expect("gateway")
     }
 }
 
@@ -116,7 +117,7 @@ async fn verify_and_log_in(journey: &Journey<'_>, email: &str) -> String {
         .post(
             journey
                 .platform
-                .url("verification", &format!("/verifications/{token}")),
+                .url("gateway", &format!("/api/verifications/{token}")),
         )
         .send()
         .await
@@ -131,7 +132,7 @@ async fn verify_and_log_in(journey: &Journey<'_>, email: &str) -> String {
         .post(
             journey
                 .platform
-                .url("verification", &format!("/verifications/{token}")),
+                .url("gateway", &format!("/api/verifications/{token}")),
         )
         .send()
         .await
@@ -186,21 +187,20 @@ async fn the_signup_journey(extra_env: &[(&str, &str)]) {
     let bob = verify_and_log_in(&journey, "bob@example.com").await;
     let (ann_id, bob_id) = (subject_of(&ann), subject_of(&bob));
 
-    let profile: Value = eventually("Ann's profile is verified", || async {
-        let answer = journey
-            .client
-            .get(platform.url("users", &format!("/profiles/{ann_id}")))
-            .send()
-            .await
-            .ok()?;
-        let profile: Value = answer.json().await.ok()?;
-        (profile["verified"] == true).then_some(profile)
+    let me: Value = eventually("Ann's profile is verified", || async {
+        let answer = journey.as_user(&ann, reqwest::Method::GET, "/api/me").await;
+        let me: Value = answer.json().await.ok()?;
+        (me["profile"]["verified"] == true).then_some(me)
     })
     .await;
-    assert_eq!(profile["email"], "ann@example.com");
+    assert_eq!(me["profile"]["email"], "ann@example.com");
+    assert_eq!(me["profile"]["id"], ann_id.as_str());
+    assert_eq!(me["missing"], json!([]));
 
     let suggestion = eventually("Ann is suggested Bob", || async {
-        let answer = journey.as_user(&ann, reqwest::Method::GET, "/suggestions").await;
+        let answer = journey
+            .as_user(&ann, reqwest::Method::GET, "/api/suggestions")
+            .await;
         let suggestions: Vec<Value> = answer.json().await.ok()?;
         suggestions.into_iter().find(|s| s["id"] == bob_id.as_str())
     })
@@ -209,17 +209,21 @@ async fn the_signup_journey(extra_env: &[(&str, &str)]) {
     assert_eq!(suggestion["display_name"], "Bob");
 
     let asked = journey
-        .as_user(&ann, reqwest::Method::POST, &format!("/friends/{bob_id}"))
+        .as_user(&ann, reqwest::Method::POST, &format!("/api/friends/{bob_id}"))
         .await;
     assert_eq!(asked.status(), 200);
     assert_eq!(asked.json::<Value>().await.expect("JSON")["status"], "requested");
     let accepted = journey
-        .as_user(&bob, reqwest::Method::POST, &format!("/friends/{ann_id}/accept"))
+        .as_user(
+            &bob,
+            reqwest::Method::POST,
+            &format!("/api/friends/{ann_id}/accept"),
+        )
         .await;
     assert_eq!(accepted.status(), 200);
     for (token, friend) in [(&ann, &bob_id), (&bob, &ann_id)] {
         let friends: Vec<Value> = journey
-            .as_user(token, reqwest::Method::GET, "/friends")
+            .as_user(token, reqwest::Method::GET, "/api/friends")
             .await
             .json()
             .await
@@ -231,7 +235,7 @@ async fn the_signup_journey(extra_env: &[(&str, &str)]) {
     // A profile change reaches friends through user.profile_updated.
     let renamed = journey
         .client
-        .patch(platform.url("users", "/me"))
+        .patch(platform.url("gateway", "/api/me"))
         .bearer_auth(&ann)
         .json(&json!({ "display_name": "Ann Lee" }))
         .send()
@@ -244,7 +248,7 @@ async fn the_signup_journey(extra_env: &[(&str, &str)]) {
     );
     eventually("Bob's friend list shows Ann's new name", || async {
         let friends: Vec<Value> = journey
-            .as_user(&bob, reqwest::Method::GET, "/friends")
+            .as_user(&bob, reqwest::Method::GET, "/api/friends")
             .await
             .json()
             .await
@@ -252,6 +256,17 @@ async fn the_signup_journey(extra_env: &[(&str, &str)]) {
         (friends.first()?["display_name"] == "Ann Lee").then_some(())
     })
     .await;
+
+    // Internal routes are not reachable through the gateway.
+    for path in ["/api/profiles", "/profiles", "/api/credentials/x", "/mailbox"] {
+        let answer = journey
+            .client
+            .get(platform.url("gateway", path))
+            .send()
+            .await
+            .expect("gateway");
+        assert_eq!(answer.status(), 404, "{path} is not public");
+    }
 
     // Exactly one mail per signup, whatever was retried or redelivered.
     assert_eq!(journey.mails_to("ann@example.com").await.len(), 1);

@@ -1,9 +1,21 @@
-//! The gateway service, the only public entry: it routes the public API, aggregates `/api/me`, serves the web UI. Stateless.
+//! The gateway, the only public entry: it routes the public API to the services that own each
+//! route, aggregates `/api/me`, and reports every service's state at `/ops/status`. It is
+//! stateless and holds no database.
+//!
+//! Layout: [`routes`] (the public routes), [`proxy`] (passing a request on), [`me`] (the
+//! aggregate), [`ops`] (the status page's data).
+
+pub mod me;
+pub mod ops;
+pub mod proxy;
+pub mod routes;
+
+use std::time::Duration;
 
 use clap::Args;
-use dozen_kit::config::DatabaseSettings;
-use dozen_kit::config::parse_http_url;
+use dozen_kit::config::{DatabaseSettings, parse_duration, parse_http_url};
 use dozen_kit::db::Migrations;
+use dozen_kit::http::client::Upstream;
 use dozen_kit::{Context, Service};
 use utoipa_axum::router::OpenApiRouter;
 
@@ -25,6 +37,26 @@ pub struct Settings {
     /// Base URL of the friends service.
     #[arg(long, env = "FRIENDS_URL", default_value = "http://127.0.0.1:8085", value_parser = parse_http_url)]
     pub friends_url: String,
+    /// How long `/api/me` waits for the services it aggregates before answering without them.
+    #[arg(long, env = "ME_DEADLINE", default_value = "800ms", value_parser = parse_duration)]
+    pub me_deadline: Duration,
+}
+
+/// The services behind the gateway.
+#[derive(Debug, Clone)]
+pub struct Peers {
+    /// Signup.
+    pub signup: Upstream,
+    /// Users.
+    pub users: Upstream,
+    /// Passwords.
+    pub passwords: Upstream,
+    /// Verification.
+    pub verification: Upstream,
+    /// Friends.
+    pub friends: Upstream,
+    /// The deadline of `/api/me`.
+    pub me_deadline: Duration,
 }
 
 /// The gateway service.
@@ -40,7 +72,16 @@ impl Service for Gateway {
         None
     }
 
-    async fn routes(_context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
-        Ok(OpenApiRouter::new())
+    async fn routes(context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
+        let settings = &context.settings;
+        let peers = Peers {
+            signup: context.http.upstream("signup", &settings.signup_url),
+            users: context.http.upstream("users", &settings.users_url),
+            passwords: context.http.upstream("passwords", &settings.passwords_url),
+            verification: context.http.upstream("verification", &settings.verification_url),
+            friends: context.http.upstream("friends", &settings.friends_url),
+            me_deadline: settings.me_deadline,
+        };
+        Ok(OpenApiRouter::from(routes::router(peers)))
     }
 }

@@ -1,0 +1,67 @@
+//! `GET /ops/status`: every service's readiness, asked in parallel with a short timeout.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use dozen_kit::http::client::Upstream;
+use reqwest::Method;
+use serde::Serialize;
+
+use crate::Peers;
+
+/// One service's state.
+#[derive(Debug, Serialize)]
+pub struct ServiceStatus {
+    /// Its name.
+    pub name: &'static str,
+    /// Whether its `/readyz` answered 200.
+    pub ready: bool,
+    /// What `/readyz` said when not ready, or why it could not be asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+async fn readiness(upstream: &Upstream) -> ServiceStatus {
+    let asked = upstream
+        .request(Method::GET, "/readyz")
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await;
+    let (ready, detail) = match asked {
+        Ok(answer) if answer.status().is_success() => (true, None),
+        Ok(answer) => {
+            let status = answer.status();
+            let problem = answer
+                .json::<dozen_kit::Problem>()
+                .await
+                .map(|p| p.detail)
+                .unwrap_or_default();
+            (false, Some(format!("{status}: {problem}")))
+        }
+        Err(error) => (false, Some(error.to_string())),
+    };
+    ServiceStatus {
+        name: upstream.name(),
+        ready,
+        detail,
+    }
+}
+
+/// The status of the gateway and every service behind it.
+pub async fn status(peers: &Peers) -> Response {
+    let (signup, users, passwords, verification, friends) = tokio::join!(
+        readiness(&peers.signup),
+        readiness(&peers.users),
+        readiness(&peers.passwords),
+        readiness(&peers.verification),
+        readiness(&peers.friends),
+    );
+    let gateway = ServiceStatus {
+        name: "gateway",
+        ready: true,
+        detail: None,
+    };
+    Json(serde_json::json!({ "services": [gateway, signup, users, passwords, verification, friends] }))
+        .into_response()
+}

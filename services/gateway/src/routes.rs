@@ -1,0 +1,132 @@
+//! The public API: each route passed on to the service that owns it (see ARCHITECTURE.md,
+//! "The public API"). Internal service routes are not reachable from here: only these are.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, OriginalUri, Path, State};
+use axum::http::{HeaderMap, Method};
+use axum::response::Response;
+use axum::routing::{get, post};
+
+use crate::proxy::{self, Outgoing};
+use crate::{Peers, me, ops};
+
+/// The gateway's routes.
+pub fn router(peers: Peers) -> Router {
+    Router::new()
+        .route("/api/signups", post(signups))
+        .route("/api/verifications/resend", post(verification_resend))
+        .route("/api/verifications/{token}", post(verifications))
+        .route("/api/sessions", post(sessions))
+        .route("/api/me", get(me_aggregate).patch(me_update))
+        .route("/api/suggestions", get(friends))
+        .route("/api/friends", get(friends))
+        .route("/api/friends/requests", get(friends))
+        .route("/api/friends/{user_id}", post(friends).delete(friends))
+        .route("/api/friends/{user_id}/accept", post(friends))
+        .route("/api/dev/mailbox", get(mailbox))
+        .route("/ops/status", get(ops_status))
+        .with_state(peers)
+}
+
+/// The parts of a public request that are passed on.
+struct Public {
+    method: Method,
+    headers: HeaderMap,
+    client: Option<SocketAddr>,
+    body: Bytes,
+}
+
+impl Public {
+    fn to(&self, path: String) -> Outgoing<'_> {
+        Outgoing {
+            method: self.method.clone(),
+            path,
+            headers: &self.headers,
+            client: self.client,
+            body: self.body.clone(),
+        }
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Public {
+    type Rejection = Response;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        use axum::response::IntoResponse;
+        let client = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0);
+        let method = request.method().clone();
+        let headers = request.headers().clone();
+        let body = Bytes::from_request(request, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Self {
+            method,
+            headers,
+            client,
+            body,
+        })
+    }
+}
+
+/// `/api/<rest>` → `/<rest>` on the service, query included.
+fn service_path(uri: &OriginalUri) -> String {
+    let path_and_query = uri.0.path_and_query().map_or("/", |p| p.as_str());
+    path_and_query
+        .strip_prefix("/api")
+        .unwrap_or(path_and_query)
+        .to_owned()
+}
+
+async fn signups(State(peers): State<Peers>, public: Public) -> Response {
+    proxy::forward(&peers.signup, public.to("/signups".to_owned())).await
+}
+
+async fn verifications(State(peers): State<Peers>, Path(token): Path<String>, public: Public) -> Response {
+    // The token goes on percent-encoded, exactly as one path segment.
+    let token: String = url_segment(&token);
+    proxy::forward(&peers.verification, public.to(format!("/verifications/{token}"))).await
+}
+
+async fn verification_resend(State(peers): State<Peers>, public: Public) -> Response {
+    proxy::forward(&peers.verification, public.to("/verifications/resend".to_owned())).await
+}
+
+async fn sessions(State(peers): State<Peers>, public: Public) -> Response {
+    proxy::forward(&peers.passwords, public.to("/sessions".to_owned())).await
+}
+
+async fn me_aggregate(State(peers): State<Peers>, headers: HeaderMap) -> Response {
+    me::aggregate(&peers, &headers).await
+}
+
+async fn me_update(State(peers): State<Peers>, public: Public) -> Response {
+    proxy::forward(&peers.users, public.to("/me".to_owned())).await
+}
+
+async fn friends(State(peers): State<Peers>, uri: OriginalUri, public: Public) -> Response {
+    proxy::forward(&peers.friends, public.to(service_path(&uri))).await
+}
+
+async fn mailbox(State(peers): State<Peers>, public: Public) -> Response {
+    proxy::forward(&peers.verification, public.to("/mailbox".to_owned())).await
+}
+
+async fn ops_status(State(peers): State<Peers>) -> Response {
+    ops::status(&peers).await
+}
+
+/// Percent-encode everything but unreserved characters (RFC 3986), for one path segment.
+fn url_segment(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (byte as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
