@@ -244,3 +244,16 @@ macro_rules! with_pool {
         }
     };
 }
+
+/// The calling crate's migrations, from its `migrations/sqlite` and `migrations/postgres`
+/// folders (embedded at compile time):
+/// `pub static MIGRATIONS: Migrations = dozen_kit::migrations!();`
+#[macro_export]
+macro_rules! migrations {
+    () => {
+        $crate::db::Migrations {
+            sqlite: ::sqlx::migrate!("migrations/sqlite"),
+            postgres: ::sqlx::migrate!("migrations/postgres"),
+        }
+    };
+}
