@@ -1,10 +1,32 @@
 //! The passwords service: argon2id credentials, login throttling and the JWT signing keys.
+//!
+//! - [`routes`]: the HTTP API — credentials (called by signup), `POST /sessions` (login), the
+//!   JWKS — and how each answer maps to a status.
+//! - [`domain`]: password and email rules, hashing, keys and tokens, throttling policy.
+//! - [`store`]: the `credentials` and `login_throttle` tables, on SQLite or Postgres.
+//!
+//! It never sees another service's database; it learns that an email is verified from the
+//! `user.email_verified` event (see [`store::mark_verified`]).
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
 use clap::Args;
-use dozen_kit::config::DatabaseSettings;
+use dozen_kit::auth::TokenSettings;
+use dozen_kit::config::{DatabaseSettings, parse_duration};
 use dozen_kit::db::Migrations;
 use dozen_kit::{Context, Service};
 use utoipa_axum::router::OpenApiRouter;
+
+pub mod domain;
+pub mod routes;
+pub mod store;
+
+use domain::hashing::{Cost, Hasher};
+pub use domain::keys::generate_signing_key_pem;
+use domain::keys::{SecretPem, SigningKeys, TokenPolicy};
+use domain::throttle::{self, ThrottlePolicy};
 
 /// The passwords service's own schema, one set of migrations per backend.
 pub static MIGRATIONS: Migrations = Migrations {
@@ -20,6 +42,100 @@ pub static SCHEMA: &[&Migrations] = &[&MIGRATIONS];
 pub struct Settings {
     #[command(flatten)]
     pub database: DatabaseSettings,
+
+    #[command(flatten)]
+    pub tokens: TokenSettings,
+
+    #[command(flatten)]
+    pub signing: SigningSettings,
+
+    #[command(flatten)]
+    pub login: LoginSettings,
+
+    #[command(flatten)]
+    pub hashing: HashingSettings,
+}
+
+/// How access tokens are signed.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Access tokens")]
+pub struct SigningSettings {
+    /// Required to serve. One or more Ed25519 private keys, PEM (PKCS#8, as from `openssl
+    /// genpkey -algorithm ed25519`), concatenated. The first signs new tokens; all are
+    /// published in the JWKS, so to rotate put the new key first and drop the old one once
+    /// the tokens it signed have expired (JWT_TTL).
+    #[arg(long, env = "JWT_SIGNING_KEYS", hide_env_values = true, value_parser = parse_secret_pem)]
+    pub jwt_signing_keys: Option<SecretPem>,
+
+    /// How long an access token is valid.
+    #[arg(long, env = "JWT_TTL", default_value = "15m", value_parser = parse_ttl)]
+    pub jwt_ttl: Duration,
+}
+
+/// Login throttling and client addresses.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Login throttling")]
+pub struct LoginSettings {
+    /// Failed logins allowed for one account (email) within LOGIN_FAILURE_WINDOW before its
+    /// logins are refused with 429 for LOGIN_LOCKOUT.
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_ACCOUNT", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_max_failures_per_account: u32,
+
+    /// Failed logins allowed from one client address within LOGIN_FAILURE_WINDOW before its
+    /// logins are refused with 429 for LOGIN_LOCKOUT.
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_ADDRESS", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_max_failures_per_address: u32,
+
+    /// How long a failed login counts against its account and address.
+    #[arg(long, env = "LOGIN_FAILURE_WINDOW", default_value = "15m", value_parser = parse_ttl)]
+    pub login_failure_window: Duration,
+
+    /// How long logins stay refused once a limit is reached.
+    #[arg(long, env = "LOGIN_LOCKOUT", default_value = "15m", value_parser = parse_ttl)]
+    pub login_lockout: Duration,
+
+    /// Take the client address from the first entry of `X-Forwarded-For` instead of the
+    /// connection. Only behind a proxy that sets it (the gateway): otherwise any client could
+    /// pick its own address and dodge the per-address limit.
+    #[arg(long, env = "TRUST_FORWARDED_FOR", default_value_t = false, action = clap::ArgAction::Set)]
+    pub trust_forwarded_for: bool,
+}
+
+/// The cost of argon2id and how many hashes run at once.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Password hashing")]
+pub struct HashingSettings {
+    /// argon2id memory per hash, in KiB (at least OWASP's 19456). Stored hashes below it are
+    /// upgraded at the next successful login.
+    #[arg(long, env = "ARGON2_MEMORY_KIB", default_value_t = Cost::OWASP_MINIMUM.memory_kib,
+          value_parser = clap::value_parser!(u32).range(19456..=4 * 1024 * 1024))]
+    pub argon2_memory_kib: u32,
+
+    /// argon2id passes over the memory (at least 2).
+    #[arg(long, env = "ARGON2_ITERATIONS", default_value_t = Cost::OWASP_MINIMUM.iterations,
+          value_parser = clap::value_parser!(u32).range(2..=100))]
+    pub argon2_iterations: u32,
+
+    /// Hashes computed at once; each holds ARGON2_MEMORY_KIB of memory and a core. More
+    /// logins wait their turn. [default: the number of CPUs]
+    #[arg(long, env = "HASH_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..))]
+    pub hash_concurrency: Option<u16>,
+}
+
+/// The keys are checked at start-up rather than here: clap's report of a bad value shows the
+/// value (a multi-line PEM), which must not reach a log.
+fn parse_secret_pem(text: &str) -> Result<SecretPem, String> {
+    Ok(SecretPem(text.to_owned()))
+}
+
+/// A positive duration.
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        duration if duration < Duration::from_secs(1) => Err("must be at least 1s".to_owned()),
+        duration => Ok(duration),
+    }
 }
 
 /// The passwords service.
@@ -35,7 +151,71 @@ impl Service for Passwords {
         Some((&settings.database, SCHEMA))
     }
 
-    async fn routes(_context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
-        Ok(OpenApiRouter::new())
+    async fn routes(context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
+        let settings = &context.settings;
+        let pem =
+            settings.signing.jwt_signing_keys.as_ref().context(
+                "missing required setting JWT_SIGNING_KEYS (one or more Ed25519 private keys in PEM)",
+            )?;
+        let keys = SigningKeys::parse(pem.expose())
+            .map_err(|reason| anyhow::anyhow!("invalid JWT_SIGNING_KEYS: {reason}"))?;
+        let concurrency = match settings.hashing.hash_concurrency {
+            Some(count) => usize::from(count),
+            None => std::thread::available_parallelism().map_or(1, usize::from),
+        };
+        let cost = Cost {
+            memory_kib: settings.hashing.argon2_memory_kib,
+            iterations: settings.hashing.argon2_iterations,
+            parallelism: 1,
+        };
+        let throttle = ThrottlePolicy {
+            max_per_account: settings.login.login_max_failures_per_account,
+            max_per_address: settings.login.login_max_failures_per_address,
+            window: settings.login.login_failure_window,
+            lockout: settings.login.login_lockout,
+        };
+        let db = context.database()?.clone();
+        tracing::info!(
+            signing_kid = keys.signing_kid(),
+            keys = keys.jwks().keys.len(),
+            hash_concurrency = concurrency,
+            "signing keys loaded"
+        );
+        let state = routes::AppState {
+            db: db.clone(),
+            hasher: Hasher::new(cost, concurrency)?,
+            keys: Arc::new(keys),
+            tokens: Arc::new(TokenPolicy {
+                issuer: settings.tokens.jwt_issuer.clone(),
+                audience: settings.tokens.jwt_audience.clone(),
+                ttl: settings.signing.jwt_ttl,
+            }),
+            throttle,
+            trust_forwarded_for: settings.login.trust_forwarded_for,
+        };
+        context
+            .lifecycle
+            .spawn(purge_throttle(db, throttle, context.lifecycle.stopping()));
+        Ok(routes::router(state))
+    }
+}
+
+/// Now and then, forget failed logins that no longer count, so the table stays small.
+async fn purge_throttle(
+    db: dozen_kit::db::Db,
+    policy: ThrottlePolicy,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let now = throttle::now_millis();
+        let window_start = now - throttle::millis(policy.window);
+        if let Err(error) = store::purge_throttle(&db, now, window_start).await {
+            tracing::warn!(error = %error, "cannot purge the login throttle table");
+        }
     }
 }

@@ -1,0 +1,196 @@
+//! argon2id hashing, off the async runtime and with a bounded number at once: each hash holds
+//! `m` KiB of memory and a core for tens of milliseconds, so the semaphore is what keeps memory
+//! bounded under any load (extra logins wait their turn instead of allocating).
+
+use std::sync::Arc;
+
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+use argon2::{Algorithm, Argon2, Params, Version};
+use tokio::sync::{OnceCell, Semaphore};
+
+/// The argon2id cost parameters new hashes are made with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cost {
+    /// Memory, in KiB.
+    pub memory_kib: u32,
+    /// Passes over the memory.
+    pub iterations: u32,
+    /// Lanes.
+    pub parallelism: u32,
+}
+
+impl Cost {
+    /// OWASP's minimum for argon2id: 19 MiB, two passes, one lane.
+    pub const OWASP_MINIMUM: Self = Self {
+        memory_kib: 19 * 1024,
+        iterations: 2,
+        parallelism: 1,
+    };
+
+    fn params(self) -> Result<Params, HashingError> {
+        Params::new(self.memory_kib, self.iterations, self.parallelism, None)
+            .map_err(|e| HashingError(format!("invalid argon2 parameters: {e}")))
+    }
+}
+
+/// Hashing failed for a reason that is not the password's (bad parameters, a lost worker).
+#[derive(Debug, thiserror::Error)]
+#[error("password hashing failed: {0}")]
+pub struct HashingError(String);
+
+/// Hashes and verifies passwords; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Hasher {
+    cost: Cost,
+    /// One permit per hash being computed.
+    permits: Arc<Semaphore>,
+    /// A hash of a random password at today's cost, verified against when an email is unknown,
+    /// so that an unknown email takes as long as a wrong password.
+    dummy: Arc<OnceCell<String>>,
+}
+
+impl Hasher {
+    /// A hasher making new hashes at `cost`, computing at most `concurrency` at once.
+    pub fn new(cost: Cost, concurrency: usize) -> Result<Self, HashingError> {
+        cost.params()?;
+        Ok(Self {
+            cost,
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            dummy: Arc::new(OnceCell::new()),
+        })
+    }
+
+    /// The cost of new hashes.
+    pub fn cost(&self) -> Cost {
+        self.cost
+    }
+
+    /// Hash `password` into a PHC string (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`).
+    pub async fn hash(&self, password: &str) -> Result<String, HashingError> {
+        let params = self.cost.params()?;
+        let password = password.as_bytes().to_vec();
+        self.run("hash", move || {
+            Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+                .hash_password(&password)
+                .map(|hash| hash.to_string())
+                .map_err(|e| HashingError(e.to_string()))
+        })
+        .await
+    }
+
+    /// Whether `password` matches the PHC string `stored` (with the parameters it carries). A
+    /// string that cannot be parsed matches nothing.
+    pub async fn verify(&self, password: &str, stored: &str) -> Result<bool, HashingError> {
+        let password = password.as_bytes().to_vec();
+        let stored = stored.to_owned();
+        self.run("verify", move || {
+            let Ok(parsed) = PasswordHash::new(&stored) else {
+                return Ok(false);
+            };
+            Ok(Argon2::default().verify_password(&password, &parsed).is_ok())
+        })
+        .await
+    }
+
+    /// Spend the time of a verification without an account to verify against.
+    pub async fn verify_nothing(&self, password: &str) -> Result<(), HashingError> {
+        let dummy = self
+            .dummy
+            .get_or_try_init(|| async {
+                let random = uuid::Uuid::new_v4().to_string();
+                self.hash(&random).await
+            })
+            .await?;
+        self.verify(password, dummy).await.map(drop)
+    }
+
+    /// Whether `stored` was made with another algorithm, version or a lower cost than today's
+    /// (and so is to be replaced after the next successful login).
+    pub fn needs_upgrade(&self, stored: &str) -> bool {
+        let Ok(parsed) = PasswordHash::new(stored) else {
+            return true;
+        };
+        let Ok(params) = Params::try_from(&parsed) else {
+            return true;
+        };
+        parsed.algorithm.as_str() != Algorithm::Argon2id.ident().as_str()
+            || parsed.version != Some(Version::V0x13.into())
+            || params.m_cost() < self.cost.memory_kib
+            || params.t_cost() < self.cost.iterations
+            || params.p_cost() != self.cost.parallelism
+    }
+
+    /// Run `work` on the blocking pool once a permit is free.
+    async fn run<T: Send + 'static>(
+        &self,
+        operation: &'static str,
+        work: impl FnOnce() -> Result<T, HashingError> + Send + 'static,
+    ) -> Result<T, HashingError> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| HashingError(e.to_string()))?;
+        metrics::counter!("passwords_argon2_operations_total", "operation" => operation).increment(1);
+        tokio::task::spawn_blocking(move || {
+            let outcome = work();
+            drop(permit);
+            outcome
+        })
+        .await
+        .map_err(|e| HashingError(format!("the hashing task failed: {e}")))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Cheap parameters: these tests check behaviour, not cost.
+    const CHEAP: Cost = Cost {
+        memory_kib: 64,
+        iterations: 1,
+        parallelism: 1,
+    };
+
+    #[tokio::test]
+    async fn a_hash_verifies_its_password_and_no_other() {
+        let hasher = Hasher::new(CHEAP, 2).expect("hasher");
+        let stored = hasher.hash("zq7#kd9w").await.expect("hash");
+        assert!(stored.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{stored}");
+        assert!(hasher.verify("zq7#kd9w", &stored).await.expect("verify"));
+        assert!(!hasher.verify("zq7#kd9W", &stored).await.expect("verify"));
+        assert!(
+            !hasher
+                .verify("zq7#kd9w", "not a phc string")
+                .await
+                .expect("verify")
+        );
+    }
+
+    #[tokio::test]
+    async fn hashes_below_todays_cost_need_an_upgrade() {
+        let weak = Hasher::new(CHEAP, 1).expect("hasher");
+        let stored = weak.hash("zq7#kd9w").await.expect("hash");
+        assert!(!weak.needs_upgrade(&stored));
+        let stronger = Hasher::new(
+            Cost {
+                memory_kib: 128,
+                ..CHEAP
+            },
+            1,
+        )
+        .expect("hasher");
+        assert!(stronger.needs_upgrade(&stored));
+        assert!(stronger.needs_upgrade("$argon2i$v=19$m=128,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"));
+        assert!(stronger.needs_upgrade("garbage"));
+    }
+
+    #[test]
+    fn the_default_cost_is_at_least_owasps() {
+        let owasp = Cost::OWASP_MINIMUM;
+        assert!(owasp.memory_kib >= 19456 && owasp.iterations >= 2 && owasp.parallelism == 1);
+    }
+}

@@ -1,0 +1,501 @@
+//! The passwords service's HTTP API, and how each outcome maps to a status:
+//!
+//! - `PUT /credentials/{user_id}`, `DELETE /credentials/{user_id}`,
+//!   `POST /credentials/{user_id}/verified`: internal, called by signup (and for now by tests
+//!   in place of the `user.email_verified` event).
+//! - `POST /sessions`: login, answering an access token.
+//! - `GET /.well-known/jwks.json`: the public keys every service checks tokens with.
+//!
+//! Bodies are read by hand rather than with axum's `Json`, so that every field's problem is
+//! reported in the `errors` map of one 422 answer (wrong types included) and nothing but
+//! malformed JSON is a bare 400.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use dozen_kit::Problem;
+use dozen_kit::db::Db;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::domain::email::Email;
+use crate::domain::hashing::{Hasher, HashingError};
+use crate::domain::keys::{SigningKeys, TokenPolicy};
+use crate::domain::password::Password;
+use crate::domain::throttle::{self, Subject, ThrottlePolicy};
+use crate::store;
+
+/// Everything the handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The service's database.
+    pub db: Db,
+    /// Hashes and verifies passwords, a bounded number at once.
+    pub hasher: Hasher,
+    /// Signs access tokens; published as the JWKS.
+    pub keys: Arc<SigningKeys>,
+    /// Issuer, audience and lifetime of access tokens.
+    pub tokens: Arc<TokenPolicy>,
+    /// When failed logins lock an account or address.
+    pub throttle: ThrottlePolicy,
+    /// Whether the client address comes from `X-Forwarded-For`.
+    pub trust_forwarded_for: bool,
+}
+
+/// The service's routes.
+pub fn router(state: AppState) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(put_credential, delete_credential))
+        .routes(routes!(mark_verified))
+        .routes(routes!(create_session))
+        .routes(routes!(jwks))
+        .with_state(state)
+}
+
+/// What a handler can fail with: a problem for the client, or a fault of ours.
+#[derive(Debug)]
+enum ApiError {
+    /// Answered as it is.
+    Problem(Problem),
+    /// Logged, and answered 500 without details.
+    Internal(anyhow::Error),
+}
+
+impl From<Problem> for ApiError {
+    fn from(problem: Problem) -> Self {
+        Self::Problem(problem)
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Internal(anyhow::Error::new(error).context("database"))
+    }
+}
+
+impl From<HashingError> for ApiError {
+    fn from(error: HashingError) -> Self {
+        Self::Internal(error.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Problem(problem) => problem.into_response(),
+            Self::Internal(error) => {
+                tracing::error!(error = format!("{error:#}"), "request failed");
+                Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the request could not be completed",
+                )
+                .into_response()
+            }
+        }
+    }
+}
+
+/// The body of a credential or login request, for the OpenAPI document.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // Read field by field from JSON, see the module doc.
+struct EmailAndPassword {
+    /// The email address; stored trimmed and lowercased.
+    email: String,
+    /// The password: 8 to 64 characters, not a common one.
+    password: String,
+}
+
+/// A stored credential, as answered.
+#[derive(Debug, Serialize, ToSchema)]
+struct CredentialView {
+    user_id: Uuid,
+    email: String,
+    verified: bool,
+}
+
+/// A successful login.
+#[derive(Debug, Serialize, ToSchema)]
+struct SessionView {
+    /// A JWT signed by the key named in its header's `kid`.
+    access_token: String,
+    /// Always `Bearer`.
+    token_type: &'static str,
+    /// Seconds until the token expires.
+    expires_in: u64,
+}
+
+/// Set the credential of a user: 201 when created, 200 when the same user already has it for
+/// the same email (a retry), 409 when the email or the user is taken otherwise.
+#[utoipa::path(
+    put,
+    path = "/credentials/{user_id}",
+    params(("user_id" = Uuid, Path, description = "The user's id, chosen by signup")),
+    request_body = EmailAndPassword,
+    responses(
+        (status = 201, description = "Created", body = CredentialView),
+        (status = 200, description = "Already there (a retry)", body = CredentialView),
+        (status = 409, description = "The email belongs to another user, or the user has another email", body = Problem),
+        (status = 422, description = "Invalid fields", body = Problem),
+    )
+)]
+async fn put_credential(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let mut errors = BTreeMap::new();
+    let user_id = parse_user_id(&user_id, &mut errors);
+    let fields = json_object(&headers, &body)?;
+    let email = string_field(&fields, "email", &mut errors).and_then(|text| match Email::parse(&text) {
+        Ok(email) => Some(email),
+        Err(message) => {
+            errors.insert("email".to_owned(), message.to_owned());
+            None
+        }
+    });
+    let password = string_field(&fields, "password", &mut errors).and_then(|text| {
+        let email = email.as_ref().map_or("", Email::as_str);
+        Password::parse(text, email)
+            .map_err(|error| errors.insert("password".to_owned(), error.to_string()))
+            .ok()
+    });
+    let (Some(user_id), Some(email), Some(password)) = (user_id, email, password) else {
+        return Err(Problem::validation(errors).into());
+    };
+
+    // Decide before hashing: a retry or a conflict costs no hash.
+    if let Some(answer) = existing_answer(&state.db, user_id, &email).await? {
+        return Ok(answer);
+    }
+    let phc_hash = state.hasher.hash(password.expose()).await?;
+    if store::insert(&state.db, user_id, email.as_str(), &phc_hash).await? {
+        let view = CredentialView {
+            user_id,
+            email: email.as_str().to_owned(),
+            verified: false,
+        };
+        return Ok((StatusCode::CREATED, Json(view)).into_response());
+    }
+    // Another request inserted in between: answer as if it had come first.
+    existing_answer(&state.db, user_id, &email)
+        .await?
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the credential insert conflicted with nothing")))
+}
+
+/// The answer when a credential for `user_id` or `email` already exists.
+async fn existing_answer(db: &Db, user_id: Uuid, email: &Email) -> Result<Option<Response>, ApiError> {
+    if let Some(existing) = store::find_by_user(db, user_id).await? {
+        if existing.email != email.as_str() {
+            return Err(conflict("this user already has a credential for another email").into());
+        }
+        let view = CredentialView {
+            user_id,
+            email: existing.email,
+            verified: existing.verified,
+        };
+        return Ok(Some((StatusCode::OK, Json(view)).into_response()));
+    }
+    if store::find_by_email(db, email.as_str()).await?.is_some() {
+        return Err(conflict("the email belongs to another user").into());
+    }
+    Ok(None)
+}
+
+fn conflict(detail: &str) -> Problem {
+    Problem::typed(StatusCode::CONFLICT, "credential-conflict", "Conflict", detail)
+}
+
+/// Remove the credential of a user (signup's compensation); 204 whether or not it existed.
+#[utoipa::path(
+    delete,
+    path = "/credentials/{user_id}",
+    params(("user_id" = Uuid, Path, description = "The user's id")),
+    responses((status = 204, description = "Gone (or never there)"), (status = 422, body = Problem))
+)]
+async fn delete_credential(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let mut errors = BTreeMap::new();
+    let Some(user_id) = parse_user_id(&user_id, &mut errors) else {
+        return Err(Problem::validation(errors).into());
+    };
+    store::delete(&state.db, user_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Allow a user to log in: their email is verified. Stands in for the `user.email_verified`
+/// event until the bus delivers it.
+#[utoipa::path(
+    post,
+    path = "/credentials/{user_id}/verified",
+    params(("user_id" = Uuid, Path, description = "The user's id")),
+    responses(
+        (status = 204, description = "Verified (also when it already was)"),
+        (status = 404, description = "No such credential", body = Problem),
+        (status = 422, body = Problem),
+    )
+)]
+async fn mark_verified(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let mut errors = BTreeMap::new();
+    let Some(user_id) = parse_user_id(&user_id, &mut errors) else {
+        return Err(Problem::validation(errors).into());
+    };
+    if store::mark_verified_now(&state.db, user_id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(Problem::new(StatusCode::NOT_FOUND, "this user has no credential").into())
+    }
+}
+
+/// Log in: an access token for a correct email and password of a verified account.
+#[utoipa::path(
+    post,
+    path = "/sessions",
+    request_body = EmailAndPassword,
+    responses(
+        (status = 200, description = "Logged in", body = SessionView),
+        (status = 401, description = "Wrong email or password (the same answer for both)", body = Problem),
+        (status = 403, description = "The email is not verified yet", body = Problem),
+        (status = 422, description = "Invalid fields", body = Problem),
+        (status = 429, description = "Too many failed logins; see Retry-After", body = Problem),
+    )
+)]
+async fn create_session(
+    State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let mut errors = BTreeMap::new();
+    let fields = json_object(&headers, &body)?;
+    let email = string_field(&fields, "email", &mut errors).and_then(|text| {
+        Email::parse(&text)
+            .map_err(|message| errors.insert("email".to_owned(), message.to_owned()))
+            .ok()
+    });
+    let password = string_field(&fields, "password", &mut errors);
+    let (Some(email), Some(password)) = (email, password) else {
+        return Err(Problem::validation(errors).into());
+    };
+
+    let mut subjects = vec![Subject::Account(email.as_str().to_owned())];
+    subjects.extend(address.map(Subject::Address));
+    let now = throttle::now_millis();
+    let keys: Vec<String> = subjects.iter().map(Subject::key).collect();
+    let locked_until = store::locked_until(&state.db, &keys).await?;
+    if locked_until > now {
+        metrics::counter!("passwords_logins_total", "outcome" => "throttled").increment(1);
+        return Ok(too_many_failures(throttle::retry_after_secs(locked_until, now)));
+    }
+
+    let credential = store::find_by_email(&state.db, email.as_str()).await?;
+    let matches = match &credential {
+        Some(credential) => state.hasher.verify(&password, &credential.phc_hash).await?,
+        None => {
+            // As long as a wrong password, so that timing does not tell which emails exist.
+            state.hasher.verify_nothing(&password).await?;
+            false
+        }
+    };
+    let Some(credential) = credential.filter(|_| matches) else {
+        record_failure(&state, &subjects).await?;
+        metrics::counter!("passwords_logins_total", "outcome" => "wrong_credentials").increment(1);
+        return Err(Problem::typed(
+            StatusCode::UNAUTHORIZED,
+            "invalid-credentials",
+            "Invalid credentials",
+            "the email or the password is wrong",
+        )
+        .into());
+    };
+    store::clear_failures(&state.db, &subjects[0].key()).await?;
+
+    if state.hasher.needs_upgrade(&credential.phc_hash) {
+        upgrade_hash(&state, &credential, &password).await;
+    }
+    if !credential.verified {
+        metrics::counter!("passwords_logins_total", "outcome" => "unverified").increment(1);
+        return Err(Problem::typed(
+            StatusCode::FORBIDDEN,
+            "email-not-verified",
+            "Email not verified",
+            "follow the link in the verification mail first",
+        )
+        .into());
+    }
+    let token = state
+        .keys
+        .issue(credential.user_id, &state.tokens)
+        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("signing the access token")))?;
+    metrics::counter!("passwords_logins_total", "outcome" => "ok").increment(1);
+    let mut response = Json(SessionView {
+        access_token: token.token,
+        token_type: "Bearer",
+        expires_in: token.expires_in,
+    })
+    .into_response();
+    // A token is a credential: no cache may keep it (RFC 6749 §5.1).
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// Count a failed login against each subject; lock those that reach their limit.
+async fn record_failure(state: &AppState, subjects: &[Subject]) -> Result<(), ApiError> {
+    let policy = &state.throttle;
+    let now = throttle::now_millis();
+    for subject in subjects {
+        let locked = store::record_failure(
+            &state.db,
+            &subject.key(),
+            now,
+            now - throttle::millis(policy.window),
+            subject.limit(policy),
+            now + throttle::millis(policy.lockout),
+        )
+        .await?;
+        if locked {
+            tracing::warn!(scope = subject.scope(), "too many failed logins: locked");
+        }
+    }
+    Ok(())
+}
+
+/// Re-hash a password whose stored hash is below today's cost. A failure is logged, never
+/// the login's: the old hash still works.
+async fn upgrade_hash(state: &AppState, credential: &store::Credential, password: &str) {
+    let upgraded = match state.hasher.hash(password).await {
+        Ok(new) => store::replace_hash(&state.db, credential.user_id, &credential.phc_hash, &new)
+            .await
+            .map_err(anyhow::Error::from),
+        Err(error) => Err(error.into()),
+    };
+    match upgraded {
+        Ok(true) => tracing::info!(user_id = %credential.user_id, "password hash upgraded"),
+        Ok(false) => {}
+        Err(error) => tracing::warn!(error = format!("{error:#}"), "cannot upgrade a password hash"),
+    }
+}
+
+fn too_many_failures(retry_after_secs: u64) -> Response {
+    let mut response = Problem::typed(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too-many-failed-logins",
+        "Too many failed logins",
+        format!("too many failed logins: try again in {retry_after_secs} s"),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    response
+}
+
+/// The public keys access tokens are checked with (RFC 7517).
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    responses((status = 200, description = "The JWK set: every active key, with kid, alg and use", body = Object))
+)]
+async fn jwks(State(state): State<AppState>) -> Response {
+    let mut response = Json(state.keys.jwks()).into_response();
+    // Short, so that a verifier sees a rotation soon even behind a cache.
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=60"),
+    );
+    response
+}
+
+/// The client's address: the connection's, or the first of `X-Forwarded-For` when the
+/// service is told to trust it (behind the gateway).
+#[derive(Debug)]
+struct ClientAddress(Option<IpAddr>);
+
+impl FromRequestParts<AppState> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let forwarded = state
+            .trust_forwarded_for
+            .then(|| {
+                let value = parts.headers.get("x-forwarded-for")?.to_str().ok()?;
+                value.split(',').next()?.trim().parse::<IpAddr>().ok()
+            })
+            .flatten();
+        let connected = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(address)| address.ip());
+        Ok(Self(forwarded.or(connected)))
+    }
+}
+
+/// The body as a JSON object: 415 for another declared media type, 400 for anything that is
+/// not a JSON object.
+fn json_object(headers: &HeaderMap, body: &Bytes) -> Result<Map<String, Value>, Problem> {
+    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
+        let media = content_type.to_str().unwrap_or_default();
+        let media = media.split(';').next().unwrap_or_default().trim();
+        if !(media.eq_ignore_ascii_case("application/json") || media.ends_with("+json")) {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "the body must be application/json",
+            ));
+        }
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(fields)) => Ok(fields),
+        Ok(_) => Err(Problem::typed(
+            StatusCode::BAD_REQUEST,
+            "malformed-json",
+            "Malformed JSON",
+            "the body must be a JSON object",
+        )),
+        Err(error) => Err(Problem::typed(
+            StatusCode::BAD_REQUEST,
+            "malformed-json",
+            "Malformed JSON",
+            format!("the body is not valid JSON: {error}"),
+        )),
+    }
+}
+
+/// A required string field; its problem goes into `errors`.
+fn string_field(
+    fields: &Map<String, Value>,
+    name: &str,
+    errors: &mut BTreeMap<String, String>,
+) -> Option<String> {
+    let problem = match fields.get(name) {
+        Some(Value::String(text)) if !text.is_empty() => return Some(text.clone()),
+        None | Some(Value::Null) => "is required",
+        Some(Value::String(_)) => "must not be empty",
+        Some(_) => "must be a string",
+    };
+    errors.insert(name.to_owned(), problem.to_owned());
+    None
+}
+
+fn parse_user_id(text: &str, errors: &mut BTreeMap<String, String>) -> Option<Uuid> {
+    Uuid::parse_str(text)
+        .map_err(|_| errors.insert("user_id".to_owned(), "must be a UUID".to_owned()))
+        .ok()
+}
