@@ -78,7 +78,7 @@ pub struct MailSettings {
     pub mail_from: Mailbox,
 
     /// Longest one delivery may take. A mail held by an instance that died is sent again after
-    /// it (over SMTP that may deliver a second copy, with the same Message-ID).
+    /// twice this (over SMTP that may deliver a second copy, with the same Message-ID).
     #[arg(long, env = "MAIL_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
     pub mail_timeout: Duration,
 

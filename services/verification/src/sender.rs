@@ -2,8 +2,9 @@
 //!
 //! Handlers and routes only queue a mail row, in the same transaction as the token it carries,
 //! so a mail exists if and only if its token does. The sender then claims one due row at a
-//! time with a lease of `MAIL_TIMEOUT` (several instances never hold the same row), delivers it
-//! under the row's id, and marks it sent. A sender that dies after delivering and before
+//! time with a lease of twice `MAIL_TIMEOUT` (several instances never hold the same row),
+//! delivers it under the row's id, cut off at `MAIL_TIMEOUT` so the lease cannot run out
+//! mid-delivery, and marks it sent. A sender that dies after delivering and before
 //! marking leaves the lease to run out; the row is then delivered again under the same id:
 //! the mailbox file is replaced (still one message), an SMTP server gets a second copy with
 //! the same Message-ID (see [`crate::mailer`]). A failed delivery is retried with a doubling
@@ -47,13 +48,13 @@ pub struct MailSender {
     wake: Arc<Notify>,
     /// Names this instance's leases.
     owner: String,
-    /// The lease on a claimed mail: longer than one delivery may take.
-    lease: Duration,
+    /// Longest one delivery may take (`MAIL_TIMEOUT`); the lease on a claimed mail is twice it.
+    timeout: Duration,
 }
 
 impl MailSender {
-    /// A sender of the mails in `db` through `mailer`, from `from`; `lease` is `MAIL_TIMEOUT`.
-    pub fn new(db: Db, mailer: Mailer, from: Mailbox, wake: Arc<Notify>, lease: Duration) -> Self {
+    /// A sender of the mails in `db` through `mailer`, from `from`; `timeout` is `MAIL_TIMEOUT`.
+    pub fn new(db: Db, mailer: Mailer, from: Mailbox, wake: Arc<Notify>, timeout: Duration) -> Self {
         describe_metrics();
         Self {
             db,
@@ -61,7 +62,7 @@ impl MailSender {
             from,
             wake,
             owner: Uuid::new_v4().to_string(),
-            lease,
+            timeout,
         }
     }
 
@@ -99,7 +100,7 @@ impl MailSender {
     /// Claim the oldest due mail and deliver it. False when none was due.
     pub async fn send_one(&self) -> Result<bool, sqlx::Error> {
         let now = Utc::now().timestamp_millis();
-        let lease_until = now + millis(self.lease);
+        let lease_until = now + millis(self.timeout.saturating_mul(2));
         let Some(claimed) = store::claim_mail(&self.db, &self.owner, now, lease_until).await? else {
             return Ok(false);
         };
@@ -123,7 +124,13 @@ impl MailSender {
             body,
         };
         let kind = claimed.kind;
-        let outcome = self.mailer.deliver(&self.from, &outgoing).await;
+        let outcome = tokio::time::timeout(self.timeout, self.mailer.deliver(&self.from, &outgoing))
+            .await
+            .unwrap_or_else(|_| {
+                Err(DeliveryError::Transient(
+                    "the delivery timed out (MAIL_TIMEOUT)".into(),
+                ))
+            });
         let now = Utc::now().timestamp_millis();
         match outcome {
             Ok(()) => {

@@ -343,6 +343,11 @@ async fn a_signup_gets_exactly_one_mail_whose_link_verifies_once(backend: Backen
     .expect("count published events");
     assert_eq!(published, 1, "published exactly once");
     probe.stop().await;
+
+    let mut verification = verification;
+    verification.service.process.signal(Signal::SIGTERM);
+    let status = verification.service.process.wait(Duration::from_secs(60)).await;
+    assert!(status.success(), "a clean stop: {status}");
 }
 on_both_backends!(a_signup_gets_exactly_one_mail_whose_link_verifies_once);
 
@@ -553,6 +558,10 @@ struct SmtpServer {
 
 impl SmtpServer {
     async fn start(folder: &Path) -> Self {
+        Self::start_on(folder, dozen_tests::process::free_port()).await
+    }
+
+    async fn start_on(folder: &Path, port: u16) -> Self {
         // Installed once per test binary when missing (tests run in parallel).
         static INSTALL: std::sync::Once = std::sync::Once::new();
         INSTALL.call_once(|| {
@@ -576,7 +585,6 @@ impl SmtpServer {
                 assert!(installed.success(), "aiosmtpd cannot be installed with pip");
             }
         });
-        let port = dozen_tests::process::free_port();
         let maildir = folder.join("maildir");
         let child = std::process::Command::new("python3")
             .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
@@ -647,6 +655,32 @@ async fn mail_goes_through_a_real_smtp_server(backend: Backend) {
     assert_eq!(mailbox.headers()["content-type"], "application/problem+json");
 }
 on_both_backends!(mail_goes_through_a_real_smtp_server);
+
+async fn a_mail_waits_for_the_smtp_server_and_is_sent_once_it_answers(backend: Backend) {
+    let folder = tempfile::tempdir().expect("a temporary folder");
+    let port = dozen_tests::process::free_port();
+    let url = format!("smtp://127.0.0.1:{port}");
+    let verification = Verification::start(backend, &[("MAIL_URL", &url)]).await;
+    verification.sign_up(Uuid::now_v7(), "ann@example.com").await;
+    wait_until("a delivery has failed", || async {
+        let (failures,): (i64,) = with_pool!(&verification.db, pool => sqlx::query_as(
+            "SELECT COUNT(*) FROM mails WHERE attempts > 0",
+        )
+        .fetch_one(pool)
+        .await)
+        .expect("read attempts");
+        failures > 0
+    })
+    .await;
+    let smtp = SmtpServer::start_on(folder.path(), port).await;
+    verification.wait_for_mail_sent().await;
+    wait_until("the SMTP server has the message", || async {
+        !smtp.messages().is_empty()
+    })
+    .await;
+    assert_eq!(smtp.messages().len(), 1, "exactly one message");
+}
+on_both_backends!(a_mail_waits_for_the_smtp_server_and_is_sent_once_it_answers);
 
 #[tokio::test]
 async fn bad_mail_settings_stop_the_service_with_one_line_naming_the_variable() {
