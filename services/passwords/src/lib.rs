@@ -29,10 +29,7 @@ use domain::keys::{SecretPem, SigningKeys, TokenPolicy};
 use domain::throttle::{self, ThrottlePolicy};
 
 /// The passwords service's own schema, one set of migrations per backend.
-pub static MIGRATIONS: Migrations = Migrations {
-    sqlite: sqlx::migrate!("migrations/sqlite"),
-    postgres: sqlx::migrate!("migrations/postgres"),
-};
+pub static MIGRATIONS: Migrations = dozen_kit::migrations!();
 
 /// Every set of migrations its database holds.
 pub static SCHEMA: &[&Migrations] = &[&MIGRATIONS];

@@ -20,8 +20,9 @@ use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use dozen_kit::Problem;
 use dozen_kit::db::Db;
+use dozen_kit::email::Email;
+use dozen_kit::{ApiError, Problem};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -29,7 +30,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::domain::email::Email;
 use crate::domain::hashing::{Hasher, HashingError};
 use crate::domain::keys::{SigningKeys, TokenPolicy};
 use crate::domain::password::Password;
@@ -63,47 +63,9 @@ pub fn router(state: AppState) -> OpenApiRouter {
         .with_state(state)
 }
 
-/// What a handler can fail with: a problem for the client, or a fault of ours.
-#[derive(Debug)]
-enum ApiError {
-    /// Answered as it is.
-    Problem(Problem),
-    /// Logged, and answered 500 without details.
-    Internal(anyhow::Error),
-}
-
-impl From<Problem> for ApiError {
-    fn from(problem: Problem) -> Self {
-        Self::Problem(problem)
-    }
-}
-
-impl From<sqlx::Error> for ApiError {
-    fn from(error: sqlx::Error) -> Self {
-        Self::Internal(anyhow::Error::new(error).context("database"))
-    }
-}
-
-impl From<HashingError> for ApiError {
-    fn from(error: HashingError) -> Self {
-        Self::Internal(error.into())
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        match self {
-            Self::Problem(problem) => problem.into_response(),
-            Self::Internal(error) => {
-                tracing::error!(error = format!("{error:#}"), "request failed");
-                Problem::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the request could not be completed",
-                )
-                .into_response()
-            }
-        }
-    }
+/// A hashing failure is ours, never the caller's: 500.
+fn hashing_failed(error: HashingError) -> ApiError {
+    ApiError::Internal(error.into())
 }
 
 /// The body of a credential or login request, for the OpenAPI document.
@@ -179,7 +141,11 @@ async fn put_credential(
     if let Some(answer) = existing_answer(&state.db, user_id, &email).await? {
         return Ok(answer);
     }
-    let phc_hash = state.hasher.hash(password.expose()).await?;
+    let phc_hash = state
+        .hasher
+        .hash(password.expose())
+        .await
+        .map_err(hashing_failed)?;
     if store::insert(&state.db, user_id, email.as_str(), &phc_hash).await? {
         let view = CredentialView {
             user_id,
@@ -306,10 +272,18 @@ async fn create_session(
 
     let credential = store::find_by_email(&state.db, email.as_str()).await?;
     let matches = match &credential {
-        Some(credential) => state.hasher.verify(&password, &credential.phc_hash).await?,
+        Some(credential) => state
+            .hasher
+            .verify(&password, &credential.phc_hash)
+            .await
+            .map_err(hashing_failed)?,
         None => {
             // As long as a wrong password, so that timing does not tell which emails exist.
-            state.hasher.verify_nothing(&password).await?;
+            state
+                .hasher
+                .verify_nothing(&password)
+                .await
+                .map_err(hashing_failed)?;
             false
         }
     };

@@ -2,8 +2,8 @@
 //! backend, matching on [`Db`]; nothing else in the crate writes SQL. SQLite keeps user ids as
 //! hyphenated text, Postgres as `UUID`.
 
-use dozen_kit::db::Db;
-use sqlx::{PgConnection, SqliteConnection};
+use dozen_kit::db::{Db, Tx, TxConn};
+use dozen_kit::with_pool;
 use uuid::Uuid;
 use uuid::fmt::Hyphenated;
 
@@ -157,22 +157,13 @@ pub async fn replace_hash(db: &Db, user_id: Uuid, old: &str, new: &str) -> Resul
     Ok(done == 1)
 }
 
-/// A connection to the passwords database, possibly inside an open transaction (the bus's
-/// `TxConn` maps onto it one variant for one).
-#[derive(Debug)]
-pub enum Conn<'c> {
-    /// On SQLite.
-    Sqlite(&'c mut SqliteConnection),
-    /// On Postgres.
-    Postgres(&'c mut PgConnection),
-}
-
-/// Allow `user_id` to log in: their email is verified. Idempotent; `false` when the user has
-/// no credential (yet, or any more).
-pub async fn mark_verified(conn: Conn<'_>, user_id: Uuid) -> Result<bool, sqlx::Error> {
+/// Allow `user_id` to log in: their email is verified. Runs inside the caller's transaction
+/// (the `user.email_verified` handler's, with its inbox entry). Idempotent; `false` when the
+/// user has no credential (yet, or any more).
+pub async fn mark_verified(conn: TxConn<'_>, user_id: Uuid) -> Result<bool, sqlx::Error> {
     // `verified` is set even when already set, so that "no such row" is the only `false`.
     let done = match conn {
-        Conn::Sqlite(conn) => sqlx::query(
+        TxConn::Sqlite(conn) => sqlx::query(
             "UPDATE credentials SET verified = 1, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
              WHERE user_id = $1",
         )
@@ -180,7 +171,7 @@ pub async fn mark_verified(conn: Conn<'_>, user_id: Uuid) -> Result<bool, sqlx::
         .execute(&mut *conn)
         .await?
         .rows_affected(),
-        Conn::Postgres(conn) => {
+        TxConn::Postgres(conn) => {
             sqlx::query("UPDATE credentials SET verified = TRUE, updated_at = now() WHERE user_id = $1")
                 .bind(user_id)
                 .execute(&mut *conn)
@@ -193,27 +184,22 @@ pub async fn mark_verified(conn: Conn<'_>, user_id: Uuid) -> Result<bool, sqlx::
 
 /// [`mark_verified`] in a transaction of its own.
 pub async fn mark_verified_now(db: &Db, user_id: Uuid) -> Result<bool, sqlx::Error> {
-    match db {
-        Db::Sqlite(pool) => {
-            let mut conn = pool.acquire().await?;
-            mark_verified(Conn::Sqlite(&mut conn), user_id).await
-        }
-        Db::Postgres(pool) => {
-            let mut conn = pool.acquire().await?;
-            mark_verified(Conn::Postgres(&mut conn), user_id).await
-        }
-    }
+    let mut tx = Tx::begin(db).await?;
+    let found = mark_verified(tx.conn(), user_id).await?;
+    tx.commit().await?;
+    Ok(found)
 }
 
 /// The latest end of a lockout among `keys` (0 when none is locked).
 pub async fn locked_until(db: &Db, keys: &[String]) -> Result<i64, sqlx::Error> {
     let mut latest = 0;
     for key in keys {
-        const SELECT: &str = "SELECT locked_until FROM login_throttle WHERE key = $1";
-        let until: Option<(i64,)> = match db {
-            Db::Sqlite(pool) => sqlx::query_as(SELECT).bind(key).fetch_optional(pool).await?,
-            Db::Postgres(pool) => sqlx::query_as(SELECT).bind(key).fetch_optional(pool).await?,
-        };
+        let until: Option<(i64,)> = with_pool!(db, pool => {
+            sqlx::query_as("SELECT locked_until FROM login_throttle WHERE key = $1")
+                .bind(key)
+                .fetch_optional(pool)
+                .await?
+        });
         latest = latest.max(until.map_or(0, |(until,)| until));
     }
     Ok(latest)
@@ -240,78 +226,39 @@ pub async fn record_failure(
         RETURNING failures";
     const LOCK: &str =
         "UPDATE login_throttle SET locked_until = $2, failures = 0, window_started_at = $3 WHERE key = $1";
-    let (failures,): (i64,) = match db {
-        Db::Sqlite(pool) => {
-            sqlx::query_as(COUNT)
-                .bind(key)
-                .bind(now)
-                .bind(window_start)
-                .fetch_one(pool)
-                .await?
-        }
-        Db::Postgres(pool) => {
-            sqlx::query_as(COUNT)
-                .bind(key)
-                .bind(now)
-                .bind(window_start)
-                .fetch_one(pool)
-                .await?
-        }
-    };
+    let (failures,): (i64,) = with_pool!(db, pool => {
+        sqlx::query_as(COUNT).bind(key).bind(now).bind(window_start).fetch_one(pool).await?
+    });
     if failures < i64::from(limit) {
         return Ok(false);
     }
-    match db {
-        Db::Sqlite(pool) => {
-            sqlx::query(LOCK)
-                .bind(key)
-                .bind(lock_until)
-                .bind(now)
-                .execute(pool)
-                .await?;
-        }
-        Db::Postgres(pool) => {
-            sqlx::query(LOCK)
-                .bind(key)
-                .bind(lock_until)
-                .bind(now)
-                .execute(pool)
-                .await?;
-        }
-    }
+    with_pool!(db, pool => {
+        sqlx::query(LOCK).bind(key).bind(lock_until).bind(now).execute(pool).await?.rows_affected()
+    });
     Ok(true)
 }
 
 /// Forget the failures of `key` (after a successful login).
 pub async fn clear_failures(db: &Db, key: &str) -> Result<(), sqlx::Error> {
-    const DELETE: &str = "DELETE FROM login_throttle WHERE key = $1";
-    match db {
-        Db::Sqlite(pool) => {
-            sqlx::query(DELETE).bind(key).execute(pool).await?;
-        }
-        Db::Postgres(pool) => {
-            sqlx::query(DELETE).bind(key).execute(pool).await?;
-        }
-    }
+    with_pool!(db, pool => {
+        sqlx::query("DELETE FROM login_throttle WHERE key = $1")
+            .bind(key)
+            .execute(pool)
+            .await?
+            .rows_affected()
+    });
     Ok(())
 }
 
 /// Delete rows whose lockout is over and whose window started before `window_start`; returns
 /// how many went.
 pub async fn purge_throttle(db: &Db, now: i64, window_start: i64) -> Result<u64, sqlx::Error> {
-    const DELETE: &str = "DELETE FROM login_throttle WHERE locked_until < $1 AND window_started_at < $2";
-    Ok(match db {
-        Db::Sqlite(pool) => sqlx::query(DELETE)
+    Ok(with_pool!(db, pool => {
+        sqlx::query("DELETE FROM login_throttle WHERE locked_until < $1 AND window_started_at < $2")
             .bind(now)
             .bind(window_start)
             .execute(pool)
             .await?
-            .rows_affected(),
-        Db::Postgres(pool) => sqlx::query(DELETE)
-            .bind(now)
-            .bind(window_start)
-            .execute(pool)
-            .await?
-            .rows_affected(),
-    })
+            .rows_affected()
+    }))
 }
