@@ -5,7 +5,8 @@
 //! - [`envelope`]: the CloudEvents-style envelope every event travels in.
 //! - [`contracts`]: every event type, its payload, version and topic, in one place; the
 //!   AsyncAPI document is generated from it.
-//! - [`tx`]: a transaction on the service's own database (SQLite or Postgres).
+//! - [`tx`]: the transaction on the service's own database both sides write in (the kit's
+//!   `Tx`, re-exported).
 //! - [`outbox`]: publishing inside that transaction, and the relay to the broker.
 //! - [`inbox`]: the subscriber's inbox and dead-letter queue, with listing and replay.
 //! - [`subscriber`]: the consume loop: inbox, handler, ack after commit, retries with

@@ -50,6 +50,7 @@ on_both_brokers!(
     an_event_delivered_twice_has_one_effect,
     a_stopping_consumer_finishes_its_event_and_hands_back_the_rest,
     the_readiness_check_answers_while_the_broker_does,
+    one_trace_follows_an_event_from_its_publisher_to_its_handler,
 );
 
 const SIGNED_UP: &str = UserSignedUp::TYPE;
@@ -616,6 +617,76 @@ async fn the_readiness_check_answers_while_the_broker_does(kind: Kind) {
     assert_eq!(check().await, Ok(()));
     let mut readiness = dozen_kit::http::server::Readiness::default();
     readiness.add("bus", connected.readiness_check());
+}
+
+async fn one_trace_follows_an_event_from_its_publisher_to_its_handler(kind: Kind) {
+    use tracing::Instrument;
+    let _telemetry = dozen_kit::telemetry::init(
+        "bus-test",
+        &dozen_kit::config::TelemetrySettings {
+            log_format: dozen_kit::config::LogFormat::Json,
+            log_level: Some("warn,dozen_bus=info,delivery=info".to_owned()),
+            otlp_endpoint: None,
+        },
+    )
+    .expect("telemetry");
+    let bus = TestBus::new(kind).await;
+    let publisher = ServiceDb::create(Backend::Sqlite).await;
+    let consumer = ServiceDb::create(Backend::Sqlite).await;
+    let seen: Arc<Mutex<Option<String>>> = Arc::default();
+    let records_trace = {
+        let seen = seen.clone();
+        handler(move |_tx, _event| {
+            let seen = seen.clone();
+            Box::pin(async move {
+                *seen.lock().expect("lock") = dozen_kit::trace_context::current_trace_id();
+                Ok(())
+            })
+        })
+    };
+    let lifecycle = Lifecycle::new();
+    let subscriber = Subscriber::new(
+        "friends",
+        &[SIGNED_UP],
+        records_trace,
+        consumer.db.clone(),
+        bus.connect().await,
+        &bus.settings,
+    );
+    start(subscriber, &lifecycle).await;
+    let outbox = start_relay(&bus, &publisher.db, &lifecycle).await;
+
+    let (envelope, trace_id) = async {
+        let trace_id = dozen_kit::trace_context::current_trace_id().expect("a trace is active");
+        let mut tx = Tx::begin(&publisher.db).await.expect("begin");
+        let envelope = outbox
+            .publish(&mut tx, &support::signed_up(1))
+            .await
+            .expect("publish");
+        tx.commit().await.expect("commit");
+        (envelope, trace_id)
+    }
+    .instrument(tracing::info_span!("signup request"))
+    .await;
+    let traceparent = envelope
+        .trace
+        .get("traceparent")
+        .expect("the envelope carries a traceparent");
+    assert!(
+        traceparent.contains(&trace_id),
+        "{traceparent} continues {trace_id}"
+    );
+
+    wait_until("the handler ran", || async {
+        seen.lock().expect("lock").is_some()
+    })
+    .await;
+    stop(&lifecycle).await;
+    assert_eq!(
+        seen.lock().expect("lock").clone(),
+        Some(trace_id),
+        "the handler runs in the publisher's trace"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

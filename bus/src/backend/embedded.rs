@@ -330,12 +330,16 @@ impl EmbeddedQueue {
         Ok(due.is_some())
     }
 
-    /// When the next delayed retry or lease falls due, if any.
-    async fn next_due(&self) -> Result<Option<i64>, BusError> {
+    /// When the next delayed retry or lease falls due, if one is pending. Deliveries held back
+    /// only by an earlier one of their subject wait for that one's acknowledgement, a commit
+    /// that wakes the queue anyway.
+    async fn next_due(&self, now: i64) -> Result<Option<i64>, BusError> {
         let due: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(MAX(not_before, lease_until)) FROM deliveries WHERE subscriber = $1",
+            "SELECT MIN(MAX(not_before, lease_until)) FROM deliveries
+             WHERE subscriber = $1 AND MAX(not_before, lease_until) > $2",
         )
         .bind(&self.subscriber)
+        .bind(now)
         .fetch_one(&self.shared.light)
         .await?;
         Ok(due)
@@ -444,8 +448,9 @@ impl Queue for EmbeddedQueue {
                     return Ok(claimed);
                 }
                 let mut wait = self.shared.backstop;
-                if let Some(due) = self.next_due().await? {
-                    let until_due = u64::try_from(due - now_ms()).unwrap_or(0);
+                let now = now_ms();
+                if let Some(due) = self.next_due(now).await? {
+                    let until_due = u64::try_from(due - now).unwrap_or(0);
                     wait = wait.min(Duration::from_millis(until_due.max(1)));
                 }
                 tokio::select! {
