@@ -44,10 +44,7 @@ use crate::sender::MailSender;
 use crate::store::Throttle;
 
 /// The verification service's own schema, one set of migrations per backend.
-pub static MIGRATIONS: Migrations = Migrations {
-    sqlite: sqlx::migrate!("migrations/sqlite"),
-    postgres: sqlx::migrate!("migrations/postgres"),
-};
+pub static MIGRATIONS: Migrations = dozen_kit::migrations!();
 
 /// Every set of migrations its database holds: its own and the bus's.
 pub static SCHEMA: &[&Migrations] = &[&MIGRATIONS, &dozen_bus::MIGRATIONS];
