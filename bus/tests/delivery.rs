@@ -690,6 +690,47 @@ async fn one_trace_follows_an_event_from_its_publisher_to_its_handler(kind: Kind
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_killed_and_restarted_under_load_loses_and_repeats_nothing() {
+    const EVENTS: i64 = 1_000;
+    let (mut bus, port) = TestBus::on_own_nats_server().await;
+    let publisher = ServiceDb::create(Backend::Sqlite).await;
+    let consumer = ServiceDb::create(Backend::Sqlite).await;
+    let lifecycle = Lifecycle::new();
+    let subscriber = Subscriber::new(
+        "verification",
+        &[SIGNED_UP],
+        recording("verification", "only"),
+        consumer.db.clone(),
+        bus.connect().await,
+        &bus.settings,
+    );
+    start(subscriber, &lifecycle).await;
+    let outbox = start_relay(&bus, &publisher.db, &lifecycle).await;
+    support::publish_signups(&publisher.db, &outbox, EVENTS as usize / 2).await;
+    wait_until("some events are handled", || async {
+        consumer.effects("verification").await.1 > 0
+    })
+    .await;
+
+    bus.restart_nats_server(port).await;
+    // Published while the clients reconnect: the outbox keeps them until the broker takes them.
+    support::publish_signups(&publisher.db, &outbox, EVENTS as usize / 2).await;
+    let broker = bus.connect().await;
+    wait_until("every event is handled after the restart", || async {
+        consumer.effects("verification").await.1 == EVENTS
+            && dozen_bus::outbox::backlog(&publisher.db)
+                .await
+                .expect("backlog")
+                .0
+                == 0
+            && pending(&broker, "verification", &[SIGNED_UP]).await == 0
+    })
+    .await;
+    stop(&lifecycle).await;
+    assert_eq!(consumer.effects("verification").await, (EVENTS, EVENTS));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_subjects_events_are_handled_in_order_on_the_embedded_bus_despite_competition_and_retries() {
     const SUBJECTS: usize = 10;
     const PER_SUBJECT: usize = 30;

@@ -50,6 +50,34 @@ async fn nats_reachable(url: &str) -> bool {
 }
 
 impl TestBus {
+    /// A bus on a NATS server of its own, which the test may kill and restart.
+    pub async fn on_own_nats_server() -> (Self, u16) {
+        let mut bus = Self::new(Kind::Embedded).await;
+        let (child, url) = start_nats_server(bus._folder.path()).await;
+        let port = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("a port");
+        bus.kind = Kind::Nats;
+        bus.nats_server = Some(child);
+        bus.settings.bus_url = BusUrl::Nats(url);
+        (bus, port)
+    }
+
+    /// Kill -9 its own NATS server, and start it again on the same port and store.
+    pub async fn restart_nats_server(&mut self, port: u16) {
+        let mut child = self.nats_server.take().expect("a NATS server of the test's own");
+        child.kill().expect("kill -9 nats-server");
+        child.wait().expect("reap nats-server");
+        self.nats_server = Some(start_nats_server_on(self._folder.path(), port));
+        let url = format!("nats://127.0.0.1:{port}");
+        wait_until("the restarted NATS server answers", || async {
+            nats_reachable(&url).await
+        })
+        .await;
+    }
+
     pub async fn new(kind: Kind) -> Self {
         let folder = tempfile::tempdir().expect("a temporary folder");
         let namespace = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
@@ -116,12 +144,24 @@ pub fn settings_from_env() -> BusSettings {
     settings
 }
 
-async fn start_nats_server(folder: &std::path::Path) -> (Child, String) {
+/// A nats-server of this test's own on a free port, storing under `folder`.
+pub async fn start_nats_server(folder: &std::path::Path) -> (Child, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free port")
         .port();
-    let child = Command::new("nats-server")
+    let child = start_nats_server_on(folder, port);
+    let url = format!("nats://127.0.0.1:{port}");
+    wait_until("the NATS server started by the test answers", || async {
+        nats_reachable(&url).await
+    })
+    .await;
+    (child, url)
+}
+
+/// Start nats-server on `port` with its store under `folder` (again, after a kill).
+pub fn start_nats_server_on(folder: &std::path::Path, port: u16) -> Child {
+    Command::new("nats-server")
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
         .arg(folder.join("nats"))
         .stdout(Stdio::null())
@@ -129,13 +169,7 @@ async fn start_nats_server(folder: &std::path::Path) -> (Child, String) {
         .spawn()
         .expect(
             "no NATS server is reachable and nats-server cannot be started (install it or set TEST_NATS_URL)",
-        );
-    let url = format!("nats://127.0.0.1:{port}");
-    wait_until("the NATS server started by the test answers", || async {
-        nats_reachable(&url).await
-    })
-    .await;
-    (child, url)
+        )
 }
 
 impl Drop for TestBus {
