@@ -6,13 +6,15 @@
 //! - [`store`]: the `credentials` and `login_throttle` tables, on SQLite or Postgres.
 //!
 //! It never sees another service's database; it learns that an email is verified from the
-//! `user.email_verified` event (see [`store::mark_verified`]).
+//! `user.email_verified` event, consumed here (see [`store::mark_verified`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
+use dozen_bus::contracts::UserEmailVerified;
+use dozen_bus::{Bus, BusSettings, Event as _, handler};
 use dozen_kit::auth::TokenSettings;
 use dozen_kit::config::{DatabaseSettings, parse_duration};
 use dozen_kit::db::Migrations;
@@ -31,14 +33,18 @@ use domain::throttle::{self, ThrottlePolicy};
 /// The passwords service's own schema, one set of migrations per backend.
 pub static MIGRATIONS: Migrations = dozen_kit::migrations!();
 
-/// Every set of migrations its database holds.
-pub static SCHEMA: &[&Migrations] = &[&MIGRATIONS];
+/// Every set of migrations its database holds: its own and the bus's (the inbox of its
+/// `user.email_verified` subscription).
+pub static SCHEMA: &[&Migrations] = &[&MIGRATIONS, &dozen_bus::MIGRATIONS];
 
 /// The passwords service's settings.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
     #[command(flatten)]
     pub database: DatabaseSettings,
+
+    #[command(flatten)]
+    pub bus: BusSettings,
 
     #[command(flatten)]
     pub tokens: TokenSettings,
@@ -172,15 +178,40 @@ impl Service for Passwords {
             lockout: settings.login.login_lockout,
         };
         let db = context.database()?.clone();
+        // Login opens once the email is verified: the verification service says so.
+        let mut bus = Bus::connect(&settings.bus, Self::NAME, db.clone()).await?;
+        bus.subscribe(
+            Self::NAME,
+            &[UserEmailVerified::TYPE],
+            handler(|tx, event| {
+                Box::pin(async move {
+                    let verified: UserEmailVerified = event.decode()?;
+                    if !store::mark_verified(tx, verified.user_id).await? {
+                        // A credential undone by signup's repair: nothing to open.
+                        tracing::info!(user_id = %verified.user_id, "verified email without a credential");
+                    }
+                    Ok(())
+                })
+            }),
+        );
+        bus.start(&context.lifecycle).await?;
+        context.readiness.add("bus", bus.readiness_check());
         tracing::info!(
             signing_kid = keys.signing_kid(),
             keys = keys.jwks().keys.len(),
             hash_concurrency = concurrency,
             "signing keys loaded"
         );
+        let hasher = Hasher::new(cost, concurrency)?;
+        let warm = hasher.clone();
+        context.lifecycle.spawn(async move {
+            if let Err(error) = warm.dummy().await {
+                tracing::warn!(error = %error, "cannot prepare the dummy hash");
+            }
+        });
         let state = routes::AppState {
             db: db.clone(),
-            hasher: Hasher::new(cost, concurrency)?,
+            hasher,
             keys: Arc::new(keys),
             tokens: Arc::new(TokenPolicy {
                 issuer: settings.tokens.jwt_issuer.clone(),

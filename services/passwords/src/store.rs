@@ -160,9 +160,9 @@ pub async fn replace_hash(db: &Db, user_id: Uuid, old: &str, new: &str) -> Resul
 /// Allow `user_id` to log in: their email is verified. Runs inside the caller's transaction
 /// (the `user.email_verified` handler's, with its inbox entry). Idempotent; `false` when the
 /// user has no credential (yet, or any more).
-pub async fn mark_verified(conn: TxConn<'_>, user_id: Uuid) -> Result<bool, sqlx::Error> {
+pub async fn mark_verified(tx: &mut Tx, user_id: Uuid) -> Result<bool, sqlx::Error> {
     // `verified` is set even when already set, so that "no such row" is the only `false`.
-    let done = match conn {
+    let done = match tx.conn() {
         TxConn::Sqlite(conn) => sqlx::query(
             "UPDATE credentials SET verified = 1, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
              WHERE user_id = $1",
@@ -185,7 +185,7 @@ pub async fn mark_verified(conn: TxConn<'_>, user_id: Uuid) -> Result<bool, sqlx
 /// [`mark_verified`] in a transaction of its own.
 pub async fn mark_verified_now(db: &Db, user_id: Uuid) -> Result<bool, sqlx::Error> {
     let mut tx = Tx::begin(db).await?;
-    let found = mark_verified(tx.conn(), user_id).await?;
+    let found = mark_verified(&mut tx, user_id).await?;
     tx.commit().await?;
     Ok(found)
 }

@@ -32,6 +32,8 @@ pub struct Passwords {
     pub service: Service,
     pub database: TestDatabase,
     pub client: reqwest::Client,
+    /// Holds the embedded bus's file.
+    _bus: tempfile::TempDir,
 }
 
 impl Passwords {
@@ -39,8 +41,11 @@ impl Passwords {
     /// `env` on top.
     pub async fn start(backend: Backend, env: &[(&str, &str)]) -> Self {
         let database = TestDatabase::create(backend).await;
+        let bus = tempfile::tempdir().expect("bus folder");
+        let bus_url = format!("sqlite://{}", bus.path().join("bus.db").display());
         let mut all = vec![
             ("DATABASE_URL", database.url.as_str()),
+            ("BUS_URL", bus_url.as_str()),
             ("JWT_SIGNING_KEYS", KEY_A),
         ];
         all.extend_from_slice(env);
@@ -51,6 +56,7 @@ impl Passwords {
             service,
             database,
             client: reqwest::Client::new(),
+            _bus: bus,
         }
     }
 

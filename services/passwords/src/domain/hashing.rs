@@ -95,6 +95,13 @@ impl Hasher {
 
     /// Spend the time of a verification without an account to verify against.
     pub async fn verify_nothing(&self, password: &str) -> Result<(), HashingError> {
+        let dummy = self.dummy().await?;
+        self.verify(password, dummy).await.map(drop)
+    }
+
+    /// The dummy hash, made on first use. Calling this at start-up (in the background) spares
+    /// the first unknown email the extra hash that would tell it apart.
+    pub async fn dummy(&self) -> Result<&str, HashingError> {
         let dummy = self
             .dummy
             .get_or_try_init(|| async {
@@ -102,7 +109,7 @@ impl Hasher {
                 self.hash(&random).await
             })
             .await?;
-        self.verify(password, dummy).await.map(drop)
+        Ok(dummy)
     }
 
     /// Whether `stored` was made with another algorithm, version or a lower cost than today's
