@@ -267,7 +267,7 @@ impl<S: Clone> Context<S> {
         Ok(Self {
             settings,
             db,
-            http: HttpClient::new(server.upstream_timeout)?,
+            http: HttpClient::new(server.upstream_timeout),
             lifecycle: Lifecycle::new(),
             readiness,
         })

@@ -48,9 +48,7 @@ async fn an_outgoing_call_continues_the_incoming_trace_and_request_id() {
     let peer_url = format!("http://{}", listener.local_addr().expect("address"));
     tokio::spawn(async move { axum::serve(listener, peer).await });
 
-    let upstream = HttpClient::new(Duration::from_secs(5))
-        .expect("client")
-        .upstream("peer", peer_url);
+    let upstream = HttpClient::new(Duration::from_secs(5)).upstream("peer", peer_url);
     let api = OpenApiRouter::new().route(
         "/call",
         get(move || {

@@ -278,7 +278,7 @@ async fn the_extractor_answers_401_problem_with_a_bearer_challenge() {
 
 #[tokio::test]
 async fn tokens_cannot_be_checked_while_the_keys_are_unreachable() {
-    let http = HttpClient::new(Duration::from_secs(2)).expect("client");
+    let http = HttpClient::new(Duration::from_secs(2));
     let unreachable = format!(
         "http://127.0.0.1:{}/.well-known/jwks.json",
         dozen_tests::process::free_port()

@@ -1,6 +1,7 @@
 //! The one way a service calls another: a shared connection pool with timeouts, and every
 //! request carrying the caller's trace context and request id.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use reqwest::Method;
@@ -9,21 +10,39 @@ use crate::http::request_id;
 use crate::trace_context;
 
 /// A pooled HTTP client; cheap to clone.
+///
+/// The connection pool is built on the first call, not at start-up: building it loads the
+/// system's TLS roots, which costs milliseconds and megabytes that a service which calls no
+/// one (or not yet) should not pay before it is ready.
 #[derive(Debug, Clone)]
 pub struct HttpClient {
-    client: reqwest::Client,
+    timeout: Duration,
+    client: Arc<OnceLock<reqwest::Client>>,
 }
 
 impl HttpClient {
     /// A client whose every call ends after `timeout`.
-    pub fn new(timeout: Duration) -> reqwest::Result<Self> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(2)))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .user_agent(concat!("dozen/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Self { client })
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            client: Arc::default(),
+        }
+    }
+
+    fn client(&self) -> &reqwest::Client {
+        self.client.get_or_init(|| {
+            reqwest::Client::builder()
+                .timeout(self.timeout)
+                .connect_timeout(self.timeout.min(Duration::from_secs(2)))
+                .pool_idle_timeout(Duration::from_secs(30))
+                .user_agent(concat!("dozen/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .unwrap_or_else(|error| {
+                    // Only a TLS back end that cannot start fails here; plain HTTP still works.
+                    tracing::error!(error = %error, "HTTP client set-up failed; using the defaults");
+                    reqwest::Client::new()
+                })
+        })
     }
 
     /// A named peer at `base_url` (from its `<PEER>_URL` setting).
@@ -31,7 +50,7 @@ impl HttpClient {
         Upstream {
             name,
             base_url: base_url.into().trim_end_matches('/').to_owned(),
-            client: self.client.clone(),
+            http: self.clone(),
         }
     }
 }
@@ -43,7 +62,7 @@ pub struct Upstream {
     name: &'static str,
     /// Its base URL, without a trailing slash.
     base_url: String,
-    client: reqwest::Client,
+    http: HttpClient,
 }
 
 impl Upstream {
@@ -64,7 +83,8 @@ impl Upstream {
         if let Some(id) = request_id::current() {
             headers.insert(request_id::HEADER, id);
         }
-        self.client
+        self.http
+            .client()
             .request(method, format!("{}{path}", self.base_url))
             .headers(headers)
     }

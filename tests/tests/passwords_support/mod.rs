@@ -121,7 +121,7 @@ impl Passwords {
 
     /// A verifier reading this service's JWKS, expecting `dozen` as issuer and audience.
     pub fn verifier(&self, options: VerifierOptions) -> JwtVerifier {
-        let http = HttpClient::new(Duration::from_secs(5)).expect("client");
+        let http = HttpClient::new(Duration::from_secs(5));
         JwtVerifier::from_jwks_url(
             &http,
             &self.url("/.well-known/jwks.json"),
