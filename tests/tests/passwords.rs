@@ -212,6 +212,23 @@ async fn failed_logins_from_one_address_lock_it_for_every_account(backend: Backe
 }
 on_both_backends!(failed_logins_from_one_address_lock_it_for_every_account);
 
+async fn a_forwarded_address_is_ignored_unless_trusted(backend: Backend) {
+    let passwords = Passwords::start(backend, &[("LOGIN_MAX_FAILURES_PER_ADDRESS", "2")]).await;
+    // Each attempt claims another address; untrusted, the claims count for nothing and every
+    // failure lands on the connection's address.
+    for (claimed, email) in [("203.0.113.1", "a@example.com"), ("203.0.113.2", "b@example.com")] {
+        let answer = passwords
+            .login_from(Some(claimed), email, "not-the-password")
+            .await;
+        assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+    }
+    let third = passwords
+        .login_from(Some("203.0.113.3"), "c@example.com", "not-the-password")
+        .await;
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+on_both_backends!(a_forwarded_address_is_ignored_unless_trusted);
+
 async fn bad_input_gets_a_4xx_problem_and_stores_nothing(backend: Backend) {
     let passwords = Passwords::start(backend, &[]).await;
     let url = passwords.url(&format!("/credentials/{}", Uuid::new_v4()));
