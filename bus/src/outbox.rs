@@ -152,6 +152,9 @@ impl Writer {
                 (*pool.connect_options())
                     .clone()
                     .synchronous(SqliteSynchronous::Normal)
+                    // Checkpoints (a flush of the whole database) happen on the service's own
+                    // commits, not on the publish path.
+                    .pragma("wal_autocheckpoint", "0")
                     .connect()
                     .await?,
             ),

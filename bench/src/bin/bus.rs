@@ -54,7 +54,14 @@ async fn main() -> anyhow::Result<()> {
     let embedded = BusUrl::Embedded(format!("sqlite://{}", folder.path().join("bus.db").display()));
     let embedded = measure_bus(embedded, folder.path(), "embedded", events, samples).await?;
     print_row("embedded", &embedded);
-    let nats = measure_bus(BusUrl::Nats(nats_url.clone()), folder.path(), "nats", events, samples).await?;
+    let nats = measure_bus(
+        BusUrl::Nats(nats_url.clone()),
+        folder.path(),
+        "nats",
+        events,
+        samples,
+    )
+    .await?;
     print_row("nats", &nats);
     let (raw_rate, raw_latencies) = measure_raw_nats(&nats_url, events, samples).await?;
     print_row(
@@ -74,7 +81,9 @@ async fn main() -> anyhow::Result<()> {
         quantile(&commits, 0.50),
         quantile(&commits, 0.99)
     );
-    println!("raw jetstream: publish ev/s with acks awaited in batches of 500; latency = publish, await its ack, pull");
+    println!(
+        "raw jetstream: publish ev/s with acks awaited in batches of 500; latency = publish, await its ack, pull"
+    );
     Ok(())
 }
 
@@ -88,7 +97,13 @@ fn print_row(name: &str, figures: &Figures) {
     let mut sorted = figures.latencies.clone();
     sorted.sort_unstable();
     let at = |q: f64| quantile(&sorted, q);
-    let rate = |r: f64| if r.is_nan() { "-".to_owned() } else { format!("{r:.0}") };
+    let rate = |r: f64| {
+        if r.is_nan() {
+            "-".to_owned()
+        } else {
+            format!("{r:.0}")
+        }
+    };
     println!(
         "{:<16} {:>12} {:>13} {:>8.2} {:>8.2} {:>8.2}",
         name,
@@ -101,8 +116,11 @@ fn print_row(name: &str, figures: &Figures) {
 }
 
 async fn database(folder: &std::path::Path, name: &str) -> anyhow::Result<Db> {
-    let url = DatabaseUrl::parse(&format!("sqlite://{}", folder.join(format!("{name}.db")).display()))
-        .map_err(anyhow::Error::msg)?;
+    let url = DatabaseUrl::parse(&format!(
+        "sqlite://{}",
+        folder.join(format!("{name}.db")).display()
+    ))
+    .map_err(anyhow::Error::msg)?;
     let db = Db::connect(&url, 8).await?;
     db.migrate(&[&dozen_bus::MIGRATIONS]).await?;
     if let Db::Sqlite(pool) = &db {
@@ -168,7 +186,8 @@ async fn measure_bus(
         lifecycle.spawn(subscriber.clone().consume(queue, lifecycle.stopping()));
     }
     let outbox = bus.outbox().clone();
-    lifecycle.spawn(Relay::new(publisher.clone(), broker.clone(), &outbox, &settings).run(lifecycle.stopping()));
+    lifecycle
+        .spawn(Relay::new(publisher.clone(), broker.clone(), &outbox, &settings).run(lifecycle.stopping()));
 
     // Latency: one event at a time, each waited for.
     let mut latencies = Vec::with_capacity(samples);
@@ -191,6 +210,11 @@ async fn measure_bus(
         if n >= WARMUP {
             latencies.push(arrived - started);
             commits.push(started - committing);
+        }
+        // The next event leaves once this one is committed and acknowledged, so that each
+        // sample is one event's path, not a wait behind the previous one's commit.
+        while subscriber.pending().await? > 0 {
+            tokio::time::sleep(Duration::from_micros(200)).await;
         }
     }
 
@@ -239,7 +263,10 @@ async fn delete_streams(url: &str, namespace: &str) -> anyhow::Result<()> {
         .filter_map(|name| async move { name.ok() })
         .collect()
         .await;
-    for name in names.iter().filter(|name| name.starts_with(&format!("{namespace}_"))) {
+    for name in names
+        .iter()
+        .filter(|name| name.starts_with(&format!("{namespace}_")))
+    {
         jetstream.delete_stream(name).await?;
     }
     Ok(())
@@ -265,6 +292,7 @@ async fn measure_raw_nats(url: &str, events: usize, samples: usize) -> anyhow::R
         })
         .await?;
     let mut messages = consumer.stream().max_messages_per_batch(32).messages().await?;
+    let mut consumer = consumer;
     // A payload the size of a real envelope.
     let payload = envelope_sized_payload()?;
 
@@ -277,9 +305,13 @@ async fn measure_raw_nats(url: &str, events: usize, samples: usize) -> anyhow::R
             .await?;
         let message = messages.next().await.context("the consumer ended")??;
         let arrived = Instant::now();
-        message.ack().await.map_err(anyhow::Error::msg)?;
+        message.double_ack().await.map_err(anyhow::Error::msg)?;
         if n >= WARMUP {
             latencies.push(arrived - started);
+        }
+        // Paced like the bus's samples: the next once this one is acknowledged.
+        while consumer.info().await?.num_ack_pending > 0 {
+            tokio::time::sleep(Duration::from_micros(200)).await;
         }
     }
 
