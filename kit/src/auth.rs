@@ -3,18 +3,22 @@
 //! keys at `/.well-known/jwks.json`; a [`JwtVerifier`] fetches that key set, caches it, and
 //! checks each token's signature, algorithm, `exp`, `iss` and `aud` locally.
 //!
-//! Wiring it into a service (its state must hand out the verifier, via `FromRef`):
+//! Wiring it into a service: flatten [`TokenSettings`] into the service's settings (next to its
+//! `PASSWORDS_URL`), build one verifier in `Service::routes`, keep it in the router's state,
+//! and let the state hand it out; a handler then names its caller with [`Authenticated`]:
 //!
 //! ```ignore
-//! #[derive(Clone, axum::extract::FromRef)]
-//! struct AppState { verifier: JwtVerifier, db: Db }
+//! #[derive(Clone)]
+//! struct AppState { db: Db, verifier: JwtVerifier }
 //!
-//! // In `Service::routes`, with `TokenSettings` flattened into the service's settings and its
-//! // `PASSWORDS_URL`:
+//! impl FromRef<AppState> for JwtVerifier {
+//!     fn from_ref(state: &AppState) -> Self { state.verifier.clone() }
+//! }
+//!
 //! let verifier = JwtVerifier::new(&context.http, &settings.passwords_url, &settings.tokens);
-//! let router = OpenApiRouter::new().routes(routes!(me)).with_state(AppState { verifier, db });
+//! let router = OpenApiRouter::new().routes(routes!(me)).with_state(AppState { db, verifier });
 //!
-//! async fn me(user: Authenticated) -> … { /* user.user_id is the caller */ }
+//! async fn me(caller: Authenticated, State(state): State<AppState>) -> … { caller.user_id … }
 //! ```
 //!
 //! A request without a valid token never reaches the handler: it gets 401 problem+json with
