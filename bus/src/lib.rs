@@ -34,6 +34,18 @@
 //! ```
 //! The bus's tables live in the service's database: list [`MIGRATIONS`] next to the
 //! service's own.
+//!
+//! Guarantees, on every backend:
+//! - an event is published if and only if the transaction that wrote it commits;
+//! - every subscriber gets every event published after its queue was created (fan-out), and
+//!   its instances share that queue (competing consumers);
+//! - delivery is at least once, and the inbox makes the effect exactly once: a handler's
+//!   writes and the event id commit together, and a redelivery finds the id;
+//! - a failing event is retried with doubling delays, then moved to the subscriber's
+//!   dead-letter queue in its own database, from where [`replay`] sends it to that subscriber
+//!   again; other events keep flowing meanwhile;
+//! - one subject's events reach each subscriber in publish order on the embedded bus; on NATS
+//!   only without retries or competing instances (see [`backend::nats`]).
 
 pub mod backend;
 pub mod contracts;
