@@ -202,6 +202,14 @@ impl Service for Passwords {
             hash_concurrency = concurrency,
             "signing keys loaded"
         );
+        metrics::describe_counter!(
+            "passwords_argon2_operations_total",
+            "argon2id hashes and verifications computed, by operation"
+        );
+        metrics::describe_counter!(
+            "passwords_logins_total",
+            "Login attempts, by outcome (ok, wrong_credentials, unverified, throttled)"
+        );
         let hasher = Hasher::new(cost, concurrency)?;
         let warm = hasher.clone();
         context.lifecycle.spawn(async move {
