@@ -101,9 +101,10 @@ impl From<Problem> for ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         match error {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
-                Self::Unavailable(error.into())
-            }
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => Self::Unavailable(error.into()),
             other => Self::Internal(other.into()),
         }
     }
@@ -125,15 +126,23 @@ impl IntoResponse for ApiError {
             Self::Problem(problem) => problem.into_response(),
             Self::Unavailable(error) => {
                 tracing::warn!(error = format!("{error:#}"), "a dependency is unavailable");
-                let mut response =
-                    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "a dependency is unavailable; try again shortly")
-                        .into_response();
-                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                let mut response = Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "a dependency is unavailable; try again shortly",
+                )
+                .into_response();
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 response
             }
             Self::Internal(error) => {
                 tracing::error!(error = format!("{error:#}"), "request failed");
-                Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "the request could not be completed").into_response()
+                Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the request could not be completed",
+                )
+                .into_response()
             }
         }
     }

@@ -23,12 +23,25 @@ const SERVICES: [(&str, bool); 6] = [
 ];
 
 fn main() -> anyhow::Result<()> {
-    let runs: usize = std::env::args().nth(1).map(|n| n.parse()).transpose()?.unwrap_or(20);
-    let folder = std::env::current_exe()?.parent().context("binary folder")?.to_path_buf();
+    let runs: usize = std::env::args()
+        .nth(1)
+        .map(|n| n.parse())
+        .transpose()?
+        .unwrap_or(20);
+    let folder = std::env::current_exe()?
+        .parent()
+        .context("binary folder")?
+        .to_path_buf();
     let data = tempfile::tempdir()?;
 
-    println!("start-up to /readyz = 200, and idle RSS; {runs} runs each, release build, {}", cpu_note());
-    println!("{:<22} {:>9} {:>9} {:>9} {:>12}", "binary", "p50 ms", "p90 ms", "max ms", "idle RSS MiB");
+    println!(
+        "start-up to /readyz = 200, and idle RSS; {runs} runs each, release build, {}",
+        cpu_note()
+    );
+    println!(
+        "{:<22} {:>9} {:>9} {:>9} {:>12}",
+        "binary", "p50 ms", "p90 ms", "max ms", "idle RSS MiB"
+    );
     measure(&folder.join("hello"), &[], runs)?;
     for (service, has_database) in SERVICES {
         let binary = folder.join(format!("dozen-{service}"));
@@ -36,9 +49,15 @@ fn main() -> anyhow::Result<()> {
         if has_database {
             let url = format!("sqlite://{}", data.path().join(format!("{service}.db")).display());
             env.push(("DATABASE_URL".to_owned(), url));
-            let migrated = Command::new(&binary).arg("migrate").envs(env.iter().cloned()).output()?;
+            let migrated = Command::new(&binary)
+                .arg("migrate")
+                .envs(env.iter().cloned())
+                .output()?;
             if !migrated.status.success() {
-                bail!("{service} migrate failed: {}", String::from_utf8_lossy(&migrated.stdout));
+                bail!(
+                    "{service} migrate failed: {}",
+                    String::from_utf8_lossy(&migrated.stdout)
+                );
             }
         }
         measure(&binary, &env, runs)?;
@@ -53,7 +72,10 @@ fn cpu_note() -> String {
 
 fn measure(binary: &Path, env: &[(String, String)], runs: usize) -> anyhow::Result<()> {
     if !binary.exists() {
-        bail!("{} is missing: run `cargo build --release --workspace --bins` first", binary.display());
+        bail!(
+            "{} is missing: run `cargo build --release --workspace --bins` first",
+            binary.display()
+        );
     }
     let mut startups = Vec::with_capacity(runs);
     let mut rss = Vec::with_capacity(runs);
@@ -74,7 +96,10 @@ fn measure(binary: &Path, env: &[(String, String)], runs: usize) -> anyhow::Resu
     }
     startups.sort_by(f64::total_cmp);
     rss.sort_by(f64::total_cmp);
-    let name = binary.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = binary
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     println!(
         "{:<22} {:>9.2} {:>9.2} {:>9.2} {:>12.2}",
         name,
