@@ -388,3 +388,58 @@ fn bearer_token(parts: &Parts) -> Result<&str, AuthError> {
     }
     Ok(token.trim())
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Request;
+
+    use super::*;
+
+    fn parts_with(authorization: Option<&str>) -> Parts {
+        let mut request = Request::builder().uri("/me");
+        if let Some(value) = authorization {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        request.body(()).expect("a request").into_parts().0
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_read_case_insensitively_and_nothing_else_is() {
+        assert_eq!(bearer_token(&parts_with(Some("Bearer a.b.c"))), Ok("a.b.c"));
+        assert_eq!(bearer_token(&parts_with(Some("bearer  a.b.c "))), Ok("a.b.c"));
+        assert_eq!(bearer_token(&parts_with(None)), Err(AuthError::Missing));
+        for bad in ["Basic a.b.c", "Bearer", "Bearer ", "a.b.c"] {
+            assert_eq!(
+                bearer_token(&parts_with(Some(bad))),
+                Err(AuthError::Malformed),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_token_gets_a_plain_challenge_and_a_bad_one_says_invalid_token() {
+        let missing = AuthError::Missing.into_response();
+        assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            missing.headers()[header::WWW_AUTHENTICATE],
+            r#"Bearer realm="dozen""#
+        );
+        for error in [
+            AuthError::Malformed,
+            AuthError::UnknownKey,
+            AuthError::Expired,
+            AuthError::Invalid,
+        ] {
+            let response = error.into_response();
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+            let challenge = response.headers()[header::WWW_AUTHENTICATE]
+                .to_str()
+                .expect("text");
+            assert!(challenge.contains(r#"error="invalid_token""#), "{challenge}");
+        }
+        let unavailable = AuthError::KeysUnavailable.into_response();
+        assert_eq!(unavailable.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(unavailable.headers().get(header::WWW_AUTHENTICATE).is_none());
+    }
+}
