@@ -45,7 +45,8 @@ async fn main() -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
 
     println!(
-        "event bus: {events} events for throughput, {samples} sequential events for latency; release build, {cores} cores"
+        "event bus: {events} events for throughput, {samples} sequential events for latency; release build, {cores} cores, load average {}",
+        load_average()
     );
     println!(
         "{:<16} {:>12} {:>13} {:>8} {:>8} {:>8}",
@@ -85,6 +86,14 @@ async fn main() -> anyhow::Result<()> {
         "raw jetstream: publish ev/s with acks awaited in batches of 500; latency = publish, await its ack, pull"
     );
     Ok(())
+}
+
+/// The machine's 1-minute load average, as the kernel reports it.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// The `q` quantile of sorted durations, in milliseconds.
