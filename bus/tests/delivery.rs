@@ -51,6 +51,7 @@ on_both_brokers!(
     a_stopping_consumer_finishes_its_event_and_hands_back_the_rest,
     the_readiness_check_answers_while_the_broker_does,
     one_trace_follows_an_event_from_its_publisher_to_its_handler,
+    two_relays_on_one_outbox_publish_each_event_once,
 );
 
 const SIGNED_UP: &str = UserSignedUp::TYPE;
@@ -617,6 +618,56 @@ async fn the_readiness_check_answers_while_the_broker_does(kind: Kind) {
     assert_eq!(check().await, Ok(()));
     let mut readiness = dozen_kit::http::server::Readiness::default();
     readiness.add("bus", connected.readiness_check());
+}
+
+async fn two_relays_on_one_outbox_publish_each_event_once(kind: Kind) {
+    const EVENTS: i64 = 2_000;
+    let _recorder = dozen_kit::metrics::recorder();
+    let bus = TestBus::new(kind).await;
+    let publisher = ServiceDb::create(match kind {
+        Kind::Embedded => Backend::Postgres,
+        Kind::Nats => Backend::Sqlite,
+    })
+    .await;
+    let consumer = ServiceDb::create(Backend::Sqlite).await;
+    let subscriber = format!("audit_{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let lifecycle = Lifecycle::new();
+    let sub = Subscriber::new(
+        &subscriber,
+        &[SIGNED_UP],
+        recording(&subscriber, "only"),
+        consumer.db.clone(),
+        bus.connect().await,
+        &bus.settings,
+    );
+    start(sub, &lifecycle).await;
+    // Two instances of the publishing service, each with its relay on the same outbox.
+    let outbox = start_relay(&bus, &publisher.db, &lifecycle).await;
+    let second_instance = support::open(&publisher.database.url).await;
+    let _ = start_relay(&bus, &second_instance, &lifecycle).await;
+    support::publish_signups(&publisher.db, &outbox, EVENTS as usize).await;
+
+    let broker = bus.connect().await;
+    wait_until("every event is handled and the outbox empty", || async {
+        consumer.effects(&subscriber).await.1 == EVENTS
+            && dozen_bus::outbox::backlog(&publisher.db)
+                .await
+                .expect("backlog")
+                .0
+                == 0
+            && pending(&broker, &subscriber, &[SIGNED_UP]).await == 0
+    })
+    .await;
+    stop(&lifecycle).await;
+    assert_eq!(consumer.effects(&subscriber).await, (EVENTS, EVENTS));
+    if kind == Kind::Embedded {
+        // The embedded bus does not deduplicate: none arrived twice, so no row left twice.
+        assert_eq!(
+            duplicates_counted(&subscriber),
+            0.0,
+            "no event was published twice"
+        );
+    }
 }
 
 async fn one_trace_follows_an_event_from_its_publisher_to_its_handler(kind: Kind) {
