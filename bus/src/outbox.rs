@@ -10,7 +10,9 @@
 //! side by side without publishing one row twice while its lease holds. A relay that dies
 //! between publishing and marking sent leaves its lease to expire; the row is then published
 //! again, and the duplicate is absorbed by the broker's deduplication (NATS) or by each
-//! subscriber's inbox. A failed publish is retried with exponential backoff.
+//! subscriber's inbox. A failed publish is retried with exponential backoff (at most
+//! ten seconds apart); when a batch fails its events are tried one by one, so that an event
+//! the broker refuses holds back only the later events of its own subject.
 //!
 //! Order: a row is claimed only when no earlier row of the same subject is still unsent, so
 //! one subject's events leave in commit order even when several relays run.
@@ -36,6 +38,9 @@ use crate::tx::{Tx, TxConn};
 
 /// Rows claimed per round trip to the broker.
 const BATCH: i64 = 256;
+/// The longest wait before a failed publish is tried again: a publish fails because of the
+/// broker, not the event, so the retry must not lag far behind the broker's recovery.
+const RELAY_BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How often the backlog figures are refreshed and old sent rows removed.
 const STATS_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -226,34 +231,67 @@ impl Relay {
         if claimed.is_empty() {
             return Ok(0);
         }
-        let seqs: Vec<i64> = claimed.iter().map(|row| row.seq).collect();
-        let envelopes: Result<Vec<Envelope>, _> = claimed
+        let decoded: Vec<Result<Envelope, String>> = claimed
             .iter()
-            .map(|row| serde_json::from_str(&row.envelope))
+            .map(|row| serde_json::from_str(&row.envelope).map_err(|e| e.to_string()))
             .collect();
-        let published = match envelopes {
-            Ok(envelopes) => self.broker.publish(&envelopes).await.map(|()| envelopes),
-            Err(error) => Err(BusError::Encoding(error)),
-        };
-        match published {
-            Ok(envelopes) => {
-                self.mark_sent(&seqs).await?;
-                for envelope in &envelopes {
-                    metrics::published(envelope.topic());
+        // The usual case: the whole batch in one round trip.
+        if let Ok(envelopes) = decoded.iter().cloned().collect::<Result<Vec<_>, _>>() {
+            match self.broker.publish(&envelopes).await {
+                Ok(()) => {
+                    let seqs: Vec<i64> = claimed.iter().map(|row| row.seq).collect();
+                    self.mark_sent(&seqs).await?;
+                    envelopes
+                        .iter()
+                        .for_each(|envelope| metrics::published(envelope.topic()));
+                    return Ok(envelopes.len());
                 }
-                Ok(envelopes.len())
+                Err(error) => {
+                    tracing::debug!(%error, "publishing a batch failed; trying its events one by one")
+                }
             }
-            Err(error) => {
-                let attempts = claimed.iter().map(|row| row.attempts).max().unwrap_or(0);
-                let retry_at = now_ms()
-                    + millis(
-                        self.settings
-                            .backoff(u32::try_from(attempts).unwrap_or(0).saturating_add(1)),
-                    );
-                metrics::publish_failed();
-                self.mark_failed(&seqs, retry_at, &error.to_string()).await?;
-                Err(error)
+        }
+        // One by one, in order, so that one event the broker refuses (or that does not decode)
+        // holds back only the events of its own subject, not the whole outbox.
+        let mut sent = Vec::new();
+        let mut failure = None;
+        for (index, (row, envelope)) in claimed.iter().zip(&decoded).enumerate() {
+            let published = match envelope {
+                Ok(envelope) => self.broker.publish(std::slice::from_ref(envelope)).await,
+                Err(error) => Err(BusError::Broker(format!(
+                    "the outbox row does not decode: {error}"
+                ))),
+            };
+            match published {
+                Ok(()) => {
+                    sent.push(row.seq);
+                    if let Ok(envelope) = envelope {
+                        metrics::published(envelope.topic());
+                    }
+                }
+                Err(error) => {
+                    failure = Some((index, error));
+                    break;
+                }
             }
+        }
+        self.mark_sent(&sent).await?;
+        let Some((index, error)) = failure else {
+            return Ok(sent.len());
+        };
+        metrics::publish_failed();
+        let failed = &claimed[index];
+        let attempt = u32::try_from(failed.attempts).unwrap_or(0).saturating_add(1);
+        let retry_at = now_ms() + millis(self.settings.backoff(attempt).min(RELAY_BACKOFF_MAX));
+        self.mark_failed(&[failed.seq], retry_at, &error.to_string())
+            .await?;
+        let untried: Vec<i64> = claimed[index + 1..].iter().map(|row| row.seq).collect();
+        self.release(&untried).await?;
+        tracing::warn!(event_seq = failed.seq, attempt, %error, "publishing an event failed; it will be retried");
+        if sent.is_empty() {
+            Err(error)
+        } else {
+            Ok(sent.len())
         }
     }
 
@@ -325,6 +363,9 @@ impl Relay {
     }
 
     async fn mark_sent(&mut self, seqs: &[i64]) -> Result<(), BusError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
         let now = now_ms();
         let owner = self.owner.clone();
         let seqs_json = serde_json::to_string(seqs)?;
@@ -394,6 +435,46 @@ impl Relay {
                         )
                         .bind(retry_at)
                         .bind(&error)
+                        .bind(&seqs)
+                        .bind(&owner)
+                        .execute(conn)
+                        .await?;
+                    }
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Give up leases on rows this relay claimed but did not try, so any relay takes them next.
+    async fn release(&mut self, seqs: &[i64]) -> Result<(), BusError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let owner = self.owner.clone();
+        let seqs_json = serde_json::to_string(seqs)?;
+        let seqs = seqs.to_vec();
+        self.with_writer(|writer| {
+            Box::pin(async move {
+                match writer {
+                    Writer::Sqlite(conn) => {
+                        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+                        sqlx::query(
+                            "UPDATE outbox SET lease_owner = NULL, lease_until = 0
+                             WHERE seq IN (SELECT value FROM json_each($1)) AND lease_owner = $2",
+                        )
+                        .bind(seqs_json)
+                        .bind(&owner)
+                        .execute(&mut *tx)
+                        .await?;
+                        tx.commit().await?;
+                    }
+                    Writer::Postgres(conn) => {
+                        sqlx::query(
+                            "UPDATE outbox SET lease_owner = NULL, lease_until = 0
+                             WHERE seq = ANY($1) AND lease_owner = $2",
+                        )
                         .bind(&seqs)
                         .bind(&owner)
                         .execute(conn)

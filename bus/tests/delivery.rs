@@ -52,6 +52,7 @@ on_both_brokers!(
     the_readiness_check_answers_while_the_broker_does,
     one_trace_follows_an_event_from_its_publisher_to_its_handler,
     two_relays_on_one_outbox_publish_each_event_once,
+    an_event_the_broker_refuses_holds_back_only_its_own_subject,
 );
 
 const SIGNED_UP: &str = UserSignedUp::TYPE;
@@ -618,6 +619,108 @@ async fn the_readiness_check_answers_while_the_broker_does(kind: Kind) {
     assert_eq!(check().await, Ok(()));
     let mut readiness = dozen_kit::http::server::Readiness::default();
     readiness.add("bus", connected.readiness_check());
+}
+
+/// A broker that refuses events about one subject while `refusing` holds.
+#[derive(Debug)]
+struct RefusesSubject {
+    inner: Arc<dyn Broker>,
+    subject: String,
+    refusing: Arc<AtomicBool>,
+}
+
+impl Broker for RefusesSubject {
+    fn publish<'a>(&'a self, events: &'a [Envelope]) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            if self.refusing.load(Ordering::SeqCst) && events.iter().any(|e| e.subject == self.subject) {
+                return Err(BusError::Broker("refused for the test".to_owned()));
+            }
+            self.inner.publish(events).await
+        })
+    }
+
+    fn open<'a>(
+        &'a self,
+        subscriber: &'a str,
+        topics: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Box<dyn Queue>>, BusError>> {
+        self.inner.open(subscriber, topics)
+    }
+
+    fn pending<'a>(
+        &'a self,
+        subscriber: &'a str,
+        topics: &'a [String],
+    ) -> BoxFuture<'a, Result<u64, BusError>> {
+        self.inner.pending(subscriber, topics)
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), BusError>> {
+        self.inner.ping()
+    }
+
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+}
+
+async fn an_event_the_broker_refuses_holds_back_only_its_own_subject(kind: Kind) {
+    const OTHERS: i64 = 50;
+    let bus = TestBus::new(kind).await;
+    let publisher = ServiceDb::create(Backend::Sqlite).await;
+    let consumer = ServiceDb::create(Backend::Sqlite).await;
+    let lifecycle = Lifecycle::new();
+    let subscriber = Subscriber::new(
+        "verification",
+        &[SIGNED_UP],
+        recording("verification", "only"),
+        consumer.db.clone(),
+        bus.connect().await,
+        &bus.settings,
+    );
+    start(subscriber, &lifecycle).await;
+    let stuck_user = Uuid::now_v7();
+    let refusing = Arc::new(AtomicBool::new(true));
+    let broker: Arc<dyn Broker> = Arc::new(RefusesSubject {
+        inner: bus.connect().await,
+        subject: stuck_user.to_string(),
+        refusing: refusing.clone(),
+    });
+    let outbox = Outbox::new("signup");
+    lifecycle
+        .spawn(Relay::new(publisher.db.clone(), broker, &outbox, &bus.settings).run(lifecycle.stopping()));
+
+    // Two events about the refused subject, with the others around them in one transaction.
+    let mut tx = Tx::begin(&publisher.db).await.expect("begin");
+    let mut stuck = Vec::new();
+    for n in 0..OTHERS {
+        let mut event = support::signed_up(n as usize);
+        if n == 10 || n == 20 {
+            event.user_id = stuck_user;
+            stuck.push(outbox.publish(&mut tx, &event).await.expect("publish").id);
+        } else {
+            outbox.publish(&mut tx, &event).await.expect("publish");
+        }
+    }
+    tx.commit().await.expect("commit");
+    wait_until("every other event is handled", || async {
+        consumer.effects("verification").await.1 == OTHERS - 2
+    })
+    .await;
+    for id in &stuck {
+        assert!(!consumer.has_effect("verification", *id).await);
+    }
+
+    refusing.store(false, Ordering::SeqCst);
+    wait_until(
+        "the held-back events follow once the broker takes them",
+        || async { consumer.effects("verification").await.1 == OTHERS },
+    )
+    .await;
+    stop(&lifecycle).await;
+    assert_eq!(consumer.effects("verification").await, (OTHERS, OTHERS));
+    let (backlog, _) = dozen_bus::outbox::backlog(&publisher.db).await.expect("backlog");
+    assert_eq!(backlog, 0);
 }
 
 async fn two_relays_on_one_outbox_publish_each_event_once(kind: Kind) {
