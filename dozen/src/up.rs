@@ -162,6 +162,9 @@ async fn up(settings: UpSettings, log: &Log) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("http://127.0.0.1:{}", settings.gateway_port));
     shared_env.insert("PUBLIC_URL".to_owned(), public_url);
+    // Every service is reached through the gateway, which names the client in X-Forwarded-For
+    // (login throttling per address relies on it).
+    shared_env.insert("TRUST_FORWARDED_FOR".to_owned(), "true".to_owned());
     if std::env::var_os("JWT_SIGNING_KEYS").is_none() && std::env::var_os("JWT_SIGNING_KEYS_FILE").is_none() {
         let key = development_signing_key(&data_dir)?;
         shared_env.insert("JWT_SIGNING_KEYS_FILE".to_owned(), key.display().to_string());

@@ -107,21 +107,31 @@ fn one_line(command: &Command, error: &clap::Error) -> String {
         let names: Vec<String> = rendered_args.iter().map(|a| env_name(a)).collect();
         return format!("missing required setting {}", names.join(", "));
     }
-    let mut line = error
-        .render()
-        .to_string()
+    // Replace values and flags in the whole report first: a value may span several lines (a
+    // PEM key), and only then is the first line taken.
+    let mut text = error.render().to_string();
+    if let Some(ContextValue::String(value)) = error.get(ContextKind::InvalidValue) {
+        let secret = rendered_args
+            .iter()
+            .any(|rendered| find(rendered).is_some_and(|arg| arg.is_hide_env_values_set()));
+        let shown = if secret {
+            "(value hidden)".to_owned()
+        } else if value.contains('\n') {
+            format!("'{}…'", value.lines().next().unwrap_or_default())
+        } else {
+            format!("'{value}'")
+        };
+        text = text.replace(&format!("'{value}'"), &shown);
+    }
+    for rendered in &rendered_args {
+        text = text.replace(&format!("'{rendered}'"), &env_name(rendered));
+    }
+    let mut line = text
         .lines()
         .next()
         .unwrap_or_default()
+        .trim_start_matches("error: ")
         .to_owned();
-    line = line.trim_start_matches("error: ").to_owned();
-    for rendered in &rendered_args {
-        let secret = find(rendered).is_some_and(|arg| arg.is_hide_env_values_set());
-        if secret && let Some(ContextValue::String(value)) = error.get(ContextKind::InvalidValue) {
-            line = line.replace(&format!("'{value}'"), "(value hidden)");
-        }
-        line = line.replace(&format!("'{rendered}'"), &env_name(rendered));
-    }
     if let Some(ContextValue::Strings(valid)) = error.get(ContextKind::ValidValue) {
         line.push_str(&format!(" (expected one of: {})", valid.join(", ")));
     }

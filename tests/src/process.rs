@@ -51,12 +51,10 @@ pub struct Finished {
 
 /// Run `program` to completion with only `env` (plus PATH) as its environment.
 pub async fn run_to_exit(program: &str, args: &[&str], env: &[(&str, &str)]) -> Finished {
+    let (mut command, _folder) = command(program, args, env);
     let output = tokio::time::timeout(
         Duration::from_secs(60),
-        command(program, args, env)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output(),
+        command.stdout(Stdio::piped()).stderr(Stdio::piped()).output(),
     )
     .await
     .expect("the process finishes within a minute")
@@ -68,7 +66,10 @@ pub async fn run_to_exit(program: &str, args: &[&str], env: &[(&str, &str)]) -> 
     }
 }
 
-fn command(program: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
+/// The command, run in a folder of its own: whatever a process writes by default (`data/…`)
+/// stays out of the repository and away from other tests. Keep the folder while it runs.
+fn command(program: &str, args: &[&str], env: &[(&str, &str)]) -> (Command, tempfile::TempDir) {
+    let folder = tempfile::tempdir().expect("a working folder");
     let mut command = Command::new(binary(program));
     command
         .args(args)
@@ -76,15 +77,18 @@ fn command(program: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
         .env("PATH", std::env::var_os("PATH").unwrap_or_default());
     command
         .envs(env.iter().copied())
+        .current_dir(folder.path())
         .stdin(Stdio::null())
         .kill_on_drop(true);
-    command
+    (command, folder)
 }
 
 /// A running process whose output lines are collected as they come.
 #[derive(Debug)]
 pub struct Running {
     child: Child,
+    /// Its working folder, removed when it is dropped.
+    _folder: tempfile::TempDir,
     /// Every line written to stdout or stderr so far.
     lines: Arc<Mutex<Vec<String>>>,
 }
@@ -92,7 +96,8 @@ pub struct Running {
 impl Running {
     /// Start `program` with only `env` (plus PATH) as its environment.
     pub fn start(program: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = command(program, args, env)
+        let (mut command, folder) = command(program, args, env);
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -104,7 +109,11 @@ impl Running {
         if let Some(stderr) = child.stderr.take() {
             tokio::spawn(collect(stderr, lines.clone()));
         }
-        Self { child, lines }
+        Self {
+            child,
+            _folder: folder,
+            lines,
+        }
     }
 
     /// Its process id.

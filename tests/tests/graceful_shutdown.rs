@@ -9,17 +9,33 @@ use nix::sys::signal::Signal;
 
 const FIXTURE: &str = "dozen-fixture-slow";
 
+/// Wait until the fixture has started handling its slow request.
+async fn in_flight(service: &mut Service) {
+    service
+        .process
+        .wait_for_line(Duration::from_secs(30), |line| {
+            line.contains("slow request started")
+        })
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_in_flight_request_completes_while_readiness_turns_false() {
-    let mut service = Service::start(FIXTURE, &[("DRAIN_DELAY", "1s")]).await;
-    let slow = tokio::spawn(reqwest::get(service.url("/slow?ms=1500")));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut service = Service::start(FIXTURE, &[("DRAIN_DELAY", "3s")]).await;
+    let slow = tokio::spawn(reqwest::get(service.url("/slow?ms=2000")));
+    in_flight(&mut service).await;
 
     service.process.signal(Signal::SIGTERM);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let ready = reqwest::get(service.url("/readyz"))
-        .await
-        .expect("readyz answers while draining");
+    // Readiness turns false as soon as the signal is handled, while requests are still served.
+    let ready = loop {
+        let ready = reqwest::get(service.url("/readyz"))
+            .await
+            .expect("readyz answers while draining");
+        if ready.status() != 200 {
+            break ready;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(ready.status(), 503);
     assert_eq!(ready.headers()["content-type"], "application/problem+json");
 
@@ -44,13 +60,27 @@ async fn an_in_flight_request_completes_while_readiness_turns_false() {
 #[tokio::test(flavor = "multi_thread")]
 async fn after_the_drain_delay_new_connections_are_refused_but_old_requests_finish() {
     let mut service = Service::start(FIXTURE, &[]).await;
-    let slow = tokio::spawn(reqwest::get(service.url("/slow?ms=1000")));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let slow = tokio::spawn(reqwest::get(service.url("/slow?ms=3000")));
+    in_flight(&mut service).await;
 
     service.process.signal(Signal::SIGTERM);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let refused = reqwest::Client::new().get(service.url("/healthz")).send().await;
-    assert!(refused.is_err(), "the listener is closed: {refused:?}");
+    // With no drain delay the listener closes as soon as the signal is handled.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("client");
+        if client.get(service.url("/healthz")).send().await.is_err() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the listener is still open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !slow.is_finished(),
+        "refused while the old request is still in flight"
+    );
 
     let answer = slow
         .await
@@ -64,7 +94,7 @@ async fn after_the_drain_delay_new_connections_are_refused_but_old_requests_fini
 async fn work_that_outlives_the_shutdown_timeout_is_cut_off_and_reported() {
     let mut service = Service::start(FIXTURE, &[("SHUTDOWN_TIMEOUT", "200ms")]).await;
     let slow = tokio::spawn(reqwest::get(service.url("/slow?ms=10000")));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    in_flight(&mut service).await;
 
     service.process.signal(Signal::SIGTERM);
     let status = service.process.wait(Duration::from_secs(5)).await;

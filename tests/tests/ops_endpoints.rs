@@ -13,7 +13,8 @@ async fn every_service_serves_the_ops_endpoints(backend: Backend) {
     for (name, has_database) in SERVICES {
         let program = format!("dozen-{name}");
         let database = TestDatabase::create(backend).await;
-        let mut env = vec![("LOG_LEVEL", "info")];
+        let signing_key = dozen_passwords::generate_signing_key_pem();
+        let mut env = vec![("LOG_LEVEL", "info"), ("JWT_SIGNING_KEYS", signing_key.as_str())];
         if has_database {
             env.push(("DATABASE_URL", &database.url));
             let migrated = run_to_exit(&program, &["migrate"], &env).await;

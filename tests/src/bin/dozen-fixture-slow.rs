@@ -42,6 +42,8 @@ impl Service for Slow {
         Ok(OpenApiRouter::new().route(
             "/slow",
             get(|Query(wait): Query<Wait>| async move {
+                // Tests wait for this line before they signal: the request is then in flight.
+                tracing::info!("slow request started");
                 tokio::time::sleep(Duration::from_millis(wait.ms)).await;
                 "done"
             }),
