@@ -47,6 +47,7 @@
 //! - one subject's events reach each subscriber in publish order on the embedded bus; on NATS
 //!   only without retries or competing instances (see [`backend::nats`]).
 
+pub mod admin;
 pub mod backend;
 pub mod contracts;
 pub mod envelope;

@@ -116,12 +116,19 @@ impl Service for Friends {
         Ok(routes::router(routes::AppState { db, outbox, verifier }))
     }
 
-    const TASKS: &'static [AdminTask] = &[AdminTask {
-        name: "rebuild",
-        about: "Drop the friendship projections and replay the log into them",
-    }];
+    const TASKS: &'static [AdminTask] = &[
+        AdminTask {
+            name: "rebuild",
+            about: "Drop the friendship projections and replay the log into them",
+        },
+        dozen_bus::admin::DEAD_LETTERS,
+        dozen_bus::admin::REPLAY,
+    ];
 
-    async fn run_task(name: &str, _args: &[OsString], context: Context<Settings>) -> anyhow::Result<()> {
+    async fn run_task(name: &str, args: &[OsString], context: Context<Settings>) -> anyhow::Result<()> {
+        if let Some(outcome) = dozen_bus::admin::run(name, args, context.database()?, Self::NAME).await {
+            return outcome;
+        }
         anyhow::ensure!(name == "rebuild", "no task {name}");
         let mut tx = Tx::begin(context.database()?).await?;
         let replayed = store::rebuild(&mut tx).await?;

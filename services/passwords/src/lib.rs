@@ -8,6 +8,7 @@
 //! It never sees another service's database; it learns that an email is verified from the
 //! `user.email_verified` event, consumed here (see [`store::mark_verified`]).
 
+use std::ffi::OsString;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use dozen_bus::{Bus, BusSettings, Event as _, handler};
 use dozen_kit::auth::TokenSettings;
 use dozen_kit::config::{DatabaseSettings, parse_duration};
 use dozen_kit::db::Migrations;
+use dozen_kit::service::AdminTask;
 use dozen_kit::{Context, Service};
 use utoipa_axum::router::OpenApiRouter;
 
@@ -233,6 +235,14 @@ impl Service for Passwords {
             .lifecycle
             .spawn(purge_throttle(db, throttle, context.lifecycle.stopping()));
         Ok(routes::router(state))
+    }
+
+    const TASKS: &'static [AdminTask] = &dozen_bus::admin::TASKS;
+
+    async fn run_task(name: &str, args: &[OsString], context: Context<Settings>) -> anyhow::Result<()> {
+        dozen_bus::admin::run(name, args, context.database()?, Self::NAME)
+            .await
+            .unwrap_or_else(|| Err(anyhow::anyhow!("no task {name}")))
     }
 }
 

@@ -10,12 +10,15 @@ pub mod routes;
 pub mod store;
 
 use chrono::Utc;
+use std::ffi::OsString;
+
 use clap::Args;
 use dozen_bus::contracts::UserEmailVerified;
 use dozen_bus::{Bus, BusSettings, Event as _, handler};
 use dozen_kit::auth::{JwtVerifier, TokenSettings};
 use dozen_kit::config::{DatabaseSettings, parse_http_url};
 use dozen_kit::db::Migrations;
+use dozen_kit::service::AdminTask;
 use dozen_kit::{Context, Service};
 use utoipa_axum::router::OpenApiRouter;
 
@@ -82,5 +85,13 @@ impl Service for Users {
             &context.settings.tokens,
         );
         Ok(routes::router(routes::AppState { db, outbox, verifier }))
+    }
+
+    const TASKS: &'static [AdminTask] = &dozen_bus::admin::TASKS;
+
+    async fn run_task(name: &str, args: &[OsString], context: Context<Settings>) -> anyhow::Result<()> {
+        dozen_bus::admin::run(name, args, context.database()?, Self::NAME)
+            .await
+            .unwrap_or_else(|| Err(anyhow::anyhow!("no task {name}")))
     }
 }

@@ -22,6 +22,7 @@ pub mod routes;
 pub mod sender;
 pub mod store;
 
+use std::ffi::OsString;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +34,7 @@ use dozen_bus::{Bus, BusSettings, Event as _, handler};
 use dozen_kit::config::{DatabaseSettings, parse_duration, parse_http_url};
 use dozen_kit::db::Migrations;
 use dozen_kit::email::Email;
+use dozen_kit::service::AdminTask;
 use dozen_kit::{Context, Service};
 use lettre::message::Mailbox;
 use tokio::sync::Notify;
@@ -186,5 +188,13 @@ impl Service for Verification {
             links,
             mailer,
         }))
+    }
+
+    const TASKS: &'static [AdminTask] = &dozen_bus::admin::TASKS;
+
+    async fn run_task(name: &str, args: &[OsString], context: Context<Settings>) -> anyhow::Result<()> {
+        dozen_bus::admin::run(name, args, context.database()?, Self::NAME)
+            .await
+            .unwrap_or_else(|| Err(anyhow::anyhow!("no task {name}")))
     }
 }
