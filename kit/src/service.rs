@@ -136,7 +136,11 @@ fn tasks_help<S: Service>() -> String {
     if S::TASKS.is_empty() {
         return String::new();
     }
-    let width = S::TASKS.iter().map(|task| task.name.len()).max().unwrap_or_default();
+    let width = S::TASKS
+        .iter()
+        .map(|task| task.name.len())
+        .max()
+        .unwrap_or_default();
     let mut help = String::from("Admin tasks:\n");
     for task in S::TASKS {
         help.push_str(&format!("  {:<width$}  {}\n", task.name, task.about));
