@@ -299,6 +299,8 @@ impl Subscriber {
         stop: &CancellationToken,
     ) -> anyhow::Result<Vec<(Step, Duration)>> {
         let mut tx = Tx::begin(&self.db).await?;
+        // A lone event needs no savepoint: if it fails, the transaction is rolled back whole.
+        let alone = batch.len() == 1;
         let mut steps = Vec::with_capacity(batch.len());
         for (_, envelope, span) in batch {
             // Stop means: finish the handler in flight, start no other.
@@ -307,19 +309,31 @@ impl Subscriber {
                 continue;
             }
             let started = Instant::now();
-            let step = self.run_one(&mut tx, envelope).instrument(span.clone()).await?;
+            let step = self
+                .run_one(&mut tx, envelope, !alone)
+                .instrument(span.clone())
+                .await?;
             steps.push((step, started.elapsed()));
         }
-        tx.commit().await?;
+        if alone && matches!(steps.first(), Some((Step::Failed(_), _))) {
+            tx.rollback().await?;
+        } else {
+            tx.commit().await?;
+        }
         Ok(steps)
     }
 
-    /// One event in its own savepoint: the inbox insert, then the handler. An error returned
-    /// here is the transaction's (the batch fails); the handler's is in the step.
-    async fn run_one(&self, tx: &mut Tx, envelope: &Envelope) -> anyhow::Result<Step> {
-        savepoint(tx, "SAVEPOINT bus_event").await?;
+    /// One event, in its own savepoint when `isolated`: the inbox insert, then the handler.
+    /// An error returned here is the transaction's (the batch fails); the handler's is in the
+    /// step. Without isolation, a failed handler leaves the transaction to be rolled back.
+    async fn run_one(&self, tx: &mut Tx, envelope: &Envelope, isolated: bool) -> anyhow::Result<Step> {
+        if isolated {
+            savepoint(tx, "SAVEPOINT bus_event").await?;
+        }
         if !inbox::take(tx, &self.name, envelope.id).await? {
-            savepoint(tx, "RELEASE SAVEPOINT bus_event").await?;
+            if isolated {
+                savepoint(tx, "RELEASE SAVEPOINT bus_event").await?;
+            }
             return Ok(Step::Duplicate);
         }
         let outcome = AssertUnwindSafe((self.handler)(tx, envelope))
@@ -327,12 +341,16 @@ impl Subscriber {
             .await;
         match outcome {
             Ok(Ok(())) => {
-                savepoint(tx, "RELEASE SAVEPOINT bus_event").await?;
+                if isolated {
+                    savepoint(tx, "RELEASE SAVEPOINT bus_event").await?;
+                }
                 Ok(Step::Handled)
             }
             failed => {
-                savepoint(tx, "ROLLBACK TO SAVEPOINT bus_event").await?;
-                savepoint(tx, "RELEASE SAVEPOINT bus_event").await?;
+                if isolated {
+                    savepoint(tx, "ROLLBACK TO SAVEPOINT bus_event").await?;
+                    savepoint(tx, "RELEASE SAVEPOINT bus_event").await?;
+                }
                 let error = match failed {
                     Ok(Err(error)) => error,
                     _ => anyhow!("the handler panicked"),
