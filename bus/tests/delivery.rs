@@ -345,9 +345,9 @@ async fn a_relay_killed_between_publish_and_mark_sent_leaves_a_duplicate_the_inb
     );
     if kind == Kind::Embedded {
         // NATS drops the second publish itself (Nats-Msg-Id); the embedded bus delivers it.
-        assert_eq!(
-            duplicates_counted(&subscriber),
-            EVENTS as f64,
+        // At least the republished ones (a slow machine may add redeliveries of its own).
+        assert!(
+            duplicates_counted(&subscriber) >= EVENTS as f64,
             "the inbox absorbed every duplicate"
         );
     }
@@ -726,7 +726,9 @@ async fn an_event_the_broker_refuses_holds_back_only_its_own_subject(kind: Kind)
 async fn two_relays_on_one_outbox_publish_each_event_once(kind: Kind) {
     const EVENTS: i64 = 2_000;
     let _recorder = dozen_kit::metrics::recorder();
-    let bus = TestBus::new(kind).await;
+    let mut bus = TestBus::new(kind).await;
+    // Leases far longer than anything here takes, so any duplicate would be the relays' doing.
+    bus.settings.bus_ack_wait = std::time::Duration::from_secs(60);
     let publisher = ServiceDb::create(match kind {
         Kind::Embedded => Backend::Postgres,
         Kind::Nats => Backend::Sqlite,
