@@ -777,15 +777,7 @@ async fn two_relays_on_one_outbox_publish_each_event_once(kind: Kind) {
 
 async fn one_trace_follows_an_event_from_its_publisher_to_its_handler(kind: Kind) {
     use tracing::Instrument;
-    let _telemetry = dozen_kit::telemetry::init(
-        "bus-test",
-        &dozen_kit::config::TelemetrySettings {
-            log_format: dozen_kit::config::LogFormat::Json,
-            log_level: Some("warn,dozen_bus=info,delivery=info".to_owned()),
-            otlp_endpoint: None,
-        },
-    )
-    .expect("telemetry");
+    support::telemetry();
     let bus = TestBus::new(kind).await;
     let publisher = ServiceDb::create(Backend::Sqlite).await;
     let consumer = ServiceDb::create(Backend::Sqlite).await;

@@ -370,6 +370,23 @@ pub async fn publish_signups(db: &Db, outbox: &Outbox, count: usize) -> Vec<Uuid
     ids
 }
 
+/// Logs and traces for this test process, set up once and kept to its end (several tests
+/// of one process share the global subscriber; an early shutdown would end everyone's traces).
+pub fn telemetry() {
+    static GUARD: std::sync::OnceLock<dozen_kit::telemetry::TelemetryGuard> = std::sync::OnceLock::new();
+    GUARD.get_or_init(|| {
+        dozen_kit::telemetry::init(
+            "bus-test",
+            &dozen_kit::config::TelemetrySettings {
+                log_format: dozen_kit::config::LogFormat::Json,
+                log_level: Some("warn,dozen_bus=info,delivery=info".to_owned()),
+                otlp_endpoint: None,
+            },
+        )
+        .expect("telemetry")
+    });
+}
+
 /// Wait until `condition` holds, checking every 50 ms; fail after [`DEADLINE`].
 pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
 where
