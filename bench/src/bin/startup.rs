@@ -33,6 +33,10 @@ fn main() -> anyhow::Result<()> {
         .context("binary folder")?
         .to_path_buf();
     let data = tempfile::tempdir()?;
+    // What the services need besides their database: the embedded bus in the same folder, and
+    // a signing key for passwords.
+    let bus_url = format!("sqlite://{}", data.path().join("bus.db").display());
+    let signing_key = dozen_passwords::generate_signing_key_pem();
 
     println!(
         "start-up to /readyz = 200, and idle RSS; {runs} runs each, release build, {}",
@@ -45,7 +49,11 @@ fn main() -> anyhow::Result<()> {
     measure(&folder.join("hello"), &[], runs)?;
     for (service, has_database) in SERVICES {
         let binary = folder.join(format!("dozen-{service}"));
-        let mut env = vec![("LOG_LEVEL".to_owned(), "warn".to_owned())];
+        let mut env = vec![
+            ("LOG_LEVEL".to_owned(), "warn".to_owned()),
+            ("BUS_URL".to_owned(), bus_url.clone()),
+            ("JWT_SIGNING_KEYS".to_owned(), signing_key.clone()),
+        ];
         if has_database {
             let url = format!("sqlite://{}", data.path().join(format!("{service}.db")).display());
             env.push(("DATABASE_URL".to_owned(), url));
