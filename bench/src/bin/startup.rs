@@ -43,8 +43,8 @@ fn main() -> anyhow::Result<()> {
         cpu_note()
     );
     println!(
-        "{:<22} {:>9} {:>9} {:>9} {:>12}",
-        "binary", "p50 ms", "p90 ms", "max ms", "idle RSS MiB"
+        "{:<22} {:>9} {:>9} {:>9} {:>12} {:>14}",
+        "binary", "p50 ms", "p90 ms", "max ms", "idle RSS MiB", "anonymous MiB"
     );
     measure(&folder.join("hello"), &[], runs)?;
     for (service, has_database) in SERVICES {
@@ -87,6 +87,7 @@ fn measure(binary: &Path, env: &[(String, String)], runs: usize) -> anyhow::Resu
     }
     let mut startups = Vec::with_capacity(runs);
     let mut rss = Vec::with_capacity(runs);
+    let mut anon = Vec::with_capacity(runs);
     for _ in 0..runs {
         let port = free_port()?;
         let started = Instant::now();
@@ -99,22 +100,26 @@ fn measure(binary: &Path, env: &[(String, String)], runs: usize) -> anyhow::Resu
         }
         startups.push(elapsed.as_secs_f64() * 1000.0);
         std::thread::sleep(Duration::from_millis(500));
-        rss.push(resident_mib(child.id())?);
+        let (total, anonymous) = resident_mib(child.id())?;
+        rss.push(total);
+        anon.push(anonymous);
         stop(&mut child)?;
     }
     startups.sort_by(f64::total_cmp);
     rss.sort_by(f64::total_cmp);
+    anon.sort_by(f64::total_cmp);
     let name = binary
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     println!(
-        "{:<22} {:>9.2} {:>9.2} {:>9.2} {:>12.2}",
+        "{:<22} {:>9.2} {:>9.2} {:>9.2} {:>12.2} {:>14.2}",
         name,
         percentile(&startups, 0.5),
         percentile(&startups, 0.9),
         startups.last().copied().unwrap_or_default(),
         percentile(&rss, 0.5),
+        percentile(&anon, 0.5),
     );
     Ok(())
 }
@@ -151,15 +156,20 @@ fn wait_ready(port: u16, child: &mut Child, timeout: Duration) -> anyhow::Result
     bail!("not ready within {timeout:?}")
 }
 
-fn resident_mib(pid: u32) -> anyhow::Result<f64> {
+/// Resident memory: all of it, and the anonymous part (heap and stacks, what the process
+/// itself allocated, as opposed to pages of its executable file, which the kernel can drop).
+fn resident_mib(pid: u32) -> anyhow::Result<(f64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .context("VmRSS")?
-        .parse()?;
-    Ok(kib / 1024.0)
+    let field = |name: &str| -> anyhow::Result<f64> {
+        let kib: f64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .with_context(|| name.to_owned())?
+            .parse()?;
+        Ok(kib / 1024.0)
+    };
+    Ok((field("VmRSS:")?, field("RssAnon:")?))
 }
 
 fn stop(child: &mut Child) -> anyhow::Result<()> {
