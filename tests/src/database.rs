@@ -76,30 +76,96 @@ fn admin_options() -> PgConnectOptions {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        let Some(name) = self.postgres_name.take() else {
-            return;
-        };
-        // Drop runs outside any async context we could borrow: use a short-lived runtime on
-        // its own thread.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async {
-                let mut connection = admin_options().connect().await.ok()?;
+        if let Some(name) = self.postgres_name.take() {
+            drop_databases(Doomed::Named(name));
+        }
+    }
+}
+
+/// A name prefix on the test Postgres server for a whole platform, whose services each make
+/// their own database `<prefix>_<service>` (`dozen up` with a Postgres `DATABASE_URL`). Every
+/// such database is dropped when this goes out of scope, whether the test passed or not.
+#[derive(Debug)]
+pub struct DatabasePrefix {
+    /// The prefix.
+    pub prefix: String,
+    /// The server URL naming the prefix as its database, for `DATABASE_URL`.
+    pub url: String,
+}
+
+impl DatabasePrefix {
+    /// A new, unique prefix starting with `purpose`.
+    pub fn new(purpose: &str) -> Self {
+        let prefix = format!("{purpose}_{}", uuid::Uuid::new_v4().simple());
+        let url = admin_options().database(&prefix).to_url_lossy().to_string();
+        Self { prefix, url }
+    }
+
+    /// The names of the databases made under the prefix so far, sorted.
+    pub async fn databases(&self) -> Vec<String> {
+        let mut connection = admin_options().connect().await.expect("Postgres");
+        let names = databases_under(&mut connection, &self.prefix)
+            .await
+            .expect("list databases");
+        connection.close().await.ok();
+        names
+    }
+}
+
+impl Drop for DatabasePrefix {
+    fn drop(&mut self) {
+        drop_databases(Doomed::Prefixed(self.prefix.clone()));
+    }
+}
+
+async fn databases_under(
+    connection: &mut sqlx::PgConnection,
+    prefix: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    let names: Vec<(String,)> =
+        sqlx::query_as("SELECT datname FROM pg_database WHERE starts_with(datname, $1) ORDER BY datname")
+            .bind(format!("{prefix}_"))
+            .fetch_all(connection)
+            .await?;
+    Ok(names.into_iter().map(|(name,)| name).collect())
+}
+
+/// Which databases to drop.
+enum Doomed {
+    /// This one.
+    Named(String),
+    /// Every `<prefix>_…`.
+    Prefixed(String),
+}
+
+/// Drop databases. Drop runs outside any async context we could borrow, so this uses a
+/// short-lived runtime on a thread of its own.
+fn drop_databases(doomed: Doomed) {
+    let dropped = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        runtime.block_on(async {
+            let mut connection = admin_options().connect().await.ok()?;
+            let names = match doomed {
+                Doomed::Named(name) => vec![name],
+                Doomed::Prefixed(prefix) => databases_under(&mut connection, &prefix).await.ok()?,
+            };
+            for name in names {
+                // Names are made by the tests themselves: letters, digits and underscores.
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
                 )))
                 .execute(&mut connection)
                 .await
                 .ok()?;
-                connection.close().await.ok()
-            })
+            }
+            connection.close().await.ok()
         })
-        .join();
-        if !matches!(dropped, Ok(Some(()))) {
-            eprintln!("warning: could not drop a test database");
-        }
+    })
+    .join();
+    if !matches!(dropped, Ok(Some(()))) {
+        eprintln!("warning: could not drop a test database");
     }
 }

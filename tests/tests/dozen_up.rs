@@ -3,11 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use dozen_tests::database::postgres_admin_url;
+use dozen_tests::database::DatabasePrefix;
 use dozen_tests::platform::Platform;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use sqlx::{ConnectOptions, Connection};
 
 fn is_alive(pid: i32) -> bool {
     kill(Pid::from_raw(pid), None).is_ok()
@@ -42,45 +41,20 @@ async fn dozen_up_runs_every_service_restarts_a_killed_one_and_stops_them_all() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dozen_up_gives_each_service_its_own_database_on_a_postgres_server() {
-    let prefix = format!("dozen_up_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::postgres::PgConnectOptions::from_str_lossy(&postgres_admin_url());
-    let server_url = admin.clone().database(&prefix).to_url_lossy().to_string();
-    let platform = Platform::start(&[("DATABASE_URL", &server_url)]).await;
+    let databases = DatabasePrefix::new("dozen_up");
+    let platform = Platform::start(&[("DATABASE_URL", &databases.url)]).await;
     for (name, port) in &platform.ports {
         assert!(platform.is_ready(*port).await, "{name} is ready on Postgres");
     }
     platform.stop().await;
 
-    let mut connection = admin.connect().await.expect("Postgres");
-    let created: Vec<(String,)> =
-        sqlx::query_as("SELECT datname FROM pg_database WHERE datname LIKE $1 ORDER BY 1")
-            .bind(format!("{prefix}_%"))
-            .fetch_all(&mut connection)
-            .await
-            .expect("list databases");
-    for (name,) in &created {
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
-            .execute(&mut connection)
-            .await
-            .expect("drop a test database");
-    }
-    connection.close().await.ok();
-    let names: Vec<String> = created
-        .into_iter()
-        .map(|(name,)| name.trim_start_matches(&prefix).to_owned())
+    let made = databases.databases().await;
+    let services: Vec<&str> = made
+        .iter()
+        .map(|name| name.trim_start_matches(&databases.prefix))
         .collect();
     assert_eq!(
-        names,
+        services,
         ["_friends", "_passwords", "_signup", "_users", "_verification"]
     );
-}
-
-trait FromStrLossy {
-    fn from_str_lossy(text: &str) -> Self;
-}
-
-impl FromStrLossy for sqlx::postgres::PgConnectOptions {
-    fn from_str_lossy(text: &str) -> Self {
-        text.parse().expect("TEST_POSTGRES_URL is a Postgres URL")
-    }
 }

@@ -8,10 +8,10 @@
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use dozen_tests::database::postgres_admin_url;
+use dozen_tests::database::DatabasePrefix;
+use dozen_tests::nats::StreamNamespace;
 use dozen_tests::platform::Platform;
 use serde_json::{Value, json};
-use sqlx::ConnectOptions;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -326,30 +326,13 @@ async fn the_signup_journey_on_the_embedded_defaults() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_signup_journey_on_postgres_and_nats() {
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    let prefix = format!("journey_{suffix}");
-    let admin: sqlx::postgres::PgConnectOptions = postgres_admin_url().parse().expect("Postgres URL");
-    let server_url = admin.clone().database(&prefix).to_url_lossy().to_string();
-    let namespace = format!("journey-{suffix}");
+    // Both are cleaned up whether the journey passes or not.
+    let databases = DatabasePrefix::new("journey");
+    let streams = StreamNamespace::new("journey");
     the_signup_journey(&[
-        ("DATABASE_URL", &server_url),
+        ("DATABASE_URL", &databases.url),
         ("BUS_URL", &dozen_tests::nats::nats_url()),
-        ("BUS_NAMESPACE", &namespace),
+        ("BUS_NAMESPACE", &streams.namespace),
     ])
     .await;
-
-    // Clean up: the five databases and the NATS streams of this run.
-    let mut connection = admin.connect().await.expect("Postgres");
-    let created: Vec<(String,)> = sqlx::query_as("SELECT datname FROM pg_database WHERE datname LIKE $1")
-        .bind(format!("{prefix}_%"))
-        .fetch_all(&mut connection)
-        .await
-        .expect("list databases");
-    for (name,) in created {
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
-            .execute(&mut connection)
-            .await
-            .expect("drop a test database");
-    }
-    dozen_tests::nats::delete_streams_with_prefix(&namespace).await;
 }
