@@ -57,6 +57,10 @@ async fn profile_status(users: &Service) -> u16 {
         .as_u16()
 }
 
+fn as_pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
 async fn a_signup_cut_short_by_a_stopped_service_is_undone_by_repair(backend: Backend) {
     let databases = Databases::create(backend).await;
     let bus_url = databases.bus_url();
@@ -81,9 +85,6 @@ async fn a_signup_cut_short_by_a_stopped_service_is_undone_by_repair(backend: Ba
             ("UPSTREAM_TIMEOUT".into(), "2s".into()),
             ("REPAIR_AFTER".into(), "0s".into()),
         ]
-    };
-    let as_pairs = |env: &[(String, String)]| -> Vec<(&str, &str)> {
-        env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
     };
     let cut_env = signup_env(&dead_passwords);
     let cut = as_pairs(&cut_env);
