@@ -101,6 +101,14 @@ impl DatabasePrefix {
         Self { prefix, url }
     }
 
+    /// The URL of `service`'s database under the prefix.
+    pub fn url_of(&self, service: &str) -> String {
+        admin_options()
+            .database(&format!("{}_{service}", self.prefix))
+            .to_url_lossy()
+            .to_string()
+    }
+
     /// The names of the databases made under the prefix so far, sorted.
     pub async fn databases(&self) -> Vec<String> {
         let mut connection = admin_options().connect().await.expect("Postgres");

@@ -23,7 +23,7 @@ pub struct Platform {
     pub up: Running,
     /// Each service's port.
     pub ports: Vec<(&'static str, u16)>,
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
 }
 
 impl Platform {
@@ -44,11 +44,12 @@ impl Platform {
             line.contains("all 6 services are ready")
         })
         .await;
-        Self {
-            up,
-            ports,
-            _data: data,
-        }
+        Self { up, ports, data }
+    }
+
+    /// Its data folder (`DATA_DIR`).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data.path()
     }
 
     /// The port of `service`.

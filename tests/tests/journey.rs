@@ -11,6 +11,7 @@ use base64::Engine as _;
 use dozen_tests::database::DatabasePrefix;
 use dozen_tests::nats::StreamNamespace;
 use dozen_tests::platform::Platform;
+use dozen_tests::process::run_to_exit;
 use serde_json::{Value, json};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -155,7 +156,15 @@ async fn verify_and_log_in(journey: &Journey<'_>, email: &str) -> String {
     .await
 }
 
-async fn the_signup_journey(extra_env: &[(&str, &str)]) {
+/// Where the friends service keeps its database under `dozen up`.
+enum FriendsDatabase<'a> {
+    /// `friends.db` in the platform's data folder.
+    Embedded,
+    /// `<prefix>_friends` on the Postgres server.
+    Postgres(&'a DatabasePrefix),
+}
+
+async fn the_signup_journey(extra_env: &[(&str, &str)], friends_database: FriendsDatabase<'_>) {
     let platform = Platform::start(extra_env).await;
     let journey = Journey {
         platform: &platform,
@@ -309,19 +318,54 @@ async fn the_signup_journey(extra_env: &[(&str, &str)]) {
         .expect("find Cem");
     assert_eq!(found.status(), 200, "exactly one profile exists for the address");
     let cem = verify_and_log_in(&journey, "cem@example.com").await;
-    assert!(!cem.is_empty());
     assert_eq!(
         links(&journey.mails_to("cem@example.com").await),
         1,
         "one verification link"
     );
 
+    // The friends projections rebuilt from the log equal the live ones.
+    let cem_id = subject_of(&cem);
+    let asked = journey
+        .as_user(&cem, reqwest::Method::POST, &format!("/api/friends/{ann_id}"))
+        .await;
+    assert_eq!(asked.status(), 200);
+    let removed = journey
+        .as_user(&bob, reqwest::Method::DELETE, &format!("/api/friends/{cem_id}"))
+        .await;
+    assert_eq!(removed.status(), 204, "removing a stranger is a no-op");
+    let views = || async {
+        let mut views = Vec::new();
+        for token in [&ann, &bob, &cem] {
+            for path in ["/api/friends", "/api/friends/requests", "/api/suggestions"] {
+                let answer = journey.as_user(token, reqwest::Method::GET, path).await;
+                views.push(answer.json::<Value>().await.expect("JSON"));
+            }
+        }
+        views
+    };
+    let live = views().await;
+    assert_eq!(live[4], json!([]), "Bob has no pending requests");
+    assert_eq!(live[1][0]["id"], cem_id.as_str(), "Ann sees Cem's request");
+    let database_url = match friends_database {
+        FriendsDatabase::Embedded => format!("sqlite://{}/friends.db", platform.data_dir().display()),
+        FriendsDatabase::Postgres(prefix) => prefix.url_of("friends"),
+    };
+    let rebuilt = run_to_exit("dozen-friends", &["rebuild"], &[("DATABASE_URL", &database_url)]).await;
+    assert!(rebuilt.status.success(), "{rebuilt:?}");
+    assert!(
+        rebuilt.stdout.contains("\"replayed\":3"),
+        "request, accept, request: {}",
+        rebuilt.stdout
+    );
+    assert_eq!(views().await, live);
+
     platform.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_signup_journey_on_the_embedded_defaults() {
-    the_signup_journey(&[]).await;
+    the_signup_journey(&[], FriendsDatabase::Embedded).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -329,10 +373,13 @@ async fn the_signup_journey_on_postgres_and_nats() {
     // Both are cleaned up whether the journey passes or not.
     let databases = DatabasePrefix::new("journey");
     let streams = StreamNamespace::new("journey");
-    the_signup_journey(&[
-        ("DATABASE_URL", &databases.url),
-        ("BUS_URL", &dozen_tests::nats::nats_url()),
-        ("BUS_NAMESPACE", &streams.namespace),
-    ])
+    the_signup_journey(
+        &[
+            ("DATABASE_URL", &databases.url),
+            ("BUS_URL", &dozen_tests::nats::nats_url()),
+            ("BUS_NAMESPACE", &streams.namespace),
+        ],
+        FriendsDatabase::Postgres(&databases),
+    )
     .await;
 }
