@@ -142,15 +142,18 @@ impl EmbeddedBus {
         {
             std::fs::create_dir_all(folder).map_err(|e| BusError::Database(sqlx::Error::Io(e)))?;
         }
+        // A local file does not drop connections: no liveness ping before each use.
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(1)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.clone())
             .await?;
         let light = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(1)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.clone().synchronous(SqliteSynchronous::Normal))
             .await?;

@@ -123,6 +123,9 @@ impl Db {
                 let pool = SqlitePoolOptions::new()
                     .max_connections(max_connections)
                     .min_connections(0)
+                    // A local file does not drop connections: the liveness ping sqlx sends
+                    // before handing one out would only add a round trip to every transaction.
+                    .test_before_acquire(false)
                     .acquire_timeout(Duration::from_secs(5))
                     .connect_with(options)
                     .await?;
