@@ -24,8 +24,7 @@
 //!     Ok(())
 //! })));
 //! let outbox = bus.outbox().clone();
-//! bus.start(&context.lifecycle).await?;
-//! context.readiness.add("bus", bus.readiness_check());
+//! bus.serve(&context.lifecycle, &mut context.readiness).await?; // start, and check in /readyz
 //! // later, in a request:
 //! let mut tx = Tx::begin(&db).await?;
 //! /* the state change, on tx.conn() */
@@ -63,6 +62,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use dozen_kit::db::{Db, Migrations};
+use dozen_kit::http::server::Readiness;
 use dozen_kit::lifecycle::Lifecycle;
 use sqlx::migrate::Migrator;
 
@@ -156,6 +156,14 @@ impl Bus {
             }
             lifecycle.spawn(subscriber.maintain(lifecycle.stopping()));
         }
+        Ok(())
+    }
+
+    /// What every serving service does: [`Bus::start`], and make `/readyz` check that the
+    /// broker answers.
+    pub async fn serve(&mut self, lifecycle: &Lifecycle, readiness: &mut Readiness) -> Result<(), BusError> {
+        self.start(lifecycle).await?;
+        readiness.add("bus", self.readiness_check());
         Ok(())
     }
 

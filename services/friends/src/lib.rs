@@ -106,8 +106,7 @@ impl Service for Friends {
             handler(|tx, event| Box::pin(on_user_event(tx, event))),
         );
         let outbox = bus.outbox().clone();
-        bus.start(&context.lifecycle).await?;
-        context.readiness.add("bus", bus.readiness_check());
+        bus.serve(&context.lifecycle, &mut context.readiness).await?;
         let verifier = JwtVerifier::new(
             &context.http,
             &context.settings.passwords_url,

@@ -196,8 +196,7 @@ impl Service for Passwords {
                 })
             }),
         );
-        bus.start(&context.lifecycle).await?;
-        context.readiness.add("bus", bus.readiness_check());
+        bus.serve(&context.lifecycle, &mut context.readiness).await?;
         tracing::info!(
             signing_kid = keys.signing_kid(),
             keys = keys.jwks().keys.len(),

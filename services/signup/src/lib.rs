@@ -81,8 +81,7 @@ impl Service for Signup {
     async fn routes(context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
         let mut bus = Bus::connect(&context.settings.bus, Self::NAME, context.database()?.clone()).await?;
         let flow = Self::flow(context, &bus).await?;
-        bus.start(&context.lifecycle).await?;
-        context.readiness.add("bus", bus.readiness_check());
+        bus.serve(&context.lifecycle, &mut context.readiness).await?;
         Ok(routes::router(flow))
     }
 

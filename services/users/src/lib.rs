@@ -77,8 +77,7 @@ impl Service for Users {
                 })
             }),
         );
-        bus.start(&context.lifecycle).await?;
-        context.readiness.add("bus", bus.readiness_check());
+        bus.serve(&context.lifecycle, &mut context.readiness).await?;
         let verifier = JwtVerifier::new(
             &context.http,
             &context.settings.passwords_url,

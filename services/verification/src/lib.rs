@@ -169,10 +169,9 @@ impl Service for Verification {
                 })
             }),
         );
-        bus.start(&context.lifecycle)
+        bus.serve(&context.lifecycle, &mut context.readiness)
             .await
             .context("cannot subscribe to the bus (BUS_URL)")?;
-        context.readiness.add("bus", bus.readiness_check());
 
         let sender = MailSender::new(
             db.clone(),
