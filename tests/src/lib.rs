@@ -5,9 +5,11 @@
 //! unique name, dropped when the test ends), so tests run in parallel and leave nothing behind.
 
 pub mod database;
+pub mod fault_proxy;
 pub mod nats;
 pub mod platform;
 pub mod process;
+pub mod public_api;
 
 /// Generate one test per database backend from an `async fn(Backend)`: the same suite runs on
 /// SQLite and on Postgres.

@@ -5,156 +5,12 @@
 //! twice makes one account, and 20 concurrent signups with one email make one account. On the
 //! embedded defaults, and again on Postgres + NATS JetStream.
 
-use std::time::{Duration, Instant};
-
-use base64::Engine as _;
 use dozen_tests::database::DatabasePrefix;
 use dozen_tests::nats::StreamNamespace;
 use dozen_tests::platform::Platform;
 use dozen_tests::process::run_to_exit;
+use dozen_tests::public_api::{PublicApi, eventually, subject_of, token_in};
 use serde_json::{Value, json};
-
-const DEADLINE: Duration = Duration::from_secs(60);
-
-/// Poll `check` until it returns `Some`, or fail after the deadline saying `what`.
-async fn eventually<T, F, Fut>(what: &str, check: F) -> T
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-struct Journey<'p> {
-    platform: &'p Platform,
-    client: reqwest::Client,
-}
-
-impl Journey<'_> {
-    async fn sign_up(&self, key: &str, email: &str, name: &str, interests: &[&str]) -> reqwest::Response {
-        self.client
-            .post(self.platform.url("gateway", "/api/signups"))
-            .header("Idempotency-Key", key)
-            .json(&json!({ "email": email, "password": "correct horse battery staple", "display_name": name, "interests": interests }))
-            .send()
-            .await
-            .expect("POST /signups")
-    }
-
-    async fn mailbox(&self) -> Vec<Value> {
-        let answer = self
-            .client
-            .get(self.platform.url("gateway", "/api/dev/mailbox"))
-            .send()
-            .await
-            .expect("mailbox");
-        assert_eq!(answer.status(), 200);
-        answer.json().await.expect("mails")
-    }
-
-    async fn mails_to(&self, email: &str) -> Vec<Value> {
-        self.mailbox()
-            .await
-            .into_iter()
-            .filter(|mail| mail["to"].as_str().is_some_and(|to| to.contains(email)))
-            .collect()
-    }
-
-    async fn login(&self, email: &str) -> reqwest::Response {
-        self.client
-            .post(self.platform.url("gateway", "/api/sessions"))
-            .json(&json!({ "email": email, "password": "correct horse battery staple" }))
-            .send()
-            .await
-            .expect("POST /sessions")
-    }
-
-    async fn as_user(&self, token: &str, method: reqwest::Method, path: &str) -> reqwest::Response {
-        self.client
-            .request(method, self.platform.url("gateway", path))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("gateway")
-    }
-}
-
-fn token_in(mail: &Value) -> Option<String> {
-    let body = mail["body"].as_str()?;
-    let start = body.find("verify?token=")? + "verify?token=".len();
-    let token: String = body[start..]
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-        .collect();
-    (!token.is_empty()).then_some(token)
-}
-
-fn subject_of(access_token: &str) -> String {
-    let payload = access_token.split('.').nth(1).expect("a JWT");
-    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .expect("base64url");
-    let claims: Value = serde_json::from_slice(&claims).expect("JSON claims");
-    claims["sub"].as_str().expect("sub").to_owned()
-}
-
-/// Verify `email` from its mail and log in; the access token.
-async fn verify_and_log_in(journey: &Journey<'_>, email: &str) -> String {
-    let token = eventually(&format!("a verification mail to {email}"), || async {
-        journey.mails_to(email).await.iter().find_map(token_in)
-    })
-    .await;
-    let verified = journey
-        .client
-        .post(
-            journey
-                .platform
-                .url("gateway", &format!("/api/verifications/{token}")),
-        )
-        .send()
-        .await
-        .expect("verify");
-    assert_eq!(verified.status(), 200);
-    assert_eq!(
-        verified.json::<Value>().await.expect("JSON"),
-        json!({ "status": "verified" })
-    );
-    let again = journey
-        .client
-        .post(
-            journey
-                .platform
-                .url("gateway", &format!("/api/verifications/{token}")),
-        )
-        .send()
-        .await
-        .expect("verify again");
-    assert!(
-        again.status().is_client_error(),
-        "a used token is refused: {}",
-        again.status()
-    );
-
-    eventually(&format!("{email} can log in"), || async {
-        let answer = journey.login(email).await;
-        if answer.status() == 200 {
-            let session: Value = answer.json().await.ok()?;
-            assert_eq!(session["token_type"], "Bearer");
-            session["access_token"].as_str().map(str::to_owned)
-        } else {
-            assert_eq!(answer.status(), 403, "not verified yet, never anything else");
-            None
-        }
-    })
-    .await
-}
 
 /// Where the friends service keeps its database under `dozen up`.
 enum FriendsDatabase<'a> {
@@ -166,10 +22,7 @@ enum FriendsDatabase<'a> {
 
 async fn the_signup_journey(extra_env: &[(&str, &str)], friends_database: FriendsDatabase<'_>) {
     let platform = Platform::start(extra_env).await;
-    let journey = Journey {
-        platform: &platform,
-        client: reqwest::Client::new(),
-    };
+    let journey = PublicApi::new(&platform);
 
     // Ann signs up twice with one key (a retry), Bob once.
     for _ in 0..2 {
@@ -190,8 +43,8 @@ async fn the_signup_journey(extra_env: &[(&str, &str)], friends_database: Friend
         json!({ "status": "pending_verification" })
     );
 
-    let ann = verify_and_log_in(&journey, "ann@example.com").await;
-    let bob = verify_and_log_in(&journey, "bob@example.com").await;
+    let ann = journey.verify_and_log_in("ann@example.com").await;
+    let bob = journey.verify_and_log_in("bob@example.com").await;
     let (ann_id, bob_id) = (subject_of(&ann), subject_of(&bob));
 
     let me: Value = eventually("Ann's profile is verified", || async {
@@ -317,7 +170,7 @@ async fn the_signup_journey(extra_env: &[(&str, &str)], friends_database: Friend
         .await
         .expect("find Cem");
     assert_eq!(found.status(), 200, "exactly one profile exists for the address");
-    let cem = verify_and_log_in(&journey, "cem@example.com").await;
+    let cem = journey.verify_and_log_in("cem@example.com").await;
     assert_eq!(
         links(&journey.mails_to("cem@example.com").await),
         1,

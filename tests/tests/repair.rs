@@ -1,10 +1,12 @@
-//! A signup interrupted by a stopped service leaves a profile without a credential; the
-//! `repair` admin process undoes it (no orphan), and a retry with the same Idempotency-Key
-//! then signs up from the start.
+//! A signup interrupted when passwords goes away mid-call (it stored the credential, but its
+//! answer never came back) is left half-done; the `repair` admin process undoes it (no orphan
+//! profile or credential), and the address can then sign up afresh.
 
 use dozen_tests::database::{Backend, TestDatabase};
+use dozen_tests::fault_proxy::FaultProxy;
 use dozen_tests::on_both_backends;
-use dozen_tests::process::{Service, free_port, run_to_exit};
+use dozen_tests::process::{Service, run_to_exit};
+use reqwest::Method;
 use serde_json::{Value, json};
 
 struct Databases {
@@ -34,10 +36,10 @@ async fn migrated(program: &str, env: &[(&str, &str)]) {
     assert!(migrated.status.success(), "{program} migrate: {migrated:?}");
 }
 
-async fn sign_up(signup: &Service) -> reqwest::Response {
+async fn sign_up(signup: &Service, idempotency_key: &str) -> reqwest::Response {
     reqwest::Client::new()
         .post(signup.url("/signups"))
-        .header("Idempotency-Key", "dana-1")
+        .header("Idempotency-Key", idempotency_key)
         .json(
             &json!({ "email": "dana@example.com", "password": "violet-harbour-42", "display_name": "Dana" }),
         )
@@ -57,11 +59,7 @@ async fn profile_status(users: &Service) -> u16 {
         .as_u16()
 }
 
-fn as_pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
-    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
-}
-
-async fn a_signup_cut_short_by_a_stopped_service_is_undone_by_repair(backend: Backend) {
+async fn a_signup_cut_short_mid_call_is_undone_by_repair(backend: Backend) {
     let databases = Databases::create(backend).await;
     let bus_url = databases.bus_url();
     let key = dozen_passwords::generate_signing_key_pem();
@@ -74,24 +72,29 @@ async fn a_signup_cut_short_by_a_stopped_service_is_undone_by_repair(backend: Ba
     let users = Service::start("dozen-users", &users_env).await;
     let users_url = users.url("");
 
-    // Passwords is down: nothing listens where signup expects it.
-    let dead_passwords = format!("http://127.0.0.1:{}", free_port());
-    let signup_env = |passwords_url: &str| -> Vec<(String, String)> {
-        vec![
-            ("DATABASE_URL".into(), databases.signup.url.clone()),
-            ("BUS_URL".into(), bus_url.clone()),
-            ("USERS_URL".into(), users_url.clone()),
-            ("PASSWORDS_URL".into(), passwords_url.to_owned()),
-            ("UPSTREAM_TIMEOUT".into(), "2s".into()),
-            ("REPAIR_AFTER".into(), "0s".into()),
-        ]
-    };
-    let cut_env = signup_env(&dead_passwords);
-    let cut = as_pairs(&cut_env);
-    migrated("dozen-signup", &cut).await;
-    let signup = Service::start("dozen-signup", &cut).await;
+    let passwords_env = [
+        ("DATABASE_URL", databases.passwords.url.as_str()),
+        ("BUS_URL", bus_url.as_str()),
+        ("JWT_SIGNING_KEYS", key.as_str()),
+    ];
+    migrated("dozen-passwords", &passwords_env).await;
+    let passwords = Service::start("dozen-passwords", &passwords_env).await;
+    // Signup reaches passwords through a link that loses the answer to the credential.
+    let link = FaultProxy::start(&passwords.url("")).await;
+    link.lose_answers_to(Method::PUT, "/credentials/");
 
-    let answer = sign_up(&signup).await;
+    let signup_env = [
+        ("DATABASE_URL", databases.signup.url.as_str()),
+        ("BUS_URL", bus_url.as_str()),
+        ("USERS_URL", users_url.as_str()),
+        ("PASSWORDS_URL", link.url()),
+        ("UPSTREAM_TIMEOUT", "2s"),
+        ("REPAIR_AFTER", "0s"),
+    ];
+    migrated("dozen-signup", &signup_env).await;
+    let signup = Service::start("dozen-signup", &signup_env).await;
+
+    let answer = sign_up(&signup, "dana-1").await;
     assert_eq!(answer.status(), 503, "a fault, not the caller's problem");
     assert_eq!(answer.headers()["content-type"], "application/problem+json");
     assert_eq!(
@@ -100,25 +103,16 @@ async fn a_signup_cut_short_by_a_stopped_service_is_undone_by_repair(backend: Ba
         "the profile was made before the chain broke"
     );
 
-    // Passwords is back; repair, run once the platform is whole again, undoes the half.
-    let passwords_env = [
-        ("DATABASE_URL", databases.passwords.url.as_str()),
-        ("BUS_URL", bus_url.as_str()),
-        ("JWT_SIGNING_KEYS", key.as_str()),
-    ];
-    migrated("dozen-passwords", &passwords_env).await;
-    let passwords = Service::start("dozen-passwords", &passwords_env).await;
-    let live_env = signup_env(&passwords.url(""));
-    let live = as_pairs(&live_env);
-    let repaired = run_to_exit("dozen-signup", &["repair"], &live).await;
+    // The link is whole again; repair undoes both halves.
+    link.heal();
+    let repaired = run_to_exit("dozen-signup", &["repair"], &signup_env).await;
     assert!(repaired.status.success(), "{repaired:?}");
     assert!(repaired.stdout.contains("\"undone\":1"), "{}", repaired.stdout);
     assert_eq!(profile_status(&users).await, 404, "no orphan profile is left");
 
-    // The same key now signs up from the start.
-    drop(signup);
-    let signup = Service::start("dozen-signup", &live).await;
-    let answer = sign_up(&signup).await;
+    // The address signs up afresh. Had the credential been left behind, passwords would
+    // refuse the address as taken, and signup would remove the new profile again.
+    let answer = sign_up(&signup, "dana-2").await;
     assert_eq!(answer.status(), 202);
     assert_eq!(
         answer.json::<Value>().await.expect("JSON"),
@@ -126,11 +120,11 @@ async fn a_signup_cut_short_by_a_stopped_service_is_undone_by_repair(backend: Ba
     );
     assert_eq!(profile_status(&users).await, 200);
 
-    let nothing_left = run_to_exit("dozen-signup", &["repair"], &live).await;
+    let nothing_left = run_to_exit("dozen-signup", &["repair"], &signup_env).await;
     assert!(
         nothing_left.stdout.contains("\"undone\":0"),
         "{}",
         nothing_left.stdout
     );
 }
-on_both_backends!(a_signup_cut_short_by_a_stopped_service_is_undone_by_repair);
+on_both_backends!(a_signup_cut_short_mid_call_is_undone_by_repair);

@@ -57,6 +57,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> OpenApiRouter {
     OpenApiRouter::new()
         .routes(routes!(put_credential, delete_credential))
+        .routes(routes!(check_password))
         .routes(routes!(mark_verified))
         .routes(routes!(create_session))
         .routes(routes!(jwks))
@@ -119,21 +120,9 @@ async fn put_credential(
 ) -> Result<Response, ApiError> {
     let mut errors = BTreeMap::new();
     let user_id = parse_user_id(&user_id, &mut errors);
-    let fields = json_object(&headers, &body)?;
-    let email = string_field(&fields, "email", &mut errors).and_then(|text| match Email::parse(&text) {
-        Ok(email) => Some(email),
-        Err(message) => {
-            errors.insert("email".to_owned(), message.to_owned());
-            None
-        }
-    });
-    let password = string_field(&fields, "password", &mut errors).and_then(|text| {
-        let email = email.as_ref().map_or("", Email::as_str);
-        Password::parse(text, email)
-            .map_err(|error| errors.insert("password".to_owned(), error.to_string()))
-            .ok()
-    });
-    let (Some(user_id), Some(email), Some(password)) = (user_id, email, password) else {
+    let (email, password) = email_and_password(&headers, &body, errors)?;
+    let Some(user_id) = user_id else {
+        let errors = BTreeMap::from([("user_id".to_owned(), "must be a UUID".to_owned())]);
         return Err(Problem::validation(errors).into());
     };
 
@@ -158,6 +147,49 @@ async fn put_credential(
     existing_answer(&state.db, user_id, &email)
         .await?
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the credential insert conflicted with nothing")))
+}
+
+/// Check a password against the rules without storing anything: signup asks before it creates
+/// anything, so a bad password is refused alike for a new and for a registered address.
+#[utoipa::path(
+    post,
+    path = "/password-checks",
+    request_body = EmailAndPassword,
+    responses(
+        (status = 204, description = "The password may be used"),
+        (status = 422, description = "Invalid fields", body = Problem),
+    )
+)]
+async fn check_password(headers: HeaderMap, body: Bytes) -> Result<StatusCode, ApiError> {
+    email_and_password(&headers, &body, BTreeMap::new())?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The valid email and password of a JSON body; a problem naming every bad field (those in
+/// `errors` already included) otherwise.
+fn email_and_password(
+    headers: &HeaderMap,
+    body: &Bytes,
+    mut errors: BTreeMap<String, String>,
+) -> Result<(Email, Password), Problem> {
+    let fields = json_object(headers, body)?;
+    let email = string_field(&fields, "email", &mut errors).and_then(|text| match Email::parse(&text) {
+        Ok(email) => Some(email),
+        Err(message) => {
+            errors.insert("email".to_owned(), message.to_owned());
+            None
+        }
+    });
+    let password = string_field(&fields, "password", &mut errors).and_then(|text| {
+        let email = email.as_ref().map_or("", Email::as_str);
+        Password::parse(text, email)
+            .map_err(|error| errors.insert("password".to_owned(), error.to_string()))
+            .ok()
+    });
+    match (email, password) {
+        (Some(email), Some(password)) if errors.is_empty() => Ok((email, password)),
+        _ => Err(Problem::validation(errors)),
+    }
 }
 
 /// The answer when a credential for `user_id` or `email` already exists.

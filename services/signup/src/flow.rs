@@ -57,6 +57,19 @@ impl Flow {
         }
         let email = signup.email.clone();
         if state == SignupState::Started {
+            match self
+                .peers
+                .check_password(&email, &signup.request.password)
+                .await?
+            {
+                Outcome::Done => {}
+                Outcome::Taken => {
+                    return Err(ApiError::Internal(anyhow::anyhow!(
+                        "passwords answered a password check with a conflict"
+                    )));
+                }
+                Outcome::Refused(problem) => return self.refuse(&record, problem, false).await,
+            }
             let profile = self
                 .peers
                 .create_profile(record.user_id, &email, &record.display_name, &record.interests.0)

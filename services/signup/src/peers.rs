@@ -1,5 +1,5 @@
 //! The calls signup makes, through the kit's client: create and delete a profile in users,
-//! set and delete a credential in passwords. Each answer is sorted into what the flow needs
+//! check a password, set and delete a credential in passwords. Each answer is sorted into what the flow needs
 //! to know; anything unexpected is a fault, never the caller's problem.
 
 use axum::http::StatusCode;
@@ -99,6 +99,19 @@ impl Peers {
             .send()
             .await;
         expect_success(&self.users, answer)
+    }
+
+    /// Whether passwords accepts `password` for `email`, asked before anything is created so
+    /// that a bad password is refused alike for a new and for a registered address.
+    pub async fn check_password(&self, email: &Email, password: &str) -> Result<Outcome, PeerError> {
+        let body = json!({ "email": email, "password": password });
+        let answer = self
+            .passwords
+            .request(Method::POST, "/password-checks")
+            .json(&body)
+            .send()
+            .await;
+        sort(&self.passwords, answer).await
     }
 
     /// Set the credential (idempotent for the same user and email).

@@ -1,0 +1,169 @@
+//! A client of the gateway's public API (ARCHITECTURE.md, "The public API"), as the
+//! end-to-end tests use it: sign up, read the dev mailbox, verify, log in, and call as a user.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use crate::platform::Platform;
+
+/// The password every test user signs up with.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// How long [`eventually`] waits.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Poll `check` until it returns `Some`, or fail after a minute saying `what`.
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The gateway of a running platform, called as the web UI calls it.
+#[derive(Debug)]
+pub struct PublicApi<'p> {
+    /// The platform behind the gateway.
+    pub platform: &'p Platform,
+    /// The HTTP client (one connection pool for the whole test).
+    pub client: reqwest::Client,
+}
+
+impl<'p> PublicApi<'p> {
+    /// A client of `platform`'s gateway.
+    pub fn new(platform: &'p Platform) -> Self {
+        Self {
+            platform,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// The gateway's address of `path`.
+    pub fn url(&self, path: &str) -> String {
+        self.platform.url("gateway", path)
+    }
+
+    /// `POST /api/signups` with [`PASSWORD`] under the Idempotency-Key `key`.
+    pub async fn sign_up(&self, key: &str, email: &str, name: &str, interests: &[&str]) -> reqwest::Response {
+        self.client
+            .post(self.url("/api/signups"))
+            .header("Idempotency-Key", key)
+            .json(&json!({ "email": email, "password": PASSWORD, "display_name": name, "interests": interests }))
+            .send()
+            .await
+            .expect("POST /api/signups")
+    }
+
+    /// Every mail in the dev mailbox, newest first.
+    pub async fn mailbox(&self) -> Vec<Value> {
+        let answer = self
+            .client
+            .get(self.url("/api/dev/mailbox"))
+            .send()
+            .await
+            .expect("GET /api/dev/mailbox");
+        assert_eq!(answer.status(), 200);
+        answer.json().await.expect("mails")
+    }
+
+    /// The mails sent to `email`.
+    pub async fn mails_to(&self, email: &str) -> Vec<Value> {
+        self.mailbox()
+            .await
+            .into_iter()
+            .filter(|mail| mail["to"].as_str().is_some_and(|to| to.contains(email)))
+            .collect()
+    }
+
+    /// `POST /api/sessions` with [`PASSWORD`].
+    pub async fn login(&self, email: &str) -> reqwest::Response {
+        self.client
+            .post(self.url("/api/sessions"))
+            .json(&json!({ "email": email, "password": PASSWORD }))
+            .send()
+            .await
+            .expect("POST /api/sessions")
+    }
+
+    /// `method path` with `token` as the bearer.
+    pub async fn as_user(&self, token: &str, method: reqwest::Method, path: &str) -> reqwest::Response {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("the gateway answers")
+    }
+
+    /// Verify `email` from its mail (checking that the link works once only) and log in; the
+    /// access token.
+    pub async fn verify_and_log_in(&self, email: &str) -> String {
+        let token = eventually(&format!("a verification mail to {email}"), || async {
+            self.mails_to(email).await.iter().find_map(token_in)
+        })
+        .await;
+        let verify = || async {
+            self.client
+                .post(self.url(&format!("/api/verifications/{token}")))
+                .send()
+                .await
+                .expect("POST /api/verifications/{token}")
+        };
+        let verified = verify().await;
+        assert_eq!(verified.status(), 200);
+        assert_eq!(
+            verified.json::<Value>().await.expect("JSON"),
+            json!({ "status": "verified" })
+        );
+        let again = verify().await;
+        assert!(
+            again.status().is_client_error(),
+            "a used token is refused: {}",
+            again.status()
+        );
+
+        eventually(&format!("{email} can log in"), || async {
+            let answer = self.login(email).await;
+            if answer.status() == 200 {
+                let session: Value = answer.json().await.ok()?;
+                assert_eq!(session["token_type"], "Bearer");
+                session["access_token"].as_str().map(str::to_owned)
+            } else {
+                assert_eq!(answer.status(), 403, "not verified yet, never anything else");
+                None
+            }
+        })
+        .await
+    }
+}
+
+/// The verification token in a mail's link (`…/verify?token=<token>`), if it has one.
+pub fn token_in(mail: &Value) -> Option<String> {
+    let body = mail["body"].as_str()?;
+    let start = body.find("verify?token=")? + "verify?token=".len();
+    let token: String = body[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect();
+    (!token.is_empty()).then_some(token)
+}
+
+/// The user id (`sub`) an access token names.
+pub fn subject_of(access_token: &str) -> String {
+    let payload = access_token.split('.').nth(1).expect("a JWT");
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url");
+    let claims: Value = serde_json::from_slice(&claims).expect("JSON claims");
+    claims["sub"].as_str().expect("sub").to_owned()
+}
