@@ -1,0 +1,187 @@
+//! Signup throughput benchmark: signups per second end to end — through the gateway, signup,
+//! users and passwords with real argon2id, every service a process under `dozen up` — next to
+//! the argon2 limit measured in the same run (cores ÷ time per hash), the most any signup path
+//! could reach since each signup hashes one password. It prints figures; it asserts nothing.
+//!
+//! Run: `cargo build --release --workspace --bins && cargo run --release -p dozen-bench --bin signups`
+//! (optionally `-- <seconds> <concurrency>`, default 15 s and 4 per core). The platform runs on
+//! the embedded defaults, or on whatever `DATABASE_URL`/`BUS_URL` this process is given.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use dozen_passwords::domain::hashing::{Cost, Hasher};
+
+const SERVICES: [&str; 6] = [
+    "gateway",
+    "signup",
+    "users",
+    "passwords",
+    "verification",
+    "friends",
+];
+
+/// `dozen up`, stopped with SIGINT when dropped.
+struct Platform {
+    up: Child,
+    gateway: String,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.up.id()).unwrap_or(0));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let _ = self.up.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn start_platform() -> anyhow::Result<Platform> {
+    let folder = std::env::current_exe()?
+        .parent()
+        .context("binary folder")?
+        .to_path_buf();
+    let data = tempfile::tempdir()?;
+    let mut command = Command::new(folder.join("dozen"));
+    command
+        .arg("up")
+        .env("DATA_DIR", data.path())
+        .env("LOG_LEVEL", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut gateway = String::new();
+    for service in SERVICES {
+        let port = free_port()?;
+        command.env(format!("{}_PORT", service.to_uppercase()), port.to_string());
+        if service == "gateway" {
+            gateway = format!("http://127.0.0.1:{port}");
+        }
+    }
+    let mut up = command.spawn().context("starting dozen up")?;
+    let stdout = up.stdout.take().context("dozen up's output")?;
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        let Some(line) = lines.next() else {
+            bail!("dozen up stopped before its services were ready");
+        };
+        if line?.contains("all 6 services are ready") {
+            break;
+        }
+    }
+    // Keep reading, so that a full pipe never blocks dozen up.
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok(Platform {
+        up,
+        gateway,
+        _data: data,
+    })
+}
+
+/// The time one argon2id hash at the services' cost takes on one core, averaged over `hashes`.
+async fn time_per_hash(hashes: u32) -> anyhow::Result<Duration> {
+    let hasher = Hasher::new(Cost::OWASP_MINIMUM, 1)?;
+    hasher.hash("warm-up password").await?;
+    let started = Instant::now();
+    for i in 0..hashes {
+        hasher.hash(&format!("benchmark password {i}")).await?;
+    }
+    Ok(started.elapsed() / hashes)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let seconds: u64 = args.next().map(|n| n.parse()).transpose()?.unwrap_or(15);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let concurrency: usize = args.next().map(|n| n.parse()).transpose()?.unwrap_or(4 * cores);
+
+    let platform = start_platform()?;
+    let client = reqwest::Client::new();
+    let url = format!("{}/api/signups", platform.gateway);
+    let sign_up = move |client: reqwest::Client, n: usize| {
+        let url = url.clone();
+        async move {
+            client
+                .post(url)
+                .json(&serde_json::json!({
+                    "email": format!("bench-{n}@example.com"),
+                    "password": "correct horse battery staple",
+                    "display_name": format!("Bench {n}"),
+                    "interests": ["benchmarks"],
+                }))
+                .send()
+                .await
+                .map(|answer| answer.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    let next = Arc::new(AtomicUsize::new(0));
+    for _ in 0..(2 * concurrency) {
+        sign_up(client.clone(), next.fetch_add(1, Ordering::Relaxed)).await;
+    }
+
+    let per_hash = time_per_hash(20).await?;
+    let limit = cores as f64 / per_hash.as_secs_f64();
+
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, next, accepted, refused) =
+                (client.clone(), next.clone(), accepted.clone(), refused.clone());
+            let sign_up = sign_up.clone();
+            tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    let status = sign_up(client.clone(), next.fetch_add(1, Ordering::Relaxed)).await;
+                    let counter = if status == 202 { &accepted } else { &refused };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let accepted = accepted.load(Ordering::Relaxed);
+    let rate = accepted as f64 / elapsed;
+
+    let backend = std::env::var("DATABASE_URL")
+        .map_or_else(|_| "embedded (SQLite)".to_owned(), |_| "DATABASE_URL".to_owned());
+    let build = if cfg!(debug_assertions) {
+        "debug build"
+    } else {
+        "release build"
+    };
+    println!(
+        "signups end to end through the gateway, {build}, {cores} cores, {backend}, {concurrency} at once, {elapsed:.1} s"
+    );
+    println!(
+        "{:<34} {:>10}",
+        "argon2id ms per hash (one core)",
+        format!("{:.2}", per_hash.as_secs_f64() * 1e3)
+    );
+    println!("{:<34} {:>10}", "argon2 limit signups/s", format!("{limit:.1}"));
+    println!("{:<34} {:>10}", "signups/s (202)", format!("{rate:.1}"));
+    println!(
+        "{:<34} {:>10}",
+        "share of the limit",
+        format!("{:.2}", rate / limit)
+    );
+    println!(
+        "{:<34} {:>10}",
+        "answers other than 202",
+        refused.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
