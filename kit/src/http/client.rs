@@ -133,11 +133,13 @@ impl Guard {
                     open_for: policy.breaker_open_for,
                 },
             ),
-            // The settings' ranges keep to what TpsBudget accepts (percent ≤ 1000, floor < 2³¹).
+            // The settings' ranges keep to what TpsBudget accepts (ratio ≤ 1000, floor < 2³¹).
+            // It charges a retry `(1 / ratio) as isize` deposits, and 1 / 0.2f32 is 4.99…: a
+            // hair less than the ratio makes 20 % cost 5 deposits, not 4.
             budget: TpsBudget::new(
                 BUDGET_WINDOW,
                 policy.upstream_retry_budget_min_per_second,
-                policy.upstream_retry_budget_percent as f32 / 100.0,
+                policy.upstream_retry_budget_percent as f32 / 100.0 * (1.0 - 1e-6),
             ),
             // A jitter of 1.0: each delay is the exponential base plus up to as much again.
             // Cannot fail: min ≤ max, max > 0, and the jitter is in range.

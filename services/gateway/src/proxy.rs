@@ -12,7 +12,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use dozen_kit::Problem;
-use dozen_kit::http::client::Upstream;
+use dozen_kit::http::client::{CallError, Upstream};
 
 /// Request headers passed on.
 const FORWARDED_REQUEST_HEADERS: [HeaderName; 4] = [
@@ -77,7 +77,12 @@ pub async fn forward(upstream: &Upstream, outgoing: Outgoing<'_>) -> Response {
             }
         }
         Err(error) => {
-            tracing::warn!(upstream = upstream.name(), error = %error, "upstream call failed");
+            // The breaker logged its opening once: each call it refuses is not news.
+            if matches!(error, CallError::Rejected { .. }) {
+                tracing::debug!(upstream = upstream.name(), error = %error, "upstream call refused");
+            } else {
+                tracing::warn!(upstream = upstream.name(), error = %error, "upstream call failed");
+            }
             let status = if error.is_timeout() {
                 StatusCode::GATEWAY_TIMEOUT
             } else {
