@@ -319,7 +319,7 @@ impl JwtVerifier {
         let response = self
             .inner
             .jwks
-            .request(Method::GET, "")
+            .call(Method::GET, "")
             .send()
             .await
             .map_err(|e| e.to_string())?;

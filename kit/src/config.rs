@@ -179,6 +179,57 @@ pub struct ServerSettings {
     pub upstream_timeout: Duration,
 }
 
+/// How calls to other services are retried, and cut off while a service is failing: the
+/// policy of every [`crate::http::client::Upstream`].
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+#[command(next_help_heading = "Calls to other services")]
+pub struct UpstreamSettings {
+    /// Most attempts of one call, the first included (1: no retries). Only calls that are safe
+    /// to repeat are retried (GET, HEAD, PUT, DELETE, OPTIONS, and POST with an
+    /// Idempotency-Key), and only after a connection error, a timeout, or 502/503/504.
+    #[arg(long, env = "UPSTREAM_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub upstream_max_attempts: u32,
+
+    /// Delay before the first retry; it doubles for each further one, plus a random jitter of
+    /// up to as much again.
+    #[arg(long, env = "UPSTREAM_RETRY_BACKOFF", default_value = "50ms", value_parser = parse_duration)]
+    pub upstream_retry_backoff: Duration,
+
+    /// Retries to one service may add at most this percentage to the calls made to it (over
+    /// the last 10 s), so that retries never multiply the load on a service in trouble.
+    #[arg(long, env = "UPSTREAM_RETRY_BUDGET_PERCENT", default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub upstream_retry_budget_percent: u32,
+
+    /// Retries per second to one service allowed on top of the percentage, so that a service
+    /// called rarely still gets its retries.
+    #[arg(long, env = "UPSTREAM_RETRY_BUDGET_MIN_PER_SECOND", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub upstream_retry_budget_min_per_second: u32,
+
+    /// Failures in a row (connection errors, timeouts, 5xx) after which a service's circuit
+    /// breaker opens: calls to it then fail at once, without touching the network.
+    #[arg(long, env = "BREAKER_FAILURE_THRESHOLD", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub breaker_failure_threshold: u32,
+
+    /// How long an open breaker refuses calls before it lets one probe call through; the
+    /// probe's success closes it, its failure opens it again.
+    #[arg(long, env = "BREAKER_OPEN_FOR", default_value = "5s", value_parser = parse_duration)]
+    pub breaker_open_for: Duration,
+}
+
+impl Default for UpstreamSettings {
+    /// The same values as the settings' defaults above.
+    fn default() -> Self {
+        Self {
+            upstream_max_attempts: 3,
+            upstream_retry_backoff: Duration::from_millis(50),
+            upstream_retry_budget_percent: 20,
+            upstream_retry_budget_min_per_second: 5,
+            breaker_failure_threshold: 5,
+            breaker_open_for: Duration::from_secs(5),
+        }
+    }
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -234,4 +285,23 @@ pub struct DatabaseSettings {
     /// Largest number of open connections to the database.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub database_max_connections: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Upstream {
+        #[command(flatten)]
+        settings: UpstreamSettings,
+    }
+
+    #[test]
+    fn the_upstream_defaults_are_the_documented_ones() {
+        let parsed = Upstream::try_parse_from(["test"]).expect("the defaults parse");
+        assert_eq!(parsed.settings, UpstreamSettings::default());
+    }
 }

@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::config::{self, DatabaseSettings, Parsed, ServerSettings, TelemetrySettings};
+use crate::config::{self, DatabaseSettings, Parsed, ServerSettings, TelemetrySettings, UpstreamSettings};
 use crate::db::{DatabaseUrl, Db, Migrations};
 use crate::http::client::HttpClient;
 use crate::http::server::{self, Readiness};
@@ -95,6 +95,8 @@ pub struct Cli<S: Args> {
     pub command: Option<Command>,
     #[command(flatten)]
     pub server: ServerSettings,
+    #[command(flatten)]
+    pub upstream: UpstreamSettings,
     #[command(flatten)]
     pub telemetry: TelemetrySettings,
     #[command(flatten)]
@@ -240,7 +242,7 @@ async fn run_task<S: Service>(words: Vec<OsString>, settings: Settings<S>) -> an
         known.extend(S::TASKS.iter().map(|task| task.name));
         anyhow::bail!("unknown command '{name}' (commands: {})", known.join(", "));
     }
-    let context = Context::connect::<S>(settings.service, &settings.server).await?;
+    let context = Context::connect::<S>(settings.service, &settings.server, &settings.upstream).await?;
     let lifecycle = context.lifecycle.clone();
     let outcome = S::run_task(&name, &words[1..], context).await;
     lifecycle.stop();
@@ -251,7 +253,11 @@ async fn run_task<S: Service>(words: Vec<OsString>, settings: Settings<S>) -> an
 impl<S: Clone> Context<S> {
     /// Connect what service `T` depends on: its database (schema checked, and checked by
     /// `/readyz`) and the client for its peers.
-    async fn connect<T: Service<Settings = S>>(settings: S, server: &ServerSettings) -> anyhow::Result<Self> {
+    async fn connect<T: Service<Settings = S>>(
+        settings: S,
+        server: &ServerSettings,
+        upstream: &UpstreamSettings,
+    ) -> anyhow::Result<Self> {
         let mut readiness = Readiness::default();
         let db = match T::database(&settings) {
             None => None,
@@ -272,7 +278,7 @@ impl<S: Clone> Context<S> {
         Ok(Self {
             settings,
             db,
-            http: HttpClient::new(server.upstream_timeout),
+            http: HttpClient::with_policy(server.upstream_timeout, upstream.clone()),
             lifecycle: Lifecycle::new(),
             readiness,
         })
@@ -294,7 +300,8 @@ impl Application {
     pub async fn build<S: Service>(settings: Settings<S>, started: Instant) -> anyhow::Result<Self> {
         // Installed before anything records.
         metrics::recorder();
-        let mut context = Context::connect::<S>(settings.service, &settings.server).await?;
+        let mut context =
+            Context::connect::<S>(settings.service, &settings.server, &settings.upstream).await?;
         let lifecycle = context.lifecycle.clone();
         let db = context.db.clone();
         let api = S::routes(&mut context).await?;

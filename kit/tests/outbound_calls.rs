@@ -55,7 +55,7 @@ async fn an_outgoing_call_continues_the_incoming_trace_and_request_id() {
             let upstream = upstream.clone();
             async move {
                 let answer = upstream
-                    .request(reqwest::Method::GET, "/echo")
+                    .call(reqwest::Method::GET, "/echo")
                     .send()
                     .await
                     .expect("peer answers");

@@ -194,8 +194,15 @@ pub struct Service {
 impl Service {
     /// Start binary `program` with `PORT=0` and `env`, and wait for its "ready" line.
     pub async fn start(program: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_on(program, env, 0).await
+    }
+
+    /// Start binary `program` on `port` (0: any free port) with `env`, and wait for its
+    /// "ready" line; e.g. to bring a stopped service back where its callers expect it.
+    pub async fn start_on(program: &str, env: &[(&str, &str)], port: u16) -> Self {
+        let port = port.to_string();
         let mut env = env.to_vec();
-        env.push(("PORT", "0"));
+        env.push(("PORT", &port));
         env.push(("HOST", "127.0.0.1"));
         let mut process = Running::start(program, &[], &env);
         let ready = process

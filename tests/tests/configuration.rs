@@ -58,6 +58,12 @@ async fn bad_durations_levels_and_formats_are_named() {
         ("BODY_LIMIT", "-1"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector"),
         ("DATABASE_MAX_CONNECTIONS", "0"),
+        ("UPSTREAM_MAX_ATTEMPTS", "0"),
+        ("UPSTREAM_RETRY_BACKOFF", "fast"),
+        ("UPSTREAM_RETRY_BUDGET_PERCENT", "150"),
+        ("UPSTREAM_RETRY_BUDGET_MIN_PER_SECOND", "-1"),
+        ("BREAKER_FAILURE_THRESHOLD", "0"),
+        ("BREAKER_OPEN_FOR", "a while"),
     ] {
         let run = run_to_exit("dozen-friends", &[], &[(variable, value)]).await;
         assert_eq!(run.status.code(), Some(2), "{variable}={value}: {run:?}");
@@ -111,6 +117,13 @@ async fn help_lists_every_variable_with_its_default() {
         "DATABASE_URL",
         "USERS_URL",
         "PASSWORDS_URL",
+        "UPSTREAM_TIMEOUT",
+        "UPSTREAM_MAX_ATTEMPTS",
+        "UPSTREAM_RETRY_BACKOFF",
+        "UPSTREAM_RETRY_BUDGET_PERCENT",
+        "UPSTREAM_RETRY_BUDGET_MIN_PER_SECOND",
+        "BREAKER_FAILURE_THRESHOLD",
+        "BREAKER_OPEN_FOR",
     ] {
         assert!(
             run.stdout.contains(&format!("[env: {variable}")),

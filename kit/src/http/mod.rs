@@ -1,6 +1,7 @@
 //! HTTP: the server every service runs (middleware, ops endpoints, graceful shutdown) and the
-//! client every service-to-service call goes through.
+//! client every service-to-service call goes through, with its retries and circuit breakers.
 
+pub mod breaker;
 pub mod client;
 pub mod request_id;
 pub mod server;

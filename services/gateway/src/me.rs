@@ -1,6 +1,8 @@
-//! `GET /api/me`: the caller's profile, suggestions and friends, fetched from users and
-//! friends in parallel under one deadline. When a service is slow or down the answer is still
-//! 200, with what arrived and the names of the services that did not answer in `missing`.
+//! `GET /api/me`: the caller's profile, suggestions, friends and verification state, fetched
+//! from users, friends and verification in parallel under one deadline (`ME_DEADLINE`, which
+//! bounds each call's retries too). When a service is slow, down or behind an open circuit
+//! breaker the answer is still 200, with what arrived and the names of the services that did
+//! not answer in `missing`.
 
 use axum::Json;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -10,6 +12,7 @@ use dozen_kit::http::client::Upstream;
 use reqwest::Method;
 use serde::Serialize;
 use serde_json::Value;
+use tokio::time::Instant;
 
 use crate::Peers;
 
@@ -25,6 +28,10 @@ pub struct Me {
     /// The caller's friends (from friends); null when friends did not answer.
     #[schema(value_type = Option<Vec<Object>>)]
     pub friends: Option<Value>,
+    /// Whether the caller's address is verified, and when the last link was mailed (from
+    /// verification); null when verification did not answer or does not know the caller yet.
+    #[schema(value_type = Option<Object>)]
+    pub verification: Option<Value>,
     /// The services that did not answer in time.
     pub missing: Vec<&'static str>,
 }
@@ -37,15 +44,34 @@ enum Part {
     Missing,
 }
 
-async fn fetch(upstream: &Upstream, path: &str, token: &HeaderValue, deadline: std::time::Duration) -> Part {
+/// What a 404 from a part means.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NotFound {
+    /// The caller has no account: the whole request is refused.
+    Refuses,
+    /// The service does not know the caller (yet): the part is null, and not missing.
+    IsEmpty,
+}
+
+async fn fetch(
+    upstream: &Upstream,
+    path: &str,
+    token: &HeaderValue,
+    deadline: Instant,
+    not_found: NotFound,
+) -> Part {
     let call = upstream
-        .request(Method::GET, path)
+        .call(Method::GET, path)
         .header(header::AUTHORIZATION, token)
+        .timeout(deadline.saturating_duration_since(Instant::now()))
         .send();
-    let Ok(Ok(answer)) = tokio::time::timeout(deadline, call).await else {
+    let Ok(answer) = call.await else {
         return Part::Missing;
     };
     let status = answer.status();
+    if status == StatusCode::NOT_FOUND && not_found == NotFound::IsEmpty {
+        return Part::Answered(Value::Null);
+    }
     if status == StatusCode::UNAUTHORIZED || status == StatusCode::NOT_FOUND {
         let mut headers = HeaderMap::new();
         if let Some(challenge) = answer.headers().get(header::WWW_AUTHENTICATE) {
@@ -62,7 +88,7 @@ async fn fetch(upstream: &Upstream, path: &str, token: &HeaderValue, deadline: s
     if !status.is_success() {
         return Part::Missing;
     }
-    match tokio::time::timeout(deadline, answer.json::<Value>()).await {
+    match tokio::time::timeout_at(deadline, answer.json::<Value>()).await {
         Ok(Ok(value)) => Part::Answered(value),
         _ => Part::Missing,
     }
@@ -78,24 +104,34 @@ pub async fn aggregate(peers: &Peers, headers: &HeaderMap) -> Response {
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return refused;
     };
-    let deadline = peers.me_deadline;
-    let (profile, suggestions, friends) = tokio::join!(
-        fetch(&peers.users, "/me", token, deadline),
-        fetch(&peers.friends, "/suggestions", token, deadline),
-        fetch(&peers.friends, "/friends", token, deadline),
+    let deadline = Instant::now() + peers.me_deadline;
+    let (profile, suggestions, friends, verification) = tokio::join!(
+        fetch(&peers.users, "/me", token, deadline, NotFound::Refuses),
+        fetch(&peers.friends, "/suggestions", token, deadline, NotFound::Refuses),
+        fetch(&peers.friends, "/friends", token, deadline, NotFound::Refuses),
+        fetch(
+            &peers.verification,
+            "/verifications/status",
+            token,
+            deadline,
+            NotFound::IsEmpty
+        ),
     );
     let mut me = Me {
         profile: None,
         suggestions: None,
         friends: None,
+        verification: None,
         missing: Vec::new(),
     };
     for (part, slot, service) in [
         (profile, &mut me.profile, "users"),
         (suggestions, &mut me.suggestions, "friends"),
         (friends, &mut me.friends, "friends"),
+        (verification, &mut me.verification, "verification"),
     ] {
         match part {
+            Part::Answered(Value::Null) => {}
             Part::Answered(value) => *slot = Some(value),
             Part::Refused(response) => return response,
             Part::Missing if !me.missing.contains(&service) => me.missing.push(service),

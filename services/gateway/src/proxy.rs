@@ -1,15 +1,18 @@
 //! Passing a public request on to the service that owns it: only the headers that service
 //! needs go along (the caller's token, content type, idempotency key), plus the trace
 //! context, request id and the client's address, which the kit's client and this module add.
-//! The service's answer comes back as it is; an unreachable service is a 503 problem naming it.
+//! The service's answer comes back as it is; an unreachable service (or one whose circuit
+//! breaker is open) is a 503 problem naming it, with `Retry-After`; one that does not answer in
+//! time is a 504.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use dozen_kit::Problem;
-use dozen_kit::http::client::Upstream;
+use dozen_kit::http::client::{CallError, Upstream};
 
 /// Request headers passed on.
 const FORWARDED_REQUEST_HEADERS: [HeaderName; 4] = [
@@ -43,9 +46,7 @@ pub struct Outgoing<'a> {
 
 /// Send `outgoing` to `upstream` and return its answer.
 pub async fn forward(upstream: &Upstream, outgoing: Outgoing<'_>) -> Response {
-    let mut request = upstream
-        .request(outgoing.method, &outgoing.path)
-        .body(outgoing.body);
+    let mut request = upstream.call(outgoing.method, &outgoing.path).body(outgoing.body);
     for name in FORWARDED_REQUEST_HEADERS {
         if let Some(value) = outgoing.headers.get(&name) {
             request = request.header(name, value);
@@ -65,30 +66,44 @@ pub async fn forward(upstream: &Upstream, outgoing: Outgoing<'_>) -> Response {
             }
             match answer.bytes().await {
                 Ok(body) => (status, headers, Body::from(body)).into_response(),
-                Err(error) => unavailable(upstream, &error),
+                Err(error) => {
+                    tracing::warn!(upstream = upstream.name(), error = %error, "reading an answer failed");
+                    unavailable(
+                        upstream.name(),
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Duration::from_secs(1),
+                    )
+                }
             }
         }
-        Err(error) => unavailable(upstream, &error),
+        Err(error) => {
+            // The breaker logged its opening once: each call it refuses is not news.
+            if matches!(error, CallError::Rejected { .. }) {
+                tracing::debug!(upstream = upstream.name(), error = %error, "upstream call refused");
+            } else {
+                tracing::warn!(upstream = upstream.name(), error = %error, "upstream call failed");
+            }
+            let status = if error.is_timeout() {
+                StatusCode::GATEWAY_TIMEOUT
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            unavailable(upstream.name(), status, error.retry_after())
+        }
     }
 }
 
-fn unavailable(upstream: &Upstream, error: &reqwest::Error) -> Response {
-    tracing::warn!(upstream = upstream.name(), error = %error, "upstream call failed");
-    let status = if error.is_timeout() {
-        StatusCode::GATEWAY_TIMEOUT
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+/// The problem answered when `service` could not be asked: `status`, and `Retry-After` in
+/// whole seconds (at least one).
+fn unavailable(service: &str, status: StatusCode, retry_after: Duration) -> Response {
+    let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
     let mut response = Problem::new(
         status,
-        format!(
-            "the {} service is unavailable; try again shortly",
-            upstream.name()
-        ),
+        format!("the {service} service is unavailable; try again shortly"),
     )
     .into_response();
     response
         .headers_mut()
-        .insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
     response
 }

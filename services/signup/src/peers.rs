@@ -5,7 +5,7 @@
 use axum::http::StatusCode;
 use dozen_kit::Problem;
 use dozen_kit::email::Email;
-use dozen_kit::http::client::Upstream;
+use dozen_kit::http::client::{CallError, Upstream};
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::json;
@@ -62,7 +62,7 @@ impl Peers {
             json!({ "id": user_id, "email": email, "display_name": display_name, "interests": interests });
         let answer = self
             .users
-            .request(Method::POST, "/profiles")
+            .call(Method::POST, "/profiles")
             .json(&body)
             .send()
             .await;
@@ -73,7 +73,7 @@ impl Peers {
     pub async fn owner_of(&self, email: &Email) -> Result<Option<Uuid>, PeerError> {
         let answer = self
             .users
-            .request(Method::GET, "/profiles")
+            .call(Method::GET, "/profiles")
             .query(&[("email", email.as_str())])
             .send()
             .await
@@ -95,7 +95,7 @@ impl Peers {
     pub async fn delete_profile(&self, user_id: Uuid) -> Result<(), PeerError> {
         let answer = self
             .users
-            .request(Method::DELETE, &format!("/profiles/{user_id}"))
+            .call(Method::DELETE, &format!("/profiles/{user_id}"))
             .send()
             .await;
         expect_success(&self.users, answer)
@@ -124,7 +124,7 @@ impl Peers {
         let body = json!({ "email": email, "password": password });
         let answer = self
             .passwords
-            .request(Method::PUT, &format!("/credentials/{user_id}"))
+            .call(Method::PUT, &format!("/credentials/{user_id}"))
             .json(&body)
             .send()
             .await;
@@ -135,14 +135,14 @@ impl Peers {
     pub async fn delete_credential(&self, user_id: Uuid) -> Result<(), PeerError> {
         let answer = self
             .passwords
-            .request(Method::DELETE, &format!("/credentials/{user_id}"))
+            .call(Method::DELETE, &format!("/credentials/{user_id}"))
             .send()
             .await;
         expect_success(&self.passwords, answer)
     }
 }
 
-async fn sort(peer: &Upstream, answer: reqwest::Result<reqwest::Response>) -> Result<Outcome, PeerError> {
+async fn sort(peer: &Upstream, answer: Result<reqwest::Response, CallError>) -> Result<Outcome, PeerError> {
     let answer = answer.map_err(|e| unavailable(peer, e))?;
     let status = answer.status();
     if status.is_success() {
@@ -158,7 +158,7 @@ async fn sort(peer: &Upstream, answer: reqwest::Result<reqwest::Response>) -> Re
     Err(unavailable(peer, format!("answered {status}")))
 }
 
-fn expect_success(peer: &Upstream, answer: reqwest::Result<reqwest::Response>) -> Result<(), PeerError> {
+fn expect_success(peer: &Upstream, answer: Result<reqwest::Response, CallError>) -> Result<(), PeerError> {
     let answer = answer.map_err(|e| unavailable(peer, e))?;
     if answer.status().is_success() {
         Ok(())

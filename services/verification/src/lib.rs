@@ -31,6 +31,7 @@ use chrono::Utc;
 use clap::Args;
 use dozen_bus::contracts::{UserSignedUp, UserSignupConflict};
 use dozen_bus::{Bus, BusSettings, Event as _, handler};
+use dozen_kit::auth::{JwtVerifier, TokenSettings};
 use dozen_kit::config::{DatabaseSettings, parse_duration, parse_http_url};
 use dozen_kit::db::Migrations;
 use dozen_kit::email::Email;
@@ -60,6 +61,11 @@ pub struct Settings {
     pub bus: BusSettings,
     #[command(flatten)]
     pub mail: MailSettings,
+    #[command(flatten)]
+    pub tokens: TokenSettings,
+    /// Base URL of the passwords service (whose keys sign access tokens).
+    #[arg(long, env = "PASSWORDS_URL", default_value = "http://127.0.0.1:8083", value_parser = parse_http_url)]
+    pub passwords_url: String,
 }
 
 /// Mail and links.
@@ -181,11 +187,17 @@ impl Service for Verification {
             settings.mail_timeout,
         );
         context.lifecycle.spawn(sender.run(context.lifecycle.stopping()));
+        let verifier = JwtVerifier::new(
+            &context.http,
+            &context.settings.passwords_url,
+            &context.settings.tokens,
+        );
         Ok(routes::router(routes::AppState {
             db,
             outbox,
             links,
             mailer,
+            verifier,
         }))
     }
 

@@ -1,13 +1,16 @@
 //! The verification service's HTTP API: following a link (`POST /verifications/{token}`),
-//! asking for a new one (`POST /verifications/resend`), and the dev mailbox (`GET /mailbox`).
-//! The gateway routes them as `/api/verifications/…` and `/api/dev/mailbox`.
+//! asking for a new one (`POST /verifications/resend`), the caller's own state
+//! (`GET /verifications/status`, which the gateway's `/api/me` aggregates), and the dev
+//! mailbox (`GET /mailbox`). The gateway routes them as `/api/verifications/…` and
+//! `/api/dev/mailbox`.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{FromRef, Path, State};
 use axum::http::StatusCode;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use dozen_bus::Outbox;
 use dozen_bus::contracts::UserEmailVerified;
+use dozen_kit::auth::{Authenticated, JwtVerifier};
 use dozen_kit::db::{Db, Tx};
 use dozen_kit::email::Email;
 use dozen_kit::{ApiError, Problem};
@@ -31,12 +34,21 @@ pub struct AppState {
     pub links: Links,
     /// Where mail goes (the mailbox is listed from it).
     pub mailer: Mailer,
+    /// Checks callers' access tokens.
+    pub verifier: JwtVerifier,
+}
+
+impl FromRef<AppState> for JwtVerifier {
+    fn from_ref(state: &AppState) -> Self {
+        state.verifier.clone()
+    }
 }
 
 /// The service's routes.
 pub fn router(state: AppState) -> OpenApiRouter {
     OpenApiRouter::new()
         .routes(routes!(resend))
+        .routes(routes!(status))
         .routes(routes!(verify))
         .routes(routes!(mailbox))
         .with_state(state)
@@ -87,6 +99,52 @@ async fn verify(
     tx.commit().await?;
     Ok(Json(Verified {
         status: "verified".to_owned(),
+    }))
+}
+
+/// The caller's verification state.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VerificationStatus {
+    /// `verified`, or `pending` until the link is followed.
+    pub status: String,
+    /// When the address was verified.
+    pub verified_at: Option<DateTime<Utc>>,
+    /// When the last verification mail was delivered (kept for a week).
+    pub last_sent_at: Option<DateTime<Utc>>,
+    /// Whether a verification mail is queued and not yet delivered.
+    pub mail_pending: bool,
+}
+
+/// The caller's verification state: verified or not, and when the last link was mailed. 404
+/// while this service does not know the caller (their signup is still on its way).
+#[utoipa::path(
+    get,
+    path = "/verifications/status",
+    responses(
+        (status = 200, body = VerificationStatus),
+        (status = 401, body = Problem),
+        (status = 404, description = "No account of the caller is known here (yet)", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+async fn status(
+    caller: Authenticated,
+    State(state): State<AppState>,
+) -> Result<Json<VerificationStatus>, ApiError> {
+    let account = store::account_status(&state.db, caller.user_id)
+        .await?
+        .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "no account of yours is known here yet"))?;
+    let time = |millis: Option<i64>| millis.and_then(DateTime::from_timestamp_millis);
+    Ok(Json(VerificationStatus {
+        status: if account.verified_at.is_some() {
+            "verified"
+        } else {
+            "pending"
+        }
+        .to_owned(),
+        verified_at: time(account.verified_at),
+        last_sent_at: time(account.last_sent_at),
+        mail_pending: account.mail_pending,
     }))
 }
 

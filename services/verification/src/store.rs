@@ -38,6 +38,38 @@ pub async fn unverified_account(tx: &mut Tx, email: &str) -> Result<Option<Uuid>
     Ok(row.map(|(id,)| id))
 }
 
+/// What an account's owner may see of its verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountStatus {
+    /// When the address was verified.
+    pub verified_at: Option<i64>,
+    /// When the last verification mail to it was delivered.
+    pub last_sent_at: Option<i64>,
+    /// Whether a verification mail to it is queued and not yet delivered.
+    pub mail_pending: bool,
+}
+
+/// The verification state of `user_id`'s account, if this service knows it.
+pub async fn account_status(db: &Db, user_id: Uuid) -> Result<Option<AccountStatus>, sqlx::Error> {
+    let row: Option<(Option<i64>, Option<i64>, i64)> = with_pool!(db, pool => sqlx::query_as(
+        "SELECT a.verified_at,
+                (SELECT MAX(m.sent_at) FROM mails m
+                  WHERE m.recipient = a.email AND m.kind = $2),
+                (SELECT COUNT(*) FROM mails m
+                  WHERE m.recipient = a.email AND m.kind = $2 AND m.sent_at IS NULL AND m.failed_at IS NULL)
+         FROM accounts a WHERE a.user_id = $1",
+    )
+    .bind(user_id)
+    .bind(MailKind::Verification.as_str())
+    .fetch_optional(pool)
+    .await)?;
+    Ok(row.map(|(verified_at, last_sent_at, pending)| AccountStatus {
+        verified_at,
+        last_sent_at,
+        mail_pending: pending > 0,
+    }))
+}
+
 /// The resend throttle, for [`take_resend_slot`].
 #[derive(Debug, Clone, Copy)]
 pub struct Throttle {
