@@ -3,7 +3,7 @@
 //! context, request id and the client's address, which the kit's client and this module add.
 //! The service's answer comes back as it is; an unreachable service is a 503 problem naming it.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
@@ -35,8 +35,8 @@ pub struct Outgoing<'a> {
     pub path: String,
     /// The public request's headers.
     pub headers: &'a HeaderMap,
-    /// Who called (the socket's peer; forwarded addresses from outside are not believed).
-    pub client: Option<SocketAddr>,
+    /// Who called, as resolved by [`crate::client_address`].
+    pub client: Option<IpAddr>,
     /// The body.
     pub body: Bytes,
 }
@@ -52,7 +52,7 @@ pub async fn forward(upstream: &Upstream, outgoing: Outgoing<'_>) -> Response {
         }
     }
     if let Some(client) = outgoing.client {
-        request = request.header("x-forwarded-for", client.ip().to_string());
+        request = request.header("x-forwarded-for", client.to_string());
     }
     match request.send().await {
         Ok(answer) => {
