@@ -265,6 +265,24 @@ mod tests {
     }
 
     #[test]
+    fn only_addresses_back_at_a_full_bucket_are_forgotten() {
+        let quick = RouteLimit::new("quick", RateLimit::parse("1/10ms").expect("a limit"));
+        let slow = RouteLimit::new("slow", RateLimit::parse("1/h").expect("a limit"));
+        let client = IpAddr::from([203, 0, 113, 9]);
+        for limit in [&quick, &slow] {
+            let limiter = limit.limiter.as_ref().expect("a limiter");
+            assert!(limiter.check_key(&client).is_ok());
+            assert!(limiter.check_key(&client).is_err(), "the bucket is empty");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        quick.forget_idle();
+        slow.forget_idle();
+        let tracked = |limit: &RouteLimit| limit.limiter.as_ref().map_or(0, |limiter| limiter.len());
+        assert_eq!(tracked(&quick), 0, "refilled: forgotten");
+        assert_eq!(tracked(&slow), 1, "still limited: kept");
+    }
+
+    #[test]
     fn an_ipv6_client_is_limited_by_its_64() {
         let one: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("an address");
         let other: IpAddr = "2001:db8:1:2:bbbb::9".parse().expect("an address");
