@@ -38,6 +38,14 @@ pub trait Service: Sized + 'static {
         context: &mut Context<Self::Settings>,
     ) -> impl Future<Output = anyhow::Result<OpenApiRouter>> + Send;
 
+    /// Layers around its whole HTTP server: its routes, the ops endpoints and every answer the
+    /// kit makes itself (404, 413, 503…). None by default; the gateway adds the headers
+    /// browsers need here.
+    fn edge_layers(router: axum::Router, settings: &Self::Settings) -> axum::Router {
+        let _ = settings;
+        router
+    }
+
     /// Its one-off admin processes besides `migrate` (factor XII), run as
     /// `dozen-<name> <task> [args…]` from the same release.
     const TASKS: &'static [AdminTask] = &[];
@@ -312,6 +320,7 @@ impl Application {
             lifecycle.clone(),
             &settings.server,
         );
+        let router = S::edge_layers(router, &context.settings);
         let address = SocketAddr::new(settings.server.host, settings.server.port);
         let listener = TcpListener::bind(address)
             .await

@@ -28,6 +28,9 @@ pub struct Platform {
 
 impl Platform {
     /// Start `dozen up` with `extra_env`, and wait until it says every service is ready.
+    ///
+    /// The gateway's rate limits are raised (`extra_env` may set them again): every test client
+    /// calls from 127.0.0.1, faster than any person would. `gateway_edge.rs` tests the limits.
     pub async fn start(extra_env: &[(&str, &str)]) -> Self {
         let data = tempfile::tempdir().expect("data folder");
         let ports: Vec<(&str, u16)> = SERVICES.iter().map(|name| (*name, free_port())).collect();

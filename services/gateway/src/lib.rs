@@ -3,8 +3,12 @@
 //! stateless and holds no database.
 //!
 //! Layout: [`routes`] (the public routes), [`proxy`] (passing a request on), [`me`] (the
-//! aggregate), [`ops`] (the status page's data).
+//! aggregate), [`ops`] (the status page's data); at the edge, [`client_address`] (who is
+//! calling), [`limits`] (rate limits per client) and [`headers`] (security headers and CORS).
 
+pub mod client_address;
+pub mod headers;
+pub mod limits;
 pub mod me;
 pub mod ops;
 pub mod proxy;
@@ -18,6 +22,10 @@ use dozen_kit::db::Migrations;
 use dozen_kit::http::client::Upstream;
 use dozen_kit::{Context, Service};
 use utoipa_axum::router::OpenApiRouter;
+
+use crate::client_address::TrustedProxies;
+use crate::headers::AllowedOrigins;
+use crate::limits::{RateLimit, RateLimits};
 
 /// The gateway service's settings.
 #[derive(Debug, Clone, Args)]
@@ -40,6 +48,32 @@ pub struct Settings {
     /// How long `/api/me` waits for the services it aggregates before answering without them.
     #[arg(long, env = "ME_DEADLINE", default_value = "800ms", value_parser = parse_duration)]
     pub me_deadline: Duration,
+    #[command(flatten)]
+    pub edge: EdgeSettings,
+}
+
+/// What the gateway does at the public edge: whom it believes, how much it lets one client do,
+/// which web origins may call it.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Public edge")]
+pub struct EdgeSettings {
+    /// Proxies in front of the gateway whose X-Forwarded-For is believed: comma-separated
+    /// networks or addresses (10.0.0.0/8,192.0.2.7). Empty: the connection's peer is the client.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "", value_parser = TrustedProxies::parse)]
+    pub trusted_proxies: TrustedProxies,
+    /// Signups per client address: N/period (N at once, refilled over the period) or off.
+    #[arg(long, env = "RATE_LIMIT_SIGNUPS", default_value = "20/h", value_parser = RateLimit::parse)]
+    pub rate_limit_signups: RateLimit,
+    /// Logins (POST /api/sessions) per client address: N/period or off.
+    #[arg(long, env = "RATE_LIMIT_SESSIONS", default_value = "30/min", value_parser = RateLimit::parse)]
+    pub rate_limit_sessions: RateLimit,
+    /// Verifications and resent verification mails per client address: N/period or off.
+    #[arg(long, env = "RATE_LIMIT_VERIFICATIONS", default_value = "30/h", value_parser = RateLimit::parse)]
+    pub rate_limit_verifications: RateLimit,
+    /// Web origins allowed to call the API from a browser (https://app.example.com,…); empty:
+    /// CORS off.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "", value_parser = AllowedOrigins::parse)]
+    pub cors_allowed_origins: AllowedOrigins,
 }
 
 /// The services behind the gateway.
@@ -82,6 +116,23 @@ impl Service for Gateway {
             friends: context.http.upstream("friends", &settings.friends_url),
             me_deadline: settings.me_deadline,
         };
-        Ok(OpenApiRouter::from(routes::router(peers)))
+        let edge = &settings.edge;
+        let limits = RateLimits::new(
+            edge.rate_limit_signups,
+            edge.rate_limit_sessions,
+            edge.rate_limit_verifications,
+        );
+        context
+            .lifecycle
+            .spawn(limits.clone().forget_idle_until(context.lifecycle.stopping()));
+        let router = routes::router(peers, &limits).layer(axum::middleware::from_fn_with_state(
+            edge.trusted_proxies.clone(),
+            client_address::resolve,
+        ));
+        Ok(OpenApiRouter::from(router))
+    }
+
+    fn edge_layers(router: axum::Router, settings: &Settings) -> axum::Router {
+        headers::apply(router, &settings.edge.cors_allowed_origins)
     }
 }

@@ -5,7 +5,7 @@
 //! breaker is open) is a 503 problem naming it, with `Retry-After`; one that does not answer in
 //! time is a 504.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -38,8 +38,8 @@ pub struct Outgoing<'a> {
     pub path: String,
     /// The public request's headers.
     pub headers: &'a HeaderMap,
-    /// Who called (the socket's peer; forwarded addresses from outside are not believed).
-    pub client: Option<SocketAddr>,
+    /// Who called, as resolved by [`crate::client_address`].
+    pub client: Option<IpAddr>,
     /// The body.
     pub body: Bytes,
 }
@@ -53,7 +53,7 @@ pub async fn forward(upstream: &Upstream, outgoing: Outgoing<'_>) -> Response {
         }
     }
     if let Some(client) = outgoing.client {
-        request = request.header("x-forwarded-for", client.ip().to_string());
+        request = request.header("x-forwarded-for", client.to_string());
     }
     match request.send().await {
         Ok(answer) => {

@@ -1,25 +1,33 @@
 //! The public API: each route passed on to the service that owns it (see ARCHITECTURE.md,
 //! "The public API"). Internal service routes are not reachable from here: only these are.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, OriginalUri, Path, State};
+use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, Method};
 use axum::response::Response;
 use axum::routing::{get, post};
 
+use crate::client_address::ClientAddress;
+use crate::limits::RateLimits;
 use crate::proxy::{self, Outgoing};
 use crate::{Peers, me, ops};
 
-/// The gateway's routes.
-pub fn router(peers: Peers) -> Router {
+/// The gateway's routes, those that invite abuse behind their rate limits.
+pub fn router(peers: Peers, limits: &RateLimits) -> Router {
     Router::new()
-        .route("/api/signups", post(signups))
-        .route("/api/verifications/resend", post(verification_resend))
-        .route("/api/verifications/{token}", post(verifications))
-        .route("/api/sessions", post(sessions))
+        .route("/api/signups", limits.signups.guard(post(signups)))
+        .route(
+            "/api/verifications/resend",
+            limits.verifications.guard(post(verification_resend)),
+        )
+        .route(
+            "/api/verifications/{token}",
+            limits.verifications.guard(post(verifications)),
+        )
+        .route("/api/sessions", limits.sessions.guard(post(sessions)))
         .route("/api/me", get(me_aggregate).patch(me_update))
         .route("/api/suggestions", get(friends))
         .route("/api/friends", get(friends))
@@ -35,7 +43,7 @@ pub fn router(peers: Peers) -> Router {
 struct Public {
     method: Method,
     headers: HeaderMap,
-    client: Option<SocketAddr>,
+    client: Option<IpAddr>,
     body: Bytes,
 }
 
@@ -56,10 +64,7 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for Public {
 
     async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
         use axum::response::IntoResponse;
-        let client = request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|info| info.0);
+        let client = request.extensions().get::<ClientAddress>().map(|client| client.0);
         let method = request.method().clone();
         let headers = request.headers().clone();
         let body = Bytes::from_request(request, state)

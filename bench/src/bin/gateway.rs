@@ -1,0 +1,331 @@
+//! Gateway benchmark: latency (p50, p99) and throughput of one request shape, `GET
+//! /api/friends` with a bearer token, answered by a small upstream with a small JSON body —
+//! (a) sent to the upstream directly, (b) through dozen's gateway (its `FRIENDS_URL` pointing at
+//! the upstream) and (c) through nginx (Debian's package, proxying with keep-alive to the same
+//! upstream), measured in one run. Then `GET /api/me` through the gateway, which calls the
+//! upstream three times (as users and as friends) and merges the answers. It prints figures; it
+//! asserts nothing.
+//!
+//! Latency is measured with one connection (one request at a time: what a request costs);
+//! throughput with many connections at once (`-- <connections>`, default 64). Load comes from
+//! `wrk` (Debian package), so that the load generator is the same, and cheap, for all three.
+//! Nobody logs each request: the gateway runs with `LOG_LEVEL=warn`, nginx with `access_log
+//! off`.
+//!
+//! Run: `cargo build --release -p dozen-gateway -p dozen-bench && cargo run --release -p
+//! dozen-bench --bin gateway` (optionally `-- <seconds per measurement> <connections>`,
+//! default 10 and 64).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// The upstream's answer to every request.
+const ANSWER: &str =
+    r#"[{"id":"0190b3c4-1d2e-7a00-8000-000000000002","display_name":"Bob","since":"2026-11-22T03:00:00Z"}]"#;
+
+/// The argument that makes this binary the upstream.
+const UPSTREAM_MODE: &str = "serve-upstream";
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(UPSTREAM_MODE) {
+        let port: u16 = args.get(1).context("the upstream's port")?.parse()?;
+        return serve_upstream(port);
+    }
+    let seconds: u64 = args.first().map(|n| n.parse()).transpose()?.unwrap_or(10);
+    let connections: u32 = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(64);
+    if Command::new("wrk").arg("--version").output().is_err() {
+        bail!("wrk is missing: install Debian's wrk package (apt-get install wrk) to run this benchmark");
+    }
+    let nginx = which("nginx").context(
+        "nginx is missing: install Debian's nginx package (apt-get install nginx) to run this benchmark",
+    )?;
+    let folder = std::env::current_exe()?
+        .parent()
+        .context("binary folder")?
+        .to_path_buf();
+    let gateway_binary = folder.join("dozen-gateway");
+    if !gateway_binary.exists() {
+        bail!(
+            "{} is missing: run `cargo build --release -p dozen-gateway -p dozen-bench` first",
+            gateway_binary.display()
+        );
+    }
+
+    let upstream_port = free_port()?;
+    let _upstream = Running::start(
+        Command::new(std::env::current_exe()?).args([UPSTREAM_MODE, &upstream_port.to_string()]),
+    )?;
+    wait_answering(upstream_port, "/api/friends")?;
+
+    let gateway_port = free_port()?;
+    let upstream_url = format!("http://127.0.0.1:{upstream_port}");
+    let _gateway = Running::start(
+        Command::new(&gateway_binary)
+            .env("PORT", gateway_port.to_string())
+            .env("HOST", "127.0.0.1")
+            .env("LOG_LEVEL", "warn")
+            .env("FRIENDS_URL", &upstream_url)
+            .env("USERS_URL", &upstream_url),
+    )?;
+    wait_answering(gateway_port, "/readyz")?;
+
+    let nginx_folder = tempfile::tempdir()?;
+    let nginx_port = free_port()?;
+    let config = nginx_config(nginx_folder.path(), nginx_port, upstream_port)?;
+    let _nginx = Running::start(
+        Command::new(&nginx)
+            .arg("-p")
+            .arg(nginx_folder.path())
+            .arg("-c")
+            .arg(&config),
+    )?;
+    wait_answering(nginx_port, "/api/friends")?;
+
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let build = if cfg!(debug_assertions) {
+        "DEBUG build: measure with --release"
+    } else {
+        "release build"
+    };
+    println!(
+        "GET /api/friends with a {}-byte JSON answer; wrk, {seconds} s per figure, {cores} cores, {build}",
+        ANSWER.len()
+    );
+    println!(
+        "{:<24} {:>12} {:>12} {:>14} {:>12} {:>12}",
+        "path",
+        "p50 µs (1)",
+        "p99 µs (1)",
+        format!("req/s ({connections})"),
+        format!("p50 ms ({connections})"),
+        format!("p99 ms ({connections})"),
+    );
+    let targets = [
+        ("upstream, direct", upstream_port, "/api/friends"),
+        ("through the gateway", gateway_port, "/api/friends"),
+        ("through nginx", nginx_port, "/api/friends"),
+        ("gateway /api/me (3 calls)", gateway_port, "/api/me"),
+    ];
+    let mut figures = Vec::new();
+    for (name, port, path) in targets {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        // Warm the connection pools and caches first.
+        wrk(&url, 1, 2, 1)?;
+        let single = wrk(&url, 1, 1, seconds)?;
+        let loaded = wrk(&url, 2, connections, seconds)?;
+        println!(
+            "{:<24} {:>12.0} {:>12.0} {:>14.0} {:>12.2} {:>12.2}",
+            name,
+            single.p50.as_secs_f64() * 1e6,
+            single.p99.as_secs_f64() * 1e6,
+            loaded.per_second,
+            loaded.p50.as_secs_f64() * 1e3,
+            loaded.p99.as_secs_f64() * 1e3,
+        );
+        for run in [&single, &loaded] {
+            if run.failed > 0 {
+                println!("  warning: {} answers were not 2xx", run.failed);
+            }
+        }
+        figures.push((single, loaded));
+    }
+    let added = |index: usize| {
+        let (single, _) = &figures[index];
+        let (direct, _) = &figures[0];
+        (single.p50.as_secs_f64() - direct.p50.as_secs_f64()) * 1e6
+    };
+    println!(
+        "added p50 latency: gateway {:.0} µs, nginx {:.0} µs; throughput: gateway {:.0} req/s, nginx {:.0} req/s",
+        added(1),
+        added(2),
+        figures[1].1.per_second,
+        figures[2].1.per_second,
+    );
+    Ok(())
+}
+
+/// The upstream: a small JSON answer to any request, on one runtime with a worker per core.
+fn serve_upstream(port: u16) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let app = axum::Router::new()
+            .fallback(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], ANSWER) });
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        axum::serve(listener, app).await?;
+        Ok(())
+    })
+}
+
+/// nginx as a reverse proxy in front of the upstream, keeping connections to it open, in the
+/// foreground, with every file it writes in `folder`.
+fn nginx_config(folder: &Path, port: u16, upstream_port: u16) -> anyhow::Result<PathBuf> {
+    let at = |name: &str| folder.join(name).display().to_string();
+    let config = format!(
+        "daemon off;
+worker_processes auto;
+pid {pid};
+error_log {errors} warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {temp}/body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+    upstream friends {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 128;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://friends;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }}
+    }}
+}}
+",
+        pid = at("nginx.pid"),
+        errors = at("error.log"),
+        temp = at("temp"),
+    );
+    std::fs::create_dir_all(folder.join("temp"))?;
+    std::fs::create_dir_all(folder.join("logs"))?;
+    let path = folder.join("nginx.conf");
+    std::fs::write(&path, config)?;
+    Ok(path)
+}
+
+/// What one wrk run measured.
+#[derive(Debug)]
+struct Run {
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+    /// Answers that were not 2xx or 3xx.
+    failed: u64,
+}
+
+fn wrk(url: &str, threads: u32, connections: u32, seconds: u64) -> anyhow::Result<Run> {
+    let output = Command::new("wrk")
+        .args([
+            "--latency",
+            "-t",
+            &threads.to_string(),
+            "-c",
+            &connections.to_string(),
+            "-d",
+            &format!("{seconds}s"),
+            "-H",
+            "Authorization: Bearer bench",
+            url,
+        ])
+        .output()
+        .context("cannot run wrk")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!(
+            "wrk failed on {url}: {text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let field = |prefix: &str| {
+        text.lines()
+            .map(str::trim)
+            .find_map(|line| line.strip_prefix(prefix).map(str::trim))
+    };
+    let per_second = field("Requests/sec:")
+        .and_then(|value| value.parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk's report: {text}"))?;
+    let percentile = |name: &str| {
+        field(name)
+            .and_then(parse_wrk_duration)
+            .with_context(|| format!("no {name} latency in wrk's report: {text}"))
+    };
+    Ok(Run {
+        per_second,
+        p50: percentile("50%")?,
+        p99: percentile("99%")?,
+        failed: field("Non-2xx or 3xx responses:")
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0),
+    })
+}
+
+/// wrk's `123.45us`, `1.23ms`, `2.00s`.
+fn parse_wrk_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let seconds = match unit {
+        "us" => number / 1e6,
+        "ms" => number / 1e3,
+        "s" => number,
+        "m" => number * 60.0,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(seconds))
+}
+
+/// A child process, killed when dropped.
+struct Running(Child);
+
+impl Running {
+    fn start(command: &mut Command) -> anyhow::Result<Self> {
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot start {:?}", command.get_program()))?;
+        Ok(Self(child))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Poll with raw HTTP/1.1 until `path` on `port` answers 200.
+fn wait_answering(port: u16, path: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
+            let request = format!(
+                "GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer bench\r\nConnection: close\r\n\r\n"
+            );
+            stream.write_all(request.as_bytes())?;
+            let mut answer = String::new();
+            let _ = stream.read_to_string(&mut answer);
+            if answer.starts_with("HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("nothing answered 200 on port {port}{path} within 10 s")
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The path of `program` on PATH, or in /usr/sbin (where Debian puts nginx).
+fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|folder| folder.join(program))
+        .find(|candidate| candidate.is_file())
+}

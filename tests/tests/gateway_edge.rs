@@ -1,0 +1,456 @@
+//! The gateway's public edge, through its real binary in front of real services: rate limits
+//! per client address (429 with Retry-After, nothing passed on, recovery after the window),
+//! X-Forwarded-For believed only from trusted proxies (and the address it names being what
+//! passwords throttles), security headers on every answer, CORS only for configured origins,
+//! and oversized bodies refused before any service sees them.
+
+mod passwords_support;
+
+use std::time::{Duration, Instant};
+
+use dozen_tests::database::Backend;
+use dozen_tests::platform::Platform;
+use dozen_tests::process::{Service, free_port, run_to_exit};
+use passwords_support::Passwords;
+use reqwest::{Method, Response, StatusCode};
+use serde_json::{Value, json};
+
+/// A real verification service on its own SQLite database, bus and mailbox.
+struct Verification {
+    service: Service,
+    _data: tempfile::TempDir,
+}
+
+impl Verification {
+    async fn start() -> Self {
+        let data = tempfile::tempdir().expect("data folder");
+        let at = |name: &str| data.path().join(name).display().to_string();
+        let (database, bus, mailbox) = (
+            format!("sqlite://{}", at("verification.db")),
+            format!("sqlite://{}", at("bus.db")),
+            format!("file://{}", at("mailbox")),
+        );
+        let env = [
+            ("DATABASE_URL", database.as_str()),
+            ("BUS_URL", bus.as_str()),
+            ("MAIL_URL", mailbox.as_str()),
+        ];
+        let migrated = run_to_exit("dozen-verification", &["migrate"], &env).await;
+        assert!(migrated.status.success(), "{migrated:?}");
+        let service = Service::start("dozen-verification", &env).await;
+        Self { service, _data: data }
+    }
+
+    /// How many `POST /verifications/…` requests the service has answered, by its metrics.
+    async fn posts_answered(&self) -> u64 {
+        let metrics = reqwest::get(self.service.url("/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        metrics
+            .lines()
+            .filter(|line| {
+                line.starts_with("http_requests_total{")
+                    && line.contains("method=\"POST\"")
+                    && line.contains("route=\"/verifications/")
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+}
+
+/// A gateway whose verification peer is `verification` (or nothing) and passwords peer is
+/// `passwords` (or nothing), every other peer a closed port, with `env` on top.
+async fn gateway(
+    verification: Option<&Service>,
+    passwords: Option<&Service>,
+    env: &[(&str, &str)],
+) -> Service {
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let url_of =
+        |service: Option<&Service>| service.map_or_else(|| closed.clone(), |service| service.url(""));
+    let (verification, passwords) = (url_of(verification), url_of(passwords));
+    let mut all = vec![
+        ("VERIFICATION_URL", verification.as_str()),
+        ("PASSWORDS_URL", passwords.as_str()),
+        ("SIGNUP_URL", closed.as_str()),
+        ("USERS_URL", closed.as_str()),
+        ("FRIENDS_URL", closed.as_str()),
+    ];
+    all.extend_from_slice(env);
+    Service::start("dozen-gateway", &all).await
+}
+
+/// `POST /api/verifications/<token>` from `forwarded_for` (when given).
+async fn verify(gateway: &Service, token: &str, forwarded_for: Option<&str>) -> Response {
+    let mut request = reqwest::Client::new().post(gateway.url(&format!("/api/verifications/{token}")));
+    if let Some(address) = forwarded_for {
+        request = request.header("x-forwarded-for", address);
+    }
+    request.send().await.expect("the gateway answers")
+}
+
+fn retry_after(answer: &Response) -> u64 {
+    answer
+        .headers()
+        .get("retry-after")
+        .and_then(|value| value.to_str().ok()?.parse().ok())
+        .expect("a Retry-After in seconds")
+}
+
+async fn problem_type(answer: Response) -> String {
+    assert_eq!(answer.headers()["content-type"], "application/problem+json");
+    let problem: Value = answer.json().await.expect("a problem body");
+    problem["type"].as_str().expect("a type").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_limited_route_answers_429_with_retry_after_then_recovers_after_its_window() {
+    let verification = Verification::start().await;
+    let gateway = gateway(
+        Some(&verification.service),
+        None,
+        // Two at once, then one each 5 s: slow enough that the bucket does not refill between
+        // the requests below on a loaded machine, quick enough to see it recover.
+        &[("RATE_LIMIT_VERIFICATIONS", "2/10s")],
+    )
+    .await;
+
+    for _ in 0..2 {
+        assert_eq!(verify(&gateway, "unknown", None).await.status(), 404, "passed on");
+    }
+    let refused = verify(&gateway, "unknown", None).await;
+    assert_eq!(refused.status(), 429);
+    assert!((1..=5).contains(&retry_after(&refused)), "within the window");
+    assert_eq!(problem_type(refused).await, "/problems/rate-limited");
+    let resend = reqwest::Client::new()
+        .post(gateway.url("/api/verifications/resend"))
+        .json(&json!({ "email": "ann@example.com" }))
+        .send()
+        .await
+        .expect("resend");
+    assert_eq!(resend.status(), 429, "resending shares the verifications' limit");
+    assert_eq!(
+        verification.posts_answered().await,
+        2,
+        "refused requests never reach the service"
+    );
+
+    let login = reqwest::Client::new()
+        .post(gateway.url("/api/sessions"))
+        .json(&json!({ "email": "ann@example.com", "password": "x" }))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(
+        login.status(),
+        503,
+        "logins have their own limit: passed on (to no passwords service)"
+    );
+
+    // After the Retry-After it names, the route lets requests through again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = verify(&gateway, "unknown", None).await;
+        if answer.status() == 404 {
+            break;
+        }
+        assert_eq!(answer.status(), 429);
+        assert!(Instant::now() < deadline, "the limit never recovered");
+        tokio::time::sleep(Duration::from_secs(retry_after(&answer))).await;
+    }
+    assert_eq!(verification.posts_answered().await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarded_for_makes_separate_buckets_only_from_a_trusted_proxy() {
+    let verification = Verification::start().await;
+    let limit = [("RATE_LIMIT_VERIFICATIONS", "1/1h")];
+    let behind_proxy = gateway(
+        Some(&verification.service),
+        None,
+        &[limit[0], ("TRUSTED_PROXIES", "127.0.0.0/8, ::1")],
+    )
+    .await;
+    let exposed = gateway(Some(&verification.service), None, &limit).await;
+    let status =
+        |gateway, forwarded_for| async move { verify(gateway, "unknown", forwarded_for).await.status() };
+
+    // Behind a trusted proxy each forwarded client has its own bucket.
+    assert_eq!(status(&behind_proxy, Some("203.0.113.7")).await, 404);
+    assert_eq!(status(&behind_proxy, Some("203.0.113.7")).await, 429);
+    assert_eq!(status(&behind_proxy, Some("203.0.113.8")).await, 404);
+    // Read from the right, skipping trusted proxies; what the client wrote itself is ignored.
+    assert_eq!(status(&behind_proxy, Some("203.0.113.9, 127.0.0.5")).await, 404);
+    assert_eq!(status(&behind_proxy, Some("203.0.113.9")).await, 429);
+    assert_eq!(
+        status(&behind_proxy, Some("198.51.100.1, 203.0.113.7")).await,
+        429,
+        "a client cannot leave its bucket by prepending an address"
+    );
+    // The proxy's own requests are its own.
+    assert_eq!(status(&behind_proxy, None).await, 404);
+
+    // Without trusted proxies X-Forwarded-For is ignored: one peer, one bucket.
+    assert_eq!(status(&exposed, Some("203.0.113.7")).await, 404);
+    assert_eq!(status(&exposed, Some("203.0.113.8")).await, 429);
+    assert_eq!(status(&exposed, None).await, 429);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn passwords_throttles_the_client_address_the_gateway_resolved() {
+    // Passwords believes the gateway's X-Forwarded-For, as under `dozen up`.
+    let passwords = Passwords::start(
+        Backend::Sqlite,
+        &[
+            ("TRUST_FORWARDED_FOR", "true"),
+            ("LOGIN_MAX_FAILURES_PER_ADDRESS", "2"),
+            ("LOGIN_MAX_FAILURES_PER_ACCOUNT", "1000"),
+        ],
+    )
+    .await;
+    let behind_proxy = gateway(
+        None,
+        Some(&passwords.service),
+        &[("TRUSTED_PROXIES", "127.0.0.1")],
+    )
+    .await;
+    let exposed = gateway(None, Some(&passwords.service), &[]).await;
+    let login = |gateway: &Service, forwarded_for: &str| {
+        let request = reqwest::Client::new()
+            .post(gateway.url("/api/sessions"))
+            .header("x-forwarded-for", forwarded_for)
+            .json(&json!({ "email": "nobody@example.com", "password": "not-the-password" }));
+        async move { request.send().await.expect("login") }
+    };
+
+    for _ in 0..2 {
+        assert_eq!(login(&behind_proxy, "203.0.113.7").await.status(), 401);
+    }
+    let locked = login(&behind_proxy, "203.0.113.7").await;
+    assert_eq!(locked.status(), 429);
+    assert_eq!(problem_type(locked).await, "/problems/too-many-failed-logins");
+    assert_eq!(
+        login(&behind_proxy, "203.0.113.8").await.status(),
+        401,
+        "another client behind the proxy is not locked out"
+    );
+
+    // From an exposed gateway the forwarded addresses are the peer's own: one lockout.
+    assert_eq!(login(&exposed, "198.51.100.1").await.status(), 401);
+    assert_eq!(login(&exposed, "198.51.100.2").await.status(), 401);
+    assert_eq!(login(&exposed, "198.51.100.3").await.status(), 429);
+}
+
+const SECURITY_HEADERS: [(&str, &str); 5] = [
+    ("strict-transport-security", "max-age=63072000; includeSubDomains"),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    ("x-frame-options", "DENY"),
+    ("cross-origin-opener-policy", "same-origin"),
+];
+
+fn assert_security_headers(answer: &Response, what: &str) {
+    for (name, value) in SECURITY_HEADERS {
+        assert_eq!(
+            answer.headers().get(name).map(|v| v.as_bytes()),
+            Some(value.as_bytes()),
+            "{name} on {what}"
+        );
+    }
+    let policy = answer.headers()["content-security-policy"]
+        .to_str()
+        .expect("text");
+    for directive in [
+        "default-src 'self'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+        "object-src 'none'",
+        "form-action 'self'",
+    ] {
+        assert!(
+            policy.contains(directive),
+            "{directive} in the CSP on {what}: {policy}"
+        );
+    }
+    assert!(!policy.contains("unsafe"), "no inline script or style: {policy}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_answer_carries_the_security_headers() {
+    let verification = Verification::start().await;
+    let gateway = gateway(
+        Some(&verification.service),
+        None,
+        &[("RATE_LIMIT_VERIFICATIONS", "1/1h")],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let call = |method: Method, path: &str| {
+        let request = client.request(method, gateway.url(path));
+        async move { request.send().await.expect("the gateway answers") }
+    };
+
+    let cases = [
+        (call(Method::GET, "/api/dev/mailbox").await, 200, "an API answer"),
+        (call(Method::GET, "/").await, 0, "the web UI"),
+        (call(Method::GET, "/api/nowhere").await, 404, "an unknown route"),
+        (call(Method::GET, "/api/signups").await, 405, "a wrong method"),
+        (
+            call(Method::POST, "/api/verifications/x").await,
+            404,
+            "a service's error",
+        ),
+        (
+            call(Method::POST, "/api/verifications/x").await,
+            429,
+            "a rate-limited request",
+        ),
+        (
+            call(Method::POST, "/api/signups").await,
+            503,
+            "an unavailable service",
+        ),
+        (call(Method::GET, "/healthz").await, 200, "an ops endpoint"),
+    ];
+    for (answer, status, what) in cases {
+        if status != 0 {
+            assert_eq!(answer.status(), status, "{what}");
+        }
+        assert_security_headers(&answer, what);
+    }
+}
+
+/// A CORS preflight for a login from `origin`.
+async fn preflight(gateway: &Service, origin: &str) -> Response {
+    reqwest::Client::new()
+        .request(Method::OPTIONS, gateway.url("/api/sessions"))
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type, idempotency-key")
+        .send()
+        .await
+        .expect("preflight")
+}
+
+/// A cross-origin request to an API route from `origin`.
+async fn from_origin(gateway: &Service, origin: &str) -> Response {
+    reqwest::Client::new()
+        .get(gateway.url("/api/dev/mailbox"))
+        .header("origin", origin)
+        .send()
+        .await
+        .expect("a cross-origin request")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cors_is_off_unless_origins_are_configured_and_then_only_for_them() {
+    let verification = Verification::start().await;
+    let default = gateway(Some(&verification.service), None, &[]).await;
+    let app = "https://app.example.com";
+    let configured = gateway(
+        Some(&verification.service),
+        None,
+        &[(
+            "CORS_ALLOWED_ORIGINS",
+            "https://app.example.com, http://localhost:3000",
+        )],
+    )
+    .await;
+    let allowed_origin = |answer: &Response| answer.headers().get("access-control-allow-origin").cloned();
+
+    let answer = preflight(&default, app).await;
+    assert_eq!(allowed_origin(&answer), None, "no CORS by default");
+    assert!(answer.status().is_client_error(), "{}", answer.status());
+    assert_eq!(allowed_origin(&from_origin(&default, app).await), None);
+
+    let answer = preflight(&configured, app).await;
+    assert!(answer.status().is_success(), "{}", answer.status());
+    assert_eq!(allowed_origin(&answer).expect("allowed"), app);
+    let methods = answer.headers()["access-control-allow-methods"]
+        .to_str()
+        .expect("text");
+    assert!(methods.contains("POST"), "{methods}");
+    let headers = answer.headers()["access-control-allow-headers"]
+        .to_str()
+        .expect("text")
+        .to_ascii_lowercase();
+    assert!(
+        headers.contains("content-type") && headers.contains("idempotency-key"),
+        "{headers}"
+    );
+    let actual = from_origin(&configured, app).await;
+    assert_eq!(actual.status(), 200);
+    assert_eq!(allowed_origin(&actual).expect("allowed"), app);
+
+    let elsewhere = "https://evil.example.net";
+    assert_eq!(allowed_origin(&preflight(&configured, elsewhere).await), None);
+    assert_eq!(allowed_origin(&from_origin(&configured, elsewhere).await), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_body_is_refused_with_413_and_creates_nothing() {
+    let platform = Platform::start(&[]).await;
+    let client = reqwest::Client::new();
+    let sign_up = |display_name: String| {
+        client
+            .post(platform.url("gateway", "/api/signups"))
+            .json(&json!({
+                "email": "huge@example.com",
+                "password": "correct horse battery staple",
+                "display_name": display_name,
+                "interests": ["go"],
+            }))
+            .send()
+    };
+    let profile = || {
+        client
+            .get(platform.url("users", "/profiles"))
+            .query(&[("email", "huge@example.com")])
+            .send()
+    };
+
+    // Well past the default BODY_LIMIT of 64 KiB.
+    let refused = sign_up("x".repeat(1024 * 1024))
+        .await
+        .expect("the gateway answers");
+    assert_eq!(refused.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_security_headers(&refused, "a 413");
+    assert_eq!(refused.headers()["content-type"], "application/problem+json");
+    assert_eq!(profile().await.expect("users").status(), 404, "no profile");
+    let signup_metrics = reqwest::get(platform.url("signup", "/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        !signup_metrics.contains("route=\"/signups\""),
+        "signup never saw the request"
+    );
+
+    // The same signup, small, goes through: the checks above could have seen one.
+    let accepted = sign_up("Huge".to_owned()).await.expect("the gateway answers");
+    assert_eq!(accepted.status(), 202);
+    assert_eq!(profile().await.expect("users").status(), 200);
+    platform.stop().await;
+}
+
+#[tokio::test]
+async fn bad_edge_settings_stop_the_gateway_with_one_line_naming_the_variable() {
+    for (variable, value) in [
+        ("RATE_LIMIT_SIGNUPS", "ten/h"),
+        ("RATE_LIMIT_SESSIONS", "0/min"),
+        ("RATE_LIMIT_VERIFICATIONS", "5/fortnight"),
+        ("TRUSTED_PROXIES", "10.0.0.0/8, the-load-balancer"),
+        ("CORS_ALLOWED_ORIGINS", "*"),
+    ] {
+        let run = run_to_exit("dozen-gateway", &[], &[(variable, value)]).await;
+        assert_eq!(run.status.code(), Some(2), "{variable}={value}: {run:?}");
+        let lines: Vec<&str> = run.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line: {}", run.stderr);
+        assert!(lines[0].contains(variable), "{}", lines[0]);
+    }
+}
