@@ -107,7 +107,7 @@ impl Peers {
         let body = json!({ "email": email, "password": password });
         let answer = self
             .passwords
-            .request(Method::POST, "/password-checks")
+            .call(Method::POST, "/password-checks")
             .json(&body)
             .send()
             .await;
