@@ -9,6 +9,7 @@ pub mod me;
 pub mod ops;
 pub mod proxy;
 pub mod routes;
+pub mod ui;
 
 use std::time::Duration;
 

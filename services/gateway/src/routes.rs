@@ -16,6 +16,7 @@ use crate::{Peers, me, ops};
 /// The gateway's routes.
 pub fn router(peers: Peers) -> Router {
     Router::new()
+        .merge(crate::ui::router())
         .route("/api/signups", post(signups))
         .route("/api/verifications/resend", post(verification_resend))
         .route("/api/verifications/{token}", post(verifications))
