@@ -137,6 +137,7 @@ impl ChromeDriver {
         let capabilities = json!({
             "browserName": "chrome",
             "goog:chromeOptions": { "binary": self.chromium, "args": args },
+            "goog:loggingPrefs": { "browser": "ALL" },
         });
         let serde_json::Value::Object(capabilities) = capabilities else {
             unreachable!("an object")
@@ -148,6 +149,7 @@ impl ChromeDriver {
             .unwrap_or_else(|error| panic!("a Chromium session for {who}: {error}"));
         Page {
             client,
+            driver: format!("http://127.0.0.1:{}", self.port),
             who,
             base: base.to_owned(),
             shots: shots.clone(),
@@ -174,6 +176,8 @@ struct Shots {
 /// One person's browser.
 struct Page {
     client: Client,
+    /// chromedriver's URL, for what fantoccini does not wrap (the console log).
+    driver: String,
     who: &'static str,
     base: String,
     shots: Shots,
@@ -409,7 +413,41 @@ impl Page {
         }
     }
 
+    /// What the page wrote to the console as errors since the last look: script errors and
+    /// Content-Security-Policy violations. The browser's own line for each answer with an
+    /// error status is left out: the journey provokes some on purpose, and the page shows them.
+    async fn console_errors(&self) -> Vec<String> {
+        let session = self
+            .client
+            .session_id()
+            .await
+            .expect("the session id")
+            .expect("a session");
+        let answer: serde_json::Value = reqwest::Client::new()
+            .post(format!("{}/session/{session}/se/log", self.driver))
+            .json(&json!({ "type": "browser" }))
+            .send()
+            .await
+            .expect("the console log")
+            .json()
+            .await
+            .expect("JSON");
+        answer["value"]
+            .as_array()
+            .expect("log entries")
+            .iter()
+            .filter(|entry| entry["level"] == "SEVERE")
+            .filter_map(|entry| entry["message"].as_str())
+            .filter(|message| {
+                !message.contains("Failed to load resource: the server responded with a status of")
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
     async fn close(self) {
+        let errors = self.console_errors().await;
+        assert!(errors.is_empty(), "{}: console errors: {errors:#?}", self.who);
         self.client.close().await.expect("the browser closes");
     }
 }
