@@ -91,6 +91,11 @@ if (location.pathname === "/verify") {
   history.replaceState(null, "", `/#/verify/${encodeURIComponent(token)}`);
 }
 
+// The skip link moves focus without touching the hash, which holds the route.
+document.querySelector(".skip").addEventListener("click", (event) => {
+  event.preventDefault();
+  main.focus();
+});
 window.addEventListener("hashchange", render);
 window.addEventListener("dozen:session-ended", () => {
   if (ROUTES[current().name]?.auth) go("login", "Your session has ended. Log in again.");

@@ -187,6 +187,8 @@ export function mailbox(ctx) {
       }
       showError(line, error);
     }
+    // A click on Refresh may overlap a timed look: whichever ends last keeps the one timer.
+    clearTimeout(timer);
     if (!ctx.signal.aborted) timer = setTimeout(load, MAILBOX_REFRESH_MS);
   };
   ctx.signal.addEventListener("abort", () => clearTimeout(timer));
