@@ -6,9 +6,13 @@
 //! each logs in (Ann first with a wrong password), sees the profile verified and renames
 //! themselves; Ann finds Bob in her suggestions and asks him, Bob accepts, and each lists the
 //! other as a friend; the status page shows all six services ready; an expired session and a
-//! logout both lead back to the login page.
+//! logout both lead back to the login page; with the platform stopped, the page says the
+//! server cannot be reached. Also: with mail over SMTP the mailbox page says there is none,
+//! and the gateway serves the UI's files with their types and ETags.
 //!
-//! Every step saves a screenshot under `<target>/test-artifacts/browser/`.
+//! Every step checks that no JavaScript value leaked into the page's text and saves a
+//! screenshot under `<target>/test-artifacts/browser/<test>/`; at the end, any script error or
+//! Content-Security-Policy violation in a browser's console fails the test.
 //!
 //! Needs `chromedriver` and Chromium (scripts/backing-services installs both; `CHROMEDRIVER`
 //! and `CHROMIUM` name other binaries).
@@ -43,11 +47,12 @@ const CHROMIUM_FLAGS: [&str; 8] = [
     "--disable-sync",
 ];
 
-/// `<target>/test-artifacts/browser/`, emptied: the test binary runs from `<target>/<profile>/deps/`.
-fn artifacts_folder() -> PathBuf {
+/// `<target>/test-artifacts/browser/<test>/`, emptied (the test binary runs from
+/// `<target>/<profile>/deps/`).
+fn artifacts_folder(test: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
     let target = exe.ancestors().nth(3).expect("the target folder");
-    let folder = target.join("test-artifacts").join("browser");
+    let folder = target.join("test-artifacts").join("browser").join(test);
     let _ = std::fs::remove_dir_all(&folder);
     std::fs::create_dir_all(&folder).expect("the artifacts folder");
     folder
@@ -156,6 +161,17 @@ impl ChromeDriver {
             _profile: profile,
         }
     }
+}
+
+/// Start chromedriver with its log in `folder`; the screenshots' numbering for that folder.
+async fn browsers_for(folder: &Path) -> (ChromeDriver, Shots) {
+    println!("screenshots: {}", folder.display());
+    let driver = ChromeDriver::start(&folder.join("chromedriver.log")).await;
+    let shots = Shots {
+        folder: folder.to_path_buf(),
+        taken: Default::default(),
+    };
+    (driver, shots)
 }
 
 impl Drop for ChromeDriver {
@@ -414,8 +430,9 @@ impl Page {
     }
 
     /// What the page wrote to the console as errors since the last look: script errors and
-    /// Content-Security-Policy violations. The browser's own line for each answer with an
-    /// error status is left out: the journey provokes some on purpose, and the page shows them.
+    /// Content-Security-Policy violations. The browser's own line for each failed request
+    /// (an error status, a refused connection) is left out: the tests provoke some on purpose,
+    /// and the page shows them.
     async fn console_errors(&self) -> Vec<String> {
         let session = self
             .client
@@ -438,9 +455,7 @@ impl Page {
             .iter()
             .filter(|entry| entry["level"] == "SEVERE")
             .filter_map(|entry| entry["message"].as_str())
-            .filter(|message| {
-                !message.contains("Failed to load resource: the server responded with a status of")
-            })
+            .filter(|message| !message.contains("Failed to load resource:"))
             .map(str::to_owned)
             .collect()
     }
@@ -454,15 +469,10 @@ impl Page {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_signup_journey_clicked_through_the_web_ui() {
-    let folder = artifacts_folder();
-    println!("screenshots: {}", folder.display());
-    let shots = Shots {
-        folder: folder.clone(),
-        taken: Default::default(),
-    };
+    let folder = artifacts_folder("journey");
     let platform = Platform::start(&[]).await;
     let base = platform.url("gateway", "");
-    let driver = ChromeDriver::start(&folder.join("chromedriver.log")).await;
+    let (driver, shots) = browsers_for(&folder).await;
     let ann = driver.open("ann", 1280, 900, &base, &shots).await;
     let bob = driver.open("bob", 412, 915, &base, &shots).await;
 
@@ -674,11 +684,42 @@ async fn the_signup_journey_clicked_through_the_web_ui() {
     bob.wait_for_text(css("#flash"), "You are logged out", None).await;
     bob.shot("logged-out").await;
 
-    ann.close().await;
     bob.close().await;
-    drop(driver);
+
+    // With the platform gone, the page says the server cannot be reached.
     platform.stop().await;
+    ann.navigate("Status", "Platform status").await;
+    ann.wait_for_text(css("#ops-message"), "Cannot reach the server", None)
+        .await;
+    ann.shot("server-unreachable").await;
+    ann.close().await;
     println!("screenshots: {}", folder.display());
+}
+
+/// When mail goes over SMTP there is no dev mailbox, and the mailbox page says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_mailbox_page_says_when_mail_goes_over_smtp() {
+    let folder = artifacts_folder("smtp");
+    // Nothing listens there: no mail is sent in this test, only the mailbox is asked for.
+    let smtp = format!("smtp://127.0.0.1:{}", free_port());
+    let platform = Platform::start(&[("MAIL_URL", &smtp)]).await;
+    let (driver, shots) = browsers_for(&folder).await;
+    let page = driver
+        .open("visitor", 1280, 900, &platform.url("gateway", ""), &shots)
+        .await;
+    page.open("/#/mailbox").await;
+    page.wait_for_heading("Dev mailbox").await;
+    page.wait_for_text(
+        css("#mailbox-message"),
+        "Look for your mail in the real inbox",
+        None,
+    )
+    .await;
+    let note = page.text_now(css("#mailbox-message")).await;
+    assert!(note.contains("SMTP"), "the API's reason is shown: {note}");
+    page.shot("no-mailbox").await;
+    page.close().await;
+    platform.stop().await;
 }
 
 /// The page and its files leave with their types and a validator; a known file is a 304.

@@ -178,11 +178,8 @@ export function mailbox(ctx) {
     } catch (error) {
       if (error.status === 404) {
         setChildren(list);
-        say(
-          line,
-          `There is no dev mailbox here: this platform sends its mail over SMTP, so look in the real inbox. (${error.message})`,
-          "info",
-        );
+        // The API says why (mail goes over SMTP); where to look instead is ours to say.
+        say(line, `${error.message} Look for your mail in the real inbox.`, "info");
         return; // nothing will appear: stop looking
       }
       showError(line, error);
