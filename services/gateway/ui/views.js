@@ -76,8 +76,10 @@ export function signup(ctx) {
     }),
     h("button", { type: "submit", class: "primary" }, "Sign up"),
   );
-  // A retry after a lost answer reuses the key, so it cannot make a second account.
-  let key = newIdempotencyKey();
+  // Sending the same signup again after a lost answer (network failure, 5xx) reuses its key,
+  // so it cannot make a second account; a changed signup, or one answered, gets a new key.
+  let key = null;
+  let keyFor = null;
   onSubmit(form, async () => {
     clearFieldErrors(form);
     say(line, "");
@@ -88,12 +90,17 @@ export function signup(ctx) {
       display_name: form.elements.display_name.value.trim(),
       interests: parseList(form.elements.interests.value),
     };
+    const signup = JSON.stringify({ ...body, password: null });
+    if (signup !== keyFor) {
+      key = newIdempotencyKey();
+      keyFor = signup;
+    }
     try {
       await call("POST", "/api/signups", { body, headers: { "Idempotency-Key": key } });
-      key = newIdempotencyKey();
+      keyFor = null;
       ctx.go(`check-mail/${encodeURIComponent(email)}`);
     } catch (error) {
-      if (error.status >= 400 && error.status < 500) key = newIdempotencyKey();
+      if (error.status >= 400 && error.status < 500) keyFor = null;
       showError(line, error, form);
     }
   });
