@@ -1,9 +1,9 @@
-//! The gateway, the only public entry: it routes the public API to the services that own each
-//! route, aggregates `/api/me`, and reports every service's state at `/ops/status`. It is
-//! stateless and holds no database.
+//! The gateway, the only public entry: it serves the web UI, routes the public API to the
+//! services that own each route, aggregates `/api/me`, and reports every service's state at
+//! `/ops/status`. It is stateless and holds no database.
 //!
 //! Layout: [`routes`] (the public routes), [`proxy`] (passing a request on), [`me`] (the
-//! aggregate), [`ops`] (the status page's data); at the edge, [`client_address`] (who is
+//! aggregate), [`ops`] (the status page's data), [`ui`] (the web UI's files); at the edge, [`client_address`] (who is
 //! calling), [`limits`] (rate limits per client) and [`headers`] (security headers and CORS).
 
 pub mod client_address;
@@ -13,6 +13,7 @@ pub mod me;
 pub mod ops;
 pub mod proxy;
 pub mod routes;
+pub mod ui;
 
 use std::time::Duration;
 

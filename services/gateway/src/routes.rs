@@ -18,6 +18,7 @@ use crate::{Peers, me, ops};
 /// The gateway's routes, those that invite abuse behind their rate limits.
 pub fn router(peers: Peers, limits: &RateLimits) -> Router {
     Router::new()
+        .merge(crate::ui::router())
         .route("/api/signups", limits.signups.guard(post(signups)))
         .route(
             "/api/verifications/resend",

@@ -1,0 +1,104 @@
+// The UI's entry: hash routes (#/signup, #/me, …) mapped to views, the navigation bar, and a
+// one-time message carried across a route change. The verification mail links to
+// /verify?token=…, which the gateway serves as this page; it becomes #/verify/<token> here.
+
+import { session } from "./api.js";
+import { h, say, setChildren } from "./dom.js";
+import * as views from "./views.js";
+
+/** Each route: its view, its title, and whether it needs a logged-in reader. */
+const ROUTES = {
+  signup: { view: views.signup, title: "Sign up", auth: false },
+  "check-mail": { view: views.checkMail, title: "Check your mail", auth: false },
+  mailbox: { view: views.mailbox, title: "Dev mailbox", auth: false },
+  verify: { view: views.verify, title: "Verify your address", auth: false },
+  login: { view: views.login, title: "Log in", auth: false },
+  me: { view: views.me, title: "Your profile", auth: true },
+  suggestions: { view: views.suggestions, title: "Suggestions", auth: true },
+  friends: { view: views.friends, title: "Friends", auth: true },
+  ops: { view: views.ops, title: "Platform status", auth: false },
+};
+
+const main = document.getElementById("view");
+const nav = document.getElementById("nav");
+let flash = null;
+let leaving = null;
+
+/** Move to `route` (e.g. "me"), showing `message` once on arrival. */
+function go(route, message = null) {
+  flash = message;
+  const hash = `#/${route}`;
+  if (location.hash === hash) render();
+  else location.hash = hash;
+}
+
+function current() {
+  const path = location.hash.replace(/^#\/?/, "");
+  const slash = path.indexOf("/");
+  const name = slash < 0 ? path : path.slice(0, slash);
+  const arg = slash < 0 ? "" : decodeURIComponent(path.slice(slash + 1));
+  return { name, arg };
+}
+
+function render() {
+  if (leaving) leaving.abort();
+  leaving = new AbortController();
+  let { name, arg } = current();
+  if (!ROUTES[name]) {
+    name = session.token() ? "me" : "signup";
+    history.replaceState(null, "", `#/${name}`);
+    arg = "";
+  }
+  const route = ROUTES[name];
+  if (route.auth && !session.token()) {
+    go("login", "Log in to see this page.");
+    return;
+  }
+  const notice = h("p", { id: "flash", hidden: true });
+  if (flash) say(notice, flash, "info");
+  flash = null;
+  setChildren(main, notice, route.view({ arg, signal: leaving.signal, go }));
+  document.title = `${route.title} · dozen`;
+  renderNav(name);
+  const title = main.querySelector("h1");
+  if (title && document.activeElement !== document.body) title.focus({ preventScroll: true });
+  window.scrollTo(0, 0);
+}
+
+function renderNav(active) {
+  const link = (route, label) =>
+    h("li", {}, h("a", { href: `#/${route}`, "aria-current": route === active ? "page" : null }, label));
+  const loggedIn = Boolean(session.token());
+  const logout = h("button", { type: "button", id: "logout", class: "link" }, "Log out");
+  logout.addEventListener("click", () => {
+    session.clear();
+    go("login", "You are logged out.");
+  });
+  setChildren(
+    nav,
+    ...(loggedIn
+      ? [link("me", "Me"), link("suggestions", "Suggestions"), link("friends", "Friends")]
+      : [link("signup", "Sign up"), link("login", "Log in")]),
+    link("mailbox", "Mailbox"),
+    link("ops", "Status"),
+    ...(loggedIn ? [h("li", {}, logout)] : []),
+  );
+}
+
+// /verify?token=… (the link in the mail) → #/verify/<token>, one route scheme for everything.
+if (location.pathname === "/verify") {
+  const token = new URLSearchParams(location.search).get("token") || "";
+  history.replaceState(null, "", `/#/verify/${encodeURIComponent(token)}`);
+}
+
+// The skip link moves focus without touching the hash, which holds the route.
+document.querySelector(".skip").addEventListener("click", (event) => {
+  event.preventDefault();
+  main.focus();
+});
+window.addEventListener("hashchange", render);
+window.addEventListener("dozen:session-ended", () => {
+  if (ROUTES[current().name]?.auth) go("login", "Your session has ended. Log in again.");
+  else renderNav(current().name);
+});
+render();
