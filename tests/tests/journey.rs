@@ -5,32 +5,13 @@
 //! twice makes one account, and 20 concurrent signups with one email make one account. On the
 //! embedded defaults, and again on Postgres + NATS JetStream.
 
-use std::time::{Duration, Instant};
-
 use base64::Engine as _;
 use dozen_tests::database::DatabasePrefix;
+use dozen_tests::eventually;
 use dozen_tests::nats::StreamNamespace;
 use dozen_tests::platform::Platform;
 use dozen_tests::process::run_to_exit;
 use serde_json::{Value, json};
-
-const DEADLINE: Duration = Duration::from_secs(60);
-
-/// Poll `check` until it returns `Some`, or fail after the deadline saying `what`.
-async fn eventually<T, F, Fut>(what: &str, check: F) -> T
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 struct Journey<'p> {
     platform: &'p Platform,

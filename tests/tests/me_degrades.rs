@@ -6,32 +6,16 @@
 //! part of `/api/me` again and the breaker closes.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use dozen_tests::eventually;
 use dozen_tests::process::{Service, run_to_exit};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
-const DEADLINE: Duration = Duration::from_secs(60);
 /// The gateway's `BREAKER_OPEN_FOR` here: long enough to look at the open breaker, short
 /// enough to wait out.
 const OPEN_FOR: &str = "3s";
-
-/// Poll `check` until it returns `Some`, or fail after the deadline saying `what`.
-async fn eventually<T, F, Fut>(what: &str, check: F) -> T
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// The five services behind the gateway, each with its database in one shared folder so that
 /// a service stopped and started again finds its data.
