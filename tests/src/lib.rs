@@ -11,6 +11,24 @@ pub mod platform;
 pub mod process;
 pub mod public_api;
 
+use std::time::{Duration, Instant};
+
+/// Poll `check` every 100 ms until it returns `Some`, or fail after a minute saying `what`.
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Generate one test per database backend from an `async fn(Backend)`: the same suite runs on
 /// SQLite and on Postgres.
 #[macro_export]

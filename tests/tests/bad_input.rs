@@ -138,7 +138,7 @@ fn bad_signups(email: &str) -> Vec<BadSignup> {
     ]
 }
 
-async fn sign_up_badly(api: &PublicApi<'_>, case: &BadSignup) -> (u16, Value) {
+async fn sign_up_badly(api: &PublicApi, case: &BadSignup) -> (u16, Value) {
     let answer = api
         .client
         .post(api.url("/api/signups"))
@@ -168,7 +168,7 @@ fn tampered(token: &str) -> String {
 
 async fn bad_input_gets_a_problem_and_changes_nothing(extra_env: &[(&str, &str)]) {
     let platform = Platform::start(extra_env).await;
-    let api = PublicApi::new(&platform);
+    let api = PublicApi::of(&platform);
     assert_eq!(
         api.sign_up("ann-1", "ann@example.com", "Ann", &["chess"])
             .await

@@ -9,7 +9,8 @@ use dozen_tests::database::DatabasePrefix;
 use dozen_tests::nats::StreamNamespace;
 use dozen_tests::platform::Platform;
 use dozen_tests::process::run_to_exit;
-use dozen_tests::public_api::{PublicApi, eventually, subject_of, token_in};
+use dozen_tests::eventually;
+use dozen_tests::public_api::{PublicApi, subject_of, token_in};
 use serde_json::{Value, json};
 
 /// Where the friends service keeps its database under `dozen up`.
@@ -22,7 +23,7 @@ enum FriendsDatabase<'a> {
 
 async fn the_signup_journey(extra_env: &[(&str, &str)], friends_database: FriendsDatabase<'_>) {
     let platform = Platform::start(extra_env).await;
-    let journey = PublicApi::new(&platform);
+    let journey = PublicApi::of(&platform);
 
     // Ann signs up twice with one key (a retry), Bob once.
     for _ in 0..2 {

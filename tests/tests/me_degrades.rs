@@ -6,32 +6,17 @@
 //! part of `/api/me` again and the breaker closes.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use dozen_tests::eventually;
 use dozen_tests::process::{Service, run_to_exit};
+use dozen_tests::public_api::PublicApi;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
-const DEADLINE: Duration = Duration::from_secs(60);
 /// The gateway's `BREAKER_OPEN_FOR` here: long enough to look at the open breaker, short
 /// enough to wait out.
 const OPEN_FOR: &str = "3s";
-
-/// Poll `check` until it returns `Some`, or fail after the deadline saying `what`.
-async fn eventually<T, F, Fut>(what: &str, check: F) -> T
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// The five services behind the gateway, each with its database in one shared folder so that
 /// a service stopped and started again finds its data.
@@ -169,55 +154,9 @@ impl Platform {
 
     /// Sign up, verify and log in `email` through the gateway; the access token.
     async fn user(&self, email: &str) -> String {
-        let signed_up = self
-            .client
-            .post(self.url("/api/signups"))
-            .json(&json!({ "email": email, "password": "correct horse battery staple", "display_name": "Dee", "interests": ["go"] }))
-            .send()
-            .await
-            .expect("POST /api/signups");
-        assert_eq!(signed_up.status(), 202);
-        let token = eventually("the verification mail", || async {
-            let mails: Vec<Value> = self
-                .client
-                .get(self.url("/api/dev/mailbox"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            mails.iter().find_map(|mail| {
-                let body = mail["body"].as_str()?;
-                let start = body.find("verify?token=")? + "verify?token=".len();
-                Some(
-                    body[start..]
-                        .chars()
-                        .take_while(char::is_ascii_hexdigit)
-                        .collect::<String>(),
-                )
-            })
-        })
-        .await;
-        let verified = self
-            .client
-            .post(self.url(&format!("/api/verifications/{token}")))
-            .send()
-            .await
-            .expect("verify");
-        assert_eq!(verified.status(), 200);
-        eventually("a login", || async {
-            let answer = self
-                .client
-                .post(self.url("/api/sessions"))
-                .json(&json!({ "email": email, "password": "correct horse battery staple" }))
-                .send()
-                .await
-                .ok()?;
-            let session: Value = answer.json().await.ok()?;
-            session["access_token"].as_str().map(str::to_owned)
-        })
-        .await
+        let api = PublicApi::new(self.url(""));
+        assert_eq!(api.sign_up(email, email, "Dee", &["go"]).await.status(), 202);
+        api.verify_and_log_in(email).await
     }
 
     async fn me(&self, token: &str) -> Value {

@@ -120,7 +120,8 @@ impl Breaker {
                 last_error: None,
             }),
         };
-        breaker.publish(BreakerState::Closed);
+        metrics::gauge!("upstream_breaker_state", "upstream" => upstream)
+            .set(BreakerState::Closed.gauge_value());
         breaker
     }
 

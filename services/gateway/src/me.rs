@@ -32,7 +32,7 @@ pub struct Me {
     /// verification); null when verification did not answer or does not know the caller yet.
     #[schema(value_type = Option<Object>)]
     pub verification: Option<Value>,
-    /// The services that did not answer in time.
+    /// The services that did not answer in time (down, slow, or behind an open breaker).
     pub missing: Vec<&'static str>,
 }
 
@@ -41,6 +41,8 @@ enum Part {
     Answered(Value),
     /// The token was refused: the whole request is.
     Refused(Response),
+    /// The service knows nothing of the caller (yet): the part is null, and not missing.
+    Empty,
     Missing,
 }
 
@@ -70,7 +72,7 @@ async fn fetch(
     };
     let status = answer.status();
     if status == StatusCode::NOT_FOUND && not_found == NotFound::IsEmpty {
-        return Part::Answered(Value::Null);
+        return Part::Empty;
     }
     if status == StatusCode::UNAUTHORIZED || status == StatusCode::NOT_FOUND {
         let mut headers = HeaderMap::new();
@@ -131,7 +133,7 @@ pub async fn aggregate(peers: &Peers, headers: &HeaderMap) -> Response {
         (verification, &mut me.verification, "verification"),
     ] {
         match part {
-            Part::Answered(Value::Null) => {}
+            Part::Empty => {}
             Part::Answered(value) => *slot = Some(value),
             Part::Refused(response) => return response,
             Part::Missing if !me.missing.contains(&service) => me.missing.push(service),
