@@ -41,6 +41,13 @@ impl Platform {
         let data_dir = data.path().to_string_lossy().into_owned();
         let mut env: Vec<(&str, &str)> = port_vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         env.push(("DATA_DIR", &data_dir));
+        for variable in [
+            "RATE_LIMIT_SIGNUPS",
+            "RATE_LIMIT_SESSIONS",
+            "RATE_LIMIT_VERIFICATIONS",
+        ] {
+            env.push((variable, "10000/min"));
+        }
         env.extend_from_slice(extra_env);
         let mut up = Running::start("dozen", &["up"], &env);
         up.wait_for_line(Duration::from_secs(90), |line| {
