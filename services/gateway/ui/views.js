@@ -631,11 +631,11 @@ function serviceRow(service) {
   );
 }
 
-/** A breaker object, whatever its fields: its state first, then the rest. */
+/** A breaker object, whatever its fields: its state first, then the rest that have a value. */
 function breakerText(breaker) {
   if (!breaker || typeof breaker !== "object") return "—";
   const { state, ...rest } = breaker;
-  const others = Object.entries(rest).map(([name, value]) =>
+  const others = Object.entries(rest).filter(([, value]) => value !== null && value !== undefined).map(([name, value]) =>
     `${name.replaceAll("_", " ")}: ${typeof value === "object" && value !== null ? JSON.stringify(value) : value}`,
   );
   return [h("strong", { class: `breaker-${String(state || "unknown").replace(/[^a-z_-]/gi, "")}` }, state || "unknown"), others.length ? ` (${others.join(", ")})` : ""];
