@@ -41,8 +41,10 @@ fn main() -> anyhow::Result<()> {
     );
     for (service, has_database) in SERVICES {
         let image = format!("{prefix}{service}:{tag}");
-        let size = podman(&["image", "inspect", "--format", "{{.Size}}", &image])
-            .with_context(|| format!("{image} is missing: run deploy/build-images first"))?;
+        let Ok(size) = podman(&["image", "inspect", "--format", "{{.Size}}", &image]) else {
+            println!("{image:<36} missing: build it with deploy/build-images");
+            continue;
+        };
         let size_mb = size.trim().parse::<f64>()? / 1_000_000.0;
         // A data folder the image's user may write: the embedded databases and bus live there.
         let data = tempfile::tempdir()?;
