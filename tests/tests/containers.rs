@@ -59,6 +59,15 @@ async fn podman_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
+/// A temporary folder anyone may write to, as a container's user may not be the test's.
+fn world_writable_folder() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    let folder = tempfile::tempdir().expect("a temporary folder");
+    std::fs::set_permissions(folder.path(), std::fs::Permissions::from_mode(0o1777))
+        .expect("opening the folder to every user");
+    folder
+}
+
 /// The run's images and containers; removed on drop, whether the test passed or not.
 #[derive(Debug)]
 struct Run {
@@ -70,6 +79,9 @@ struct Run {
     images: Vec<String>,
     /// Containers started so far.
     containers: Vec<String>,
+    /// The host folder every container writes its `/data` to (its mailbox): a bind mount,
+    /// since a tmpfs under runc here is not writable by the image's non-root user.
+    data: tempfile::TempDir,
 }
 
 impl Run {
@@ -79,6 +91,7 @@ impl Run {
             runtime: std::env::var("DOZEN_OCI_RUNTIME").unwrap_or_else(|_| "runc".to_owned()),
             images: Vec::new(),
             containers: Vec::new(),
+            data: world_writable_folder(),
         }
     }
 
@@ -122,6 +135,7 @@ impl Run {
     /// `podman run` arguments every container gets: host networking (Postgres and NATS are on
     /// the host's loopback), and the restrictions the Kubernetes manifests impose.
     fn run_args(&self, name: &str) -> Vec<String> {
+        let data = format!("{}:/data", self.data.path().display());
         [
             "run",
             "--name",
@@ -135,8 +149,8 @@ impl Run {
             "--network",
             "host",
             "--read-only",
-            "--tmpfs",
-            "/data:rw,mode=1777",
+            "--volume",
+            data.as_str(),
             "--cap-drop",
             "all",
             "--security-opt",

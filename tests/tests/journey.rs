@@ -6,10 +6,10 @@
 //! embedded defaults, and again on Postgres + NATS JetStream.
 
 use dozen_tests::database::DatabasePrefix;
+use dozen_tests::eventually;
 use dozen_tests::nats::StreamNamespace;
 use dozen_tests::platform::Platform;
 use dozen_tests::process::run_to_exit;
-use dozen_tests::eventually;
 use dozen_tests::public_api::{PublicApi, subject_of, token_in};
 use serde_json::{Value, json};
 
