@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use dozen_tests::database::{Backend, TestDatabase};
 use dozen_tests::nats::StreamNamespace;
 use dozen_tests::process::{SERVICES, binary, free_port};
+use dozen_tests::public_api::{PublicApi, subject_of};
 use serde_json::{Value, json};
 
 /// How long each service may take to stop after SIGTERM: the drain delay plus the shutdown
@@ -231,22 +232,6 @@ impl Drop for Run {
     }
 }
 
-/// Poll `check` until it returns `Some`, or fail after the deadline saying `what`.
-async fn eventually<T, F, Fut>(what: &str, check: F) -> T
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_images_run_the_platform_a_signup_completes_and_every_container_stops_cleanly() {
     let mut run = Run::new();
@@ -364,67 +349,18 @@ async fn the_images_run_the_platform_a_signup_completes_and_every_container_stop
     }
 
     // A signup through the gateway container, its mail, the link, and a login.
+    let api = PublicApi::new(gateway.clone());
     let email = format!("container-{}@example.com", run.id);
-    let password = "correct horse battery staple";
-    let accepted = client
-        .post(format!("{gateway}/api/signups"))
-        .header("Idempotency-Key", format!("containers-{}", run.id))
-        .json(&json!({ "email": email, "password": password, "display_name": "Cora", "interests": ["containers"] }))
-        .send()
-        .await
-        .expect("POST /api/signups");
+    let accepted = api
+        .sign_up(&format!("containers-{}", run.id), &email, "Cora", &["containers"])
+        .await;
     assert_eq!(accepted.status(), 202);
     assert_eq!(
         accepted.json::<Value>().await.expect("JSON"),
         json!({ "status": "pending_verification" })
     );
-
-    let token = eventually(
-        &format!("a verification mail to {email} in the mailbox"),
-        || async {
-            let mails: Vec<Value> = client
-                .get(format!("{gateway}/api/dev/mailbox"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            let mail = mails
-                .iter()
-                .find(|mail| mail["to"].as_str().is_some_and(|to| to.contains(&email)))?;
-            let body = mail["body"].as_str()?;
-            let start = body.find("verify?token=")? + "verify?token=".len();
-            let token: String = body[start..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-                .collect();
-            (!token.is_empty()).then_some(token)
-        },
-    )
-    .await;
-    let verified = client
-        .post(format!("{gateway}/api/verifications/{token}"))
-        .send()
-        .await
-        .expect("POST /api/verifications");
-    assert_eq!(verified.status(), 200);
-
-    let session: Value = eventually(&format!("{email} can log in"), || async {
-        let answer = client
-            .post(format!("{gateway}/api/sessions"))
-            .json(&json!({ "email": email, "password": password }))
-            .send()
-            .await
-            .ok()?;
-        match answer.status().as_u16() {
-            200 => answer.json().await.ok(),
-            403 => None,
-            other => panic!("login answers 200, or 403 until verified: {other}"),
-        }
-    })
-    .await;
-    assert_eq!(session["token_type"], "Bearer");
+    let access_token = api.verify_and_log_in(&email).await;
+    assert!(!subject_of(&access_token).is_empty());
 
     // SIGTERM to every service at once, as a rollout or `compose down` does; each must exit 0
     // before its grace period is over.
