@@ -223,6 +223,11 @@ async fn me_survives(platform: &mut Platform, token: &str, service: &str, absent
         "{status}"
     );
     assert!(status["breaker"]["last_error"].is_string(), "{status}");
+    // The page is public: it says what went wrong without showing internal addresses.
+    assert!(
+        !status.to_string().contains("127.0.0.1"),
+        "no internal address in {status}"
+    );
     let gauge = format!("upstream_breaker_state{{upstream=\"{service}\"}} 2");
     assert!(platform.metrics().await.contains(&gauge), "{gauge} in /metrics");
 

@@ -433,8 +433,13 @@ fn classify_error(error: &reqwest::Error) -> (Outcome, Option<String>) {
 }
 
 /// The error and its causes on one line: reqwest's own text alone rarely says what happened.
+/// The URL is left out: the upstream's name says whom the call was for, and this text reaches
+/// public pages (`/ops/status`), which must not show internal addresses.
 fn describe(error: &reqwest::Error) -> String {
     let mut text = error.to_string();
+    if let Some(url) = error.url() {
+        text = text.replace(&format!(" for url ({url})"), "");
+    }
     let mut source = error.source();
     while let Some(cause) = source {
         let cause_text = cause.to_string();
