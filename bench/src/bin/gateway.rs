@@ -23,6 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use dozen_bench::free_port;
 
 /// The upstream's answer to every request.
 const ANSWER: &str =
@@ -315,10 +316,6 @@ fn wait_answering(port: u16, path: &str) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     bail!("nothing answered 200 on port {port}{path} within 10 s")
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// The path of `program` on PATH, or in /usr/sbin (where Debian puts nginx).

@@ -7,12 +7,11 @@
 //! (optionally `-- <runs> <image prefix> <tag>`, default `5 localhost/dozen- 0.1.0`).
 //! `DOZEN_OCI_RUNTIME` names podman's OCI runtime (default `runc`).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use dozen_bench::{free_port, is_ready, percentile};
 
 const SERVICES: [(&str, bool); 6] = [
     ("gateway", false),
@@ -89,7 +88,7 @@ fn main() -> anyhow::Result<()> {
         }
         let mut startups = Vec::with_capacity(runs);
         for run in 0..runs {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let port = free_port()?;
             let name = format!("dozen-bench-{service}-{id}-{run}");
             let mut command = base(&name, port);
             command.insert(1, "--detach".to_owned());
@@ -132,27 +131,14 @@ fn podman(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// Poll `/readyz` over fresh connections until it answers 200.
+/// Poll `/readyz` until it answers 200.
 fn wait_ready(port: u16, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
-            stream.write_all(b"GET /readyz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
-            let mut answer = String::new();
-            let _ = stream.read_to_string(&mut answer);
-            if answer.starts_with("HTTP/1.1 200") {
-                return Ok(());
-            }
+        if is_ready(port) {
+            return Ok(());
         }
         std::thread::sleep(Duration::from_millis(1));
     }
     bail!("not ready within {timeout:?}")
-}
-
-fn percentile(sorted: &[f64], quantile: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let index = ((sorted.len() - 1) as f64 * quantile).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
 }

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use dozen_bench::free_port;
 use dozen_passwords::domain::hashing::{Cost, Hasher};
 
 const SERVICES: [&str; 6] = [
@@ -38,10 +39,6 @@ impl Drop for Platform {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
         let _ = self.up.wait();
     }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn start_platform() -> anyhow::Result<Platform> {

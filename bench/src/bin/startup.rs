@@ -5,13 +5,12 @@
 //! Run: `cargo build --release --workspace --bins && cargo run --release -p dozen-bench --bin startup`
 //! (optionally `-- <runs>`, default 20).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use dozen_bench::{free_port, is_ready, percentile};
 
 const SERVICES: [(&str, bool); 6] = [
     ("gateway", false),
@@ -143,13 +142,8 @@ fn wait_ready(port: u16, child: &mut Child, timeout: Duration) -> anyhow::Result
         if let Some(status) = child.try_wait()? {
             bail!("exited early with {status}");
         }
-        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
-            stream.write_all(b"GET /readyz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
-            let mut answer = String::new();
-            let _ = stream.read_to_string(&mut answer);
-            if answer.starts_with("HTTP/1.1 200") {
-                return Ok(());
-            }
+        if is_ready(port) {
+            return Ok(());
         }
         std::thread::sleep(Duration::from_micros(100));
     }
@@ -177,16 +171,4 @@ fn stop(child: &mut Child) -> anyhow::Result<()> {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
     child.wait()?;
     Ok(())
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn percentile(sorted: &[f64], quantile: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let index = ((sorted.len() - 1) as f64 * quantile).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
 }
