@@ -13,6 +13,8 @@ pub enum BusUrl {
     Embedded(String),
     /// `nats://host:port` (credentials allowed in the URL): NATS JetStream.
     Nats(String),
+    /// `sns+sqs://<region>` (options in [`SnsSqsAddress`]): Amazon SNS and SQS, or an emulator.
+    SnsSqs(String),
 }
 
 impl BusUrl {
@@ -25,8 +27,23 @@ impl BusUrl {
             Ok(Self::Embedded(text.to_owned()))
         } else if text.starts_with("nats://") || text.starts_with("tls://") {
             Ok(Self::Nats(text.to_owned()))
+        } else if text.starts_with("sns+sqs:") {
+            if !cfg!(feature = "sns-sqs") {
+                return Err(
+                    "this build has no SNS/SQS backend (build with the dozen-bus/sns-sqs feature)".to_owned(),
+                );
+            }
+            SnsSqsAddress::parse(text)?;
+            Ok(Self::SnsSqs(text.to_owned()))
         } else {
-            Err("expected a sqlite:// (embedded) or nats:// URL".to_owned())
+            Err("expected a sqlite:// (embedded), nats:// or sns+sqs:// URL".to_owned())
+        }
+    }
+
+    /// The URL as given.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Embedded(url) | Self::Nats(url) | Self::SnsSqs(url) => url,
         }
     }
 
@@ -35,7 +52,90 @@ impl BusUrl {
         match self {
             Self::Embedded(_) => "embedded",
             Self::Nats(_) => "nats",
+            Self::SnsSqs(_) => "sns-sqs",
         }
+    }
+}
+
+/// Where the SNS/SQS backend connects: `sns+sqs://[KEY:SECRET@]REGION[?endpoint=URL]`.
+///
+/// Without `KEY:SECRET` (percent-encoded), credentials come from the usual AWS chain:
+/// environment, profile, ECS task role, instance metadata. `endpoint` points both services at
+/// an emulator (e.g. `http://127.0.0.1:4566`, moto); without it, AWS's own endpoints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SnsSqsAddress {
+    /// The AWS region, e.g. `eu-west-1`.
+    pub region: String,
+    /// An endpoint that replaces AWS's for both SNS and SQS.
+    pub endpoint: Option<String>,
+    /// A static access key id and secret.
+    pub credentials: Option<(String, String)>,
+}
+
+impl SnsSqsAddress {
+    /// Parse an `sns+sqs://` URL; an error says what is wrong with it.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let url = url::Url::parse(text).map_err(|e| format!("not a valid sns+sqs:// URL ({e})"))?;
+        if url.scheme() != "sns+sqs" {
+            return Err("expected an sns+sqs:// URL".to_owned());
+        }
+        let region = url.host_str().unwrap_or_default().to_owned();
+        let region_is_valid = !region.is_empty()
+            && region
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !region_is_valid {
+            return Err("expected a region after sns+sqs://, e.g. sns+sqs://eu-west-1".to_owned());
+        }
+        if url.port().is_some() || !matches!(url.path(), "" | "/") {
+            return Err(
+                "expected only a region after sns+sqs:// (an emulator goes in ?endpoint=)".to_owned(),
+            );
+        }
+        let mut endpoint = None;
+        for (name, value) in url.query_pairs() {
+            match name.as_ref() {
+                "endpoint" => {
+                    let valid = url::Url::parse(&value)
+                        .is_ok_and(|e| matches!(e.scheme(), "http" | "https") && e.has_host());
+                    if !valid {
+                        return Err(format!("endpoint {value:?} is not an http(s) URL"));
+                    }
+                    endpoint = Some(value.into_owned());
+                }
+                other => return Err(format!("unknown option {other:?} (expected endpoint)")),
+            }
+        }
+        let credentials = match (url.username(), url.password()) {
+            ("", None) => None,
+            (key, Some(secret)) if !key.is_empty() && !secret.is_empty() => {
+                Some((decode(key)?, decode(secret)?))
+            }
+            _ => return Err("expected both KEY:SECRET before the region, or neither".to_owned()),
+        };
+        Ok(Self {
+            region,
+            endpoint,
+            credentials,
+        })
+    }
+}
+
+fn decode(text: &str) -> Result<String, String> {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .map(|text| text.into_owned())
+        .map_err(|_| "the credentials are not valid UTF-8 once percent-decoded".to_owned())
+}
+
+impl std::fmt::Debug for SnsSqsAddress {
+    // Never show the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnsSqsAddress")
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("credentials", &self.credentials.as_ref().map(|_| "…"))
+            .finish()
     }
 }
 
@@ -50,13 +150,15 @@ impl std::fmt::Debug for BusUrl {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Event bus")]
 pub struct BusSettings {
-    /// The broker: `sqlite://<path>` (the embedded bus, shared by every process on this host)
-    /// or `nats://host:port` (NATS JetStream).
+    /// The broker: `sqlite://<path>` (the embedded bus, shared by every process on this host),
+    /// `nats://host:port` (NATS JetStream) or `sns+sqs://<region>` (Amazon SNS and SQS; add
+    /// `?endpoint=<url>` for an emulator, and `KEY:SECRET@` before the region for static
+    /// credentials).
     #[arg(long, env = "BUS_URL", default_value = "sqlite://data/bus.db", hide_env_values = true, value_parser = BusUrl::parse)]
     pub bus_url: BusUrl,
 
-    /// Prefix of every name the bus creates on the broker (NATS streams and subjects), so that
-    /// several platforms can share one broker.
+    /// Prefix of every name the bus creates on the broker (NATS streams and subjects, SNS
+    /// topics, SQS queues), so that several platforms can share one broker.
     #[arg(long, env = "BUS_NAMESPACE", default_value = "dozen", value_parser = parse_namespace)]
     pub bus_namespace: String,
 
@@ -74,7 +176,8 @@ pub struct BusSettings {
     pub bus_retry_backoff_max: Duration,
 
     /// How long a consumer or relay may hold an event before it is handed to another instance
-    /// (the lease on the embedded bus, the ack wait on NATS). Longer than any handler takes.
+    /// (the lease on the embedded bus, the ack wait on NATS, the visibility timeout on SQS).
+    /// Longer than any handler takes.
     #[arg(long, env = "BUS_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
     pub bus_ack_wait: Duration,
 
@@ -140,7 +243,7 @@ mod tests {
     }
 
     #[test]
-    fn only_sqlite_and_nats_urls_are_accepted() {
+    fn only_sqlite_nats_and_sns_sqs_urls_are_accepted() {
         assert!(matches!(
             BusUrl::parse("sqlite://data/bus.db"),
             Ok(BusUrl::Embedded(_))
@@ -151,5 +254,38 @@ mod tests {
         ));
         assert!(BusUrl::parse("amqp://localhost").is_err());
         assert!(BusUrl::parse("sqlite://").is_err());
+        assert_eq!(
+            BusUrl::parse("sns+sqs://eu-west-1").is_ok(),
+            cfg!(feature = "sns-sqs")
+        );
+    }
+
+    #[test]
+    fn an_sns_sqs_url_names_a_region_and_optionally_an_endpoint_and_credentials() {
+        let plain = SnsSqsAddress::parse("sns+sqs://eu-west-1").expect("valid");
+        assert_eq!(
+            (plain.region.as_str(), plain.endpoint, plain.credentials),
+            ("eu-west-1", None, None)
+        );
+        let emulated =
+            SnsSqsAddress::parse("sns+sqs://AKID:se%2Fcret@us-east-1?endpoint=http://127.0.0.1:4566")
+                .expect("valid");
+        assert_eq!(emulated.endpoint.as_deref(), Some("http://127.0.0.1:4566"));
+        assert_eq!(
+            emulated.credentials,
+            Some(("AKID".to_owned(), "se/cret".to_owned()))
+        );
+        assert!(!format!("{emulated:?}").contains("se/cret"));
+        for bad in [
+            "sns+sqs://",
+            "sns+sqs://EU_WEST",
+            "sns+sqs://eu-west-1:443",
+            "sns+sqs://eu-west-1/queue",
+            "sns+sqs://eu-west-1?endpoint=ftp://x",
+            "sns+sqs://eu-west-1?region=x",
+            "sns+sqs://AKID@eu-west-1",
+        ] {
+            assert!(SnsSqsAddress::parse(bad).is_err(), "{bad} accepted");
+        }
     }
 }

@@ -23,7 +23,7 @@ use dozen_tests::database::Backend;
 use support::{Kind, ServiceDb, TestBus, recording, wait_until, write_effect};
 use uuid::Uuid;
 
-macro_rules! on_both_brokers {
+macro_rules! on_every_broker {
     ($($scenario:ident),* $(,)?) => {
         $(
             mod $scenario {
@@ -36,12 +36,17 @@ macro_rules! on_both_brokers {
                 async fn on_nats() {
                     super::$scenario(super::Kind::Nats).await
                 }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_sns_sqs() {
+                    super::$scenario(super::Kind::SnsSqs).await
+                }
             }
         )*
     };
 }
 
-on_both_brokers!(
+on_every_broker!(
     every_subscriber_receives_every_event_and_instances_of_one_split_the_work,
     a_consumer_killed_mid_stream_again_and_again_loses_nothing_and_repeats_nothing,
     a_relay_killed_between_publish_and_mark_sent_leaves_a_duplicate_the_inbox_absorbs,
@@ -87,7 +92,7 @@ async fn pending(broker: &Arc<dyn Broker>, subscriber: &str, topics: &[&str]) ->
 }
 
 async fn every_subscriber_receives_every_event_and_instances_of_one_split_the_work(kind: Kind) {
-    const EVENTS: i64 = 10_000;
+    let events = support::volume(kind, 10_000, 1_000);
     let bus = TestBus::new(kind).await;
     let publisher = ServiceDb::create(Backend::Sqlite).await;
     let friends = ServiceDb::create(Backend::Postgres).await;
@@ -115,7 +120,7 @@ async fn every_subscriber_receives_every_event_and_instances_of_one_split_the_wo
         start(subscriber, &lifecycle).await;
     }
     let outbox = start_relay(&bus, &publisher.db, &lifecycle).await;
-    support::publish_signups(&publisher.db, &outbox, EVENTS as usize).await;
+    support::publish_signups(&publisher.db, &outbox, events as usize).await;
 
     let broker = bus.connect().await;
     for (name, db) in [
@@ -124,7 +129,7 @@ async fn every_subscriber_receives_every_event_and_instances_of_one_split_the_wo
         ("audit", &audit),
     ] {
         wait_until(&format!("{name} has handled every event"), || async {
-            db.effects(name).await.1 == EVENTS && pending(&broker, name, &[SIGNED_UP]).await == 0
+            db.effects(name).await.1 == events && pending(&broker, name, &[SIGNED_UP]).await == 0
         })
         .await;
     }
@@ -137,7 +142,7 @@ async fn every_subscriber_receives_every_event_and_instances_of_one_split_the_wo
     ] {
         assert_eq!(
             db.effects(name).await,
-            (EVENTS, EVENTS),
+            (events, events),
             "{name}: every event, each once"
         );
     }
@@ -184,13 +189,13 @@ fn assert_running(child: &mut Child) -> bool {
 }
 
 async fn a_consumer_killed_mid_stream_again_and_again_loses_nothing_and_repeats_nothing(kind: Kind) {
-    const EVENTS: i64 = 3_000;
+    let events = support::volume(kind, 3_000, 1_000);
     const KILLS: usize = 4;
     let bus = TestBus::new(kind).await;
     let publisher = ServiceDb::create(Backend::Sqlite).await;
     let consumer = ServiceDb::create(match kind {
         Kind::Embedded => Backend::Sqlite,
-        Kind::Nats => Backend::Postgres,
+        Kind::Nats | Kind::SnsSqs => Backend::Postgres,
     })
     .await;
     let broker = bus.connect().await;
@@ -200,7 +205,7 @@ async fn a_consumer_killed_mid_stream_again_and_again_loses_nothing_and_repeats_
         .expect("create the queue before publishing");
     let lifecycle = Lifecycle::new();
     let outbox = start_relay(&bus, &publisher.db, &lifecycle).await;
-    support::publish_signups(&publisher.db, &outbox, EVENTS as usize).await;
+    support::publish_signups(&publisher.db, &outbox, events as usize).await;
 
     for _ in 0..KILLS {
         let before = consumer.effects("verification").await.1;
@@ -209,13 +214,13 @@ async fn a_consumer_killed_mid_stream_again_and_again_loses_nothing_and_repeats_
         wait_until("the child consumer makes progress", || {
             let running = assert_running(&mut child);
             let consumer = &consumer;
-            async move { running && consumer.effects("verification").await.1 >= (before + 150).min(EVENTS) }
+            async move { running && consumer.effects("verification").await.1 >= (before + 150).min(events) }
         })
         .await;
         kill_9(&mut child);
     }
     assert!(
-        consumer.effects("verification").await.1 < EVENTS,
+        consumer.effects("verification").await.1 < events,
         "the kills should land mid-stream: publish more events"
     );
     let mut child = spawn_child("consumer", &bus, &consumer.database.url, "verification");
@@ -224,7 +229,7 @@ async fn a_consumer_killed_mid_stream_again_and_again_loses_nothing_and_repeats_
         let (consumer, broker) = (&consumer, &broker);
         async move {
             running
-                && consumer.effects("verification").await.1 == EVENTS
+                && consumer.effects("verification").await.1 == events
                 && pending(broker, "verification", &[SIGNED_UP]).await == 0
         }
     })
@@ -233,7 +238,7 @@ async fn a_consumer_killed_mid_stream_again_and_again_loses_nothing_and_repeats_
     stop(&lifecycle).await;
     assert_eq!(
         consumer.effects("verification").await,
-        (EVENTS, EVENTS),
+        (events, events),
         "every event had exactly one effect"
     );
 }
@@ -295,7 +300,7 @@ async fn a_relay_killed_between_publish_and_mark_sent_leaves_a_duplicate_the_inb
     let bus = TestBus::new(kind).await;
     let publisher = ServiceDb::create(match kind {
         Kind::Embedded => Backend::Sqlite,
-        Kind::Nats => Backend::Postgres,
+        Kind::Nats | Kind::SnsSqs => Backend::Postgres,
     })
     .await;
     let consumer = ServiceDb::create(Backend::Sqlite).await;
@@ -343,8 +348,9 @@ async fn a_relay_killed_between_publish_and_mark_sent_leaves_a_duplicate_the_inb
         (EVENTS, EVENTS),
         "no event had two effects"
     );
-    if kind == Kind::Embedded {
-        // NATS drops the second publish itself (Nats-Msg-Id); the embedded bus delivers it.
+    if kind != Kind::Nats {
+        // NATS drops the second publish itself (Nats-Msg-Id); the embedded bus and SNS
+        // deliver it.
         // At least the republished ones (a slow machine may add redeliveries of its own).
         assert!(
             duplicates_counted(&subscriber) >= EVENTS as f64,
@@ -361,7 +367,7 @@ async fn an_event_whose_handler_always_fails_is_dead_lettered_while_others_flow_
     let publisher = ServiceDb::create(Backend::Sqlite).await;
     let consumer = ServiceDb::create(match kind {
         Kind::Embedded => Backend::Postgres,
-        Kind::Nats => Backend::Sqlite,
+        Kind::Nats | Kind::SnsSqs => Backend::Sqlite,
     })
     .await;
     let poison = Uuid::now_v7();
@@ -448,7 +454,7 @@ async fn a_rolled_back_transaction_publishes_nothing(kind: Kind) {
     let bus = TestBus::new(kind).await;
     let publisher = ServiceDb::create(match kind {
         Kind::Embedded => Backend::Postgres,
-        Kind::Nats => Backend::Sqlite,
+        Kind::Nats | Kind::SnsSqs => Backend::Sqlite,
     })
     .await;
     let consumer = ServiceDb::create(Backend::Sqlite).await;
@@ -724,14 +730,14 @@ async fn an_event_the_broker_refuses_holds_back_only_its_own_subject(kind: Kind)
 }
 
 async fn two_relays_on_one_outbox_publish_each_event_once(kind: Kind) {
-    const EVENTS: i64 = 2_000;
+    let events = support::volume(kind, 2_000, 300);
     let _recorder = dozen_kit::metrics::recorder();
     let mut bus = TestBus::new(kind).await;
     // Leases far longer than anything here takes, so any duplicate would be the relays' doing.
     bus.settings.bus_ack_wait = std::time::Duration::from_secs(60);
     let publisher = ServiceDb::create(match kind {
         Kind::Embedded => Backend::Postgres,
-        Kind::Nats => Backend::Sqlite,
+        Kind::Nats | Kind::SnsSqs => Backend::Sqlite,
     })
     .await;
     let consumer = ServiceDb::create(Backend::Sqlite).await;
@@ -750,11 +756,11 @@ async fn two_relays_on_one_outbox_publish_each_event_once(kind: Kind) {
     let outbox = start_relay(&bus, &publisher.db, &lifecycle).await;
     let second_instance = support::open(&publisher.database.url).await;
     let _ = start_relay(&bus, &second_instance, &lifecycle).await;
-    support::publish_signups(&publisher.db, &outbox, EVENTS as usize).await;
+    support::publish_signups(&publisher.db, &outbox, events as usize).await;
 
     let broker = bus.connect().await;
     wait_until("every event is handled and the outbox empty", || async {
-        consumer.effects(&subscriber).await.1 == EVENTS
+        consumer.effects(&subscriber).await.1 == events
             && dozen_bus::outbox::backlog(&publisher.db)
                 .await
                 .expect("backlog")
@@ -764,9 +770,9 @@ async fn two_relays_on_one_outbox_publish_each_event_once(kind: Kind) {
     })
     .await;
     stop(&lifecycle).await;
-    assert_eq!(consumer.effects(&subscriber).await, (EVENTS, EVENTS));
-    if kind == Kind::Embedded {
-        // The embedded bus does not deduplicate: none arrived twice, so no row left twice.
+    assert_eq!(consumer.effects(&subscriber).await, (events, events));
+    if kind != Kind::Nats {
+        // The embedded bus and SNS do not deduplicate: none arrived twice, so no row left twice.
         assert_eq!(
             duplicates_counted(&subscriber),
             0.0,

@@ -10,6 +10,8 @@ pub mod nats;
 pub mod platform;
 pub mod process;
 pub mod public_api;
+#[cfg(feature = "sns-sqs")]
+pub mod sns_sqs;
 
 use std::time::{Duration, Instant};
 

@@ -3,12 +3,15 @@
 //!
 //! - [`embedded`]: a SQLite file shared by the processes on one host (the default).
 //! - [`nats`]: NATS JetStream.
+//! - `sns_sqs`: Amazon SNS topics fanning out to SQS queues (the `sns-sqs` feature).
 //!
 //! A broker only moves envelopes; retries, dead letters and deduplication are decided above it
 //! (`subscriber`), the same for every broker.
 
 pub mod embedded;
 pub mod nats;
+#[cfg(feature = "sns-sqs")]
+pub mod sns_sqs;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -91,6 +94,9 @@ pub(crate) enum Receipt {
     Embedded { seq: i64, lease: Arc<str> },
     /// The JetStream message (its reply subject acknowledges it).
     Nats(Box<async_nats::jetstream::Message>),
+    /// The SQS receipt handle.
+    #[cfg(feature = "sns-sqs")]
+    Sqs(String),
 }
 
 impl std::fmt::Debug for Receipt {
@@ -98,6 +104,8 @@ impl std::fmt::Debug for Receipt {
         match self {
             Self::Embedded { seq, .. } => write!(f, "Embedded({seq})"),
             Self::Nats(message) => write!(f, "Nats({})", message.subject),
+            #[cfg(feature = "sns-sqs")]
+            Self::Sqs(_) => write!(f, "Sqs"),
         }
     }
 }
@@ -119,6 +127,14 @@ pub async fn connect(settings: &BusSettings) -> Result<Arc<dyn Broker>, BusError
     Ok(match &settings.bus_url {
         BusUrl::Embedded(url) => Arc::new(embedded::EmbeddedBus::open(url, settings).await?),
         BusUrl::Nats(url) => Arc::new(nats::NatsBus::connect(url, settings).await?),
+        #[cfg(feature = "sns-sqs")]
+        BusUrl::SnsSqs(url) => Arc::new(sns_sqs::SnsSqsBus::connect(url, settings).await?),
+        #[cfg(not(feature = "sns-sqs"))]
+        BusUrl::SnsSqs(_) => {
+            return Err(BusError::Broker(
+                "this build has no SNS/SQS backend (the dozen-bus/sns-sqs feature)".to_owned(),
+            ));
+        }
     })
 }
 

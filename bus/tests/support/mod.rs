@@ -1,5 +1,5 @@
-//! What the bus's tests share: a real broker per test (the embedded bus in a fresh file, or
-//! NATS JetStream under a unique namespace that is deleted afterwards), service databases with
+//! What the bus's tests share: a real broker per test (the embedded bus in a fresh file, NATS
+//! JetStream or an SNS/SQS emulator under a unique namespace that is deleted afterwards), service databases with
 //! the bus's tables, an `effects` table handlers write to, and waiting without timing.
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -12,6 +12,7 @@ use dozen_bus::contracts::UserSignedUp;
 use dozen_bus::{Broker, BusSettings, BusUrl, Envelope, Handler, Outbox, Tx, TxConn, handler};
 use dozen_kit::db::{DatabaseUrl, Db};
 use dozen_tests::database::{Backend, TestDatabase};
+use dozen_tests::sns_sqs::SnsSqsNamespace;
 use uuid::Uuid;
 
 /// Which broker a test runs against.
@@ -19,6 +20,17 @@ use uuid::Uuid;
 pub enum Kind {
     Embedded,
     Nats,
+    SnsSqs,
+}
+
+/// How many events a scenario sends: `full` on real brokers, `on_the_emulator` on the SNS/SQS
+/// emulator, a Python server (moto) whose calls slow down with the depth of a queue (it scans
+/// the queue's messages on every call): tens of events a second, against thousands.
+pub fn volume(kind: Kind, full: i64, on_the_emulator: i64) -> i64 {
+    match kind {
+        Kind::SnsSqs => on_the_emulator,
+        Kind::Embedded | Kind::Nats => full,
+    }
 }
 
 /// Generous: waits end as soon as their condition holds.
@@ -32,6 +44,8 @@ pub struct TestBus {
     _folder: tempfile::TempDir,
     /// A nats-server this test started because none was reachable.
     nats_server: Option<Child>,
+    /// The SNS/SQS namespace, deleted with the bus.
+    _sns_sqs: Option<SnsSqsNamespace>,
 }
 
 /// The NATS server tests use: `TEST_NATS_URL`, or the local default.
@@ -82,6 +96,7 @@ impl TestBus {
         let folder = tempfile::tempdir().expect("a temporary folder");
         let namespace = format!("t{}", &Uuid::new_v4().simple().to_string()[..12]);
         let mut nats_server = None;
+        let mut sns_sqs = None;
         let url = match kind {
             Kind::Embedded => {
                 BusUrl::Embedded(format!("sqlite://{}", folder.path().join("bus.db").display()))
@@ -95,9 +110,18 @@ impl TestBus {
                 }
                 BusUrl::Nats(url)
             }
+            Kind::SnsSqs => {
+                let emulated = SnsSqsNamespace::new("t").await;
+                let url = BusUrl::parse(&emulated.bus_url).expect("an sns+sqs URL");
+                sns_sqs = Some(emulated);
+                url
+            }
         };
         let mut settings = BusSettings::new(url);
-        settings.bus_namespace = namespace;
+        settings.bus_namespace = match &sns_sqs {
+            Some(emulated) => emulated.namespace.clone(),
+            None => namespace,
+        };
         settings.bus_max_attempts = 3;
         settings.bus_retry_backoff = Duration::from_millis(50);
         settings.bus_retry_backoff_max = Duration::from_millis(200);
@@ -109,6 +133,7 @@ impl TestBus {
             settings,
             _folder: folder,
             nats_server,
+            _sns_sqs: sns_sqs,
         }
     }
 
@@ -121,11 +146,8 @@ impl TestBus {
 
     /// The environment a child process needs to reach the same broker.
     pub fn env(&self) -> Vec<(String, String)> {
-        let url = match &self.settings.bus_url {
-            BusUrl::Embedded(url) | BusUrl::Nats(url) => url.clone(),
-        };
         vec![
-            ("BUS_URL".into(), url),
+            ("BUS_URL".into(), self.settings.bus_url.as_str().to_owned()),
             ("BUS_NAMESPACE".into(), self.settings.bus_namespace.clone()),
         ]
     }

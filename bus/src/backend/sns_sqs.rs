@@ -1,0 +1,554 @@
+//! Amazon SNS and SQS (or an emulator of both, such as moto), behind the `sns-sqs` feature.
+//!
+//! Layout: one standard SNS topic per event type, `<namespace>-<type>` with `.` and `_` as `-`
+//! (`user.signed_up` → `dozen-user-signed-up`). Each subscriber has one standard SQS queue,
+//! `<namespace>-<subscriber>`, subscribed to each of its topics with raw message delivery (the
+//! body is the envelope), and a dead-letter queue `<namespace>-<subscriber>-dead-letters` that
+//! SQS's redrive fills after a few receives more than `BUS_MAX_ATTEMPTS`: the consumer loop
+//! moves an event to our dead-letter queue (in the subscriber's database) at
+//! `BUS_MAX_ATTEMPTS`, so the redrive only catches a consumer that keeps dying on it. Topics,
+//! queues and subscriptions that are missing are created on first use; a queue that exists is
+//! used as it is (a CloudFormation stack may own it: `deploy/ecs`), only subscribed to its
+//! topics, which SNS treats as a no-op when already done.
+//!
+//! Delivery: long polling; SQS's receive count is the attempt; an acknowledgement deletes the
+//! message, a retry sets its visibility timeout to the delay (whole seconds), a hand-back sets
+//! it to zero (SQS counts that receive all the same). The visibility timeout of a receive is
+//! `BUS_ACK_WAIT`. A long poll cut short by shutdown may already have taken messages: they
+//! come back after `BUS_ACK_WAIT`.
+//!
+//! Ordering: none. Standard queues deliver in any order and at least once, so per-subject
+//! order is not kept here (as on NATS); handlers that care compare versions or the envelope's
+//! `time`. Duplicates are absorbed by the inbox.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_sns::types::PublishBatchRequestEntry;
+use aws_sdk_sqs::config::{Credentials, Region};
+use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::types::{
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageSystemAttributeName,
+    QueueAttributeName,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{BoxFuture, Broker, Delivery, Queue, Receipt, Settlement, check_name};
+use crate::envelope::Envelope;
+use crate::error::BusError;
+use crate::settings::{BusSettings, SnsSqsAddress};
+
+/// The longest long poll SQS allows, in seconds.
+const LONG_POLL_SECONDS: i32 = 20;
+/// The most entries one SNS or SQS batch call takes.
+const BATCH_LIMIT: usize = 10;
+/// Receives beyond `BUS_MAX_ATTEMPTS` before SQS's redrive gives up on a message.
+const REDRIVE_MARGIN: u32 = 3;
+/// SQS keeps a message at most 14 days.
+const MAX_RETENTION_SECONDS: u64 = 14 * 24 * 3600;
+/// The longest visibility timeout SQS allows (12 hours).
+const MAX_VISIBILITY_SECONDS: u64 = 12 * 3600;
+
+/// The SNS/SQS broker.
+#[derive(Debug)]
+pub struct SnsSqsBus {
+    sns: aws_sdk_sns::Client,
+    sqs: aws_sdk_sqs::Client,
+    namespace: String,
+    visibility_seconds: i32,
+    max_receives: u32,
+    retention_seconds: u64,
+    /// Topic ARNs by event type, so that publishing does not ask each time.
+    topics: Mutex<HashMap<String, String>>,
+    /// Queue URLs by subscriber.
+    queues: Mutex<HashMap<String, String>>,
+}
+
+/// An SDK error with its causes, which the SDK's own `Display` leaves out.
+fn aws_error(what: &str, error: impl std::error::Error) -> BusError {
+    BusError::Broker(format!("{what}: {}", DisplayErrorContext(error)))
+}
+
+fn seconds(duration: Duration, max: u64) -> i32 {
+    let whole = duration.as_millis().div_ceil(1000);
+    i32::try_from(u64::try_from(whole).unwrap_or(u64::MAX).min(max)).unwrap_or(i32::MAX)
+}
+
+impl SnsSqsBus {
+    /// Connect to SNS and SQS as an `sns+sqs://` URL says.
+    pub async fn connect(url: &str, settings: &BusSettings) -> Result<Self, BusError> {
+        let address = SnsSqsAddress::parse(url).map_err(BusError::Broker)?;
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(5))
+            // Longer than a long poll.
+            .operation_attempt_timeout(Duration::from_secs(LONG_POLL_SECONDS as u64 + 10))
+            .build();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(address.region))
+            .timeout_config(timeouts);
+        if let Some(endpoint) = address.endpoint {
+            loader = loader.endpoint_url(endpoint);
+        }
+        if let Some((key, secret)) = address.credentials {
+            loader = loader.credentials_provider(Credentials::new(key, secret, None, None, "BUS_URL"));
+        }
+        let config = loader.load().await;
+        Ok(Self {
+            sns: aws_sdk_sns::Client::new(&config),
+            sqs: aws_sdk_sqs::Client::new(&config),
+            namespace: settings.bus_namespace.clone(),
+            visibility_seconds: seconds(settings.bus_ack_wait, MAX_VISIBILITY_SECONDS).max(1),
+            max_receives: settings.bus_max_attempts + REDRIVE_MARGIN,
+            retention_seconds: settings.bus_retention.as_secs().clamp(60, MAX_RETENTION_SECONDS),
+            topics: Mutex::new(HashMap::new()),
+            queues: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The SNS topic that carries events of `event_type`.
+    pub fn topic_name(&self, event_type: &str) -> String {
+        format!("{}-{}", self.namespace, event_type.replace(['.', '_'], "-"))
+    }
+
+    /// `subscriber`'s SQS queue.
+    pub fn queue_name(&self, subscriber: &str) -> String {
+        format!("{}-{subscriber}", self.namespace)
+    }
+
+    fn cached(map: &Mutex<HashMap<String, String>>, key: &str) -> Option<String> {
+        map.lock().ok().and_then(|map| map.get(key).cloned())
+    }
+
+    fn cache(map: &Mutex<HashMap<String, String>>, key: &str, value: &str) {
+        if let Ok(mut map) = map.lock() {
+            map.insert(key.to_owned(), value.to_owned());
+        }
+    }
+
+    /// The ARN of `event_type`'s topic, created when missing (creating is idempotent).
+    async fn topic(&self, event_type: &str) -> Result<String, BusError> {
+        if let Some(arn) = Self::cached(&self.topics, event_type) {
+            return Ok(arn);
+        }
+        let name = self.topic_name(event_type);
+        let created = self
+            .sns
+            .create_topic()
+            .name(&name)
+            .send()
+            .await
+            .map_err(|e| aws_error(&format!("topic {name}"), e))?;
+        let arn = created
+            .topic_arn
+            .ok_or_else(|| BusError::Broker(format!("topic {name}: no ARN in the answer")))?;
+        Self::cache(&self.topics, event_type, &arn);
+        Ok(arn)
+    }
+
+    /// The URL of the queue called `name`, if it exists.
+    async fn find_queue(&self, name: &str) -> Result<Option<String>, BusError> {
+        match self.sqs.get_queue_url().queue_name(name).send().await {
+            Ok(found) => Ok(found.queue_url),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_queue_does_not_exist()) =>
+            {
+                Ok(None)
+            }
+            Err(error) => Err(aws_error(&format!("queue {name}"), error)),
+        }
+    }
+
+    async fn queue_arn(&self, url: &str) -> Result<String, BusError> {
+        let attributes = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(|e| aws_error("queue attributes", e))?;
+        attributes
+            .attributes
+            .and_then(|mut attributes| attributes.remove(&QueueAttributeName::QueueArn))
+            .ok_or_else(|| BusError::Broker(format!("queue {url}: no ARN in the answer")))
+    }
+
+    async fn create_queue(
+        &self,
+        name: &str,
+        attributes: HashMap<QueueAttributeName, String>,
+    ) -> Result<String, BusError> {
+        let created = self
+            .sqs
+            .create_queue()
+            .queue_name(name)
+            .set_attributes(Some(attributes))
+            .send()
+            .await
+            .map_err(|e| aws_error(&format!("create queue {name}"), e))?;
+        created
+            .queue_url
+            .ok_or_else(|| BusError::Broker(format!("queue {name}: no URL in the answer")))
+    }
+
+    /// Create `subscriber`'s queue and its dead-letter queue, the queue open to this
+    /// namespace's topics; its URL.
+    async fn create_queues(&self, subscriber: &str) -> Result<String, BusError> {
+        let name = self.queue_name(subscriber);
+        let dead_letters = self
+            .create_queue(
+                &format!("{name}-dead-letters"),
+                HashMap::from([(
+                    QueueAttributeName::MessageRetentionPeriod,
+                    MAX_RETENTION_SECONDS.to_string(),
+                )]),
+            )
+            .await?;
+        let dead_letters_arn = self.queue_arn(&dead_letters).await?;
+        // arn:<partition>:sqs:<region>:<account>:<name>, and the queue shares all but the name.
+        let prefix = dead_letters_arn
+            .rsplit_once(':')
+            .map(|(prefix, _)| prefix)
+            .ok_or_else(|| BusError::Broker(format!("unexpected queue ARN {dead_letters_arn}")))?;
+        let queue_arn = format!("{prefix}:{name}");
+        let topics_arn = format!("{}:{}-*", prefix.replacen(":sqs:", ":sns:", 1), self.namespace);
+        let policy = serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Effect": "Allow",
+                "Principal": { "Service": "sns.amazonaws.com" },
+                "Action": "sqs:SendMessage",
+                "Resource": queue_arn,
+                "Condition": { "ArnLike": { "aws:SourceArn": topics_arn } },
+            }],
+        });
+        let redrive = serde_json::json!({
+            "deadLetterTargetArn": dead_letters_arn,
+            "maxReceiveCount": self.max_receives,
+        });
+        self.create_queue(
+            &name,
+            HashMap::from([
+                (
+                    QueueAttributeName::VisibilityTimeout,
+                    self.visibility_seconds.to_string(),
+                ),
+                (
+                    QueueAttributeName::MessageRetentionPeriod,
+                    self.retention_seconds.to_string(),
+                ),
+                (QueueAttributeName::RedrivePolicy, redrive.to_string()),
+                (QueueAttributeName::Policy, policy.to_string()),
+            ]),
+        )
+        .await
+    }
+
+    /// `subscriber`'s queue URL, the queue found or created and subscribed to `topics`.
+    async fn queue(&self, subscriber: &str, topics: &[String]) -> Result<String, BusError> {
+        let name = self.queue_name(subscriber);
+        // SQS names: at most 80 characters (with the dead-letter suffix).
+        if name.len() + "-dead-letters".len() > 80 {
+            return Err(BusError::Broker(format!(
+                "queue name {name:?} is too long for SQS: shorten BUS_NAMESPACE or the subscriber name"
+            )));
+        }
+        let url = match self.find_queue(&name).await? {
+            Some(url) => url,
+            None => self.create_queues(subscriber).await?,
+        };
+        let queue_arn = self.queue_arn(&url).await?;
+        for topic in topics {
+            let topic_arn = self.topic(topic).await?;
+            self.sns
+                .subscribe()
+                .topic_arn(&topic_arn)
+                .protocol("sqs")
+                .endpoint(&queue_arn)
+                .attributes("RawMessageDelivery", "true")
+                .return_subscription_arn(true)
+                .send()
+                .await
+                .map_err(|e| aws_error(&format!("subscribe {name} to {topic_arn}"), e))?;
+        }
+        Self::cache(&self.queues, subscriber, &url);
+        Ok(url)
+    }
+
+    async fn publish_all(&self, events: &[Envelope]) -> Result<(), BusError> {
+        // Runs of one topic go in batches; standard topics keep no order anyway.
+        for run in events.chunk_by(|a, b| a.topic() == b.topic()) {
+            let Some(first) = run.first() else { continue };
+            let topic_arn = self.topic(first.topic()).await?;
+            for chunk in run.chunks(BATCH_LIMIT) {
+                let entries = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(index, event)| {
+                        PublishBatchRequestEntry::builder()
+                            .id(index.to_string())
+                            .message(serde_json::to_string(event)?)
+                            .build()
+                            .map_err(|e| aws_error("publish entry", e))
+                    })
+                    .collect::<Result<Vec<_>, BusError>>()?;
+                let published = self
+                    .sns
+                    .publish_batch()
+                    .topic_arn(&topic_arn)
+                    .set_publish_batch_request_entries(Some(entries))
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        // Perhaps the topic was removed: look it up again next time.
+                        if let Ok(mut topics) = self.topics.lock() {
+                            topics.clear();
+                        }
+                        aws_error(&format!("publish to {topic_arn}"), e)
+                    })?;
+                if let Some(failed) = published.failed.as_deref().and_then(|failed| failed.first()) {
+                    return Err(BusError::Broker(format!(
+                        "publish to {topic_arn}: {} ({})",
+                        failed.message.as_deref().unwrap_or("refused"),
+                        failed.code
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn depth(&self, subscriber: &str) -> Result<u64, BusError> {
+        let url = match Self::cached(&self.queues, subscriber) {
+            Some(url) => url,
+            None => self
+                .find_queue(&self.queue_name(subscriber))
+                .await?
+                .ok_or_else(|| BusError::Broker(format!("no queue for subscriber {subscriber}")))?,
+        };
+        let counts = [
+            QueueAttributeName::ApproximateNumberOfMessages,
+            QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+            QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+        ];
+        let answer = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&url)
+            .set_attribute_names(Some(counts.to_vec()))
+            .send()
+            .await
+            .map_err(|e| aws_error("queue depth", e))?;
+        let attributes = answer.attributes.unwrap_or_default();
+        Ok(counts
+            .iter()
+            .filter_map(|count| attributes.get(count)?.parse::<u64>().ok())
+            .sum())
+    }
+}
+
+impl Broker for SnsSqsBus {
+    fn publish<'a>(&'a self, events: &'a [Envelope]) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(self.publish_all(events))
+    }
+
+    fn open<'a>(
+        &'a self,
+        subscriber: &'a str,
+        topics: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Box<dyn Queue>>, BusError>> {
+        Box::pin(async move {
+            check_name("subscriber", subscriber)?;
+            let url = self.queue(subscriber, topics).await?;
+            let queue: Box<dyn Queue> = Box::new(SqsQueue {
+                sqs: self.sqs.clone(),
+                url,
+                visibility_seconds: self.visibility_seconds,
+            });
+            Ok(vec![queue])
+        })
+    }
+
+    fn pending<'a>(
+        &'a self,
+        subscriber: &'a str,
+        _topics: &'a [String],
+    ) -> BoxFuture<'a, Result<u64, BusError>> {
+        // One queue carries all of a subscriber's topics.
+        Box::pin(self.depth(subscriber))
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            self.sqs
+                .list_queues()
+                .queue_name_prefix(&self.namespace)
+                .max_results(1)
+                .send()
+                .await
+                .map(drop)
+                .map_err(|e| aws_error("SQS", e))
+        })
+    }
+
+    fn backend(&self) -> &'static str {
+        "sns-sqs"
+    }
+}
+
+/// One consumer of a subscriber's SQS queue.
+#[derive(Debug)]
+struct SqsQueue {
+    sqs: aws_sdk_sqs::Client,
+    url: String,
+    visibility_seconds: i32,
+}
+
+impl SqsQueue {
+    async fn receive_some(&self, max: usize, stop: &CancellationToken) -> Result<Vec<Delivery>, BusError> {
+        let polling = self
+            .sqs
+            .receive_message()
+            .queue_url(&self.url)
+            .max_number_of_messages(i32::try_from(max.clamp(1, BATCH_LIMIT)).unwrap_or(1))
+            .wait_time_seconds(LONG_POLL_SECONDS)
+            .visibility_timeout(self.visibility_seconds)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .send();
+        let received = tokio::select! {
+            received = polling => received.map_err(|e| aws_error("receive", e))?,
+            () = stop.cancelled() => return Ok(Vec::new()),
+        };
+        Ok(received
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|message| {
+                let attempt = message
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                    .and_then(|count| count.parse().ok())
+                    .unwrap_or(1);
+                Some(Delivery {
+                    payload: message.body.unwrap_or_default(),
+                    attempt,
+                    receipt: Receipt::Sqs(message.receipt_handle?),
+                })
+            })
+            .collect())
+    }
+
+    async fn delete(&self, handles: &[String]) -> Result<(), BusError> {
+        for chunk in handles.chunks(BATCH_LIMIT) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(index, handle)| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(index.to_string())
+                        .receipt_handle(handle)
+                        .build()
+                        .map_err(|e| aws_error("delete entry", e))
+                })
+                .collect::<Result<Vec<_>, BusError>>()?;
+            let deleted = self
+                .sqs
+                .delete_message_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| aws_error("acknowledge", e))?;
+            if let Some(failed) = deleted.failed.first() {
+                return Err(BusError::Broker(format!(
+                    "acknowledge: {} ({})",
+                    failed.message.as_deref().unwrap_or("refused"),
+                    failed.code
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn postpone(&self, handles: &[(String, i32)]) -> Result<(), BusError> {
+        for chunk in handles.chunks(BATCH_LIMIT) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(index, (handle, delay))| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(index.to_string())
+                        .receipt_handle(handle)
+                        .visibility_timeout(*delay)
+                        .build()
+                        .map_err(|e| aws_error("retry entry", e))
+                })
+                .collect::<Result<Vec<_>, BusError>>()?;
+            let changed = self
+                .sqs
+                .change_message_visibility_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| aws_error("retry later", e))?;
+            if let Some(failed) = changed.failed.first() {
+                return Err(BusError::Broker(format!(
+                    "retry later: {} ({})",
+                    failed.message.as_deref().unwrap_or("refused"),
+                    failed.code
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Queue for SqsQueue {
+    fn receive<'a>(
+        &'a mut self,
+        max: usize,
+        stop: &'a CancellationToken,
+    ) -> BoxFuture<'a, Result<Vec<Delivery>, BusError>> {
+        Box::pin(self.receive_some(max, stop))
+    }
+
+    fn settle(&mut self, settled: Vec<(Delivery, Settlement)>) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            let mut acknowledged = Vec::new();
+            let mut postponed = Vec::new();
+            for (delivery, settlement) in settled {
+                let Receipt::Sqs(handle) = delivery.receipt else {
+                    continue;
+                };
+                match settlement {
+                    Settlement::Ack => acknowledged.push(handle),
+                    Settlement::Retry(delay) => {
+                        postponed.push((handle, seconds(delay, MAX_VISIBILITY_SECONDS)));
+                    }
+                    Settlement::Release => postponed.push((handle, 0)),
+                }
+            }
+            // Both are attempted; a failure of either means redeliveries, which the inbox
+            // absorbs.
+            let deleted = self.delete(&acknowledged).await;
+            self.postpone(&postponed).await?;
+            deleted
+        })
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        // Every message received was handed out, and is settled by the consumer loop.
+        Box::pin(async {})
+    }
+
+    fn label(&self) -> &str {
+        "*"
+    }
+}

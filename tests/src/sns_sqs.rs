@@ -1,0 +1,146 @@
+//! An SNS/SQS emulator for tests that run the bus or the platform on SNS and SQS: moto's server
+//! (PyPI `moto[server]`), at `TEST_SNS_SQS_ENDPOINT` or `http://127.0.0.1:4566`, or one started
+//! for the test when nothing answers there.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+
+use crate::process::free_port;
+
+/// The region and credentials tests use (the emulator accepts any).
+const REGION: &str = "us-east-1";
+const KEY: &str = "test";
+
+fn shared_endpoint() -> String {
+    std::env::var("TEST_SNS_SQS_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:4566".to_owned())
+}
+
+fn answers(endpoint: &str) -> bool {
+    let address = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    address
+        .parse()
+        .is_ok_and(|address| std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1)).is_ok())
+}
+
+/// A unique `BUS_NAMESPACE` on the emulator for one test. Every topic and queue the bus makes
+/// under it is deleted when this goes out of scope, whether the test passed or not (or the
+/// emulator the test started is stopped, taking everything with it).
+#[derive(Debug)]
+pub struct SnsSqsNamespace {
+    /// The namespace, for `BUS_NAMESPACE`.
+    pub namespace: String,
+    /// `BUS_URL` for the emulator.
+    pub bus_url: String,
+    endpoint: String,
+    /// An emulator of this test's own, started because none answered.
+    server: Option<Child>,
+}
+
+impl SnsSqsNamespace {
+    /// A new namespace starting with `purpose` (keep it short: SQS names hold 80 characters).
+    pub async fn new(purpose: &str) -> Self {
+        let mut endpoint = shared_endpoint();
+        let mut server = None;
+        if !answers(&endpoint) {
+            let port = free_port();
+            server = Some(
+                Command::new("moto_server")
+                    .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect(
+                        "no SNS/SQS emulator answers and moto_server cannot be started (pip install 'moto[server]', or set TEST_SNS_SQS_ENDPOINT)",
+                    ),
+            );
+            endpoint = format!("http://127.0.0.1:{port}");
+            crate::eventually("the SNS/SQS emulator started for the test answers", || async {
+                answers(&endpoint).then_some(())
+            })
+            .await;
+        }
+        let namespace = format!("{purpose}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        Self {
+            bus_url: format!("sns+sqs://{KEY}:{KEY}@{REGION}?endpoint={endpoint}"),
+            namespace,
+            endpoint,
+            server,
+        }
+    }
+
+    async fn delete_everything(endpoint: String, prefix: String) -> Result<(), String> {
+        let config = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(REGION))
+            .endpoint_url(endpoint)
+            .credentials_provider(Credentials::new(KEY, KEY, None, None, "test"))
+            .load()
+            .await;
+        let sqs = aws_sdk_sqs::Client::new(&config);
+        let sns = aws_sdk_sns::Client::new(&config);
+        let queues = sqs
+            .list_queues()
+            .queue_name_prefix(&prefix)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        for url in queues.queue_urls() {
+            sqs.delete_queue()
+                .queue_url(url)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let mut next = None;
+        loop {
+            let page = sns
+                .list_topics()
+                .set_next_token(next)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            for topic in page.topics() {
+                let Some(arn) = topic.topic_arn() else { continue };
+                if arn
+                    .rsplit(':')
+                    .next()
+                    .is_some_and(|name| name.starts_with(&prefix))
+                {
+                    sns.delete_topic()
+                        .topic_arn(arn)
+                        .send()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            next = page.next_token;
+            if next.is_none() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl Drop for SnsSqsNamespace {
+    fn drop(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            let _ = server.kill();
+            let _ = server.wait();
+            return;
+        }
+        let (endpoint, prefix) = (self.endpoint.clone(), format!("{}-", self.namespace));
+        // Drop runs outside any async context we could borrow: a runtime on its own thread.
+        let deleted = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?
+                .block_on(Self::delete_everything(endpoint, prefix))
+        })
+        .join();
+        if !matches!(deleted, Ok(Ok(()))) {
+            eprintln!("warning: could not delete a test's SNS topics and SQS queues: {deleted:?}");
+        }
+    }
+}
