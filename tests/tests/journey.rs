@@ -3,7 +3,8 @@
 //! verify → login → profile verified → two users with shared interests see each other in
 //! suggestions → request and accept → each lists the other. Also: the same Idempotency-Key
 //! twice makes one account, and 20 concurrent signups with one email make one account. On the
-//! embedded defaults, and again on Postgres + NATS JetStream.
+//! embedded defaults, and again on Postgres + NATS JetStream, and on Postgres + SNS/SQS (an
+//! emulator).
 
 use dozen_tests::database::DatabasePrefix;
 use dozen_tests::eventually;
@@ -232,6 +233,22 @@ async fn the_signup_journey_on_postgres_and_nats() {
             ("DATABASE_URL", &databases.url),
             ("BUS_URL", &dozen_tests::nats::nats_url()),
             ("BUS_NAMESPACE", &streams.namespace),
+        ],
+        FriendsDatabase::Postgres(&databases),
+    )
+    .await;
+}
+
+#[cfg(feature = "sns-sqs")]
+#[tokio::test(flavor = "multi_thread")]
+async fn the_signup_journey_on_postgres_and_sns_sqs() {
+    let databases = DatabasePrefix::new("journey");
+    let topics_and_queues = dozen_tests::sns_sqs::SnsSqsNamespace::new("journey").await;
+    the_signup_journey(
+        &[
+            ("DATABASE_URL", &databases.url),
+            ("BUS_URL", &topics_and_queues.bus_url),
+            ("BUS_NAMESPACE", &topics_and_queues.namespace),
         ],
         FriendsDatabase::Postgres(&databases),
     )
