@@ -12,7 +12,8 @@
 //! - [`subscriber`]: the consume loop: inbox, handler, ack after commit, retries with
 //!   backoff, dead letters, graceful hand-back.
 //! - [`backend`]: the brokers, chosen by `BUS_URL`: [`backend::embedded`] (a SQLite file
-//!   shared by the processes on one host) and [`backend::nats`] (JetStream).
+//!   shared by the processes on one host), [`backend::nats`] (JetStream) and `backend::sns_sqs`
+//!   (SNS topics fanning out to SQS queues; the `sns-sqs` feature).
 //! - [`settings`] and [`metrics`].
 //!
 //! A service uses it through [`Bus`]:
@@ -44,7 +45,8 @@
 //!   dead-letter queue in its own database, from where [`replay`] sends it to that subscriber
 //!   again; other events keep flowing meanwhile;
 //! - one subject's events reach each subscriber in publish order on the embedded bus; on NATS
-//!   only without retries or competing instances (see [`backend::nats`]).
+//!   only without retries or competing instances (see [`backend::nats`]); on SNS/SQS in any
+//!   order (standard queues).
 
 pub mod admin;
 pub mod backend;

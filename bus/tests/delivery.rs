@@ -1,8 +1,10 @@
-//! The bus end to end, against real brokers (the embedded SQLite bus and NATS JetStream) and
+//! The bus end to end, against real brokers (the embedded SQLite bus, NATS JetStream and an
+//! SNS/SQS emulator) and
 //! real service databases (SQLite and Postgres): fan-out, competing consumers, kill -9 of
 //! consumers and relays, dead letters and replay, rollbacks, redeliveries, shutdown, order.
 //!
-//! Every scenario runs on both brokers (`<scenario>::on_the_embedded_bus`, `<scenario>::on_nats`).
+//! Every scenario runs on every broker (`<scenario>::on_the_embedded_bus`, `::on_nats`,
+//! `::on_sns_sqs`).
 //! Kills use real child processes: this test binary run again with `DOZEN_BUS_TEST_CHILD` set
 //! (see `runs_as_a_child_process_when_a_test_spawns_one`).
 #![allow(clippy::unwrap_used)]
