@@ -1,7 +1,7 @@
 //! The bus end to end, against real brokers (the embedded SQLite bus, NATS JetStream and an
-//! SNS/SQS emulator) and
-//! real service databases (SQLite and Postgres): fan-out, competing consumers, kill -9 of
-//! consumers and relays, dead letters and replay, rollbacks, redeliveries, shutdown, order.
+//! SNS/SQS emulator) and real service databases (SQLite and Postgres): fan-out, competing
+//! consumers, kill -9 of consumers and relays, dead letters and replay, rollbacks,
+//! redeliveries, shutdown, order.
 //!
 //! Every scenario runs on every broker (`<scenario>::on_the_embedded_bus`, `::on_nats`,
 //! `::on_sns_sqs`).
