@@ -19,6 +19,7 @@ pub mod config;
 pub mod db;
 pub mod email;
 pub mod http;
+pub mod interests;
 pub mod lifecycle;
 pub mod metrics;
 pub mod problem;

@@ -65,9 +65,9 @@ impl Signup {
         hasher.update(self.email.as_str());
         hasher.update([0]);
         hasher.update(self.request.display_name.trim());
-        for interest in &self.request.interests {
+        for interest in dozen_kit::interests::normalise(&self.request.interests) {
             hasher.update([0]);
-            hasher.update(interest.trim().to_lowercase());
+            hasher.update(interest);
         }
         format!("{:x}", hasher.finalize())
     }

@@ -55,7 +55,8 @@ pub async fn record(
     signup: &Signup,
     now: DateTime<Utc>,
 ) -> Result<SignupRecord, sqlx::Error> {
-    let interests: Vec<String> = signup.request.interests.clone();
+    // Normalised as users will store them: the signup event carries them as the profile has them.
+    let interests = dozen_kit::interests::normalise(&signup.request.interests);
     with_conn!(tx.conn(), conn => sqlx::query(
         "INSERT INTO signups (idempotency_key, request_hash, user_id, email, display_name, interests, state, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, 'started', $7, $7) ON CONFLICT DO NOTHING",

@@ -54,17 +54,13 @@ impl Interests {
         if items.len() > MAX_INTERESTS {
             return Err(format!("lists more than {MAX_INTERESTS} interests"));
         }
-        let mut interests: Vec<String> = Vec::with_capacity(items.len());
-        for item in items {
-            let interest = item.trim().to_lowercase();
+        let interests = dozen_kit::interests::normalise(items);
+        for interest in &interests {
             let length = interest.chars().count();
             if length == 0 || length > MAX_INTEREST_LENGTH || interest.chars().any(char::is_control) {
                 return Err(format!(
                     "each interest must be 1 to {MAX_INTEREST_LENGTH} printable characters"
                 ));
-            }
-            if !interests.contains(&interest) {
-                interests.push(interest);
             }
         }
         Ok(Self(interests))
