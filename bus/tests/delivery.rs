@@ -1000,6 +1000,8 @@ fn runs_as_a_child_process_when_a_test_spawns_one() {
     let Ok(role) = std::env::var("DOZEN_BUS_TEST_CHILD") else {
         return;
     };
+    // Die with the test that spawned it, even when that test fails before killing it.
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).expect("a parent-death signal");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

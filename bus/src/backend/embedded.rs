@@ -15,17 +15,19 @@
 //! publish order, even with competing consumers and retries (a failing event holds back later
 //! events of its subject until it is handled or dead-lettered; other subjects flow on).
 //!
-//! Wake-ups across processes: one task per process polls `PRAGMA data_version` every 2 ms on
+//! Wake-ups across processes: one task per process reads `PRAGMA data_version` every 2 ms on
 //! a connection of its own. The pragma reads a counter in the WAL index (shared memory), takes
 //! no lock and changes whenever another connection commits, so a consumer in any process
-//! wakes within about 2 ms of a publish; a consumer looks for work only after such a change,
-//! when a retry or lease falls due, or on the backstop poll. The cost is a few hundred cheap
-//! reads per second per process, which suits the development default this bus is.
+//! wakes within about 2 ms of a publish. It does so only while the bus is busy: inotify on the
+//! bus file's folder reports every write to the write-ahead log, and each starts a quarter
+//! second of polling, so an idle bus costs no CPU. (Where inotify is missing or refused, the
+//! task polls all the time.) A consumer looks for work only after such a change, when a retry
+//! or lease falls due, or on the backstop poll.
 //!
 //! Durability: publishing commits with `synchronous=FULL` (a published event survives a power
 //! cut before the outbox marks it sent); claims and acknowledgements commit without a flush,
 //! since losing one only causes a redelivery, which inboxes absorb. No commit runs a WAL
-//! checkpoint: the watcher task runs a passive one twice a second.
+//! checkpoint: the watcher task runs a passive one at most twice a second, after changes.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -43,8 +45,10 @@ use crate::envelope::Envelope;
 use crate::error::BusError;
 use crate::settings::BusSettings;
 
-/// How often each process looks for commits by other processes.
+/// How often each process looks for commits by other processes (while the bus is busy).
 const WATCH_INTERVAL: Duration = Duration::from_millis(2);
+/// How long after a write to the bus file's log the watcher keeps looking for its commit.
+const HOT_SPELL: Duration = Duration::from_millis(250);
 /// How often delivered messages no queue holds any more are removed.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the write-ahead log is copied into the database file.
@@ -165,9 +169,9 @@ impl EmbeddedBus {
         tx.commit().await?;
         drop(conn);
 
-        let watch_conn = options.connect().await?;
+        let commits = Commits::watch(&options).await?;
         let (sender, changes) = watch::channel(0);
-        let watcher = tokio::spawn(watch_commits(watch_conn, light.clone(), sender)).abort_handle();
+        let watcher = tokio::spawn(watch_commits(commits, light.clone(), sender)).abort_handle();
         Ok(Self {
             shared: Arc::new(Shared {
                 pool,
@@ -211,36 +215,166 @@ impl EmbeddedBus {
     }
 }
 
-/// Poll `PRAGMA data_version` and announce changes; checkpoint the write-ahead log; now and
-/// then remove messages that no queue holds any more.
-async fn watch_commits(mut conn: SqliteConnection, pool: SqlitePool, sender: watch::Sender<u64>) {
-    let mut last: Option<i64> = None;
-    let mut tick = tokio::time::interval(WATCH_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// `PRAGMA data_version` on a connection of its own: it reads a counter in the WAL index
+/// (shared memory), takes no lock, and changes once another connection's commit is visible.
+struct DataVersion {
+    conn: SqliteConnection,
+    last: Option<i64>,
+}
+
+impl DataVersion {
+    async fn changed(&mut self) -> Result<bool, String> {
+        let version = sqlx::query_scalar::<_, i64>("PRAGMA data_version")
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let changed = self.last.is_some_and(|last| last != version);
+        self.last = Some(version);
+        Ok(changed)
+    }
+}
+
+/// How the watcher learns that some connection, in any process, committed to the bus file.
+enum Commits {
+    /// inotify on the bus file's folder. A write to the write-ahead log starts a hot spell of
+    /// [`HOT_SPELL`], during which the data version is read every [`WATCH_INTERVAL`]: the
+    /// write comes before its commit is visible (a flush and the WAL index update follow it,
+    /// with no file event), so the version, not the event, says when to look.
+    #[cfg(target_os = "linux")]
+    Notified {
+        events: inotify::EventStream<Vec<u8>>,
+        log: std::ffi::OsString,
+        version: DataVersion,
+        hot_until: tokio::time::Instant,
+    },
+    /// The data version, read every [`WATCH_INTERVAL`].
+    Polled {
+        version: DataVersion,
+        tick: tokio::time::Interval,
+    },
+}
+
+impl Commits {
+    /// Watch with inotify where it can be had, or else poll.
+    async fn watch(options: &SqliteConnectOptions) -> Result<Self, BusError> {
+        let version = DataVersion {
+            conn: options.connect().await?,
+            last: None,
+        };
+        #[cfg(target_os = "linux")]
+        let version = match Self::notified(options.get_filename(), version) {
+            Ok(commits) => return Ok(commits),
+            Err((error, version)) => {
+                tracing::info!(%error, "no inotify watch on the embedded bus; polling it every 2 ms");
+                version
+            }
+        };
+        let mut tick = tokio::time::interval(WATCH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ok(Self::Polled { version, tick })
+    }
+
+    #[cfg(target_os = "linux")]
+    fn notified(
+        bus_file: &std::path::Path,
+        version: DataVersion,
+    ) -> Result<Self, (std::io::Error, DataVersion)> {
+        let folder = match bus_file.parent() {
+            Some(folder) if !folder.as_os_str().is_empty() => folder,
+            _ => std::path::Path::new("."),
+        };
+        let Some(name) = bus_file.file_name() else {
+            return Err((std::io::Error::other("the bus file has no name"), version));
+        };
+        let mut log = name.to_owned();
+        log.push("-wal");
+        let events = inotify::Inotify::init().and_then(|inotify| {
+            // The folder, not the file: SQLite removes and recreates the log.
+            inotify.watches().add(folder, inotify::WatchMask::MODIFY)?;
+            inotify.into_event_stream(vec![0; 4096])
+        });
+        match events {
+            Ok(events) => Ok(Self::Notified {
+                events,
+                log,
+                version,
+                // Hot from the start: commits made before the watch began are looked for.
+                hot_until: tokio::time::Instant::now() + HOT_SPELL,
+            }),
+            Err(error) => Err((error, version)),
+        }
+    }
+
+    /// Wait until another connection's commit is visible; `Err` when watching fails.
+    async fn next(&mut self) -> Result<(), String> {
+        match self {
+            #[cfg(target_os = "linux")]
+            Self::Notified {
+                events,
+                log,
+                version,
+                hot_until,
+            } => loop {
+                use futures_util::{FutureExt, StreamExt};
+                let event = if tokio::time::Instant::now() < *hot_until {
+                    tokio::select! {
+                        event = events.next() => Some(event),
+                        () = tokio::time::sleep(WATCH_INTERVAL) => None,
+                    }
+                } else {
+                    Some(events.next().await)
+                };
+                if let Some(event) = event {
+                    let event = event
+                        .ok_or("the inotify watch ended")?
+                        .map_err(|e| e.to_string())?;
+                    // Nameless events (a queue overflow) may hide a write to the log.
+                    let mut written = event.name.as_ref().is_none_or(|name| name == log);
+                    while let Some(Some(queued)) = events.next().now_or_never() {
+                        let queued = queued.map_err(|e| e.to_string())?;
+                        written |= queued.name.as_ref().is_none_or(|name| name == log);
+                    }
+                    if written {
+                        *hot_until = tokio::time::Instant::now() + HOT_SPELL;
+                    }
+                }
+                if version.changed().await? {
+                    return Ok(());
+                }
+            },
+            Self::Polled { version, tick } => loop {
+                tick.tick().await;
+                if version.changed().await? {
+                    return Ok(());
+                }
+            },
+        }
+    }
+}
+
+/// Announce commits to this process's consumers; checkpoint the write-ahead log after
+/// changes; now and then remove messages that no queue holds any more.
+async fn watch_commits(mut commits: Commits, pool: SqlitePool, sender: watch::Sender<u64>) {
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     let mut checkpoint = tokio::time::interval(CHECKPOINT_INTERVAL);
+    checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut changed_since_checkpoint = true;
     loop {
         tokio::select! {
-            _ = checkpoint.tick() => {
+            _ = checkpoint.tick(), if changed_since_checkpoint => {
+                changed_since_checkpoint = false;
                 // Passive: never waits for, nor blocks, readers and writers.
                 if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
                     tracing::warn!(%error, "checkpointing the embedded bus failed");
                 }
             }
-            _ = tick.tick() => {
-                match sqlx::query_scalar::<_, i64>("PRAGMA data_version").fetch_one(&mut conn).await {
-                    Ok(version) => {
-                        if last.is_some_and(|last| last != version) {
-                            sender.send_modify(|count| *count += 1);
-                        }
-                        last = Some(version);
-                    }
-                    Err(error) => {
-                        // Wake everyone (they will look for themselves) and retry shortly.
-                        tracing::warn!(%error, "the embedded bus watcher cannot read the bus file");
-                        sender.send_modify(|count| *count += 1);
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
+            commit = commits.next() => {
+                // On an error, wake everyone all the same (they will look for themselves).
+                changed_since_checkpoint = true;
+                sender.send_modify(|count| *count += 1);
+                if let Err(error) = commit {
+                    tracing::warn!(%error, "the embedded bus watcher cannot follow the bus file");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
             _ = sweep.tick() => {
