@@ -6,7 +6,8 @@
 //! body is the envelope), and a dead-letter queue `<namespace>-<subscriber>-dead-letters` that
 //! SQS's redrive fills after a few receives more than `BUS_MAX_ATTEMPTS`: the consumer loop
 //! moves an event to our dead-letter queue (in the subscriber's database) at
-//! `BUS_MAX_ATTEMPTS`, so the redrive only catches a consumer that keeps dying on it. Topics,
+//! `BUS_MAX_ATTEMPTS`, so the redrive only catches a consumer that keeps dying on it (what it
+//! moves is not in `dead-letters`: SQS's own tools list it and move it back). Topics,
 //! queues and subscriptions that are missing are created on first use; a queue that exists is
 //! used as it is (a CloudFormation stack may own it: `deploy/ecs`), only subscribed to its
 //! topics, which SNS treats as a no-op when already done.
