@@ -212,12 +212,6 @@ impl Service for Passwords {
             "Login attempts, by outcome (ok, wrong_credentials, unverified, throttled)"
         );
         let hasher = Hasher::new(cost, concurrency)?;
-        let warm = hasher.clone();
-        context.lifecycle.spawn(async move {
-            if let Err(error) = warm.dummy().await {
-                tracing::warn!(error = %error, "cannot prepare the dummy hash");
-            }
-        });
         let state = routes::AppState {
             db: db.clone(),
             hasher,

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
 use argon2::{Algorithm, Argon2, Params, Version};
-use tokio::sync::{OnceCell, Semaphore};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD_NO_PAD;
+use tokio::sync::Semaphore;
 
 /// The argon2id cost parameters new hashes are made with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,9 +47,9 @@ pub struct Hasher {
     cost: Cost,
     /// One permit per hash being computed.
     permits: Arc<Semaphore>,
-    /// A hash of a random password at today's cost, verified against when an email is unknown,
-    /// so that an unknown email takes as long as a wrong password.
-    dummy: Arc<OnceCell<String>>,
+    /// A PHC string at today's cost, verified against when an email is unknown, so that an
+    /// unknown email takes as long as a wrong password (see [`dummy_hash`]).
+    dummy: Arc<str>,
 }
 
 impl Hasher {
@@ -57,7 +59,7 @@ impl Hasher {
         Ok(Self {
             cost,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
-            dummy: Arc::new(OnceCell::new()),
+            dummy: dummy_hash(cost)?.into(),
         })
     }
 
@@ -95,21 +97,7 @@ impl Hasher {
 
     /// Spend the time of a verification without an account to verify against.
     pub async fn verify_nothing(&self, password: &str) -> Result<(), HashingError> {
-        let dummy = self.dummy().await?;
-        self.verify(password, dummy).await.map(drop)
-    }
-
-    /// The dummy hash, made on first use. Calling this at start-up (in the background) spares
-    /// the first unknown email the extra hash that would tell it apart.
-    pub async fn dummy(&self) -> Result<&str, HashingError> {
-        let dummy = self
-            .dummy
-            .get_or_try_init(|| async {
-                let random = uuid::Uuid::new_v4().to_string();
-                self.hash(&random).await
-            })
-            .await?;
-        Ok(dummy)
+        self.verify(password, &self.dummy).await.map(drop)
     }
 
     /// Whether `stored` was made with another algorithm, version or a lower cost than today's
@@ -150,6 +138,35 @@ impl Hasher {
         .map_err(|e| HashingError(format!("the hashing task failed: {e}")))?
     }
 }
+
+/// What [`Hasher::verify_nothing`] verifies against: a PHC string with today's algorithm,
+/// version and cost, a random salt and a random output as long as a real hash's. Verifying
+/// any password against it computes one argon2id hash at today's cost, exactly like a wrong
+/// password against a real credential, and never matches (the output is no password's hash but
+/// by a 2^-256 chance). It costs no hash to make, so the service has none to compute at start
+/// and the first unknown email is not told apart either.
+fn dummy_hash(cost: Cost) -> Result<String, HashingError> {
+    let mut random = [0u8; SALT_LEN + OUTPUT_LEN];
+    // The kernel's random source, as for the salts: aws-lc's generator would first seed itself
+    // from CPU jitter, tens of milliseconds at start-up.
+    getrandom::fill(&mut random)
+        .map_err(|e| HashingError(format!("the system random source failed: {e}")))?;
+    let (salt, output) = random.split_at(SALT_LEN);
+    Ok(format!(
+        "${}$v={}$m={},t={},p={}${}${}",
+        Algorithm::Argon2id.ident().as_str(),
+        u32::from(Version::V0x13),
+        cost.memory_kib,
+        cost.iterations,
+        cost.parallelism,
+        STANDARD_NO_PAD.encode(salt),
+        STANDARD_NO_PAD.encode(output),
+    ))
+}
+
+/// The salt and output lengths of the hashes [`Hasher::hash`] makes (argon2's defaults).
+const SALT_LEN: usize = 16;
+const OUTPUT_LEN: usize = Params::DEFAULT_OUTPUT_LEN;
 
 #[cfg(test)]
 mod tests {
@@ -193,6 +210,26 @@ mod tests {
         assert!(stronger.needs_upgrade(&stored));
         assert!(stronger.needs_upgrade("$argon2i$v=19$m=128,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"));
         assert!(stronger.needs_upgrade("garbage"));
+    }
+
+    #[tokio::test]
+    async fn the_dummy_hash_looks_like_a_real_one_and_matches_nothing() {
+        let hasher = Hasher::new(CHEAP, 1).expect("hasher");
+        let real = hasher.hash("zq7#kd9w").await.expect("hash");
+        // Algorithm, version, cost, salt and output lengths alike: only the random values differ.
+        let shape = |phc: &str| -> Vec<String> {
+            let fields: Vec<&str> = phc.split('$').collect();
+            let (head, tail) = fields.split_at(fields.len() - 2);
+            head.iter()
+                .map(|field| (*field).to_owned())
+                .chain(tail.iter().map(|field| field.len().to_string()))
+                .collect()
+        };
+        assert_eq!(shape(&hasher.dummy), shape(&real));
+        PasswordHash::new(&hasher.dummy).expect("a valid PHC string");
+        assert!(!hasher.needs_upgrade(&hasher.dummy));
+        assert!(!hasher.verify("zq7#kd9w", &hasher.dummy).await.expect("verify"));
+        hasher.verify_nothing("zq7#kd9w").await.expect("verify nothing");
     }
 
     #[test]
