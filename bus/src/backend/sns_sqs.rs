@@ -32,8 +32,8 @@ use aws_sdk_sns::types::PublishBatchRequestEntry;
 use aws_sdk_sqs::config::{Credentials, Region};
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{
-    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageSystemAttributeName,
-    QueueAttributeName,
+    BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
+    MessageSystemAttributeName, QueueAttributeName,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -71,6 +71,18 @@ pub struct SnsSqsBus {
 /// An SDK error with its causes, which the SDK's own `Display` leaves out.
 fn aws_error(what: &str, error: impl std::error::Error) -> BusError {
     BusError::Broker(format!("{what}: {}", DisplayErrorContext(error)))
+}
+
+/// An error naming the first entry SQS refused in a batch call, if any.
+fn refused(what: &str, failed: &[BatchResultErrorEntry]) -> Result<(), BusError> {
+    match failed.first() {
+        Some(entry) => Err(BusError::Broker(format!(
+            "{what}: {} ({})",
+            entry.message.as_deref().unwrap_or("refused"),
+            entry.code
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn seconds(duration: Duration, max: u64) -> i32 {
@@ -466,13 +478,7 @@ impl SqsQueue {
                 .send()
                 .await
                 .map_err(|e| aws_error("acknowledge", e))?;
-            if let Some(failed) = deleted.failed.first() {
-                return Err(BusError::Broker(format!(
-                    "acknowledge: {} ({})",
-                    failed.message.as_deref().unwrap_or("refused"),
-                    failed.code
-                )));
-            }
+            refused("acknowledge", &deleted.failed)?;
         }
         Ok(())
     }
@@ -499,13 +505,7 @@ impl SqsQueue {
                 .send()
                 .await
                 .map_err(|e| aws_error("retry later", e))?;
-            if let Some(failed) = changed.failed.first() {
-                return Err(BusError::Broker(format!(
-                    "retry later: {} ({})",
-                    failed.message.as_deref().unwrap_or("refused"),
-                    failed.code
-                )));
-            }
+            refused("retry later", &changed.failed)?;
         }
         Ok(())
     }
