@@ -116,6 +116,7 @@ pub fn router(
             .into_response()
         }))
         .layer(map_response(problem_bodies))
+        .layer(map_response(close_after_unread_body))
         .layer(from_fn(metrics::record_http))
         .layer(from_fn(request_id::scope))
         .layer(PropagateRequestIdLayer::x_request_id())
@@ -158,6 +159,17 @@ fn log_response(response: &Response, latency: Duration, span: &Span) {
     } else {
         tracing::info!(status, latency_ms, "answered");
     }
+}
+
+/// A body refused for its size was not read to its end, so the connection cannot carry another
+/// request: say so, or a client would reuse it and find it closed under its next request.
+async fn close_after_unread_body(mut response: Response) -> Response {
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Every 4xx and 5xx leaves as problem+json: an answer produced elsewhere (axum's rejections,
