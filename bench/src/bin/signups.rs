@@ -3,6 +3,9 @@
 //! the argon2 limit measured in the same run (cores ÷ time per hash), the most any signup path
 //! could reach since each signup hashes one password. It prints figures; it asserts nothing.
 //!
+//! It also prints the CPU time each process spent per signup (from `/proc`), so that what the
+//! platform spends besides the hash is visible, service by service.
+//!
 //! Run: `cargo build --release --workspace --bins && cargo run --release -p dozen-bench --bin signups`
 //! (optionally `-- <seconds> <concurrency>`, default 15 s and 4 per core). The platform runs on
 //! the embedded defaults, or on whatever `DATABASE_URL`/`BUS_URL` this process is given.
@@ -39,6 +42,38 @@ impl Drop for Platform {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
         let _ = self.up.wait();
     }
+}
+
+/// CPU seconds (user and system) spent so far by each service process under `up`, and by this
+/// benchmark (the load generator), by name.
+fn cpu_seconds(up: u32) -> anyhow::Result<Vec<(String, f64)>> {
+    // Clock ticks per second, as /proc counts them.
+    const TICKS: f64 = 100.0;
+    let read = |pid: &str| -> Option<(u32, f64, String)> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The fields after the command name, which is in parentheses and may hold spaces.
+        let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let parent = rest.get(1)?.parse().ok()?;
+        let ticks: f64 = rest.get(11)?.parse::<f64>().ok()? + rest.get(12)?.parse::<f64>().ok()?;
+        // `dozen up` runs each service as `dozen run <service> …`.
+        let command_line = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
+        let program = command_line.split('\0').nth(2).unwrap_or_default().to_owned();
+        Some((parent, ticks / TICKS, program))
+    };
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let name = entry?.file_name();
+        let Some(pid) = name.to_str() else { continue };
+        if let Some((parent, seconds, program)) = read(pid)
+            && parent == up
+        {
+            found.push((program, seconds));
+        }
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    let (_, seconds, _) = read("self").context("this process's CPU time")?;
+    found.push(("load generator".to_owned(), seconds));
+    Ok(found)
 }
 
 fn start_platform() -> anyhow::Result<Platform> {
@@ -131,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
     let per_hash = time_per_hash(20).await?;
     let limit = cores as f64 / per_hash.as_secs_f64();
 
+    let cpu_before = cpu_seconds(platform.up.id())?;
     let accepted = Arc::new(AtomicUsize::new(0));
     let refused = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -153,6 +189,7 @@ async fn main() -> anyhow::Result<()> {
         worker.await?;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = cpu_seconds(platform.up.id())?;
     let accepted = accepted.load(Ordering::Relaxed);
     let rate = accepted as f64 / elapsed;
 
@@ -183,5 +220,20 @@ async fn main() -> anyhow::Result<()> {
         "answers other than 202",
         refused.load(Ordering::Relaxed)
     );
+    println!(
+        "CPU ms per signup, by process (one hash: {:.2})",
+        per_hash.as_secs_f64() * 1e3
+    );
+    let mut total = 0.0;
+    for (program, after) in &cpu_after {
+        let before = cpu_before
+            .iter()
+            .find(|(name, _)| name == program)
+            .map_or(0.0, |(_, seconds)| *seconds);
+        let per_signup = (after - before) * 1e3 / accepted.max(1) as f64;
+        total += per_signup;
+        println!("  {program:<32} {:>10}", format!("{per_signup:.2}"));
+    }
+    println!("  {:<32} {:>10}", "all", format!("{total:.2}"));
     Ok(())
 }

@@ -15,14 +15,10 @@
 //! publish order, even with competing consumers and retries (a failing event holds back later
 //! events of its subject until it is handled or dead-lettered; other subjects flow on).
 //!
-//! Wake-ups across processes: one task per process reads `PRAGMA data_version` every 2 ms on
-//! a connection of its own. The pragma reads a counter in the WAL index (shared memory), takes
-//! no lock and changes whenever another connection commits, so a consumer in any process
-//! wakes within about 2 ms of a publish. It does so only while the bus is busy: inotify on the
-//! bus file's folder reports every write to the write-ahead log, and each starts a quarter
-//! second of polling, so an idle bus costs no CPU. (Where inotify is missing or refused, the
-//! task polls all the time.) A consumer looks for work only after such a change, when a retry
-//! or lease falls due, or on the backstop poll.
+//! Wake-ups across processes: a doorbell file per subscriber, rung after each commit that
+//! gives its consumers something new and watched with inotify by the processes that have
+//! consumers of it (see [`doorbells`]). A consumer looks for work only after a ring, when a
+//! retry or lease falls due, or on the backstop poll.
 //!
 //! Durability: publishing commits with `synchronous=FULL` (a published event survives a power
 //! cut before the outbox marks it sent); claims and acknowledgements commit without a flush,
@@ -33,10 +29,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::Connection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Connection, SqliteConnection};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -45,10 +41,9 @@ use crate::envelope::Envelope;
 use crate::error::BusError;
 use crate::settings::BusSettings;
 
-/// How often each process looks for commits by other processes (while the bus is busy).
-const WATCH_INTERVAL: Duration = Duration::from_millis(2);
-/// How long after a write to the bus file's log the watcher keeps looking for its commit.
-const HOT_SPELL: Duration = Duration::from_millis(250);
+mod doorbells;
+use doorbells::{Bells, Doorbells};
+
 /// How often delivered messages no queue holds any more are removed.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the write-ahead log is copied into the database file.
@@ -114,8 +109,8 @@ struct Shared {
     /// power cut only means a redelivery, which the inbox absorbs, and it saves a flush (a
     /// millisecond or more) per claim and per acknowledgement.
     light: SqlitePool,
-    /// Bumped by the watcher whenever another connection commits.
-    changes: watch::Receiver<u64>,
+    /// Wake-ups across processes.
+    doorbells: Arc<Doorbells>,
     /// How long a claim holds.
     ack_wait: Duration,
     /// Look for work at least this often.
@@ -169,14 +164,14 @@ impl EmbeddedBus {
         tx.commit().await?;
         drop(conn);
 
-        let commits = Commits::watch(&options).await?;
-        let (sender, changes) = watch::channel(0);
-        let watcher = tokio::spawn(watch_commits(commits, light.clone(), sender)).abort_handle();
+        let (doorbells, bells) = Doorbells::open(options.get_filename(), &options).await?;
+        let doorbells = Arc::new(doorbells);
+        let watcher = tokio::spawn(watch_bus(bells, doorbells.clone(), light.clone())).abort_handle();
         Ok(Self {
             shared: Arc::new(Shared {
                 pool,
                 light,
-                changes,
+                doorbells,
                 ack_wait: settings.bus_ack_wait,
                 backstop: settings.bus_poll_interval,
                 watcher,
@@ -186,6 +181,7 @@ impl EmbeddedBus {
 
     async fn publish_all(&self, events: &[Envelope]) -> Result<(), BusError> {
         let now = now_ms();
+        let mut subscribers = std::collections::BTreeSet::new();
         let mut tx = self.shared.pool.begin_with("BEGIN IMMEDIATE").await?;
         for event in events {
             let text = serde_json::to_string(event)?;
@@ -200,180 +196,46 @@ impl EmbeddedBus {
             .bind(now)
             .fetch_one(&mut *tx)
             .await?;
-            sqlx::query(
+            let queued: Vec<String> = sqlx::query_scalar(
                 "INSERT INTO deliveries (subscriber, seq, subject)
-                 SELECT subscriber, $1, $2 FROM subscriptions WHERE topic = $3",
+                 SELECT subscriber, $1, $2 FROM subscriptions WHERE topic = $3
+                 RETURNING subscriber",
             )
             .bind(seq)
             .bind(&event.subject)
             .bind(event.topic())
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
+            subscribers.extend(queued);
         }
         tx.commit().await?;
+        self.shared.doorbells.ring(subscribers.iter().map(String::as_str));
         Ok(())
     }
 }
 
-/// `PRAGMA data_version` on a connection of its own: it reads a counter in the WAL index
-/// (shared memory), takes no lock, and changes once another connection's commit is visible.
-struct DataVersion {
-    conn: SqliteConnection,
-    last: Option<i64>,
-}
-
-impl DataVersion {
-    async fn changed(&mut self) -> Result<bool, String> {
-        let version = sqlx::query_scalar::<_, i64>("PRAGMA data_version")
-            .fetch_one(&mut self.conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        let changed = self.last.is_some_and(|last| last != version);
-        self.last = Some(version);
-        Ok(changed)
-    }
-}
-
-/// How the watcher learns that some connection, in any process, committed to the bus file.
-enum Commits {
-    /// inotify on the bus file's folder. A write to the write-ahead log starts a hot spell of
-    /// [`HOT_SPELL`], during which the data version is read every [`WATCH_INTERVAL`]: the
-    /// write comes before its commit is visible (a flush and the WAL index update follow it,
-    /// with no file event), so the version, not the event, says when to look.
-    #[cfg(target_os = "linux")]
-    Notified {
-        events: inotify::EventStream<Vec<u8>>,
-        log: std::ffi::OsString,
-        version: DataVersion,
-        hot_until: tokio::time::Instant,
-    },
-    /// The data version, read every [`WATCH_INTERVAL`].
-    Polled {
-        version: DataVersion,
-        tick: tokio::time::Interval,
-    },
-}
-
-impl Commits {
-    /// Watch with inotify where it can be had, or else poll.
-    async fn watch(options: &SqliteConnectOptions) -> Result<Self, BusError> {
-        let version = DataVersion {
-            conn: options.connect().await?,
-            last: None,
-        };
-        #[cfg(target_os = "linux")]
-        let version = match Self::notified(options.get_filename(), version) {
-            Ok(commits) => return Ok(commits),
-            Err((error, version)) => {
-                tracing::info!(%error, "no inotify watch on the embedded bus; polling it every 2 ms");
-                version
-            }
-        };
-        let mut tick = tokio::time::interval(WATCH_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Ok(Self::Polled { version, tick })
-    }
-
-    #[cfg(target_os = "linux")]
-    fn notified(
-        bus_file: &std::path::Path,
-        version: DataVersion,
-    ) -> Result<Self, (std::io::Error, DataVersion)> {
-        let folder = match bus_file.parent() {
-            Some(folder) if !folder.as_os_str().is_empty() => folder,
-            _ => std::path::Path::new("."),
-        };
-        let Some(name) = bus_file.file_name() else {
-            return Err((std::io::Error::other("the bus file has no name"), version));
-        };
-        let mut log = name.to_owned();
-        log.push("-wal");
-        let events = inotify::Inotify::init().and_then(|inotify| {
-            // The folder, not the file: SQLite removes and recreates the log.
-            inotify.watches().add(folder, inotify::WatchMask::MODIFY)?;
-            inotify.into_event_stream(vec![0; 4096])
-        });
-        match events {
-            Ok(events) => Ok(Self::Notified {
-                events,
-                log,
-                version,
-                // Hot from the start: commits made before the watch began are looked for.
-                hot_until: tokio::time::Instant::now() + HOT_SPELL,
-            }),
-            Err(error) => Err((error, version)),
-        }
-    }
-
-    /// Wait until another connection's commit is visible; `Err` when watching fails.
-    async fn next(&mut self) -> Result<(), String> {
-        match self {
-            #[cfg(target_os = "linux")]
-            Self::Notified {
-                events,
-                log,
-                version,
-                hot_until,
-            } => loop {
-                use futures_util::{FutureExt, StreamExt};
-                let event = if tokio::time::Instant::now() < *hot_until {
-                    tokio::select! {
-                        event = events.next() => Some(event),
-                        () = tokio::time::sleep(WATCH_INTERVAL) => None,
-                    }
-                } else {
-                    Some(events.next().await)
-                };
-                if let Some(event) = event {
-                    let event = event
-                        .ok_or("the inotify watch ended")?
-                        .map_err(|e| e.to_string())?;
-                    // Nameless events (a queue overflow) may hide a write to the log.
-                    let mut written = event.name.as_ref().is_none_or(|name| name == log);
-                    while let Some(Some(queued)) = events.next().now_or_never() {
-                        let queued = queued.map_err(|e| e.to_string())?;
-                        written |= queued.name.as_ref().is_none_or(|name| name == log);
-                    }
-                    if written {
-                        *hot_until = tokio::time::Instant::now() + HOT_SPELL;
-                    }
-                }
-                if version.changed().await? {
-                    return Ok(());
-                }
-            },
-            Self::Polled { version, tick } => loop {
-                tick.tick().await;
-                if version.changed().await? {
-                    return Ok(());
-                }
-            },
-        }
-    }
-}
-
-/// Announce commits to this process's consumers; checkpoint the write-ahead log after
-/// changes; now and then remove messages that no queue holds any more.
-async fn watch_commits(mut commits: Commits, pool: SqlitePool, sender: watch::Sender<u64>) {
+/// Wake this process's consumers on their doorbells' rings; checkpoint the write-ahead log
+/// after activity; now and then remove messages that no queue holds any more.
+async fn watch_bus(mut bells: Bells, doorbells: Arc<Doorbells>, pool: SqlitePool) {
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     let mut checkpoint = tokio::time::interval(CHECKPOINT_INTERVAL);
     checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut changed_since_checkpoint = true;
+    let mut active_since_checkpoint = true;
     loop {
         tokio::select! {
-            _ = checkpoint.tick(), if changed_since_checkpoint => {
-                changed_since_checkpoint = false;
+            _ = checkpoint.tick(), if active_since_checkpoint => {
+                active_since_checkpoint = false;
                 // Passive: never waits for, nor blocks, readers and writers.
                 if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
                     tracing::warn!(%error, "checkpointing the embedded bus failed");
                 }
             }
-            commit = commits.next() => {
-                // On an error, wake everyone all the same (they will look for themselves).
-                changed_since_checkpoint = true;
-                sender.send_modify(|count| *count += 1);
-                if let Err(error) = commit {
-                    tracing::warn!(%error, "the embedded bus watcher cannot follow the bus file");
+            rung = doorbells.next(&mut bells) => {
+                active_since_checkpoint = true;
+                if let Err(error) = rung {
+                    // Everyone looks for themselves, then again on the backstop poll.
+                    tracing::warn!(%error, "the embedded bus watcher cannot follow the doorbells");
+                    doorbells.wake_all();
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
@@ -429,7 +291,7 @@ impl Broker for EmbeddedBus {
             tx.commit().await?;
             let queue: Box<dyn Queue> = Box::new(EmbeddedQueue {
                 shared: self.shared.clone(),
-                changes: self.shared.changes.clone(),
+                changes: self.shared.doorbells.listen(subscriber)?,
                 subscriber: subscriber.to_owned(),
             });
             Ok(vec![queue])
@@ -549,39 +411,67 @@ impl EmbeddedQueue {
         Ok(deliveries)
     }
 
+    /// Settle deliveries in one transaction, then ring the subscriber's doorbell if that gave
+    /// its consumers something to claim: a retry or a hand-back, or an acknowledgement of an
+    /// event that held back a later one of its subject.
     async fn settle_all(&self, settled: Vec<(Delivery, Settlement)>) -> Result<(), BusError> {
         if settled.is_empty() {
             return Ok(());
         }
         let now = now_ms();
+        let mut released = false;
         let mut tx = self.shared.light.begin_with("BEGIN IMMEDIATE").await?;
         for (delivery, settlement) in settled {
             let Receipt::Embedded { seq, lease } = delivery.receipt else {
                 continue;
             };
-            let (sql, not_before) = match settlement {
-                Settlement::Ack => (
-                    "DELETE FROM deliveries WHERE subscriber = $1 AND seq = $2 AND lease_owner = $3",
-                    None,
-                ),
-                Settlement::Retry(delay) => (
-                    "UPDATE deliveries SET lease_owner = NULL, lease_until = 0, not_before = $4
-                     WHERE subscriber = $1 AND seq = $2 AND lease_owner = $3",
-                    Some(now + millis(delay)),
-                ),
-                Settlement::Release => (
-                    "UPDATE deliveries SET lease_owner = NULL, lease_until = 0, attempts = MAX(attempts - 1, 0)
-                     WHERE subscriber = $1 AND seq = $2 AND lease_owner = $3",
-                    None,
-                ),
-            };
-            let mut query = sqlx::query(sql).bind(&self.subscriber).bind(seq).bind(&*lease);
-            if let Some(not_before) = not_before {
-                query = query.bind(not_before);
+            match settlement {
+                Settlement::Ack => {
+                    let later_of_subject: Option<i64> = sqlx::query_scalar(
+                        "DELETE FROM deliveries WHERE subscriber = $1 AND seq = $2 AND lease_owner = $3
+                         RETURNING (SELECT 1 FROM deliveries e
+                                    WHERE e.subscriber = deliveries.subscriber
+                                      AND e.subject = deliveries.subject AND e.seq > deliveries.seq)",
+                    )
+                    .bind(&self.subscriber)
+                    .bind(seq)
+                    .bind(&*lease)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .flatten();
+                    released |= later_of_subject.is_some();
+                }
+                Settlement::Retry(delay) => {
+                    sqlx::query(
+                        "UPDATE deliveries SET lease_owner = NULL, lease_until = 0, not_before = $4
+                         WHERE subscriber = $1 AND seq = $2 AND lease_owner = $3",
+                    )
+                    .bind(&self.subscriber)
+                    .bind(seq)
+                    .bind(&*lease)
+                    .bind(now + millis(delay))
+                    .execute(&mut *tx)
+                    .await?;
+                    released = true;
+                }
+                Settlement::Release => {
+                    sqlx::query(
+                        "UPDATE deliveries SET lease_owner = NULL, lease_until = 0, attempts = MAX(attempts - 1, 0)
+                         WHERE subscriber = $1 AND seq = $2 AND lease_owner = $3",
+                    )
+                    .bind(&self.subscriber)
+                    .bind(seq)
+                    .bind(&*lease)
+                    .execute(&mut *tx)
+                    .await?;
+                    released = true;
+                }
             }
-            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
+        if released {
+            self.shared.doorbells.ring([self.subscriber.as_str()]);
+        }
         Ok(())
     }
 }
