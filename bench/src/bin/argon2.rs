@@ -1,5 +1,7 @@
 //! The time one argon2id hash at the services' cost (OWASP's minimum) takes on one core, with
 //! the passwords service's own hasher: what a build profile does to the service's hot path.
+//! Then the same number of hashes on every core at once, as the passwords service computes
+//! them under load: the time per hash there also tells what the cores' shared cache costs.
 //!
 //! Run: `cargo run --release -p dozen-bench --bin argon2` (optionally `-- <hashes>`, default 50).
 
@@ -29,6 +31,30 @@ async fn main() -> anyhow::Result<()> {
         percentile(&times, 0.5),
         percentile(&times, 0.9),
         times.first().copied().unwrap_or_default(),
+    );
+
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let hasher = Hasher::new(Cost::OWASP_MINIMUM, cores)?;
+    let started = Instant::now();
+    let workers: Vec<_> = (0..cores)
+        .map(|core| {
+            let hasher = hasher.clone();
+            tokio::spawn(async move {
+                for i in 0..hashes {
+                    hasher.hash(&format!("benchmark password {core} {i}")).await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "{cores} at once, {hashes} hashes each: {:.1} hashes/s, {:.2} ms per hash on each core",
+        (cores * hashes) as f64 / elapsed,
+        elapsed * 1000.0 / hashes as f64,
     );
     Ok(())
 }

@@ -223,16 +223,22 @@ impl Mailer {
 }
 
 /// Write `<id>.json` through a temporary file, flushed, then renamed over: readers never see
-/// half a message, and a repeat replaces the first copy.
+/// half a message, and a repeat replaces the first copy. One trip to the blocking pool for
+/// the whole write, not one per file operation.
 async fn write_atomically(folder: &Path, message: &StoredMessage) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt;
+    use std::io::Write as _;
     let text = serde_json::to_vec_pretty(message).map_err(std::io::Error::other)?;
     let temporary = folder.join(format!(".{}.json.tmp", message.id));
-    let mut file = tokio::fs::File::create(&temporary).await?;
-    file.write_all(&text).await?;
-    file.sync_all().await?;
-    drop(file);
-    tokio::fs::rename(&temporary, folder.join(format!("{}.json", message.id))).await
+    let target = folder.join(format!("{}.json", message.id));
+    tokio::task::spawn_blocking(move || {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(&text)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&temporary, target)
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 async fn list_folder(folder: &Path) -> std::io::Result<Vec<StoredMessage>> {
