@@ -25,6 +25,9 @@ pub trait Service: Sized + 'static {
     const NAME: &'static str;
     /// Its port under `dozen up`, and the default of `PORT`.
     const DEFAULT_PORT: u16;
+    /// The default of `WORKER_THREADS`: one, unless the service's own work is CPU-bound on
+    /// the async runtime (0: one per core).
+    const DEFAULT_WORKER_THREADS: usize = 1;
     /// Its own settings, read from the environment like the kit's.
     type Settings: Args + Clone + std::fmt::Debug + Send + Sync + 'static;
 
@@ -138,6 +141,9 @@ pub fn parse_settings<S: Service>(
                 S::NAME
             ))
             .mut_arg("port", |arg| arg.default_value(S::DEFAULT_PORT.to_string()))
+            .mut_arg("worker_threads", |arg| {
+                arg.default_value(S::DEFAULT_WORKER_THREADS.to_string())
+            })
             .after_help(tasks_help::<S>())
     })
 }
@@ -200,7 +206,18 @@ pub fn run_from_args<S: Service>(args: impl IntoIterator<Item = OsString>) -> Ex
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match settings.server.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        threads => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(threads);
+            builder
+        }
+    }
+    .enable_all()
+    .build();
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("dozen-{}: cannot start the async runtime: {error}", S::NAME);

@@ -101,6 +101,8 @@ pub struct Gateway;
 impl Service for Gateway {
     const NAME: &'static str = "gateway";
     const DEFAULT_PORT: u16 = 8080;
+    /// Proxying is the gateway's whole job, done on the async runtime: every core.
+    const DEFAULT_WORKER_THREADS: usize = 0;
     type Settings = Settings;
 
     fn database(_: &Settings) -> Option<(&DatabaseSettings, &'static [&'static Migrations])> {
