@@ -21,6 +21,7 @@ fn settings() -> ServerSettings {
         body_limit: 1024,
         drain_delay: Duration::ZERO,
         shutdown_timeout: Duration::from_secs(5),
+        worker_threads: 1,
         upstream_timeout: Duration::from_secs(5),
     }
 }
