@@ -82,7 +82,9 @@ impl Broker for Timed {
     }
 }
 
-#[tokio::main]
+/// One async thread, as a service runs by default (`WORKER_THREADS=1`); the raw NATS loop runs
+/// on the same runtime.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let events: usize = args.next().map(|n| n.parse()).transpose()?.unwrap_or(20_000);
