@@ -305,19 +305,29 @@ impl Broker for EmbeddedBus {
     ) -> BoxFuture<'a, Result<Vec<Box<dyn Queue>>, BusError>> {
         Box::pin(async move {
             check_name("subscriber", subscriber)?;
-            let mut tx = self.shared.pool.begin_with("BEGIN IMMEDIATE").await?;
-            for topic in topics {
-                sqlx::query(
-                    "INSERT INTO subscriptions (topic, subscriber, created_at) VALUES ($1, $2, $3)
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(topic)
-                .bind(subscriber)
-                .bind(now_ms())
-                .execute(&mut *tx)
-                .await?;
+            // Subscriptions are never removed: the write lock is taken only for missing ones,
+            // on the first start of a subscriber or when it gains a topic.
+            let mut conn = self.shared.pool.acquire().await?;
+            let existing: Vec<String> =
+                sqlx::query_scalar("SELECT topic FROM subscriptions WHERE subscriber = $1")
+                    .bind(subscriber)
+                    .fetch_all(&mut *conn)
+                    .await?;
+            if topics.iter().any(|topic| !existing.contains(topic)) {
+                let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+                for topic in topics {
+                    sqlx::query(
+                        "INSERT INTO subscriptions (topic, subscriber, created_at) VALUES ($1, $2, $3)
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .bind(topic)
+                    .bind(subscriber)
+                    .bind(now_ms())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
             }
-            tx.commit().await?;
             let queue: Box<dyn Queue> = Box::new(EmbeddedQueue {
                 shared: self.shared.clone(),
                 changes: self.shared.doorbells.listen(subscriber)?,
