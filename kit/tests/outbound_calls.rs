@@ -22,6 +22,7 @@ fn settings() -> ServerSettings {
         drain_delay: Duration::ZERO,
         shutdown_timeout: Duration::from_secs(5),
         upstream_timeout: Duration::from_secs(5),
+        worker_threads: 1,
     }
 }
 
