@@ -31,7 +31,8 @@ use std::time::Duration;
 
 use sqlx::Connection;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -50,6 +51,9 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 /// How long a message outlives its last delivery (for inspection while debugging).
 const MESSAGE_GRACE: Duration = Duration::from_secs(60);
+
+/// The version of [`SCHEMA`], kept in the bus file's `user_version`: raise it with any change.
+const SCHEMA_VERSION: i64 = 1;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
@@ -142,27 +146,28 @@ impl EmbeddedBus {
             std::fs::create_dir_all(folder).map_err(|e| BusError::Database(sqlx::Error::Io(e)))?;
         }
         // A local file does not drop connections: no liveness ping before each use.
-        let pool = SqlitePoolOptions::new()
+        let pools = SqlitePoolOptions::new()
             .max_connections(4)
             .min_connections(1)
             .test_before_acquire(false)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(10));
+        // One connection for what must be durable: every use but the readiness ping is a write,
+        // and the file's lock lets one writer in at a time anyway. (A pool takes a connection
+        // back only after a round trip, so a larger one opens a connection, a thread and a page
+        // cache, whenever two uses follow each other closely.)
+        let pool = pools
+            .clone()
+            .max_connections(1)
             .connect_with(options.clone())
             .await?;
-        let light = SqlitePoolOptions::new()
-            .max_connections(4)
-            .min_connections(1)
-            .test_before_acquire(false)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options.clone().synchronous(SqliteSynchronous::Normal))
-            .await?;
-        // Every process runs this at start; IF NOT EXISTS makes it idempotent and the write
-        // lock makes concurrent starts take turns.
-        let mut conn = pool.acquire().await?;
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::raw_sql(SCHEMA).execute(&mut *tx).await?;
-        tx.commit().await?;
-        drop(conn);
+        // The file is in WAL mode now (switching needs a lock no other connection may hold):
+        // the light pool's connection opens, on a thread of its own, while the first checks
+        // the schema.
+        let light = options.clone().synchronous(SqliteSynchronous::Normal);
+        let (light, ()) = tokio::try_join!(
+            async { Ok::<_, BusError>(pools.connect_with(light).await?) },
+            async { Ok(create_schema(&pool).await?) },
+        )?;
 
         let (doorbells, bells) = Doorbells::open(options.get_filename(), &options).await?;
         let doorbells = Arc::new(doorbells);
@@ -212,6 +217,30 @@ impl EmbeddedBus {
         self.shared.doorbells.ring(subscribers.iter().map(String::as_str));
         Ok(())
     }
+}
+
+/// Create the bus's tables, unless this version of them is there already: every process
+/// runs this at start, and only the first needs the write lock.
+async fn create_schema(pool: &SqlitePool) -> Result<(), sqlx::Error> {
+    async fn version(conn: &mut SqliteConnection) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("PRAGMA user_version").fetch_one(conn).await
+    }
+    let mut conn = pool.acquire().await?;
+    if version(&mut conn).await? >= SCHEMA_VERSION {
+        return Ok(());
+    }
+    // IF NOT EXISTS makes it idempotent, and the write lock makes concurrent starts take
+    // turns; the version is read again under the lock.
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    if version(&mut tx).await? < SCHEMA_VERSION {
+        sqlx::raw_sql(SCHEMA).execute(&mut *tx).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "PRAGMA user_version = {SCHEMA_VERSION}"
+        )))
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
 }
 
 /// Wake this process's consumers on their doorbells' rings; checkpoint the write-ahead log
@@ -276,19 +305,29 @@ impl Broker for EmbeddedBus {
     ) -> BoxFuture<'a, Result<Vec<Box<dyn Queue>>, BusError>> {
         Box::pin(async move {
             check_name("subscriber", subscriber)?;
-            let mut tx = self.shared.pool.begin_with("BEGIN IMMEDIATE").await?;
-            for topic in topics {
-                sqlx::query(
-                    "INSERT INTO subscriptions (topic, subscriber, created_at) VALUES ($1, $2, $3)
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(topic)
-                .bind(subscriber)
-                .bind(now_ms())
-                .execute(&mut *tx)
-                .await?;
+            // Subscriptions are never removed: the write lock is taken only for missing ones,
+            // on the first start of a subscriber or when it gains a topic.
+            let mut conn = self.shared.pool.acquire().await?;
+            let existing: Vec<String> =
+                sqlx::query_scalar("SELECT topic FROM subscriptions WHERE subscriber = $1")
+                    .bind(subscriber)
+                    .fetch_all(&mut *conn)
+                    .await?;
+            if topics.iter().any(|topic| !existing.contains(topic)) {
+                let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+                for topic in topics {
+                    sqlx::query(
+                        "INSERT INTO subscriptions (topic, subscriber, created_at) VALUES ($1, $2, $3)
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .bind(topic)
+                    .bind(subscriber)
+                    .bind(now_ms())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
             }
-            tx.commit().await?;
             let queue: Box<dyn Queue> = Box::new(EmbeddedQueue {
                 shared: self.shared.clone(),
                 changes: self.shared.doorbells.listen(subscriber)?,

@@ -165,58 +165,45 @@ impl Db {
     /// Check at start-up that every migration this release carries has been applied, unchanged.
     /// A database ahead of the release is accepted: during a rolling deploy the old release
     /// keeps running on the new, backwards-compatible schema.
+    ///
+    /// Every query runs on one connection: the pool hands a released connection back only
+    /// after a liveness round trip, so back-to-back queries on the pool would each open
+    /// another connection (a thread and a page cache apiece) at start-up.
     pub async fn check_schema(&self, sets: &[&Migrations]) -> Result<(), SchemaError> {
-        for migrations in sets {
-            self.check_set(self.migrator(migrations)).await?;
-        }
-        Ok(())
-    }
-
-    async fn check_set(&self, migrator: &Migrator) -> Result<(), SchemaError> {
-        let table = migrator.table_name.as_ref();
-        // The table name is a constant of the release, never input.
-        let applied_query =
-            sqlx::AssertSqlSafe(format!("SELECT version, checksum FROM {table} WHERE success"));
-        let applied: Vec<(i64, Vec<u8>)> = match self {
+        match self {
             Self::Sqlite(pool) => {
-                let exists: Option<(String,)> =
-                    sqlx::query_as("SELECT name FROM sqlite_master WHERE type = 'table' AND name = $1")
-                        .bind(table)
-                        .fetch_optional(pool)
-                        .await?;
-                if exists.is_none() {
-                    return Err(SchemaError::Missing);
+                let mut conn = pool.acquire().await?;
+                for migrations in sets {
+                    let table = migrations.sqlite.table_name.as_ref();
+                    let exists: Option<(String,)> =
+                        sqlx::query_as("SELECT name FROM sqlite_master WHERE type = 'table' AND name = $1")
+                            .bind(table)
+                            .fetch_optional(&mut *conn)
+                            .await?;
+                    if exists.is_none() {
+                        return Err(SchemaError::Missing);
+                    }
+                    let applied = sqlx::query_as(applied_query(table)).fetch_all(&mut *conn).await?;
+                    compare(&migrations.sqlite, &applied)?;
                 }
-                sqlx::query_as(applied_query).fetch_all(pool).await?
             }
             Self::Postgres(pool) => {
-                let exists: (bool,) = sqlx::query_as("SELECT to_regclass($1) IS NOT NULL")
-                    .bind(table)
-                    .fetch_one(pool)
-                    .await?;
-                if !exists.0 {
-                    return Err(SchemaError::Missing);
+                let mut conn = pool.acquire().await?;
+                for migrations in sets {
+                    let table = migrations.postgres.table_name.as_ref();
+                    let exists: (bool,) = sqlx::query_as("SELECT to_regclass($1) IS NOT NULL")
+                        .bind(table)
+                        .fetch_one(&mut *conn)
+                        .await?;
+                    if !exists.0 {
+                        return Err(SchemaError::Missing);
+                    }
+                    let applied = sqlx::query_as(applied_query(table)).fetch_all(&mut *conn).await?;
+                    compare(&migrations.postgres, &applied)?;
                 }
-                sqlx::query_as(applied_query).fetch_all(pool).await?
-            }
-        };
-        let mut pending = 0;
-        for migration in migrator.iter().filter(|m| m.migration_type.is_up_migration()) {
-            match applied.iter().find(|(version, _)| *version == migration.version) {
-                None => pending += 1,
-                Some((_, checksum)) if checksum.as_slice() != &*migration.checksum => {
-                    return Err(SchemaError::Modified {
-                        version: migration.version,
-                    });
-                }
-                Some(_) => {}
             }
         }
-        if pending > 0 {
-            Err(SchemaError::Behind { pending })
-        } else {
-            Ok(())
-        }
+        Ok(())
     }
 
     /// A cheap round trip, for `/readyz`.
@@ -233,6 +220,33 @@ impl Db {
             Self::Sqlite(pool) => pool.close().await,
             Self::Postgres(pool) => pool.close().await,
         }
+    }
+}
+
+/// The applied migrations of one set, from its tracking table.
+fn applied_query(table: &str) -> sqlx::AssertSqlSafe<String> {
+    // The table name is a constant of the release, never input.
+    sqlx::AssertSqlSafe(format!("SELECT version, checksum FROM {table} WHERE success"))
+}
+
+/// Compare the migrations applied (version, checksum) with those `migrator` carries.
+fn compare(migrator: &Migrator, applied: &[(i64, Vec<u8>)]) -> Result<(), SchemaError> {
+    let mut pending = 0;
+    for migration in migrator.iter().filter(|m| m.migration_type.is_up_migration()) {
+        match applied.iter().find(|(version, _)| *version == migration.version) {
+            None => pending += 1,
+            Some((_, checksum)) if checksum.as_slice() != &*migration.checksum => {
+                return Err(SchemaError::Modified {
+                    version: migration.version,
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    if pending > 0 {
+        Err(SchemaError::Behind { pending })
+    } else {
+        Ok(())
     }
 }
 
