@@ -23,7 +23,6 @@ fn settings() -> ServerSettings {
         shutdown_timeout: Duration::from_secs(5),
         worker_threads: 1,
         upstream_timeout: Duration::from_secs(5),
-        worker_threads: 1,
     }
 }
 
