@@ -100,12 +100,12 @@ impl HttpClient {
             .entry(name)
             .or_insert_with(|| Arc::new(Guard::new(name, &self.policy)))
             .clone();
-        Upstream {
+        Upstream(Arc::new(Peer {
             name,
             base_url: base_url.into().trim_end_matches('/').to_owned(),
             http: self.clone(),
             guard,
-        }
+        }))
     }
 }
 
@@ -150,9 +150,13 @@ impl Guard {
     }
 }
 
-/// Another service this one calls; clones share its breaker and retry budget.
+/// Another service this one calls; clones share its breaker and retry budget, and cost one
+/// reference count (a request handler clones it for every call).
 #[derive(Debug, Clone)]
-pub struct Upstream {
+pub struct Upstream(Arc<Peer>);
+
+#[derive(Debug)]
+struct Peer {
     /// The peer's service name, for logs and metrics.
     name: &'static str,
     /// Its base URL, without a trailing slash.
@@ -164,17 +168,17 @@ pub struct Upstream {
 impl Upstream {
     /// The peer's service name.
     pub fn name(&self) -> &'static str {
-        self.name
+        self.0.name
     }
 
     /// The peer's base URL.
     pub fn base_url(&self) -> &str {
-        &self.base_url
+        &self.0.base_url
     }
 
     /// The state of its circuit breaker.
     pub fn health(&self) -> BreakerHealth {
-        self.guard.breaker.health()
+        self.0.guard.breaker.health()
     }
 
     /// A call to `path` (starting with `/`, or empty for the base URL itself), carrying trace
@@ -186,9 +190,10 @@ impl Upstream {
             headers.insert(request_id::HEADER, id);
         }
         let request = self
+            .0
             .http
             .client()
-            .request(method, format!("{}{path}", self.base_url))
+            .request(method, format!("{}{path}", self.0.base_url))
             .headers(headers);
         Call {
             upstream: self.clone(),
@@ -267,14 +272,14 @@ impl Call {
             deadline,
             guarded,
         } = self;
-        let name = upstream.name;
+        let name = upstream.name();
         let mut request = request.build().map_err(|source| CallError::Invalid {
             upstream: name,
             source,
         })?;
-        let guard = &upstream.guard;
-        let client = upstream.http.client();
-        let attempt_timeout = upstream.http.timeout;
+        let guard = &upstream.0.guard;
+        let client = upstream.0.http.client();
+        let attempt_timeout = upstream.0.http.timeout;
         if !guarded {
             *request.timeout_mut() = Some(time_left(deadline, attempt_timeout));
             return client
