@@ -1,10 +1,12 @@
 //! Prometheus metrics: one recorder per process, rendered by the service's own `/metrics`
 //! route (no second listener), plus the HTTP request metrics every route gets.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{LazyLock, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -58,18 +60,55 @@ pub fn render() -> String {
 /// Middleware: count and time every request by method, matched route and status.
 pub async fn record_http(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_owned();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().clone();
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let response = next.run(request).await;
-    let labels = [
-        ("method", method),
-        ("route", route),
-        ("status", response.status().as_u16().to_string()),
-    ];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let (count, duration) = http_handles(&method, route, response.status());
+    count.increment(1);
+    duration.record(started.elapsed().as_secs_f64());
     response
+}
+
+/// The handles of `http_requests_total` and `http_request_duration_seconds`.
+type HttpHandles = (metrics::Counter, metrics::Histogram);
+
+/// The handles of each route, by method and status.
+type HandlesByRoute = HashMap<String, Vec<(Method, StatusCode, HttpHandles)>>;
+
+/// By route, then method and status: registered once each, since looking a metric up by its
+/// labels (three strings made, hashed and freed) cost more than recording into it.
+static HTTP_HANDLES: LazyLock<RwLock<HandlesByRoute>> = LazyLock::new(RwLock::default);
+
+fn http_handles(method: &Method, route: &str, status: StatusCode) -> HttpHandles {
+    let find = |handles: &HandlesByRoute| {
+        handles.get(route).and_then(|known| {
+            known
+                .iter()
+                .find(|(m, s, _)| m == method && *s == status)
+                .map(|(_, _, handles)| handles.clone())
+        })
+    };
+    if let Some(handles) = find(&HTTP_HANDLES.read().unwrap_or_else(|e| e.into_inner())) {
+        return handles;
+    }
+    let mut all = HTTP_HANDLES.write().unwrap_or_else(|e| e.into_inner());
+    if let Some(handles) = find(&all) {
+        return handles;
+    }
+    // Registered with the process's recorder, not a no-op one kept for ever.
+    recorder();
+    let labels = [
+        ("method", method.as_str().to_owned()),
+        ("route", route.to_owned()),
+        ("status", status.as_u16().to_string()),
+    ];
+    let handles = (
+        metrics::counter!("http_requests_total", &labels),
+        metrics::histogram!("http_request_duration_seconds", &labels),
+    );
+    all.entry(route.to_owned())
+        .or_default()
+        .push((method.clone(), status, handles.clone()));
+    handles
 }

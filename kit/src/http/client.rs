@@ -100,18 +100,25 @@ impl HttpClient {
             .entry(name)
             .or_insert_with(|| Arc::new(Guard::new(name, &self.policy)))
             .clone();
-        Upstream {
+        let base_url = base_url.into().trim_end_matches('/').to_owned();
+        Upstream(Arc::new(Peer {
             name,
-            base_url: base_url.into().trim_end_matches('/').to_owned(),
+            base: reqwest::Url::parse(&base_url).ok(),
+            base_url,
             http: self.clone(),
             guard,
-        }
+        }))
     }
 }
 
 /// What protects one upstream: its breaker, retry budget and backoff.
 #[derive(Debug)]
 struct Guard {
+    name: &'static str,
+    /// Per [`Outcome`], the handles of `upstream_requests_total` and
+    /// `upstream_request_duration_seconds`, registered on first use: looking a metric up by
+    /// its labels on every attempt cost more than the rest of the bookkeeping.
+    attempt_metrics: [OnceLock<(metrics::Counter, metrics::Histogram)>; Outcome::ALL.len()],
     breaker: Breaker,
     budget: TpsBudget,
     backoff: ExponentialBackoffMaker,
@@ -126,6 +133,8 @@ impl Guard {
         // waiting for ever.
         let ceiling = first.saturating_mul(16).max(Duration::from_millis(1));
         Self {
+            name,
+            attempt_metrics: Default::default(),
             breaker: Breaker::new(
                 name,
                 BreakerSettings {
@@ -150,13 +159,37 @@ impl Guard {
     }
 }
 
-/// Another service this one calls; clones share its breaker and retry budget.
+impl Guard {
+    /// Count and time one attempt that ended in `outcome`.
+    fn record_attempt(&self, outcome: Outcome, took: Duration) {
+        let (count, duration) = self.attempt_metrics[outcome as usize].get_or_init(|| {
+            // Registered with the process's recorder, not a no-op one.
+            crate::metrics::recorder();
+            let labels = [("upstream", self.name), ("outcome", outcome.label())];
+            (
+                metrics::counter!("upstream_requests_total", &labels),
+                metrics::histogram!("upstream_request_duration_seconds", &labels),
+            )
+        });
+        count.increment(1);
+        duration.record(took.as_secs_f64());
+    }
+}
+
+/// Another service this one calls; clones share its breaker and retry budget, and cost one
+/// reference count (a request handler clones it for every call).
 #[derive(Debug, Clone)]
-pub struct Upstream {
+pub struct Upstream(Arc<Peer>);
+
+#[derive(Debug)]
+struct Peer {
     /// The peer's service name, for logs and metrics.
     name: &'static str,
     /// Its base URL, without a trailing slash.
     base_url: String,
+    /// `base_url` parsed once: a call's URL is a copy with its path set, not a new parse of
+    /// scheme and host. `None` if it does not parse; each call then reports why.
+    base: Option<reqwest::Url>,
     http: HttpClient,
     guard: Arc<Guard>,
 }
@@ -164,17 +197,17 @@ pub struct Upstream {
 impl Upstream {
     /// The peer's service name.
     pub fn name(&self) -> &'static str {
-        self.name
+        self.0.name
     }
 
     /// The peer's base URL.
     pub fn base_url(&self) -> &str {
-        &self.base_url
+        &self.0.base_url
     }
 
     /// The state of its circuit breaker.
     pub fn health(&self) -> BreakerHealth {
-        self.guard.breaker.health()
+        self.0.guard.breaker.health()
     }
 
     /// A call to `path` (starting with `/`, or empty for the base URL itself), carrying trace
@@ -185,11 +218,12 @@ impl Upstream {
         if let Some(id) = request_id::current() {
             headers.insert(request_id::HEADER, id);
         }
-        let request = self
-            .http
-            .client()
-            .request(method, format!("{}{path}", self.base_url))
-            .headers(headers);
+        let client = self.0.http.client();
+        let request = match self.0.base.as_ref().and_then(|base| with_path(base, path)) {
+            Some(url) => client.request(method, url),
+            None => client.request(method, format!("{}{path}", self.0.base_url)),
+        }
+        .headers(headers);
         Call {
             upstream: self.clone(),
             request,
@@ -197,6 +231,29 @@ impl Upstream {
             guarded: true,
         }
     }
+}
+
+/// `base` followed by `path` (and its query): the URL `{base}{path}` parses to, or `None` for
+/// a path this shortcut does not handle (one not starting with `/`, or with a fragment).
+fn with_path(base: &reqwest::Url, path: &str) -> Option<reqwest::Url> {
+    if !(path.is_empty() || path.starts_with('/')) || path.contains('#') {
+        return None;
+    }
+    let (path, query) = match path.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path, None),
+    };
+    let mut url = base.clone();
+    if !path.is_empty() {
+        match base.path().trim_end_matches('/') {
+            "" => url.set_path(path),
+            prefix => url.set_path(&format!("{prefix}{path}")),
+        }
+    }
+    if query.is_some() {
+        url.set_query(query);
+    }
+    Some(url)
 }
 
 /// A call being built; the methods mirror reqwest's `RequestBuilder`.
@@ -267,14 +324,14 @@ impl Call {
             deadline,
             guarded,
         } = self;
-        let name = upstream.name;
+        let name = upstream.name();
         let mut request = request.build().map_err(|source| CallError::Invalid {
             upstream: name,
             source,
         })?;
-        let guard = &upstream.guard;
-        let client = upstream.http.client();
-        let attempt_timeout = upstream.http.timeout;
+        let guard = &upstream.0.guard;
+        let client = upstream.0.http.client();
+        let attempt_timeout = upstream.0.http.timeout;
         if !guarded {
             *request.timeout_mut() = Some(time_left(deadline, attempt_timeout));
             return client
@@ -305,10 +362,7 @@ impl Call {
                 Ok(answer) => classify_status(answer.status()),
                 Err(error) => classify_error(error),
             };
-            let labels = [("upstream", name), ("outcome", outcome.label())];
-            metrics::counter!("upstream_requests_total", &labels).increment(1);
-            metrics::histogram!("upstream_request_duration_seconds", &labels)
-                .record(started.elapsed().as_secs_f64());
+            guard.record_attempt(outcome, started.elapsed());
             match failure {
                 Some(reason) => admission.failed(reason),
                 None => admission.succeeded(),
@@ -378,6 +432,14 @@ enum Outcome {
 }
 
 impl Outcome {
+    const ALL: [Self; 5] = [
+        Self::Success,
+        Self::ClientError,
+        Self::ServerError,
+        Self::Timeout,
+        Self::ConnectionError,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             Self::Success => "success",
@@ -570,4 +632,36 @@ fn describe_metrics() {
             "Circuit breaker state changes, by upstream and the state entered"
         );
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_on_the_parsed_base_is_the_url_the_joined_text_parses_to() {
+        for base in [
+            "http://127.0.0.1:8085",
+            "http://friends:80/prefix",
+            "https://xn--bcher-kva.example",
+        ] {
+            let parsed = reqwest::Url::parse(base).expect("a base URL");
+            for path in [
+                "",
+                "/friends",
+                "/friends/",
+                "/api/friends?cursor=a%20b&limit=2",
+                "/verifications/abc%2Fdef",
+                "/a b/./c/../d",
+                "/x?",
+            ] {
+                let expected = reqwest::Url::parse(&format!("{base}{path}")).expect("a URL");
+                assert_eq!(with_path(&parsed, path), Some(expected), "{base} + {path}");
+            }
+            // Left to the whole parse: a path that does not start at the root, a fragment.
+            for path in ["?only=query", "friends", "/x#part"] {
+                assert_eq!(with_path(&parsed, path), None, "{base} + {path}");
+            }
+        }
+    }
 }

@@ -15,6 +15,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{from_fn, map_response};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
@@ -100,14 +101,22 @@ pub fn router(
         .route("/openapi.json", get(openapi_json))
         .with_state(ops);
 
-    api.merge(ops_routes)
-        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "no such route") })
-        // Each `layer` wraps the ones before it: the last is outermost.
-        .layer(DefaultBodyLimit::max(settings.body_limit))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            settings.request_timeout,
-        ))
+    // One stack, applied once: axum boxes (and clones for every request) each `layer` call
+    // separately. The first layer here is the outermost.
+    let middleware = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_request(())
+                .on_response(log_response),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(from_fn(request_id::scope))
+        .layer(from_fn(metrics::record_http))
+        .layer(map_response(error_answers))
+        // The panic catcher's answers have a body of their own type.
+        .map_response(IntoResponse::into_response)
         .layer(CatchPanicLayer::custom(|_| {
             Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -115,18 +124,14 @@ pub fn router(
             )
             .into_response()
         }))
-        .layer(map_response(problem_bodies))
-        .layer(map_response(close_after_unread_body))
-        .layer(from_fn(metrics::record_http))
-        .layer(from_fn(request_id::scope))
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(request_span)
-                .on_request(())
-                .on_response(log_response),
-        )
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            settings.request_timeout,
+        ))
+        .layer(DefaultBodyLimit::max(settings.body_limit));
+    api.merge(ops_routes)
+        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "no such route") })
+        .layer(middleware)
 }
 
 fn request_span(request: &Request<Body>) -> Span {
@@ -146,7 +151,9 @@ fn request_span(request: &Request<Body>) -> Span {
         request_id,
         status = tracing::field::Empty,
     );
-    let _ = span.set_parent(trace_context::extract_from_headers(request.headers()));
+    if !span.is_disabled() {
+        let _ = span.set_parent(trace_context::extract_from_headers(request.headers()));
+    }
     span
 }
 
@@ -161,28 +168,35 @@ fn log_response(response: &Response, latency: Duration, span: &Span) {
     }
 }
 
-/// A body refused for its size was not read to its end, so the connection cannot carry another
-/// request: say so, or a client would reuse it and find it closed under its next request.
-async fn close_after_unread_body(mut response: Response) -> Response {
-    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
-    }
-    response
-}
-
 /// Every 4xx and 5xx leaves as problem+json: an answer produced elsewhere (axum's rejections,
 /// the body limit, the timeout, 405) keeps its status, and its text becomes the detail.
-async fn problem_bodies(response: Response) -> Response {
+///
+/// A body refused for its size was not read to its end, so the connection cannot carry another
+/// request: a 413 says so, or a client would reuse it and find it closed under its next
+/// request.
+async fn error_answers(response: Response) -> Response {
     let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let mut answer = problem_body(response).await;
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        answer
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    answer
+}
+
+async fn problem_body(response: Response) -> Response {
     let is_problem = response
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|value| value.as_bytes().starts_with(problem::CONTENT_TYPE.as_bytes()));
-    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+    if is_problem {
         return response;
     }
+    let status = response.status();
     let (parts, body) = response.into_parts();
     let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
     let detail = match String::from_utf8_lossy(&text).trim() {

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::response::Response;
+use tower::util::MapResponseLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::set_header::SetResponseHeaderLayer;
 
 /// The content security policy of every answer.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; base-uri 'none'; object-src 'none'; \
@@ -87,13 +88,16 @@ pub fn apply(router: Router, origins: &AllowedOrigins) -> Router {
                 .max_age(Duration::from_secs(600)),
         );
     }
+    // One layer for all of them: axum boxes each layer of a router separately.
+    router.layer(MapResponseLayer::new(with_security_headers))
+}
+
+fn with_security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
     for (name, value) in SECURITY_HEADERS {
-        router = router.layer(SetResponseHeaderLayer::overriding(
-            name,
-            HeaderValue::from_static(value),
-        ));
+        headers.insert(name, HeaderValue::from_static(value));
     }
-    router
+    response
 }
 
 #[cfg(test)]

@@ -53,7 +53,7 @@ pub async fn forward(upstream: &Upstream, outgoing: Outgoing<'_>) -> Response {
         }
     }
     if let Some(client) = outgoing.client {
-        request = request.header("x-forwarded-for", client.to_string());
+        request = request.header("x-forwarded-for", forwarded_for(client));
     }
     match request.send().await {
         Ok(answer) => {
@@ -93,6 +93,28 @@ pub async fn forward(upstream: &Upstream, outgoing: Outgoing<'_>) -> Response {
     }
 }
 
+/// `client` as an `x-forwarded-for` value. An IPv4 address is written digit by digit:
+/// through `Display` it cost more instructions than building the rest of the call.
+fn forwarded_for(client: IpAddr) -> String {
+    let IpAddr::V4(address) = client else {
+        return client.to_string();
+    };
+    let mut text = String::with_capacity(15);
+    for (index, octet) in address.octets().into_iter().enumerate() {
+        if index > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
+    }
+    text
+}
+
 /// The problem answered when `service` could not be asked: `status`, and `Retry-After` in
 /// whole seconds (at least one).
 fn unavailable(service: &str, status: StatusCode, retry_after: Duration) -> Response {
@@ -106,4 +128,23 @@ fn unavailable(service: &str, status: StatusCode, retry_after: Duration) -> Resp
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forwarded_address_reads_as_display_writes_it() {
+        for address in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.100.255",
+            "203.0.113.9",
+            "2001:db8::7",
+        ] {
+            let address: IpAddr = address.parse().expect("an address");
+            assert_eq!(forwarded_for(address), address.to_string());
+        }
+    }
 }

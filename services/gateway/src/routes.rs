@@ -2,6 +2,7 @@
 //! "The public API"). Internal service routes are not reachable from here: only these are.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -37,7 +38,8 @@ pub fn router(peers: Peers, limits: &RateLimits) -> Router {
         .route("/api/friends/{user_id}/accept", post(friends))
         .route("/api/dev/mailbox", get(mailbox))
         .route("/ops/status", get(ops_status))
-        .with_state(peers)
+        // Shared, not copied: axum clones the state for every request.
+        .with_state(Arc::new(peers))
 }
 
 /// The parts of a public request that are passed on.
@@ -63,11 +65,12 @@ impl Public {
 impl<S: Send + Sync> axum::extract::FromRequest<S> for Public {
     type Rejection = Response;
 
-    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(mut request: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
         use axum::response::IntoResponse;
         let client = request.extensions().get::<ClientAddress>().map(|client| client.0);
         let method = request.method().clone();
-        let headers = request.headers().clone();
+        // Taken, not copied: reading the body needs none of them.
+        let headers = std::mem::take(request.headers_mut());
         let body = Bytes::from_request(request, state)
             .await
             .map_err(IntoResponse::into_response)?;
@@ -89,41 +92,45 @@ fn service_path(uri: &OriginalUri) -> String {
         .to_owned()
 }
 
-async fn signups(State(peers): State<Peers>, public: Public) -> Response {
+async fn signups(State(peers): State<Arc<Peers>>, public: Public) -> Response {
     proxy::forward(&peers.signup, public.to("/signups".to_owned())).await
 }
 
-async fn verifications(State(peers): State<Peers>, Path(token): Path<String>, public: Public) -> Response {
+async fn verifications(
+    State(peers): State<Arc<Peers>>,
+    Path(token): Path<String>,
+    public: Public,
+) -> Response {
     // The token goes on percent-encoded, exactly as one path segment.
     let token: String = url_segment(&token);
     proxy::forward(&peers.verification, public.to(format!("/verifications/{token}"))).await
 }
 
-async fn verification_resend(State(peers): State<Peers>, public: Public) -> Response {
+async fn verification_resend(State(peers): State<Arc<Peers>>, public: Public) -> Response {
     proxy::forward(&peers.verification, public.to("/verifications/resend".to_owned())).await
 }
 
-async fn sessions(State(peers): State<Peers>, public: Public) -> Response {
+async fn sessions(State(peers): State<Arc<Peers>>, public: Public) -> Response {
     proxy::forward(&peers.passwords, public.to("/sessions".to_owned())).await
 }
 
-async fn me_aggregate(State(peers): State<Peers>, headers: HeaderMap) -> Response {
+async fn me_aggregate(State(peers): State<Arc<Peers>>, headers: HeaderMap) -> Response {
     me::aggregate(&peers, &headers).await
 }
 
-async fn me_update(State(peers): State<Peers>, public: Public) -> Response {
+async fn me_update(State(peers): State<Arc<Peers>>, public: Public) -> Response {
     proxy::forward(&peers.users, public.to("/me".to_owned())).await
 }
 
-async fn friends(State(peers): State<Peers>, uri: OriginalUri, public: Public) -> Response {
+async fn friends(State(peers): State<Arc<Peers>>, uri: OriginalUri, public: Public) -> Response {
     proxy::forward(&peers.friends, public.to(service_path(&uri))).await
 }
 
-async fn mailbox(State(peers): State<Peers>, public: Public) -> Response {
+async fn mailbox(State(peers): State<Arc<Peers>>, public: Public) -> Response {
     proxy::forward(&peers.verification, public.to("/mailbox".to_owned())).await
 }
 
-async fn ops_status(State(peers): State<Peers>) -> Response {
+async fn ops_status(State(peers): State<Arc<Peers>>) -> Response {
     ops::status(&peers).await
 }
 
