@@ -12,6 +12,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::layer::SubscriberExt;
@@ -64,10 +65,15 @@ pub fn init(service: &'static str, settings: &TelemetrySettings) -> anyhow::Resu
             .with_writer(std::io::stdout)
             .boxed(),
     };
+    // The level filters what is logged, never which spans exist: a request's span carries the
+    // trace context its calls to other services pass on, whatever `LOG_LEVEL` says.
     let _already_set = tracing_subscriber::registry()
-        .with(filter)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
-        .with(output)
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(LevelFilter::INFO),
+        )
+        .with(output.with_filter(filter))
         .try_init();
     Ok(TelemetryGuard { provider })
 }

@@ -28,9 +28,19 @@ fn settings() -> ServerSettings {
 
 #[tokio::test]
 async fn an_outgoing_call_continues_the_incoming_trace_and_request_id() {
+    continues_the_trace_and_request_id("info").await;
+}
+
+#[tokio::test]
+async fn the_trace_is_passed_on_whatever_the_log_level() {
+    continues_the_trace_and_request_id("warn").await;
+}
+
+/// Serve a route that calls a peer, with logs at `log_level`, and check what the peer sees.
+async fn continues_the_trace_and_request_id(log_level: &str) {
     let telemetry = TelemetrySettings {
         log_format: LogFormat::Json,
-        log_level: Some("info".into()),
+        log_level: Some(log_level.into()),
         otlp_endpoint: None,
     };
     let _guard = dozen_kit::telemetry::init("test", &telemetry).expect("telemetry");
