@@ -127,10 +127,7 @@ impl Doorbells {
     /// failure is logged (the consumers' backstop poll still finds the work).
     pub(super) fn ring<'a>(&self, subscribers: impl IntoIterator<Item = &'a str>) {
         use std::os::unix::fs::FileExt as _;
-        let mut files = self
-            .files
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut files = locked(&self.files);
         for subscriber in subscribers {
             let rung = match files.get(subscriber) {
                 Some(file) => file.write_at(&[1], 0),
@@ -149,10 +146,7 @@ impl Doorbells {
     /// A receiver that changes whenever `subscriber`'s doorbell rings. Listening starts before
     /// this returns, so a ring after it is never missed.
     pub(super) fn listen(&self, subscriber: &str) -> Result<watch::Receiver<u64>, BusError> {
-        let mut listeners = self
-            .listeners
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut listeners = locked(&self.listeners);
         if let Some(sender) = listeners.by_subscriber.get(subscriber) {
             return Ok(sender.subscribe());
         }
@@ -187,10 +181,7 @@ impl Doorbells {
                 while let Some(Some(event)) = events.next().now_or_never() {
                     rung.push(event.map_err(|e| e.to_string())?.wd);
                 }
-                let listeners = self
-                    .listeners
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let listeners = locked(&self.listeners);
                 for watch in rung {
                     match listeners
                         .by_watch
@@ -207,11 +198,7 @@ impl Doorbells {
             Bells::Polled { version, tick } => loop {
                 tick.tick().await;
                 if version.changed().await? {
-                    let listeners = self
-                        .listeners
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    listeners.by_subscriber.values().for_each(wake);
+                    self.wake_all();
                     return Ok(());
                 }
             },
@@ -220,12 +207,14 @@ impl Doorbells {
 
     /// Wake every consumer of this process (after a failure to watch).
     pub(super) fn wake_all(&self) {
-        let listeners = self
-            .listeners
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let listeners = locked(&self.listeners);
         listeners.by_subscriber.values().for_each(wake);
     }
+}
+
+/// The lock's contents, even if a holder panicked (they are maps that stay consistent).
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn wake(sender: &watch::Sender<u64>) {
