@@ -12,7 +12,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
-use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::filter::{FilterExt, LevelFilter, filter_fn};
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::layer::SubscriberExt;
@@ -66,12 +66,15 @@ pub fn init(service: &'static str, settings: &TelemetrySettings) -> anyhow::Resu
             .boxed(),
     };
     // The level filters what is logged, never which spans exist: a request's span carries the
-    // trace context its calls to other services pass on, whatever `LOG_LEVEL` says.
+    // trace context its calls to other services pass on, whatever `LOG_LEVEL` says. Events
+    // become span events only when spans are exported; otherwise they are only logged.
+    let exporting = settings.otlp_endpoint.is_some();
+    let traced = LevelFilter::INFO.and(filter_fn(move |meta| exporting || meta.is_span()));
     let _already_set = tracing_subscriber::registry()
         .with(
             tracing_opentelemetry::layer()
                 .with_tracer(tracer)
-                .with_filter(LevelFilter::INFO),
+                .with_filter(traced),
         )
         .with(output.with_filter(filter))
         .try_init();
