@@ -38,9 +38,9 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use clap::Args;
+use http::Method;
 use jsonwebtoken::jwk::{JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use reqwest::Method;
 use serde::Deserialize;
 use uuid::Uuid;
 

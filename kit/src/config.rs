@@ -174,10 +174,11 @@ pub struct ServerSettings {
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 
-    /// Threads that run the service's async work (requests, calls to other services, event
-    /// handlers); 0 means one per core. SQLite and password hashing run on threads of their
-    /// own either way. One thread costs the least CPU per request (no hand-offs between
-    /// threads); a service scales out by running more processes.
+    /// Threads that serve HTTP requests, each with a single-threaded runtime of its own that
+    /// keeps the connections it accepted; 0 means one per core. The first also runs start-up
+    /// and the background work (event handlers, the outbox relay); SQLite and password hashing
+    /// run on threads of their own either way. A service whose requests mostly wait for its
+    /// database needs one; it scales out by running more processes.
     #[arg(long, env = "WORKER_THREADS", default_value_t = 1)]
     pub worker_threads: usize,
 

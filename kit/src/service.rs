@@ -25,8 +25,8 @@ pub trait Service: Sized + 'static {
     const NAME: &'static str;
     /// Its port under `dozen up`, and the default of `PORT`.
     const DEFAULT_PORT: u16;
-    /// The default of `WORKER_THREADS`: one, unless the service's own work is CPU-bound on
-    /// the async runtime (0: one per core).
+    /// The default of `WORKER_THREADS`: one serving thread, unless serving requests is the
+    /// service's CPU-bound work (0: one per core).
     const DEFAULT_WORKER_THREADS: usize = 1;
     /// Its own settings, read from the environment like the kit's.
     type Settings: Args + Clone + std::fmt::Debug + Send + Sync + 'static;
@@ -206,17 +206,9 @@ pub fn run_from_args<S: Service>(args: impl IntoIterator<Item = OsString>) -> Ex
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match settings.server.worker_threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        0 => tokio::runtime::Builder::new_multi_thread(),
-        threads => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(threads);
-            builder
-        }
-    }
-    .enable_all()
-    .build();
+    // One thread runs start-up and the background tasks, and serves HTTP with the others that
+    // `WORKER_THREADS` asks for (`server::serve`).
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
     let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -397,16 +389,12 @@ impl Application {
             db,
             server,
         } = self;
-        let stopping = lifecycle.stopping();
-        let serving = tokio::spawn(async move {
-            // ConnectInfo gives handlers the client address (login throttling, rate limits).
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(stopping.cancelled_owned())
-            .await
-        });
+        let threads = match server.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            threads => threads,
+        };
+        let mut serving = server::serve(listener, router, threads, lifecycle.stopping())
+            .context("cannot start the HTTP server threads")?;
         let stopped_from_within = lifecycle.stopping();
         tokio::select! {
             () = signal => {}
@@ -417,14 +405,13 @@ impl Application {
         tokio::time::sleep(server.drain_delay).await;
         lifecycle.stop();
         let finished = async {
-            let served = serving.await;
+            let served = serving.stopped().await;
             lifecycle.tasks_finished().await;
             served
         };
         let outcome = match tokio::time::timeout(server.shutdown_timeout, finished).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(error))) => Err(anyhow::Error::new(error).context("the HTTP server failed")),
-            Ok(Err(error)) => Err(anyhow::Error::new(error).context("the HTTP server task failed")),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(anyhow::Error::new(error).context("the HTTP server failed")),
             Err(_) => Err(anyhow::anyhow!(
                 "in-flight work did not finish within SHUTDOWN_TIMEOUT ({:?})",
                 server.shutdown_timeout
@@ -433,6 +420,7 @@ impl Application {
         if let Some(db) = db {
             db.close().await;
         }
+        serving.finish();
         if outcome.is_ok() {
             tracing::info!("stopped");
         }

@@ -66,7 +66,7 @@ async fn continues_the_trace_and_request_id(log_level: &str) {
             let upstream = upstream.clone();
             async move {
                 let answer = upstream
-                    .call(reqwest::Method::GET, "/echo")
+                    .call(http::Method::GET, "/echo")
                     .send()
                     .await
                     .expect("peer answers");

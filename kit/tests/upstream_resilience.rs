@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use dozen_kit::config::UpstreamSettings;
 use dozen_kit::http::breaker::BreakerState;
 use dozen_kit::http::client::{CallError, HttpClient, Upstream};
-use reqwest::Method;
+use http::Method;
 use tokio::sync::oneshot;
 
 /// What the test upstream answers, and how often it was reached.

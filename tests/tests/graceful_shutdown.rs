@@ -58,6 +58,47 @@ async fn an_in_flight_request_completes_while_readiness_turns_false() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn requests_in_flight_on_every_serving_thread_complete() {
+    let mut service = Service::start(FIXTURE, &[("WORKER_THREADS", "2"), ("DRAIN_DELAY", "1s")]).await;
+    let started_on = |service: &Service, thread: &str| {
+        let field = format!(r#""thread":"{thread}""#);
+        service
+            .process
+            .lines()
+            .iter()
+            .filter(|line| line.contains("slow request started") && line.contains(&field))
+            .count()
+    };
+    // One request per connection, each waited for, until both threads serve one.
+    let mut slow = Vec::new();
+    while started_on(&service, "main") == 0 || started_on(&service, "http-1") == 0 {
+        assert!(slow.len() < 40, "40 connections, and one thread accepted none");
+        let before = started_on(&service, "main") + started_on(&service, "http-1");
+        slow.push(tokio::spawn(reqwest::get(service.url("/slow?ms=2000"))));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while started_on(&service, "main") + started_on(&service, "http-1") == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a slow request did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    service.process.signal(Signal::SIGTERM);
+    for request in slow {
+        let answer = request
+            .await
+            .expect("request task")
+            .expect("the in-flight request is answered");
+        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.text().await.expect("body"), "done");
+    }
+    let status = service.process.wait(Duration::from_secs(10)).await;
+    assert!(status.success(), "exit 0, got {status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn after_the_drain_delay_new_connections_are_refused_but_old_requests_finish() {
     let mut service = Service::start(FIXTURE, &[]).await;
     let slow = tokio::spawn(reqwest::get(service.url("/slow?ms=3000")));

@@ -27,8 +27,16 @@ use std::error::Error as _;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, StatusCode};
-use reqwest::Method;
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, USER_AGENT};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use thread_local::ThreadLocal;
 use tokio::time::Instant;
 use tower::retry::backoff::{Backoff, ExponentialBackoffMaker, MakeBackoff};
 use tower::retry::budget::{Budget, TpsBudget};
@@ -42,16 +50,26 @@ use crate::trace_context;
 /// How long a deposit counts in a retry budget.
 const BUDGET_WINDOW: Duration = Duration::from_secs(10);
 
+/// Sent with every call.
+const USER_AGENT_VALUE: &str = concat!("dozen/", env!("CARGO_PKG_VERSION"));
+
+/// The client of one thread: hyper's pooled HTTP/1 client, over TLS for `https://` peers. It
+/// follows no redirect: a peer's answer is passed on as it is.
+type PooledClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
 /// A pooled HTTP client; cheap to clone.
 ///
-/// The connection pool is built on the first call, not at start-up: building it loads the
-/// system's TLS roots, which costs milliseconds and megabytes that a service which calls no
-/// one (or not yet) should not pay before it is ready.
+/// Each thread that calls gets a connection pool of its own, built on its first call: a
+/// connection is then driven by the runtime of the thread that uses it (a service serving on
+/// several threads, [`crate::http::server::serve`], never hands a call to another thread),
+/// and a service that calls no one (or not yet) does not pay for loading the system's TLS
+/// roots, milliseconds and megabytes, before it is ready.
 #[derive(Debug, Clone)]
 pub struct HttpClient {
     timeout: Duration,
     policy: UpstreamSettings,
-    client: Arc<OnceLock<reqwest::Client>>,
+    connector: Arc<OnceLock<HttpsConnector<HttpConnector>>>,
+    clients: Arc<ThreadLocal<PooledClient>>,
     /// The guards of the upstreams made so far, by name: two upstreams with one name share a
     /// breaker and a budget, as they share the service behind them.
     guards: Arc<Mutex<HashMap<&'static str, Arc<Guard>>>>,
@@ -70,24 +88,19 @@ impl HttpClient {
         Self {
             timeout,
             policy,
-            client: Arc::default(),
+            connector: Arc::default(),
+            clients: Arc::default(),
             guards: Arc::default(),
         }
     }
 
-    fn client(&self) -> &reqwest::Client {
-        self.client.get_or_init(|| {
-            reqwest::Client::builder()
-                .timeout(self.timeout)
-                .connect_timeout(self.timeout.min(Duration::from_secs(2)))
+    /// This thread's client; the TLS set-up is shared by all threads.
+    fn client(&self) -> &PooledClient {
+        self.clients.get_or(|| {
+            let connector = self.connector.get_or_init(|| connector(self.timeout));
+            Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
-                .user_agent(concat!("dozen/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .unwrap_or_else(|error| {
-                    // Only a TLS back end that cannot start fails here; plain HTTP still works.
-                    tracing::error!(error = %error, "HTTP client set-up failed; using the defaults");
-                    reqwest::Client::new()
-                })
+                .build(connector.clone())
         })
     }
 
@@ -103,12 +116,34 @@ impl HttpClient {
         let base_url = base_url.into().trim_end_matches('/').to_owned();
         Upstream(Arc::new(Peer {
             name,
-            base: reqwest::Url::parse(&base_url).ok(),
+            base: Base::parse(&base_url),
             base_url,
             http: self.clone(),
             guard,
         }))
     }
+}
+
+/// Plain TCP (no delay, connecting within `timeout` and at most 2 s), with TLS on top for
+/// `https://` URLs, verified by the platform's roots.
+fn connector(timeout: Duration) -> HttpsConnector<HttpConnector> {
+    use rustls_platform_verifier::ConfigVerifierExt as _;
+    let mut tcp = HttpConnector::new();
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(timeout.min(Duration::from_secs(2))));
+    tcp.enforce_http(false);
+    let tls = rustls::ClientConfig::with_platform_verifier().unwrap_or_else(|error| {
+        // Only plain HTTP peers can be called then; each HTTPS call fails and says why.
+        tracing::error!(error = %error, "the platform's TLS roots could not be loaded");
+        rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+    });
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(tcp)
 }
 
 /// What protects one upstream: its breaker, retry budget and backoff.
@@ -187,11 +222,55 @@ struct Peer {
     name: &'static str,
     /// Its base URL, without a trailing slash.
     base_url: String,
-    /// `base_url` parsed once: a call's URL is a copy with its path set, not a new parse of
-    /// scheme and host. `None` if it does not parse; each call then reports why.
-    base: Option<reqwest::Url>,
+    /// `base_url` parsed once; `None` if it is not an absolute `http(s)://` URL, and each
+    /// call then reports why.
+    base: Option<Base>,
     http: HttpClient,
     guard: Arc<Guard>,
+}
+
+/// A base URL in parts: a call's URI is these with its path appended.
+#[derive(Debug)]
+struct Base {
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    /// The base's own path, without a trailing slash ("" for none).
+    path: String,
+}
+
+impl Base {
+    fn parse(base_url: &str) -> Option<Self> {
+        let uri: Uri = base_url.parse().ok()?;
+        let parts = uri.into_parts();
+        let scheme = parts.scheme?;
+        if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+            return None;
+        }
+        let path = match &parts.path_and_query {
+            Some(path) if path.query().is_some() => return None,
+            Some(path) => path.path().trim_end_matches('/').to_owned(),
+            None => String::new(),
+        };
+        Some(Self {
+            scheme,
+            authority: parts.authority?,
+            path,
+        })
+    }
+
+    /// The URI of `path` (with its query) on this base.
+    fn join(&self, path: &str) -> Result<Uri, http::Error> {
+        let path_and_query = match (self.path.as_str(), path) {
+            ("", "") => PathAndQuery::from_static("/"),
+            ("", path) => PathAndQuery::try_from(path)?,
+            (base, path) => PathAndQuery::try_from(format!("{base}{path}"))?,
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+    }
 }
 
 impl Upstream {
@@ -213,55 +292,39 @@ impl Upstream {
     /// A call to `path` (starting with `/`, or empty for the base URL itself), carrying trace
     /// context and request id; [`Call::send`] sends it.
     pub fn call(&self, method: Method, path: &str) -> Call {
-        let mut headers = http::HeaderMap::new();
+        let mut headers = HeaderMap::new();
         trace_context::inject_into_headers(&mut headers);
         if let Some(id) = request_id::current() {
             headers.insert(request_id::HEADER, id);
         }
-        let client = self.0.http.client();
-        let request = match self.0.base.as_ref().and_then(|base| with_path(base, path)) {
-            Some(url) => client.request(method, url),
-            None => client.request(method, format!("{}{path}", self.0.base_url)),
-        }
-        .headers(headers);
+        headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+        let uri = match &self.0.base {
+            None => Err(Invalid::BaseUrl(self.0.base_url.clone())),
+            Some(_) if !(path.is_empty() || path.starts_with('/')) => Err(Invalid::Path(path.to_owned())),
+            Some(base) => base.join(path).map_err(Invalid::from),
+        };
         Call {
             upstream: self.clone(),
-            request,
+            method,
+            uri,
+            headers,
+            body: Bytes::new(),
             deadline: None,
             guarded: true,
         }
     }
 }
 
-/// `base` followed by `path` (and its query): the URL `{base}{path}` parses to, or `None` for
-/// a path this shortcut does not handle (one not starting with `/`, or with a fragment).
-fn with_path(base: &reqwest::Url, path: &str) -> Option<reqwest::Url> {
-    if !(path.is_empty() || path.starts_with('/')) || path.contains('#') {
-        return None;
-    }
-    let (path, query) = match path.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (path, None),
-    };
-    let mut url = base.clone();
-    if !path.is_empty() {
-        match base.path().trim_end_matches('/') {
-            "" => url.set_path(path),
-            prefix => url.set_path(&format!("{prefix}{path}")),
-        }
-    }
-    if query.is_some() {
-        url.set_query(query);
-    }
-    Some(url)
-}
-
-/// A call being built; the methods mirror reqwest's `RequestBuilder`.
+/// A call being built.
 #[derive(Debug)]
 #[must_use = "a call does nothing until it is sent"]
 pub struct Call {
     upstream: Upstream,
-    request: reqwest::RequestBuilder,
+    method: Method,
+    /// Where to, or why the call cannot be made (reported by [`Call::send`]).
+    uri: Result<Uri, Invalid>,
+    headers: HeaderMap,
+    body: Bytes,
     /// When the whole call, retries included, must be over.
     deadline: Option<Instant>,
     /// Whether the breaker and retries apply ([`Call::unguarded`]).
@@ -277,25 +340,53 @@ impl Call {
         HeaderValue: TryFrom<V>,
         <HeaderValue as TryFrom<V>>::Error: Into<http::Error>,
     {
-        self.request = self.request.header(name, value);
+        match (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            (Ok(name), Ok(value)) => {
+                self.headers.append(name, value);
+            }
+            (Err(error), _) => self.invalidate(Invalid::from(error.into())),
+            (_, Err(error)) => self.invalidate(Invalid::from(error.into())),
+        }
         self
     }
 
     /// Send `body` as JSON.
     pub fn json<T: serde::Serialize + ?Sized>(mut self, body: &T) -> Self {
-        self.request = self.request.json(body);
+        match serde_json::to_vec(body) {
+            Ok(json) => {
+                self.headers
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                self.body = Bytes::from(json);
+            }
+            Err(error) => self.invalidate(Invalid::Json(error)),
+        }
         self
     }
 
     /// Add `query` to the URL's query string.
     pub fn query<T: serde::Serialize + ?Sized>(mut self, query: &T) -> Self {
-        self.request = self.request.query(query);
+        let encoded = match serde_urlencoded::to_string(query) {
+            Ok(encoded) => encoded,
+            Err(error) => {
+                self.invalidate(Invalid::Query(error));
+                return self;
+            }
+        };
+        if let Ok(uri) = &self.uri
+            && !encoded.is_empty()
+        {
+            let separator = if uri.query().is_some() { '&' } else { '?' };
+            let joined = format!("{uri}{separator}{encoded}");
+            self.uri = joined
+                .parse()
+                .map_err(|error: http::uri::InvalidUri| Invalid::from(http::Error::from(error)));
+        }
         self
     }
 
     /// Send these bytes as the body.
-    pub fn body(mut self, body: impl Into<reqwest::Body>) -> Self {
-        self.request = self.request.body(body);
+    pub fn body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = body.into();
         self
     }
 
@@ -315,34 +406,47 @@ impl Call {
         self
     }
 
+    /// Keep the first reason the call cannot be made.
+    fn invalidate(&mut self, reason: Invalid) {
+        if self.uri.is_ok() {
+            self.uri = Err(reason);
+        }
+    }
+
     /// Send it: retried, timed and guarded as the module doc says. Any answer is `Ok`, a 5xx
     /// too (after the retries it was allowed).
-    pub async fn send(self) -> Result<reqwest::Response, CallError> {
+    pub async fn send(self) -> Result<Answer, CallError> {
         let Self {
             upstream,
-            request,
+            method,
+            uri,
+            headers,
+            body,
             deadline,
             guarded,
         } = self;
         let name = upstream.name();
-        let mut request = request.build().map_err(|source| CallError::Invalid {
+        let uri = uri.map_err(|source| CallError::Invalid {
             upstream: name,
             source,
         })?;
-        let guard = &upstream.0.guard;
-        let client = upstream.0.http.client();
-        let attempt_timeout = upstream.0.http.timeout;
+        let attempt = Attempt {
+            client: upstream.0.http.client(),
+            method: &method,
+            uri: &uri,
+            headers: &headers,
+            body: &body,
+            timeout: upstream.0.http.timeout,
+            deadline,
+        };
         if !guarded {
-            *request.timeout_mut() = Some(time_left(deadline, attempt_timeout));
-            return client
-                .execute(request)
-                .await
-                .map_err(|error| CallError::from_reqwest(name, error));
+            return attempt.send().await.map_err(|failure| failure.into_error(name));
         }
-        let may_repeat = is_repeatable(&request);
+        let guard = &upstream.0.guard;
+        let may_repeat = is_repeatable(&method, &headers);
         guard.budget.deposit();
         let mut backoff = guard.backoff.clone().make_backoff();
-        let mut attempt = 1;
+        let mut number = 1;
         loop {
             let admission = guard.breaker.admit().map_err(|refused| {
                 metrics::counter!("upstream_rejected_total", "upstream" => name).increment(1);
@@ -351,16 +455,11 @@ impl Call {
                     retry_after: refused.retry_after,
                 }
             })?;
-            // The copy for a next attempt (none for a streamed body, which cannot be repeated).
-            let spare = (may_repeat && attempt < guard.max_attempts)
-                .then(|| request.try_clone())
-                .flatten();
-            *request.timeout_mut() = Some(time_left(deadline, attempt_timeout));
             let started = Instant::now();
-            let result = client.execute(request).await;
+            let result = attempt.send().await;
             let (outcome, failure) = match &result {
                 Ok(answer) => classify_status(answer.status()),
-                Err(error) => classify_error(error),
+                Err(failure) => (failure.outcome(), Some(failure.to_string())),
             };
             guard.record_attempt(outcome, started.elapsed());
             match failure {
@@ -368,24 +467,197 @@ impl Call {
                 None => admission.succeeded(),
             }
 
-            let status = result.as_ref().ok().map(reqwest::Response::status);
-            let next = spare.filter(|_| {
-                outcome.is_retryable(status) && deadline.is_none_or(|deadline| Instant::now() < deadline)
-            });
-            if let Some(next) = next {
+            let status = result.as_ref().ok().map(Answer::status);
+            let again = may_repeat
+                && number < guard.max_attempts
+                && outcome.is_retryable(status)
+                && deadline.is_none_or(|deadline| Instant::now() < deadline);
+            if again {
                 if !guard.budget.withdraw() {
                     metrics::counter!("upstream_retries_denied_total", "upstream" => name).increment(1);
                 } else if pause(backoff.next_backoff(), deadline).await {
                     metrics::counter!("upstream_retries_total", "upstream" => name).increment(1);
-                    tracing::debug!(upstream = name, attempt, outcome = outcome.label(), "retrying");
-                    attempt += 1;
-                    request = next;
+                    tracing::debug!(
+                        upstream = name,
+                        attempt = number,
+                        outcome = outcome.label(),
+                        "retrying"
+                    );
+                    number += 1;
                     continue;
                 }
             }
-            return result.map_err(|error| CallError::from_reqwest(name, error));
+            return result.map_err(|failure| failure.into_error(name));
         }
     }
+}
+
+/// One attempt of a call: everything it sends, borrowed, so a retry sends the same again.
+struct Attempt<'a> {
+    client: &'a PooledClient,
+    method: &'a Method,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+    body: &'a Bytes,
+    timeout: Duration,
+    deadline: Option<Instant>,
+}
+
+impl Attempt<'_> {
+    /// Send it and wait for the answer's head, for at most the time left.
+    async fn send(&self) -> Result<Answer, Failure> {
+        let mut request = http::Request::new(Full::new(self.body.clone()));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        let ends = Instant::now() + time_left(self.deadline, self.timeout);
+        match tokio::time::timeout_at(ends, self.client.request(request)).await {
+            Ok(Ok(answer)) => Ok(Answer {
+                answer,
+                read_by: ends,
+            }),
+            Ok(Err(error)) => Err(Failure::Failed(error)),
+            Err(_) => Err(Failure::TimedOut),
+        }
+    }
+}
+
+/// Why an attempt got no answer.
+#[derive(Debug)]
+enum Failure {
+    /// No answer within the attempt's time.
+    TimedOut,
+    /// No connection, or it broke before the answer.
+    Failed(hyper_util::client::legacy::Error),
+}
+
+impl Failure {
+    fn outcome(&self) -> Outcome {
+        match self {
+            Self::TimedOut => Outcome::Timeout,
+            Self::Failed(error) if caused_by_timeout(error) => Outcome::Timeout,
+            Self::Failed(_) => Outcome::ConnectionError,
+        }
+    }
+
+    fn into_error(self, upstream: &'static str) -> CallError {
+        let reason = self.to_string();
+        match (self.outcome(), self) {
+            (Outcome::Timeout, _) | (_, Self::TimedOut) => CallError::Timeout { upstream, reason },
+            (_, Self::Failed(source)) => CallError::Unreachable {
+                upstream,
+                reason,
+                source,
+            },
+        }
+    }
+}
+
+/// The error and its causes on one line: hyper's own text alone rarely says what happened. No
+/// address is in it: the upstream's name says whom the call was for, and this text reaches
+/// public pages (`/ops/status`), which must not show internal addresses.
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let error = match self {
+            Self::TimedOut => return f.write_str("no answer in time"),
+            Self::Failed(error) => error,
+        };
+        let mut text = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.contains(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        f.write_str(&text)
+    }
+}
+
+/// Whether the operating system (or the connect timeout) timed the connection out.
+fn caused_by_timeout(error: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = error.source();
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// A peer's answer: its head, and its body to read while the attempt's time lasts.
+#[derive(Debug)]
+pub struct Answer {
+    answer: http::Response<hyper::body::Incoming>,
+    /// When reading the body must be over: the end of the attempt that got the answer.
+    read_by: Instant,
+}
+
+impl Answer {
+    /// The status.
+    pub fn status(&self) -> StatusCode {
+        self.answer.status()
+    }
+
+    /// The headers.
+    pub fn headers(&self) -> &HeaderMap {
+        self.answer.headers()
+    }
+
+    /// The whole body.
+    pub async fn bytes(self) -> Result<Bytes, BodyError> {
+        let body = self.answer.into_body().collect();
+        match tokio::time::timeout_at(self.read_by, body).await {
+            Ok(Ok(body)) => Ok(body.to_bytes()),
+            Ok(Err(error)) => Err(BodyError::Broken(error)),
+            Err(_) => Err(BodyError::TimedOut),
+        }
+    }
+
+    /// The body as JSON of type `T`.
+    pub async fn json<T: serde::de::DeserializeOwned>(self) -> Result<T, BodyError> {
+        let body = self.bytes().await?;
+        serde_json::from_slice(&body).map_err(BodyError::NotJson)
+    }
+}
+
+/// Why an answer's body could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The connection broke while it was read.
+    #[error("the answer's body broke off: {0}")]
+    Broken(#[source] hyper::Error),
+    /// It did not arrive in time.
+    #[error("the answer's body did not arrive in time")]
+    TimedOut,
+    /// It is not the JSON expected.
+    #[error("the answer's body is not the JSON expected: {0}")]
+    NotJson(#[source] serde_json::Error),
+}
+
+/// Why a call could not even be made: a bug of the caller's, or a bad `<PEER>_URL`.
+#[derive(Debug, thiserror::Error)]
+pub enum Invalid {
+    /// The peer's base URL is not an absolute `http://` or `https://` URL without a query.
+    #[error("the base URL {0:?} is not an absolute http:// or https:// URL without a query")]
+    BaseUrl(String),
+    /// The path does not start with `/`.
+    #[error("the path {0:?} does not start with /")]
+    Path(String),
+    /// A bad header name or value, or a path that is not a valid URI path.
+    #[error(transparent)]
+    Http(#[from] http::Error),
+    /// The body could not be written as JSON.
+    #[error("the body could not be written as JSON: {0}")]
+    Json(#[source] serde_json::Error),
+    /// The query could not be written.
+    #[error("the query could not be written: {0}")]
+    Query(#[source] serde_urlencoded::ser::Error),
 }
 
 /// Wait out a backoff; false if the call's deadline comes first.
@@ -406,17 +678,15 @@ fn time_left(deadline: Option<Instant>, attempt_timeout: Duration) -> Duration {
         deadline
             .saturating_duration_since(Instant::now())
             .min(attempt_timeout)
-            // reqwest treats zero as "no time at all": it fails at once, as it should.
-            .max(Duration::from_millis(1))
     })
 }
 
-/// Whether sending `request` twice has the effect of sending it once.
-fn is_repeatable(request: &reqwest::Request) -> bool {
-    match *request.method() {
+/// Whether sending a request twice has the effect of sending it once.
+fn is_repeatable(method: &Method, headers: &HeaderMap) -> bool {
+    match *method {
         Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS => true,
         // The callee records the key and answers a repeat with the first outcome.
-        Method::POST => request.headers().contains_key("idempotency-key"),
+        Method::POST => headers.contains_key("idempotency-key"),
         _ => false,
     }
 }
@@ -475,45 +745,6 @@ fn classify_status(status: StatusCode) -> (Outcome, Option<String>) {
     }
 }
 
-/// The outcome of a call that got no answer, found by walking the error's `source()` chain
-/// (reqwest wraps hyper's and the operating system's errors).
-fn classify_error(error: &reqwest::Error) -> (Outcome, Option<String>) {
-    let mut timed_out = error.is_timeout();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
-        }
-        source = cause.source();
-    }
-    let outcome = if timed_out {
-        Outcome::Timeout
-    } else {
-        Outcome::ConnectionError
-    };
-    (outcome, Some(describe(error)))
-}
-
-/// The error and its causes on one line: reqwest's own text alone rarely says what happened.
-/// The URL is left out: the upstream's name says whom the call was for, and this text reaches
-/// public pages (`/ops/status`), which must not show internal addresses.
-fn describe(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    if let Some(url) = error.url() {
-        text = text.replace(&format!(" for url ({url})"), "");
-    }
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 /// Why a call got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -532,9 +763,6 @@ pub enum CallError {
         upstream: &'static str,
         /// What happened, with its causes.
         reason: String,
-        /// The error.
-        #[source]
-        source: reqwest::Error,
     },
     /// No connection, or it broke before the answer.
     #[error("the {upstream} service is unreachable: {reason}")]
@@ -545,38 +773,21 @@ pub enum CallError {
         reason: String,
         /// The error.
         #[source]
-        source: reqwest::Error,
+        source: hyper_util::client::legacy::Error,
     },
-    /// The request could not be built (a bad header value or body): a bug of the caller's.
+    /// The request could not be built (a bad base URL, path, header or body): a bug of the
+    /// caller's or a bad setting.
     #[error("a call to the {upstream} service could not be built: {source}")]
     Invalid {
         /// Which upstream.
         upstream: &'static str,
-        /// The error.
+        /// Why.
         #[source]
-        source: reqwest::Error,
+        source: Invalid,
     },
 }
 
 impl CallError {
-    fn from_reqwest(upstream: &'static str, source: reqwest::Error) -> Self {
-        let (outcome, _) = classify_error(&source);
-        let reason = describe(&source);
-        if outcome == Outcome::Timeout {
-            Self::Timeout {
-                upstream,
-                reason,
-                source,
-            }
-        } else {
-            Self::Unreachable {
-                upstream,
-                reason,
-                source,
-            }
-        }
-    }
-
     /// The upstream called.
     pub fn upstream(&self) -> &'static str {
         match self {
@@ -639,29 +850,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_path_on_the_parsed_base_is_the_url_the_joined_text_parses_to() {
+    fn a_path_on_the_parsed_base_is_the_uri_the_joined_text_parses_to() {
         for base in [
             "http://127.0.0.1:8085",
             "http://friends:80/prefix",
-            "https://xn--bcher-kva.example",
+            "https://xn--bcher-kva.example/",
         ] {
-            let parsed = reqwest::Url::parse(base).expect("a base URL");
+            let parsed = Base::parse(base).expect("a base URL");
             for path in [
-                "",
                 "/friends",
                 "/friends/",
                 "/api/friends?cursor=a%20b&limit=2",
                 "/verifications/abc%2Fdef",
-                "/a b/./c/../d",
                 "/x?",
             ] {
-                let expected = reqwest::Url::parse(&format!("{base}{path}")).expect("a URL");
-                assert_eq!(with_path(&parsed, path), Some(expected), "{base} + {path}");
+                let expected: Uri = format!("{}{path}", base.trim_end_matches('/'))
+                    .parse()
+                    .expect("a URI");
+                assert_eq!(parsed.join(path).expect("joined"), expected, "{base} + {path}");
             }
-            // Left to the whole parse: a path that does not start at the root, a fragment.
-            for path in ["?only=query", "friends", "/x#part"] {
-                assert_eq!(with_path(&parsed, path), None, "{base} + {path}");
-            }
+            assert_eq!(
+                parsed.join("").expect("joined").path(),
+                match parsed.path.as_str() {
+                    "" => "/",
+                    path => path,
+                },
+                "{base} alone"
+            );
         }
+        for not_a_base in [
+            "friends:8085",
+            "/friends",
+            "ftp://friends",
+            "http://friends?x=1",
+            "",
+        ] {
+            assert!(Base::parse(not_a_base).is_none(), "{not_a_base}");
+        }
+    }
+
+    #[test]
+    fn a_path_with_spaces_or_a_fragment_cannot_be_called() {
+        let base = Base::parse("http://friends:8085").expect("a base URL");
+        assert!(base.join("/a b").is_err());
     }
 }

@@ -1,9 +1,10 @@
 //! The HTTP server every service runs: the service's routes plus `/healthz`, `/readyz`,
 //! `/metrics` and `/openapi.json`, behind one stack of middleware (request id, a span per
 //! request continuing the caller's trace, metrics, panic and timeout handling, body limit, and
-//! problem+json bodies on every error).
+//! problem+json bodies on every error), served by one thread or several ([`serve`]).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{from_fn, map_response};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -244,4 +248,108 @@ async fn openapi_json(axum::extract::State(ops): axum::extract::State<Ops>) -> R
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+/// The HTTP server running: on this thread's runtime, and on threads of their own.
+#[derive(Debug)]
+pub struct Serving {
+    /// Each serving thread's outcome, this thread's first.
+    outcomes: Vec<oneshot::Receiver<std::io::Result<()>>>,
+    /// Tells the extra threads that the process is done with their runtimes.
+    done: CancellationToken,
+}
+
+/// Serve `router` on `listener` until `stopping` is cancelled, then let in-flight requests
+/// finish. With `threads` above one, this thread's runtime serves and so do `threads - 1`
+/// more threads, each with a single-threaded runtime of its own accepting from the same
+/// socket: a connection stays on the thread that accepted it, so none of its requests waits
+/// for another thread to wake, as they do in a work-stealing runtime (which cost the gateway
+/// 86 µs of CPU per proxied request against 48 on one thread).
+///
+/// Whatever a request opened on an extra thread (a pooled connection to a peer or to the
+/// database) stays registered with that thread's runtime, so the threads keep running their
+/// runtimes after the server stops, until [`Serving::finish`].
+pub fn serve(
+    listener: TcpListener,
+    router: Router,
+    threads: usize,
+    stopping: CancellationToken,
+) -> std::io::Result<Serving> {
+    let done = CancellationToken::new();
+    let mut outcomes = Vec::with_capacity(threads);
+    let mut extra_listeners = Vec::with_capacity(threads.saturating_sub(1));
+    let listener = if threads > 1 {
+        let listener = listener.into_std()?;
+        for _ in 1..threads {
+            extra_listeners.push(listener.try_clone()?);
+        }
+        TcpListener::from_std(listener)?
+    } else {
+        listener
+    };
+    for (index, listener) in extra_listeners.into_iter().enumerate() {
+        let (outcome, outcome_receiver) = oneshot::channel();
+        let (router, stopping, done) = (router.clone(), stopping.clone(), done.clone());
+        std::thread::Builder::new()
+            .name(format!("http-{}", index + 1))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        let _ = outcome.send(Err(error));
+                        return;
+                    }
+                };
+                let served = runtime.block_on(async move {
+                    serve_connections(TcpListener::from_std(listener)?, router, stopping).await
+                });
+                let _ = outcome.send(served);
+                runtime.block_on(done.cancelled_owned());
+            })?;
+        outcomes.push(outcome_receiver);
+    }
+    let (outcome, outcome_receiver) = oneshot::channel();
+    tokio::spawn(async move {
+        let _ = outcome.send(serve_connections(listener, router, stopping).await);
+    });
+    outcomes.insert(0, outcome_receiver);
+    Ok(Serving { outcomes, done })
+}
+
+impl Serving {
+    /// Wait until every thread has stopped serving; the first failure, if any.
+    pub async fn stopped(&mut self) -> std::io::Result<()> {
+        let mut outcome = Ok(());
+        for receiver in &mut self.outcomes {
+            let served = receiver.await.unwrap_or_else(|_| {
+                Err(std::io::Error::other(
+                    "a serving thread stopped without an outcome",
+                ))
+            });
+            if outcome.is_ok() {
+                outcome = served;
+            }
+        }
+        outcome
+    }
+
+    /// Let the extra threads end: nothing will use what they opened any more.
+    pub fn finish(self) {
+        self.done.cancel();
+    }
+}
+
+/// One thread's accept loop; the client's address goes to handlers (login throttling, rate
+/// limits).
+async fn serve_connections(
+    listener: TcpListener,
+    router: Router,
+    stopping: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stopping.cancelled_owned())
+    .await
 }

@@ -5,11 +5,11 @@
 //! not answer in `missing`.
 
 use axum::Json;
+use axum::http::Method;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use dozen_kit::Problem;
 use dozen_kit::http::client::Upstream;
-use reqwest::Method;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::time::Instant;

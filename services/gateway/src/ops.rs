@@ -10,10 +10,10 @@
 use std::time::Duration;
 
 use axum::Json;
+use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use dozen_kit::http::breaker::BreakerHealth;
 use dozen_kit::http::client::Upstream;
-use reqwest::Method;
 use serde::Serialize;
 
 use crate::Peers;

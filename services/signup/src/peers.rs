@@ -2,11 +2,11 @@
 //! check a password, set and delete a credential in passwords. Each answer is sorted into what the flow needs
 //! to know; anything unexpected is a fault, never the caller's problem.
 
+use axum::http::Method;
 use axum::http::StatusCode;
 use dozen_kit::Problem;
 use dozen_kit::email::Email;
-use dozen_kit::http::client::{CallError, Upstream};
-use reqwest::Method;
+use dozen_kit::http::client::{Answer, CallError, Upstream};
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
@@ -142,7 +142,7 @@ impl Peers {
     }
 }
 
-async fn sort(peer: &Upstream, answer: Result<reqwest::Response, CallError>) -> Result<Outcome, PeerError> {
+async fn sort(peer: &Upstream, answer: Result<Answer, CallError>) -> Result<Outcome, PeerError> {
     let answer = answer.map_err(|e| unavailable(peer, e))?;
     let status = answer.status();
     if status.is_success() {
@@ -158,7 +158,7 @@ async fn sort(peer: &Upstream, answer: Result<reqwest::Response, CallError>) -> 
     Err(unavailable(peer, format!("answered {status}")))
 }
 
-fn expect_success(peer: &Upstream, answer: Result<reqwest::Response, CallError>) -> Result<(), PeerError> {
+fn expect_success(peer: &Upstream, answer: Result<Answer, CallError>) -> Result<(), PeerError> {
     let answer = answer.map_err(|e| unavailable(peer, e))?;
     if answer.status().is_success() {
         Ok(())

@@ -43,7 +43,8 @@ impl Service for Slow {
             "/slow",
             get(|Query(wait): Query<Wait>| async move {
                 // Tests wait for this line before they signal: the request is then in flight.
-                tracing::info!("slow request started");
+                let thread = std::thread::current().name().unwrap_or_default().to_owned();
+                tracing::info!(thread, "slow request started");
                 tokio::time::sleep(Duration::from_millis(wait.ms)).await;
                 "done"
             }),
