@@ -33,3 +33,38 @@ pub fn percentile(sorted: &[f64], quantile: f64) -> f64 {
     let index = ((sorted.len() - 1) as f64 * quantile).round() as usize;
     sorted[index.min(sorted.len() - 1)]
 }
+
+/// Hashes per second with every core hashing at once, `hashes_per_core` each, through the
+/// passwords service's own hasher at its cost: what the machine can hash, shared cache and
+/// memory bandwidth included.
+pub async fn hashes_per_second_on_all_cores(hashes_per_core: usize) -> anyhow::Result<f64> {
+    use dozen_passwords::domain::hashing::{Cost, Hasher};
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let hasher = Hasher::new(Cost::OWASP_MINIMUM, cores)?;
+    // Every core's buffer made before the clock starts, as in a service that has run a while.
+    let warm_ups: Vec<_> = (0..cores)
+        .map(|core| {
+            let hasher = hasher.clone();
+            tokio::spawn(async move { hasher.hash(&format!("warm-up password {core}")).await })
+        })
+        .collect();
+    for warm_up in warm_ups {
+        warm_up.await??;
+    }
+    let started = std::time::Instant::now();
+    let workers: Vec<_> = (0..cores)
+        .map(|core| {
+            let hasher = hasher.clone();
+            tokio::spawn(async move {
+                for i in 0..hashes_per_core {
+                    hasher.hash(&format!("benchmark password {core} {i}")).await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await??;
+    }
+    Ok((cores * hashes_per_core) as f64 / started.elapsed().as_secs_f64())
+}

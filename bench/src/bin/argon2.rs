@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use dozen_bench::percentile;
+use dozen_bench::{hashes_per_second_on_all_cores, percentile};
 use dozen_passwords::domain::hashing::{Cost, Hasher};
 
 #[tokio::main]
@@ -34,27 +34,10 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let hasher = Hasher::new(Cost::OWASP_MINIMUM, cores)?;
-    let started = Instant::now();
-    let workers: Vec<_> = (0..cores)
-        .map(|core| {
-            let hasher = hasher.clone();
-            tokio::spawn(async move {
-                for i in 0..hashes {
-                    hasher.hash(&format!("benchmark password {core} {i}")).await?;
-                }
-                anyhow::Ok(())
-            })
-        })
-        .collect();
-    for worker in workers {
-        worker.await??;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
+    let per_second = hashes_per_second_on_all_cores(hashes).await?;
     println!(
-        "{cores} at once, {hashes} hashes each: {:.1} hashes/s, {:.2} ms per hash on each core",
-        (cores * hashes) as f64 / elapsed,
-        elapsed * 1000.0 / hashes as f64,
+        "{cores} at once, {hashes} hashes each: {per_second:.1} hashes/s, {:.2} ms per hash on each core",
+        cores as f64 * 1000.0 / per_second,
     );
     Ok(())
 }

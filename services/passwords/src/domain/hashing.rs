@@ -301,10 +301,20 @@ mod tests {
                 .hash_password(b"zq7#kd9w")
                 .expect("hash")
                 .to_string();
-            assert!(hasher.verify("zq7#kd9w", &theirs).await.expect("verify"), "{theirs}");
-            assert!(!hasher.verify("zq7#kd9W", &theirs).await.expect("verify"), "{theirs}");
+            assert!(
+                hasher.verify("zq7#kd9w", &theirs).await.expect("verify"),
+                "{theirs}"
+            );
+            assert!(
+                !hasher.verify("zq7#kd9W", &theirs).await.expect("verify"),
+                "{theirs}"
+            );
         }
-        assert_eq!(hasher.memory.0.lock().expect("pool").len(), 1, "one permit, one buffer");
+        assert_eq!(
+            hasher.memory.0.lock().expect("pool").len(),
+            1,
+            "one permit, one buffer"
+        );
     }
 
     #[tokio::test]
