@@ -91,6 +91,8 @@ pub struct Running {
     _folder: tempfile::TempDir,
     /// Every line written to stdout or stderr so far.
     lines: Arc<Mutex<Vec<String>>>,
+    /// The tasks collecting them, done when the pipes close.
+    collectors: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -103,16 +105,18 @@ impl Running {
             .spawn()
             .expect("the process starts");
         let lines = Arc::new(Mutex::new(Vec::new()));
+        let mut collectors = Vec::new();
         if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(collect(stdout, lines.clone()));
+            collectors.push(tokio::spawn(collect(stdout, lines.clone())));
         }
         if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(collect(stderr, lines.clone()));
+            collectors.push(tokio::spawn(collect(stderr, lines.clone())));
         }
         Self {
             child,
             _folder: folder,
             lines,
+            collectors,
         }
     }
 
@@ -161,9 +165,9 @@ impl Running {
         kill(Pid::from_raw(self.pid()), signal).expect("signal sent");
     }
 
-    /// Wait (up to `timeout`) for it to exit.
+    /// Wait (up to `timeout`) for it to exit, then for the last lines it wrote.
     pub async fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        tokio::time::timeout(timeout, self.child.wait())
+        let status = tokio::time::timeout(timeout, self.child.wait())
             .await
             .unwrap_or_else(|_| {
                 panic!(
@@ -171,7 +175,13 @@ impl Running {
                     self.lines().join("\n")
                 )
             })
-            .expect("wait for the process")
+            .expect("wait for the process");
+        // Its last lines may still be in the pipes: read them to the end (a child it left
+        // behind could hold a pipe open, so not for ever).
+        for collector in self.collectors.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), collector).await;
+        }
+        status
     }
 }
 

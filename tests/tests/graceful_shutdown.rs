@@ -19,6 +19,16 @@ async fn in_flight(service: &mut Service) {
         .await;
 }
 
+/// The slow request got its whole answer.
+async fn answered_done(request: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>) {
+    let answer = request
+        .await
+        .expect("request task")
+        .expect("the in-flight request is answered");
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.text().await.expect("body"), "done");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_in_flight_request_completes_while_readiness_turns_false() {
     let mut service = Service::start(FIXTURE, &[("DRAIN_DELAY", "3s")]).await;
@@ -39,12 +49,7 @@ async fn an_in_flight_request_completes_while_readiness_turns_false() {
     assert_eq!(ready.status(), 503);
     assert_eq!(ready.headers()["content-type"], "application/problem+json");
 
-    let answer = slow
-        .await
-        .expect("request task")
-        .expect("the in-flight request is answered");
-    assert_eq!(answer.status(), 200);
-    assert_eq!(answer.text().await.expect("body"), "done");
+    answered_done(slow).await;
     let status = service.process.wait(Duration::from_secs(10)).await;
     assert!(status.success(), "exit 0, got {status}");
     assert!(
@@ -87,12 +92,7 @@ async fn requests_in_flight_on_every_serving_thread_complete() {
 
     service.process.signal(Signal::SIGTERM);
     for request in slow {
-        let answer = request
-            .await
-            .expect("request task")
-            .expect("the in-flight request is answered");
-        assert_eq!(answer.status(), 200);
-        assert_eq!(answer.text().await.expect("body"), "done");
+        answered_done(request).await;
     }
     let status = service.process.wait(Duration::from_secs(10)).await;
     assert!(status.success(), "exit 0, got {status}");
