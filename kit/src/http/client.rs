@@ -1,6 +1,6 @@
-//! The one way a service calls another: a shared connection pool with timeouts, every request
-//! carrying the caller's trace context and request id, and around every call the policy of
-//! [`UpstreamSettings`]:
+//! The one way a service calls another: hyper's pooled HTTP/1 client (a pool per thread, TLS
+//! for `https://` peers, no redirect ever followed), every request carrying the caller's trace
+//! context and request id, and around every call the policy of [`UpstreamSettings`]:
 //!
 //! - a timeout per attempt (`UPSTREAM_TIMEOUT`, or less when the call has a deadline of its own,
 //!   [`Call::timeout`]);
