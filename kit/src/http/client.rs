@@ -534,21 +534,20 @@ enum Failure {
 impl Failure {
     fn outcome(&self) -> Outcome {
         match self {
-            Self::TimedOut => Outcome::Timeout,
-            Self::Failed(error) if caused_by_timeout(error) => Outcome::Timeout,
-            Self::Failed(_) => Outcome::ConnectionError,
+            Self::Failed(error) if !caused_by_timeout(error) => Outcome::ConnectionError,
+            _ => Outcome::Timeout,
         }
     }
 
     fn into_error(self, upstream: &'static str) -> CallError {
         let reason = self.to_string();
-        match (self.outcome(), self) {
-            (Outcome::Timeout, _) | (_, Self::TimedOut) => CallError::Timeout { upstream, reason },
-            (_, Self::Failed(source)) => CallError::Unreachable {
+        match self {
+            Self::Failed(source) if !caused_by_timeout(&source) => CallError::Unreachable {
                 upstream,
                 reason,
                 source,
             },
+            _ => CallError::Timeout { upstream, reason },
         }
     }
 }

@@ -7,8 +7,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD_NO_PAD;
 use tokio::sync::Semaphore;
 
 /// The argon2id cost parameters new hashes are made with.
@@ -77,20 +75,11 @@ impl Hasher {
         let password = password.as_bytes().to_vec();
         let memory = self.memory.clone();
         self.run("hash", move || {
-            let mut salt = [0u8; SALT_LEN];
-            getrandom::fill(&mut salt)
-                .map_err(|e| HashingError(format!("the system random source failed: {e}")))?;
+            let salt = random_bytes::<SALT_LEN>()?;
             let mut output = [0u8; OUTPUT_LEN];
             let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
             memory.hash(&argon2, &password, &salt, &mut output)?;
-            let phc = PasswordHash {
-                algorithm: Algorithm::Argon2id.ident(),
-                version: Some(Version::V0x13.into()),
-                params: ParamsString::try_from(&params).map_err(|e| HashingError(e.to_string()))?,
-                salt: Some(Salt::new(&salt).map_err(|e| HashingError(e.to_string()))?),
-                hash: Some(Output::new(&output).map_err(|e| HashingError(e.to_string()))?),
-            };
-            Ok(phc.to_string())
+            phc_string(&params, &salt, &output)
         })
         .await
     }
@@ -169,7 +158,7 @@ struct Stored {
     algorithm: Algorithm,
     version: Version,
     params: Params,
-    salt: Vec<u8>,
+    salt: Salt,
     output: Output,
 }
 
@@ -185,7 +174,7 @@ impl Stored {
             algorithm: Algorithm::new(parsed.algorithm.as_str()).ok()?,
             version,
             params: Params::try_from(&parsed).ok()?,
-            salt: parsed.salt?.as_ref().to_vec(),
+            salt: parsed.salt?,
             output: parsed.hash?,
         })
     }
@@ -233,22 +222,33 @@ impl Memory {
 /// by a 2^-256 chance). It costs no hash to make, so the service has none to compute at start
 /// and the first unknown email is not told apart either.
 fn dummy_hash(cost: Cost) -> Result<String, HashingError> {
-    let mut random = [0u8; SALT_LEN + OUTPUT_LEN];
-    // The kernel's random source, as for the salts: aws-lc's generator would first seed itself
-    // from CPU jitter, tens of milliseconds at start-up.
-    getrandom::fill(&mut random)
-        .map_err(|e| HashingError(format!("the system random source failed: {e}")))?;
-    let (salt, output) = random.split_at(SALT_LEN);
-    Ok(format!(
-        "${}$v={}$m={},t={},p={}${}${}",
-        Algorithm::Argon2id.ident().as_str(),
-        u32::from(Version::V0x13),
-        cost.memory_kib,
-        cost.iterations,
-        cost.parallelism,
-        STANDARD_NO_PAD.encode(salt),
-        STANDARD_NO_PAD.encode(output),
-    ))
+    phc_string(
+        &cost.params()?,
+        &random_bytes::<SALT_LEN>()?,
+        &random_bytes::<OUTPUT_LEN>()?,
+    )
+}
+
+/// The PHC string (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`) of an argon2id hash made with
+/// `params`.
+fn phc_string(params: &Params, salt: &[u8], output: &[u8]) -> Result<String, HashingError> {
+    let invalid = |e: argon2::password_hash::phc::Error| HashingError(e.to_string());
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(params).map_err(|e| HashingError(e.to_string()))?,
+        salt: Some(Salt::new(salt).map_err(invalid)?),
+        hash: Some(Output::new(output).map_err(invalid)?),
+    };
+    Ok(phc.to_string())
+}
+
+/// `N` bytes from the kernel's random source: aws-lc's generator would first seed itself from
+/// CPU jitter, tens of milliseconds at start-up.
+fn random_bytes<const N: usize>() -> Result<[u8; N], HashingError> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).map_err(|e| HashingError(format!("the system random source failed: {e}")))?;
+    Ok(bytes)
 }
 
 /// The salt and output lengths of the hashes [`Hasher::hash`] makes (argon2's defaults).
