@@ -61,7 +61,7 @@ fn link(folder: &Path, output: &Path, [first, second]: &[String; 2], env: &[(&st
              int main(void) {{ int sum = 0; for (int i = 0; i < 3; i++) sum += table[i](); return sum == 6 ? 0 : 1; }}\n"
         ),
     )
-    .unwrap();
+    .expect("write the program");
     let object = folder.join("program.o");
     run(Command::new("cc")
         .args(["-c", "-O0", "-fPIE", "-ffunction-sections", "-o"])
@@ -69,7 +69,8 @@ fn link(folder: &Path, output: &Path, [first, second]: &[String; 2], env: &[(&st
         .arg(&source));
     let sysroot = run(Command::new("rustc").args(["--print", "sysroot"]));
     let gcc_ld = Path::new(sysroot.trim()).join("lib/rustlib/x86_64-unknown-linux-gnu/bin/gcc-ld");
-    std::fs::create_dir_all(output.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(output.parent().expect("the output is in a folder"))
+        .expect("make the output's folder");
     run(Command::new(repository().join("link/cc"))
         .envs(env.iter().copied())
         .arg(&object)
@@ -97,7 +98,7 @@ fn has_packed_relocations(binary: &Path) -> bool {
 
 #[test]
 fn a_release_service_binary_has_its_listed_functions_first_in_order_and_packed_relocations() {
-    let folder = tempfile::tempdir().unwrap();
+    let folder = tempfile::tempdir().expect("a temporary folder");
     let listed = two_c_functions_listed_for_users();
     // As cargo names the users service's binary before copying it to target/release.
     let binary = folder.path().join("release/deps/dozen_users-0123456789abcdef");
@@ -113,7 +114,7 @@ fn a_release_service_binary_has_its_listed_functions_first_in_order_and_packed_r
 
 #[test]
 fn any_other_link_is_plain_cc() {
-    let folder = tempfile::tempdir().unwrap();
+    let folder = tempfile::tempdir().expect("a temporary folder");
     let listed = two_c_functions_listed_for_users();
     for output in [
         "debug/deps/dozen_users-0123456789abcdef",
@@ -131,7 +132,7 @@ fn any_other_link_is_plain_cc() {
 
 #[test]
 fn link_order_off_is_plain_cc() {
-    let folder = tempfile::tempdir().unwrap();
+    let folder = tempfile::tempdir().expect("a temporary folder");
     let listed = two_c_functions_listed_for_users();
     let binary = folder.path().join("release/deps/dozen_users-0123456789abcdef");
     let [unlisted, first, second] = link(folder.path(), &binary, &listed, &[("LINK_ORDER", "off")]);
