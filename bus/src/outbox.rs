@@ -197,7 +197,9 @@ impl Relay {
     /// Relay until `stop` is cancelled: after every commit that published, and on the
     /// backstop poll (for retries and for rows left by a relay that died).
     pub async fn run(mut self, stop: CancellationToken) {
-        let mut stats_due = Instant::now();
+        // Upkeep first comes an interval after start, not amid start-up's queries (each query
+        // running at the same time as others opens a pooled connection of its own).
+        let mut stats_due = Instant::now() + STATS_INTERVAL;
         loop {
             if stop.is_cancelled() {
                 return;

@@ -415,8 +415,14 @@ impl Subscriber {
     /// Replay dead letters marked by [`crate::replay`], refresh gauges and trim the inbox,
     /// until `stop` is cancelled.
     pub async fn maintain(self, stop: CancellationToken) {
-        let mut upkeep_due = Instant::now();
+        // The first round comes a poll interval after start, not amid start-up's queries (each query running
+        // at the same time as others opens a pooled connection of its own).
+        let mut upkeep_due = Instant::now() + UPKEEP_INTERVAL;
         loop {
+            tokio::select! {
+                () = tokio::time::sleep(self.settings.bus_poll_interval) => {}
+                () = stop.cancelled() => return,
+            }
             if let Err(error) = self.replay_marked().await {
                 tracing::warn!(subscriber = %self.name, %error, "replaying dead letters failed");
             }
@@ -425,10 +431,6 @@ impl Subscriber {
                 if let Err(error) = self.upkeep().await {
                     tracing::warn!(subscriber = %self.name, %error, "subscriber upkeep failed");
                 }
-            }
-            tokio::select! {
-                () = tokio::time::sleep(self.settings.bus_poll_interval) => {}
-                () = stop.cancelled() => return,
             }
         }
     }

@@ -246,8 +246,11 @@ async fn create_schema(pool: &SqlitePool) -> Result<(), sqlx::Error> {
 /// Wake this process's consumers on their doorbells' rings; checkpoint the write-ahead log
 /// after activity; now and then remove messages that no queue holds any more.
 async fn watch_bus(mut bells: Bells, doorbells: Arc<Doorbells>, pool: SqlitePool) {
-    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
-    let mut checkpoint = tokio::time::interval(CHECKPOINT_INTERVAL);
+    // The first sweep and checkpoint come an interval after start, not amid start-up's
+    // queries (each query running at the same time as others opens a pooled connection).
+    let now = tokio::time::Instant::now();
+    let mut sweep = tokio::time::interval_at(now + SWEEP_INTERVAL, SWEEP_INTERVAL);
+    let mut checkpoint = tokio::time::interval_at(now + CHECKPOINT_INTERVAL, CHECKPOINT_INTERVAL);
     checkpoint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut active_since_checkpoint = true;
     loop {

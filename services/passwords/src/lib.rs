@@ -245,7 +245,9 @@ async fn purge_throttle(
     policy: ThrottlePolicy,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    let every = Duration::from_secs(60);
+    // The first purge comes an interval after start, not amid start-up's queries.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
