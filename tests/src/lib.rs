@@ -13,7 +13,16 @@ pub mod public_api;
 #[cfg(feature = "sns-sqs")]
 pub mod sns_sqs;
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// The repository's root folder.
+pub fn repository() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the repository")
+        .to_path_buf()
+}
 
 /// Poll `check` every 100 ms until it returns `Some`, or fail after a minute saying `what`.
 pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T

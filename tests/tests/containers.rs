@@ -10,13 +10,13 @@
 //! Everything is named uniquely for the run and removed at the end, passed or failed.
 //! `DOZEN_OCI_RUNTIME` names podman's OCI runtime (default `runc`; see RUST-NOTES.md).
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use dozen_tests::database::{Backend, TestDatabase};
 use dozen_tests::nats::StreamNamespace;
 use dozen_tests::process::{SERVICES, binary, free_port};
 use dozen_tests::public_api::{PublicApi, subject_of};
+use dozen_tests::repository;
 use serde_json::{Value, json};
 
 /// How long each service may take to stop after SIGTERM: the drain delay plus the shutdown
@@ -27,14 +27,6 @@ const SHUTDOWN_TIMEOUT: &str = "10s";
 
 /// Bounded waits for the asynchronous parts (readiness, mail, verification reaching passwords).
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// The repository root, where `deploy/` lives.
-fn repository() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ sits in the repository")
-        .to_path_buf()
-}
 
 /// Run podman with `args`; its output, whatever the exit status.
 async fn podman(args: &[&str]) -> std::process::Output {

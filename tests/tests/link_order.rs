@@ -1,18 +1,12 @@
 //! Release binaries are linked through `link/cc` (`.cargo/config.toml`): the functions that
 //! `link/startup-functions.txt` lists for a service come first in its code, in the list's
-//! order, and any other link is plain `cc`. Checked on a small C program linked as rustc links (`cc` with the
-//! toolchain's lld), so no release build is needed.
+//! order, and any other link is plain `cc`. Checked on a small C program linked as rustc
+//! links (`cc` with the toolchain's lld), so no release build is needed.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-/// The repository root, where `link/` lives.
-fn repository() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ sits in the repository")
-        .to_path_buf()
-}
+use dozen_tests::repository;
 
 fn run(command: &mut Command) -> String {
     let output = command
