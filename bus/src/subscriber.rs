@@ -415,8 +415,8 @@ impl Subscriber {
     /// Replay dead letters marked by [`crate::replay`], refresh gauges and trim the inbox,
     /// until `stop` is cancelled.
     pub async fn maintain(self, stop: CancellationToken) {
-        // The first round comes a poll interval after start, not amid start-up's queries (each query running
-        // at the same time as others opens a pooled connection of its own).
+        // The first round comes a poll interval after start, not amid start-up's queries
+        // (each query running at the same time as others opens a pooled connection of its own).
         let mut upkeep_due = Instant::now() + UPKEEP_INTERVAL;
         loop {
             tokio::select! {
