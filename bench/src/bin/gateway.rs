@@ -15,6 +15,13 @@
 //! Run: `cargo build --release -p dozen-gateway -p dozen-bench && cargo run --release -p
 //! dozen-bench --bin gateway` (optionally `-- <seconds per measurement> <connections>`,
 //! default 10 and 64).
+//!
+//! `-- instructions [requests]` prints instead the instructions the gateway runs per proxied
+//! request, counted by valgrind's callgrind (Debian package valgrind): the gateway runs once
+//! under it for a warm-up only and once for the warm-up and `requests` more (default 2,000),
+//! one at a time on one connection, and the difference is divided by `requests`. Unlike time,
+//! the count is the same whatever else the machine is doing, so it shows what a change to the
+//! request path costs or saves.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -32,11 +39,22 @@ const ANSWER: &str =
 /// The argument that makes this binary the upstream.
 const UPSTREAM_MODE: &str = "serve-upstream";
 
+/// The argument that counts instructions instead of measuring time.
+const INSTRUCTIONS_MODE: &str = "instructions";
+
+/// Requests sent before the count starts to matter: connection pools filled, metrics
+/// registered, lazy statics made.
+const WARM_UP_REQUESTS: u64 = 300;
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some(UPSTREAM_MODE) {
         let port: u16 = args.get(1).context("the upstream's port")?.parse()?;
         return serve_upstream(port);
+    }
+    if args.first().map(String::as_str) == Some(INSTRUCTIONS_MODE) {
+        let requests: u64 = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(2_000);
+        return print_instructions_per_request(requests);
     }
     let seconds: u64 = args.first().map(|n| n.parse()).transpose()?.unwrap_or(10);
     let connections: u32 = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(64);
@@ -46,17 +64,7 @@ fn main() -> anyhow::Result<()> {
     let nginx = which("nginx").context(
         "nginx is missing: install Debian's nginx package (apt-get install nginx) to run this benchmark",
     )?;
-    let folder = std::env::current_exe()?
-        .parent()
-        .context("binary folder")?
-        .to_path_buf();
-    let gateway_binary = folder.join("dozen-gateway");
-    if !gateway_binary.exists() {
-        bail!(
-            "{} is missing: run `cargo build --release -p dozen-gateway -p dozen-bench` first",
-            gateway_binary.display()
-        );
-    }
+    let gateway_binary = gateway_binary()?;
 
     let upstream_port = free_port()?;
     let _upstream = Running::start(
@@ -149,6 +157,122 @@ fn main() -> anyhow::Result<()> {
         figures[2].1.per_second,
     );
     Ok(())
+}
+
+/// Run the gateway under callgrind twice (warm-up only, then warm-up and `requests` more) and
+/// print the instructions per proxied request.
+fn print_instructions_per_request(requests: u64) -> anyhow::Result<()> {
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        bail!("valgrind is missing: install Debian's valgrind package (apt-get install valgrind)");
+    }
+    let gateway_binary = gateway_binary()?;
+    let upstream_port = free_port()?;
+    let _upstream = Running::start(
+        Command::new(std::env::current_exe()?).args([UPSTREAM_MODE, &upstream_port.to_string()]),
+    )?;
+    wait_answering(upstream_port, "/api/friends")?;
+    let upstream_url = format!("http://127.0.0.1:{upstream_port}");
+    let folder = tempfile::tempdir()?;
+    let mut totals = Vec::new();
+    for extra in [0, requests] {
+        let counts = folder.path().join(format!("callgrind.{extra}"));
+        let port = free_port()?;
+        let mut gateway = Command::new("valgrind")
+            .arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={}", counts.display()))
+            .arg(&gateway_binary)
+            .env("PORT", port.to_string())
+            .env("HOST", "127.0.0.1")
+            .env("LOG_LEVEL", "warn")
+            // One serving thread: every request takes the same path.
+            .env("WORKER_THREADS", "1")
+            .env("FRIENDS_URL", &upstream_url)
+            .env("USERS_URL", &upstream_url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start the gateway under valgrind")?;
+        let sent = wait_answering(port, "/readyz")
+            .and_then(|()| send_one_at_a_time(port, "/api/friends", WARM_UP_REQUESTS + extra));
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(gateway.id())?);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        gateway.wait()?;
+        sent?;
+        totals.push(instructions_in(&counts)?);
+    }
+    let per_request = totals[1].saturating_sub(totals[0]) as f64 / requests as f64;
+    println!(
+        "GET /api/friends through the gateway, one serving thread, {requests} requests after {WARM_UP_REQUESTS} to warm up"
+    );
+    println!("instructions per proxied request (callgrind): {per_request:.0}");
+    Ok(())
+}
+
+/// Send `count` GET requests for `path` one after another on one keep-alive connection, each
+/// answer read to its end; fail unless each is a 200.
+fn send_one_at_a_time(port: u16, path: &str, count: u64) -> anyhow::Result<()> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer bench\r\n\r\n");
+    let mut pending = Vec::new();
+    let mut chunk = [0u8; 4096];
+    for _ in 0..count {
+        stream.write_all(request.as_bytes())?;
+        let (head_end, body_length) = loop {
+            if let Some(head_end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&pending[..head_end]).to_ascii_lowercase();
+                if !head.starts_with("http/1.1 200") {
+                    bail!("the gateway answered {}", head.lines().next().unwrap_or_default());
+                }
+                let length = head
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length:"))
+                    .and_then(|value| value.trim().parse::<usize>().ok())
+                    .context("an answer without content-length")?;
+                break (head_end + 4, length);
+            }
+            let read = stream.read(&mut chunk)?;
+            if read == 0 {
+                bail!("the gateway closed the connection");
+            }
+            pending.extend_from_slice(&chunk[..read]);
+        };
+        while pending.len() < head_end + body_length {
+            let read = stream.read(&mut chunk)?;
+            if read == 0 {
+                bail!("the gateway closed the connection");
+            }
+            pending.extend_from_slice(&chunk[..read]);
+        }
+        pending.drain(..head_end + body_length);
+    }
+    Ok(())
+}
+
+/// The total instructions in a callgrind output file (its `totals:` line).
+fn instructions_in(counts: &Path) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(counts)
+        .with_context(|| format!("callgrind wrote no counts to {}", counts.display()))?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("totals:"))
+        .and_then(|total| total.trim().parse().ok())
+        .context("no totals line in callgrind's output")
+}
+
+/// The gateway's release binary, beside this one.
+fn gateway_binary() -> anyhow::Result<PathBuf> {
+    let folder = std::env::current_exe()?
+        .parent()
+        .context("binary folder")?
+        .to_path_buf();
+    let gateway_binary = folder.join("dozen-gateway");
+    if !gateway_binary.exists() {
+        bail!(
+            "{} is missing: run `cargo build --release -p dozen-gateway -p dozen-bench` first",
+            gateway_binary.display()
+        );
+    }
+    Ok(gateway_binary)
 }
 
 /// The upstream: a small JSON answer to any request, on one runtime with a worker per core.
@@ -300,7 +424,8 @@ impl Drop for Running {
 
 /// Poll with raw HTTP/1.1 until `path` on `port` answers 200.
 fn wait_answering(port: u16, path: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Long enough for the gateway to start under valgrind on a busy machine.
+    let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
             let request = format!(
@@ -315,7 +440,7 @@ fn wait_answering(port: u16, path: &str) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    bail!("nothing answered 200 on port {port}{path} within 10 s")
+    bail!("nothing answered 200 on port {port}{path} within 30 s")
 }
 
 /// The path of `program` on PATH, or in /usr/sbin (where Debian puts nginx).
