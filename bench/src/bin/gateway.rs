@@ -400,7 +400,8 @@ fn parse_wrk_duration(text: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(seconds))
 }
 
-/// A child process, killed when dropped.
+/// A child process, stopped when dropped: SIGTERM, and SIGKILL if it is still there after a
+/// second (a killed nginx master would leave its workers running).
 struct Running(Child);
 
 impl Running {
@@ -417,6 +418,17 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
