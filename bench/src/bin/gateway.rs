@@ -65,12 +65,7 @@ fn main() -> anyhow::Result<()> {
         "nginx is missing: install Debian's nginx package (apt-get install nginx) to run this benchmark",
     )?;
     let gateway_binary = gateway_binary()?;
-
-    let upstream_port = free_port()?;
-    let _upstream = Running::start(
-        Command::new(std::env::current_exe()?).args([UPSTREAM_MODE, &upstream_port.to_string()]),
-    )?;
-    wait_answering(upstream_port, "/api/friends")?;
+    let (_upstream, upstream_port) = start_upstream()?;
 
     let gateway_port = free_port()?;
     let upstream_url = format!("http://127.0.0.1:{upstream_port}");
@@ -166,11 +161,7 @@ fn print_instructions_per_request(requests: u64) -> anyhow::Result<()> {
         bail!("valgrind is missing: install Debian's valgrind package (apt-get install valgrind)");
     }
     let gateway_binary = gateway_binary()?;
-    let upstream_port = free_port()?;
-    let _upstream = Running::start(
-        Command::new(std::env::current_exe()?).args([UPSTREAM_MODE, &upstream_port.to_string()]),
-    )?;
-    wait_answering(upstream_port, "/api/friends")?;
+    let (_upstream, upstream_port) = start_upstream()?;
     let upstream_url = format!("http://127.0.0.1:{upstream_port}");
     let folder = tempfile::tempdir()?;
     let mut totals = Vec::new();
@@ -273,6 +264,15 @@ fn gateway_binary() -> anyhow::Result<PathBuf> {
         );
     }
     Ok(gateway_binary)
+}
+
+/// This binary as the upstream, answering; and its port.
+fn start_upstream() -> anyhow::Result<(Running, u16)> {
+    let port = free_port()?;
+    let upstream =
+        Running::start(Command::new(std::env::current_exe()?).args([UPSTREAM_MODE, &port.to_string()]))?;
+    wait_answering(port, "/api/friends")?;
+    Ok((upstream, port))
 }
 
 /// The upstream: a small JSON answer to any request, on one runtime with a worker per core.
