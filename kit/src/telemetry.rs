@@ -11,11 +11,13 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
+use tracing::span::{Attributes, Id, Record};
+use tracing::subscriber::Interest;
+use tracing::{Event, Metadata, Subscriber};
 use tracing_subscriber::filter::{FilterExt, LevelFilter, filter_fn};
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Context, Filter, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -74,11 +76,57 @@ pub fn init(service: &'static str, settings: &TelemetrySettings) -> anyhow::Resu
         .with(
             tracing_opentelemetry::layer()
                 .with_tracer(tracer)
-                .with_filter(traced),
+                .with_filter(Uncached(traced)),
         )
-        .with(output.with_filter(filter))
+        .with(output.with_filter(Uncached(filter)))
         .try_init();
     Ok(TelemetryGuard { provider })
+}
+
+/// A layer's own filter, asked about every span and event as it happens, never once per
+/// callsite.
+///
+/// A layer's filter leaves its verdict in a thread-local for the layer to read when the span or
+/// event arrives. A verdict cached at the callsite skips that step, so the layer reads whatever
+/// the last question on the thread left there. Questions that no span or event follows are
+/// common: sqlx asks whether a query would be logged after every query (`tracing::enabled!`),
+/// and every `log` record is asked about first. A span created next on that thread would then
+/// be missing from the layers that were asked "no", and a request's log lines would lose their
+/// trace ids (tokio-rs/tracing#2519).
+struct Uncached<F>(F);
+
+impl<S, F: Filter<S>> Filter<S> for Uncached<F> {
+    fn enabled(&self, meta: &Metadata<'_>, cx: &Context<'_, S>) -> bool {
+        self.0.enabled(meta, cx)
+    }
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
+        if self.0.callsite_enabled(meta).is_never() {
+            Interest::never()
+        } else {
+            Interest::sometimes()
+        }
+    }
+    fn event_enabled(&self, event: &Event<'_>, cx: &Context<'_, S>) -> bool {
+        self.0.event_enabled(event, cx)
+    }
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        self.0.max_level_hint()
+    }
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, cx: Context<'_, S>) {
+        self.0.on_new_span(attrs, id, cx);
+    }
+    fn on_record(&self, id: &Id, values: &Record<'_>, cx: Context<'_, S>) {
+        self.0.on_record(id, values, cx);
+    }
+    fn on_enter(&self, id: &Id, cx: Context<'_, S>) {
+        self.0.on_enter(id, cx);
+    }
+    fn on_exit(&self, id: &Id, cx: Context<'_, S>) {
+        self.0.on_exit(id, cx);
+    }
+    fn on_close(&self, id: Id, cx: Context<'_, S>) {
+        self.0.on_close(id, cx);
+    }
 }
 
 /// Writes each event as one JSON object: time, level, service, target, message, the event's

@@ -146,3 +146,61 @@ async fn a_service_is_not_ready_while_its_database_is_gone() {
     let health = client.get(service.url("/healthz")).send().await.expect("healthz");
     assert_eq!(health.status(), 200, "alive even when not ready");
 }
+
+/// Database work between requests (sqlx asks the subscriber whether each query would be logged)
+/// must not cost any later request its span: each request's log line carries its own trace.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_log_line_of_a_postgres_service_carries_its_request_trace() {
+    let database = TestDatabase::create(Backend::Postgres).await;
+    let env = [("DATABASE_URL", database.url.as_str()), ("LOG_LEVEL", "info")];
+    assert!(
+        run_to_exit("dozen-users", &["migrate"], &env)
+            .await
+            .status
+            .success()
+    );
+    let mut service = Service::start("dozen-users", &env).await;
+    let client = reqwest::Client::new();
+    let requests = 40;
+    for request in 0..requests {
+        // `/readyz` queries the database; `/healthz` does not.
+        let path = if request % 2 == 0 { "/readyz" } else { "/healthz" };
+        let answer = client
+            .get(service.url(path))
+            .header(
+                "traceparent",
+                format!("00-{:032x}-00f067aa0ba902b7-01", request + 1),
+            )
+            .header("x-request-id", format!("traced-{request}"))
+            .send()
+            .await
+            .expect("traced request");
+        assert_eq!(answer.status(), 200, "{path}");
+    }
+    service
+        .process
+        .wait_for_line(Duration::from_secs(5), |line| {
+            line.contains(&format!("\"traced-{}\"", requests - 1))
+        })
+        .await;
+    let answered: Vec<Value> = service
+        .process
+        .lines()
+        .iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["message"] == "answered")
+        .collect();
+    for request in 0..requests {
+        let request_id = format!("traced-{request}");
+        let line = answered
+            .iter()
+            .find(|line| line["span"]["request_id"] == request_id.as_str());
+        let trace_id = line.map(|line| line["trace_id"].clone());
+        assert_eq!(
+            trace_id,
+            Some(Value::from(format!("{:032x}", request + 1))),
+            "the answer to request {request} is logged in its span and trace; every answer \
+             logged:\n{answered:#?}"
+        );
+    }
+}
