@@ -3,12 +3,9 @@
 
 use std::collections::HashMap;
 use std::sync::{LazyLock, OnceLock, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request};
 use axum::http::{Method, StatusCode};
-use axum::middleware::Next;
-use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Latency buckets, in seconds: fine below 10 ms, where most of dozen's answers fall.
@@ -57,17 +54,11 @@ pub fn render() -> String {
     recorder().render()
 }
 
-/// Middleware: count and time every request by method, matched route and status.
-pub async fn record_http(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().clone();
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let response = next.run(request).await;
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let (count, duration) = http_handles(&method, route, response.status());
+/// Count and time an answered request by method, matched route and status.
+pub fn record_http(method: &Method, route: &str, status: StatusCode, took: Duration) {
+    let (count, duration) = http_handles(method, route, status);
     count.increment(1);
-    duration.record(started.elapsed().as_secs_f64());
-    response
+    duration.record(took.as_secs_f64());
 }
 
 /// The handles of `http_requests_total` and `http_request_duration_seconds`.

@@ -3,5 +3,6 @@
 
 pub mod breaker;
 pub mod client;
+pub mod middleware;
 pub mod request_id;
 pub mod server;

@@ -1,12 +1,12 @@
 //! The `x-request-id` of the request being handled, so outgoing calls carry it on.
 
-use axum::extract::Request;
-use axum::http::HeaderValue;
-use axum::middleware::Next;
-use axum::response::Response;
+use std::future::Future;
+
+use axum::http::{HeaderName, HeaderValue};
+use tokio::task::futures::TaskLocalFuture;
 
 /// The header that carries a request id.
-pub const HEADER: &str = "x-request-id";
+pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 tokio::task_local! {
     static CURRENT: HeaderValue;
@@ -17,11 +17,14 @@ pub fn current() -> Option<HeaderValue> {
     CURRENT.try_with(HeaderValue::clone).ok()
 }
 
-/// Middleware: make the request's id (set by `SetRequestIdLayer` further out) current while
-/// its handler runs.
-pub async fn scope(request: Request, next: Next) -> Response {
-    match request.headers().get(HEADER).cloned() {
-        Some(id) => CURRENT.scope(id, next.run(request)).await,
-        None => next.run(request).await,
-    }
+/// Run `future` with `id` as the current request id.
+pub fn scope<F: Future>(id: HeaderValue, future: F) -> TaskLocalFuture<HeaderValue, F> {
+    CURRENT.scope(id, future)
+}
+
+/// A new id, for a request that came without one: a random UUID.
+pub fn new() -> HeaderValue {
+    let mut text = uuid::Uuid::encode_buffer();
+    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    HeaderValue::from_str(text).expect("a UUID is a valid header value")
 }

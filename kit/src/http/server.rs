@@ -7,32 +7,24 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{from_fn, map_response};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
-use tracing::Span;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::ServerSettings;
-use crate::http::request_id;
+use crate::http::middleware::RequestLayer;
 use crate::lifecycle::Lifecycle;
-use crate::problem::{self, Problem};
-use crate::{metrics, trace_context};
+use crate::metrics;
+use crate::problem::Problem;
 
 type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 type Check = Arc<dyn Fn() -> CheckFuture + Send + Sync>;
@@ -108,26 +100,7 @@ pub fn router(
     // One stack, applied once: axum boxes (and clones for every request) each `layer` call
     // separately. The first layer here is the outermost.
     let middleware = ServiceBuilder::new()
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(request_span)
-                .on_request(())
-                .on_response(log_response),
-        )
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(from_fn(request_id::scope))
-        .layer(from_fn(metrics::record_http))
-        .layer(map_response(error_answers))
-        // The panic catcher's answers have a body of their own type.
-        .map_response(IntoResponse::into_response)
-        .layer(CatchPanicLayer::custom(|_| {
-            Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the request could not be completed",
-            )
-            .into_response()
-        }))
+        .layer(RequestLayer)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             settings.request_timeout,
@@ -136,85 +109,6 @@ pub fn router(
     api.merge(ops_routes)
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(middleware)
-}
-
-fn request_span(request: &Request<Body>) -> Span {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str);
-    let request_id = request
-        .headers()
-        .get(request_id::HEADER)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default();
-    let span = tracing::info_span!(
-        "request",
-        method = %request.method(),
-        route,
-        request_id,
-        status = tracing::field::Empty,
-    );
-    if !span.is_disabled() {
-        let _ = span.set_parent(trace_context::extract_from_headers(request.headers()));
-    }
-    span
-}
-
-fn log_response(response: &Response, latency: Duration, span: &Span) {
-    let status = response.status().as_u16();
-    span.record("status", status);
-    let latency_ms = latency.as_secs_f64() * 1000.0;
-    if response.status().is_server_error() {
-        tracing::error!(status, latency_ms, "answered");
-    } else {
-        tracing::info!(status, latency_ms, "answered");
-    }
-}
-
-/// Every 4xx and 5xx leaves as problem+json: an answer produced elsewhere (axum's rejections,
-/// the body limit, the timeout, 405) keeps its status, and its text becomes the detail.
-///
-/// A body refused for its size was not read to its end, so the connection cannot carry another
-/// request: a 413 says so, or a client would reuse it and find it closed under its next
-/// request.
-async fn error_answers(response: Response) -> Response {
-    let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) {
-        return response;
-    }
-    let mut answer = problem_body(response).await;
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        answer
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    answer
-}
-
-async fn problem_body(response: Response) -> Response {
-    let is_problem = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(problem::CONTENT_TYPE.as_bytes()));
-    if is_problem {
-        return response;
-    }
-    let status = response.status();
-    let (parts, body) = response.into_parts();
-    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
-    let detail = match String::from_utf8_lossy(&text).trim() {
-        "" => status.canonical_reason().unwrap_or("error").to_owned(),
-        text => text.to_owned(),
-    };
-    let mut answer = Problem::new(status, detail).into_response();
-    // Keep headers such as Allow, Retry-After and x-request-id.
-    for (name, value) in &parts.headers {
-        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
-            answer.headers_mut().insert(name.clone(), value.clone());
-        }
-    }
-    answer
 }
 
 async fn healthz() -> impl IntoResponse {
