@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, USER_AGENT};
+use http::header::{CONTENT_TYPE, HOST, USER_AGENT};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
@@ -234,6 +234,8 @@ struct Peer {
 struct Base {
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
+    /// The `Host` header of every call: the authority, made a header value once.
+    host: HeaderValue,
     /// The base's own path, without a trailing slash ("" for none).
     path: String,
 }
@@ -251,9 +253,11 @@ impl Base {
             Some(path) => path.path().trim_end_matches('/').to_owned(),
             None => String::new(),
         };
+        let authority = parts.authority?;
         Some(Self {
             scheme,
-            authority: parts.authority?,
+            host: HeaderValue::from_str(authority.as_str()).ok()?,
+            authority,
             path,
         })
     }
@@ -292,7 +296,11 @@ impl Upstream {
     /// A call to `path` (starting with `/`, or empty for the base URL itself), carrying trace
     /// context and request id; [`Call::send`] sends it.
     pub fn call(&self, method: Method, path: &str) -> Call {
-        let mut headers = HeaderMap::new();
+        // Room for what a call usually carries, so the map is not grown along the way.
+        let mut headers = HeaderMap::with_capacity(16);
+        if let Some(base) = &self.0.base {
+            headers.insert(HOST, base.host.clone());
+        }
         trace_context::inject_into_headers(&mut headers);
         if let Some(id) = request_id::current() {
             headers.insert(request_id::HEADER, id);
