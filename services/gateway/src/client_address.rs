@@ -11,10 +11,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::HeaderMap;
-use axum::middleware::Next;
-use axum::response::Response;
 use ipnet::IpNet;
 
 /// The resolved client address, put in each request's extensions by [`resolve`].
@@ -84,9 +82,9 @@ fn parse_entry(entry: &str) -> Option<IpAddr> {
         .map(|address| address.to_canonical())
 }
 
-/// Middleware: resolve the client once and put it in the request's extensions as
-/// [`ClientAddress`] for the rate limits and the proxy.
-pub async fn resolve(State(trusted): State<TrustedProxies>, mut request: Request, next: Next) -> Response {
+/// Resolve the client once and put it in the request's extensions as [`ClientAddress`], for
+/// the rate limits and the proxy.
+pub fn resolve(trusted: &TrustedProxies, mut request: Request) -> Request {
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -95,7 +93,7 @@ pub async fn resolve(State(trusted): State<TrustedProxies>, mut request: Request
         let client = trusted.client(peer, request.headers());
         request.extensions_mut().insert(ClientAddress(client));
     }
-    next.run(request).await
+    request
 }
 
 #[cfg(test)]

@@ -8,10 +8,8 @@
 
 use std::time::Duration;
 
-use axum::Router;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::response::Response;
-use tower::util::MapResponseLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// The content security policy of every answer.
@@ -67,32 +65,28 @@ fn parse_origin(text: &str) -> Result<HeaderValue, String> {
     HeaderValue::from_str(&origin).map_err(|_| refused())
 }
 
-/// `router` with the security headers on every answer, and CORS for `origins` if any.
-pub fn apply(router: Router, origins: &AllowedOrigins) -> Router {
-    let mut router = router;
-    if !origins.0.is_empty() {
-        router = router.layer(
-            CorsLayer::new()
-                .allow_origin(AllowOrigin::list(origins.0.iter().cloned()))
-                .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
-                .allow_headers([
-                    header::AUTHORIZATION,
-                    header::CONTENT_TYPE,
-                    HeaderName::from_static("idempotency-key"),
-                ])
-                .expose_headers([
-                    header::RETRY_AFTER,
-                    header::WWW_AUTHENTICATE,
-                    HeaderName::from_static("x-request-id"),
-                ])
-                .max_age(Duration::from_secs(600)),
-        );
-    }
-    // One layer for all of them: axum boxes each layer of a router separately.
-    router.layer(MapResponseLayer::new(with_security_headers))
+/// CORS for `origins`; none when there are none.
+pub fn cors(origins: &AllowedOrigins) -> Option<CorsLayer> {
+    (!origins.0.is_empty()).then(|| {
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins.0.iter().cloned()))
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("idempotency-key"),
+            ])
+            .expose_headers([
+                header::RETRY_AFTER,
+                header::WWW_AUTHENTICATE,
+                HeaderName::from_static("x-request-id"),
+            ])
+            .max_age(Duration::from_secs(600))
+    })
 }
 
-fn with_security_headers(mut response: Response) -> Response {
+/// The security headers on `response`, replacing any a service set.
+pub fn with_security_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
     for (name, value) in SECURITY_HEADERS {
         headers.insert(name, HeaderValue::from_static(value));

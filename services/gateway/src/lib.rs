@@ -128,14 +128,19 @@ impl Service for Gateway {
         context
             .lifecycle
             .spawn(limits.clone().forget_idle_until(context.lifecycle.stopping()));
-        let router = routes::router(peers, &limits).layer(axum::middleware::from_fn_with_state(
-            edge.trusted_proxies.clone(),
-            client_address::resolve,
-        ));
-        Ok(OpenApiRouter::from(router))
+        Ok(OpenApiRouter::from(routes::router(peers, &limits)))
     }
 
     fn edge_layers(router: axum::Router, settings: &Settings) -> axum::Router {
-        headers::apply(router, &settings.edge.cors_allowed_origins)
+        let edge = &settings.edge;
+        let trusted = edge.trusted_proxies.clone();
+        // One layer for the whole edge: axum boxes and clones each layer of a router separately,
+        // for every request.
+        router.layer(
+            tower::ServiceBuilder::new()
+                .map_response(headers::with_security_headers)
+                .option_layer(headers::cors(&edge.cors_allowed_origins))
+                .map_request(move |request| client_address::resolve(&trusted, request)),
+        )
     }
 }

@@ -22,6 +22,8 @@ const FORWARDED_REQUEST_HEADERS: [HeaderName; 4] = [
     HeaderName::from_static("idempotency-key"),
 ];
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// Answer headers passed back.
 const FORWARDED_ANSWER_HEADERS: [HeaderName; 3] = [
     header::CONTENT_TYPE,
@@ -53,19 +55,26 @@ pub async fn forward(upstream: &Upstream, outgoing: Outgoing<'_>) -> Response {
         }
     }
     if let Some(client) = outgoing.client {
-        request = request.header("x-forwarded-for", forwarded_for(client));
+        request = request.header(X_FORWARDED_FOR, forwarded_for(client));
     }
     match request.send().await {
         Ok(answer) => {
             let status = answer.status();
-            let mut headers = HeaderMap::new();
+            // Room for these, the request id and the edge's security headers: the answer is
+            // built around this map, which then never grows.
+            let mut headers = HeaderMap::with_capacity(12);
             for name in FORWARDED_ANSWER_HEADERS {
                 if let Some(value) = answer.headers().get(&name) {
                     headers.insert(name, value.clone());
                 }
             }
             match answer.bytes().await {
-                Ok(body) => (status, headers, Body::from(body)).into_response(),
+                Ok(body) => {
+                    let mut response = Response::new(Body::from(body));
+                    *response.status_mut() = status;
+                    *response.headers_mut() = headers;
+                    response
+                }
                 Err(error) => {
                     tracing::warn!(upstream = upstream.name(), error = %error, "reading an answer failed");
                     unavailable(
