@@ -95,7 +95,10 @@ mod tests {
         for (flags, state) in [
             (TraceFlags::SAMPLED, TraceState::default()),
             (TraceFlags::new(0x03), TraceState::default()),
-            (TraceFlags::default(), TraceState::from_key_value([("vendor", "x1")]).expect("state")),
+            (
+                TraceFlags::default(),
+                TraceState::from_key_value([("vendor", "x1")]).expect("state"),
+            ),
         ] {
             let span = SpanContext::new(
                 TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("trace id"),
@@ -110,6 +113,10 @@ mod tests {
             let _current = context.attach();
             let mut written = HeaderMap::new();
             inject_into_headers(&mut written);
+            // The propagator sends an empty `tracestate`; it means nothing, so none is sent.
+            if expected.get("tracestate").is_some_and(|state| state.is_empty()) {
+                expected.remove("tracestate");
+            }
             assert_eq!(written, expected);
         }
     }
