@@ -1,6 +1,7 @@
-//! The one way a service calls another: hyper's pooled HTTP/1 client (a pool per thread, TLS
-//! for `https://` peers, no redirect ever followed), every request carrying the caller's trace
-//! context and request id, and around every call the policy of [`UpstreamSettings`]:
+//! The one way a service calls another: hyper's HTTP/1 connections, kept open per upstream and
+//! thread ([`super::pool`]), over TLS for `https://` peers, no redirect ever followed; every
+//! request carrying the caller's trace context and request id, and around every call the policy
+//! of [`UpstreamSettings`]:
 //!
 //! - a timeout per attempt (`UPSTREAM_TIMEOUT`, or less when the call has a deadline of its own,
 //!   [`Call::timeout`]);
@@ -23,7 +24,6 @@
 //! is not covered by retries or the breaker.
 
 use std::collections::HashMap;
-use std::error::Error as _;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -33,10 +33,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use thread_local::ThreadLocal;
 use tokio::time::Instant;
 use tower::retry::backoff::{Backoff, ExponentialBackoffMaker, MakeBackoff};
 use tower::retry::budget::{Budget, TpsBudget};
@@ -44,6 +41,7 @@ use tower::util::rng::HasherRng;
 
 use crate::config::UpstreamSettings;
 use crate::http::breaker::{Breaker, BreakerHealth, BreakerSettings};
+use crate::http::pool::{ConnectionError, Connections};
 use crate::http::request_id;
 use crate::trace_context;
 
@@ -53,23 +51,15 @@ const BUDGET_WINDOW: Duration = Duration::from_secs(10);
 /// Sent with every call.
 const USER_AGENT_VALUE: &str = concat!("dozen/", env!("CARGO_PKG_VERSION"));
 
-/// The client of one thread: hyper's pooled HTTP/1 client, over TLS for `https://` peers. It
-/// follows no redirect: a peer's answer is passed on as it is.
-type PooledClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
-
-/// A pooled HTTP client; cheap to clone.
+/// The HTTP client of a service's calls to its peers; cheap to clone.
 ///
-/// Each thread that calls gets a connection pool of its own, built on its first call: a
-/// connection is then driven by the runtime of the thread that uses it (a service serving on
-/// several threads, [`crate::http::server::serve`], never hands a call to another thread),
-/// and a service that calls no one (or not yet) does not pay for loading the system's TLS
-/// roots, milliseconds and megabytes, before it is ready.
+/// The connector is made on the first call, so a service that calls no one (or not yet) does
+/// not pay for loading the system's TLS roots, milliseconds and megabytes, before it is ready.
 #[derive(Debug, Clone)]
 pub struct HttpClient {
     timeout: Duration,
     policy: UpstreamSettings,
     connector: Arc<OnceLock<HttpsConnector<HttpConnector>>>,
-    clients: Arc<ThreadLocal<PooledClient>>,
     /// The guards of the upstreams made so far, by name: two upstreams with one name share a
     /// breaker and a budget, as they share the service behind them.
     guards: Arc<Mutex<HashMap<&'static str, Arc<Guard>>>>,
@@ -89,19 +79,13 @@ impl HttpClient {
             timeout,
             policy,
             connector: Arc::default(),
-            clients: Arc::default(),
             guards: Arc::default(),
         }
     }
 
-    /// This thread's client; the TLS set-up is shared by all threads.
-    fn client(&self) -> &PooledClient {
-        self.clients.get_or(|| {
-            let connector = self.connector.get_or_init(|| connector(self.timeout));
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
-                .build(connector.clone())
-        })
+    /// What opens connections; the TLS set-up is shared by all upstreams and threads.
+    fn connector(&self) -> &HttpsConnector<HttpConnector> {
+        self.connector.get_or_init(|| connector(self.timeout))
     }
 
     /// A named peer at `base_url` (from its `<PEER>_URL` setting).
@@ -119,6 +103,7 @@ impl HttpClient {
             base: Base::parse(&base_url),
             base_url,
             http: self.clone(),
+            connections: Connections::default(),
             guard,
         }))
     }
@@ -226,6 +211,7 @@ struct Peer {
     /// call then reports why.
     base: Option<Base>,
     http: HttpClient,
+    connections: Connections,
     guard: Arc<Guard>,
 }
 
@@ -439,7 +425,7 @@ impl Call {
             source,
         })?;
         let attempt = Attempt {
-            client: upstream.0.http.client(),
+            peer: &upstream.0,
             method: &method,
             uri: &uri,
             headers: &headers,
@@ -502,7 +488,7 @@ impl Call {
 
 /// One attempt of a call: everything it sends, borrowed, so a retry sends the same again.
 struct Attempt<'a> {
-    client: &'a PooledClient,
+    peer: &'a Peer,
     method: &'a Method,
     uri: &'a Uri,
     headers: &'a HeaderMap,
@@ -516,10 +502,18 @@ impl Attempt<'_> {
     async fn send(&self) -> Result<Answer, Failure> {
         let mut request = http::Request::new(Full::new(self.body.clone()));
         *request.method_mut() = self.method.clone();
-        *request.uri_mut() = self.uri.clone();
+        // The request line names the path only (origin form); the connection says where.
+        *request.uri_mut() = self
+            .uri
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |path| Uri::from(path.clone()));
         *request.headers_mut() = self.headers.clone();
         let ends = Instant::now() + time_left(self.deadline, self.timeout);
-        match tokio::time::timeout_at(ends, self.client.request(request)).await {
+        let answer = self
+            .peer
+            .connections
+            .send(self.peer.http.connector(), self.uri, request);
+        match tokio::time::timeout_at(ends, answer).await {
             Ok(Ok(answer)) => Ok(Answer {
                 answer,
                 read_by: ends,
@@ -536,7 +530,7 @@ enum Failure {
     /// No answer within the attempt's time.
     TimedOut,
     /// No connection, or it broke before the answer.
-    Failed(hyper_util::client::legacy::Error),
+    Failed(ConnectionError),
 }
 
 impl Failure {
@@ -584,8 +578,8 @@ impl std::fmt::Display for Failure {
 }
 
 /// Whether the operating system (or the connect timeout) timed the connection out.
-fn caused_by_timeout(error: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = error.source();
+fn caused_by_timeout(error: &ConnectionError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
     while let Some(cause) = source {
         if let Some(io) = cause.downcast_ref::<std::io::Error>()
             && io.kind() == std::io::ErrorKind::TimedOut
@@ -780,7 +774,7 @@ pub enum CallError {
         reason: String,
         /// The error.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: ConnectionError,
     },
     /// The request could not be built (a bad base URL, path, header or body): a bug of the
     /// caller's or a bad setting.

@@ -4,5 +4,6 @@
 pub mod breaker;
 pub mod client;
 pub mod middleware;
+pub mod pool;
 pub mod request_id;
 pub mod server;
