@@ -3,10 +3,15 @@
 //! bounded under any load (extra logins wait their turn instead of allocating). The memory is
 //! kept between hashes ([`Memory`]).
 
+use std::ffi::c_void;
+use std::mem::MaybeUninit;
+use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
+use nix::sys::mman::{MmapAdvise, madvise};
+use nix::unistd::{SysconfVar, sysconf};
 use tokio::sync::Semaphore;
 
 /// The argon2id cost parameters new hashes are made with.
@@ -183,7 +188,8 @@ impl Stored {
 /// argon2's working memory, kept between hashes. A hash fills `m` KiB; memory mapped afresh
 /// for each one costs a page fault every 4 KiB, about a third of the hash's time on this
 /// project's machines. There are never more buffers than hashes computed at once (the
-/// permits), each as large as the largest cost it has served.
+/// permits), each as large as the largest cost it has served, and each is made in huge pages
+/// where the kernel gives them ([`new_buffer`]).
 #[derive(Debug, Default)]
 struct Memory(Mutex<Vec<Vec<Block>>>);
 
@@ -205,13 +211,56 @@ impl Memory {
             .pop()
             .unwrap_or_default();
         if buffer.len() < blocks {
-            buffer.resize(blocks, Block::default());
+            buffer = new_buffer(blocks);
         }
         let outcome = argon2
             .hash_password_into_with_memory(password, salt, output, &mut buffer[..blocks])
             .map_err(|e| HashingError(e.to_string()));
         self.0.lock().unwrap_or_else(PoisonError::into_inner).push(buffer);
         outcome
+    }
+}
+
+/// A buffer of `blocks` zeroed blocks, backed by transparent huge pages where the kernel gives
+/// them on request (its `madvise` mode, Debian's default). argon2 reads a block from anywhere in
+/// its memory for each one it writes, so with 4 KiB pages nearly every read misses the TLB; in
+/// 2 MiB pages the whole buffer fits in a few TLB entries. With `cargo run --release -p
+/// dozen-bench --bin argon2`, in alternating runs on a 2-core VM: a hash about 5% faster on one
+/// core, and about 9% more hashes per second on every core at once. Without huge pages (a
+/// kernel without them, a container that disables them) the buffer is an ordinary one and
+/// hashes come out the same.
+fn new_buffer(blocks: usize) -> Vec<Block> {
+    let mut buffer = Vec::with_capacity(blocks);
+    // Before the first write: the kernel picks the page size when a page is first touched.
+    advise_huge_pages(buffer.spare_capacity_mut());
+    buffer.resize(blocks, Block::default());
+    buffer
+}
+
+/// Ask for the whole pages inside `memory` to be backed by huge pages. Only advice: on failure
+/// the pages stay ordinary.
+fn advise_huge_pages<T>(memory: &mut [MaybeUninit<T>]) {
+    let Ok(Some(page)) = sysconf(SysconfVar::PAGE_SIZE) else {
+        return;
+    };
+    let Ok(page) = usize::try_from(page) else {
+        return;
+    };
+    let start = memory.as_mut_ptr() as usize;
+    let first = start.next_multiple_of(page);
+    let end = (start + size_of_val(memory)) / page * page;
+    let Some(address) = NonNull::new(first as *mut c_void) else {
+        return;
+    };
+    if end <= first {
+        return;
+    }
+    // SAFETY: the range is whole pages inside `memory`, which is borrowed mutably here, so
+    // nothing else uses it; MADV_HUGEPAGE changes which pages back it, never what it holds.
+    #[allow(unsafe_code)]
+    let advised = unsafe { madvise(address, end - first, MmapAdvise::MADV_HUGEPAGE) };
+    if let Err(error) = advised {
+        tracing::debug!(%error, "no huge pages for argon2's memory");
     }
 }
 
