@@ -1,5 +1,5 @@
 //! What the benchmark binaries share: free ports, a raw `/readyz` probe (no client library, so
-//! the probe adds nothing to what is measured) and percentiles.
+//! the probe adds nothing to what is measured), percentiles and processes' CPU time.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -32,6 +32,43 @@ pub fn percentile(sorted: &[f64], quantile: f64) -> f64 {
     }
     let index = ((sorted.len() - 1) as f64 * quantile).round() as usize;
     sorted[index.min(sorted.len() - 1)]
+}
+
+/// What `/proc/<pid>/stat` tells of a process.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessStat {
+    /// Its parent's process id.
+    pub parent: u32,
+    /// CPU seconds spent so far in user mode, by all its threads.
+    pub user: f64,
+    /// CPU seconds spent so far in the kernel on its behalf.
+    pub system: f64,
+}
+
+/// The stat of process `pid` (a number, or `self`); `None` once it is gone.
+pub fn process_stat(pid: &str) -> Option<ProcessStat> {
+    // Clock ticks per second, as /proc counts them.
+    const TICKS: f64 = 100.0;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |index: usize| fields.get(index)?.parse::<f64>().ok();
+    Some(ProcessStat {
+        parent: fields.get(1)?.parse().ok()?,
+        user: ticks(11)? / TICKS,
+        system: ticks(12)? / TICKS,
+    })
+}
+
+/// The ids of every process running now.
+pub fn process_ids() -> anyhow::Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        if let Some(id) = entry?.file_name().to_str().and_then(|name| name.parse().ok()) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
 }
 
 /// Hashes per second with every core hashing at once, `hashes_per_core` each, through the

@@ -7,7 +7,11 @@
 //! asserts nothing.
 //!
 //! Latency is measured with one connection (one request at a time: what a request costs);
-//! throughput with many connections at once (`-- <connections>`, default 64). Load comes from
+//! throughput with many connections at once (`-- <connections>`, default 64). During the
+//! throughput run, the CPU time the one in the middle spends (the upstream itself when called
+//! directly; the gateway; nginx's master and workers), user and system apart, per request: on
+//! a machine where the load generator, the proxy and the upstream share the cores, it tells
+//! what each proxy costs more steadily than requests per second do. Load comes from
 //! `wrk` (Debian package), so that the load generator is the same, and cheap, for all three.
 //! Nobody logs each request: the gateway runs with `LOG_LEVEL=warn`, nginx with `access_log
 //! off`.
@@ -30,7 +34,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use dozen_bench::free_port;
+use dozen_bench::{free_port, process_ids, process_stat};
 
 /// The upstream's answer to every request.
 const ANSWER: &str =
@@ -65,11 +69,11 @@ fn main() -> anyhow::Result<()> {
         "nginx is missing: install Debian's nginx package (apt-get install nginx) to run this benchmark",
     )?;
     let gateway_binary = gateway_binary()?;
-    let (_upstream, upstream_port) = start_upstream()?;
+    let (upstream, upstream_port) = start_upstream()?;
 
     let gateway_port = free_port()?;
     let upstream_url = format!("http://127.0.0.1:{upstream_port}");
-    let _gateway = Running::start(
+    let gateway = Running::start(
         Command::new(&gateway_binary)
             .env("PORT", gateway_port.to_string())
             .env("HOST", "127.0.0.1")
@@ -82,7 +86,7 @@ fn main() -> anyhow::Result<()> {
     let nginx_folder = tempfile::tempdir()?;
     let nginx_port = free_port()?;
     let config = nginx_config(nginx_folder.path(), nginx_port, upstream_port)?;
-    let _nginx = Running::start(
+    let nginx = Running::start(
         Command::new(&nginx)
             .arg("-p")
             .arg(nginx_folder.path())
@@ -102,35 +106,42 @@ fn main() -> anyhow::Result<()> {
         ANSWER.len()
     );
     println!(
-        "{:<24} {:>12} {:>12} {:>14} {:>12} {:>12}",
+        "{:<26} {:>10} {:>10} {:>12} {:>11} {:>11} {:>13} {:>12}",
         "path",
         "p50 µs (1)",
         "p99 µs (1)",
         format!("req/s ({connections})"),
         format!("p50 ms ({connections})"),
         format!("p99 ms ({connections})"),
+        "user µs/req",
+        "sys µs/req",
     );
     let targets = [
-        ("upstream, direct", upstream_port, "/api/friends"),
-        ("through the gateway", gateway_port, "/api/friends"),
-        ("through nginx", nginx_port, "/api/friends"),
-        ("gateway /api/me (3 calls)", gateway_port, "/api/me"),
+        ("upstream, direct", upstream_port, "/api/friends", upstream.id()),
+        ("through the gateway", gateway_port, "/api/friends", gateway.id()),
+        ("through nginx", nginx_port, "/api/friends", nginx.id()),
+        ("gateway /api/me (3 calls)", gateway_port, "/api/me", gateway.id()),
     ];
     let mut figures = Vec::new();
-    for (name, port, path) in targets {
+    for (name, port, path, process) in targets {
         let url = format!("http://127.0.0.1:{port}{path}");
         // Warm the connection pools and caches first.
         wrk(&url, 1, 2, 1)?;
         let single = wrk(&url, 1, 1, seconds)?;
+        let before = CpuTime::of_process_and_children(process)?;
         let loaded = wrk(&url, 2, connections, seconds)?;
+        let spent = CpuTime::of_process_and_children(process)?.since(&before);
+        let per_request = |seconds: f64| seconds * 1e6 / loaded.requests.max(1) as f64;
         println!(
-            "{:<24} {:>12.0} {:>12.0} {:>14.0} {:>12.2} {:>12.2}",
+            "{:<26} {:>10.0} {:>10.0} {:>12.0} {:>11.2} {:>11.2} {:>13.1} {:>12.1}",
             name,
             single.p50.as_secs_f64() * 1e6,
             single.p99.as_secs_f64() * 1e6,
             loaded.per_second,
             loaded.p50.as_secs_f64() * 1e3,
             loaded.p99.as_secs_f64() * 1e3,
+            per_request(spent.user),
+            per_request(spent.system),
         );
         for run in [&single, &loaded] {
             if run.failed > 0 {
@@ -332,6 +343,8 @@ http {{
 /// What one wrk run measured.
 #[derive(Debug)]
 struct Run {
+    /// Requests answered in the run.
+    requests: u64,
     per_second: f64,
     p50: Duration,
     p99: Duration,
@@ -375,7 +388,13 @@ fn wrk(url: &str, threads: u32, connections: u32, seconds: u64) -> anyhow::Resul
             .and_then(parse_wrk_duration)
             .with_context(|| format!("no {name} latency in wrk's report: {text}"))
     };
+    let requests = text
+        .lines()
+        .find_map(|line| line.trim().split_once(" requests in "))
+        .and_then(|(count, _)| count.parse().ok())
+        .with_context(|| format!("no request count in wrk's report: {text}"))?;
     Ok(Run {
+        requests,
         per_second,
         p50: percentile("50%")?,
         p99: percentile("99%")?,
@@ -405,6 +424,10 @@ fn parse_wrk_duration(text: &str) -> Option<Duration> {
 struct Running(Child);
 
 impl Running {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+
     fn start(command: &mut Command) -> anyhow::Result<Self> {
         let child = command
             .stdin(Stdio::null())
@@ -431,6 +454,38 @@ impl Drop for Running {
         }
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// CPU seconds spent by a process and its children (nginx's workers), from `/proc`.
+#[derive(Debug)]
+struct CpuTime {
+    user: f64,
+    system: f64,
+}
+
+impl CpuTime {
+    fn of_process_and_children(process: u32) -> anyhow::Result<Self> {
+        let mut spent = Self {
+            user: 0.0,
+            system: 0.0,
+        };
+        for pid in process_ids()? {
+            if let Some(stat) = process_stat(&pid.to_string())
+                && (pid == process || stat.parent == process)
+            {
+                spent.user += stat.user;
+                spent.system += stat.system;
+            }
+        }
+        Ok(spent)
+    }
+
+    fn since(&self, earlier: &Self) -> Self {
+        Self {
+            user: self.user - earlier.user,
+            system: self.system - earlier.system,
+        }
     }
 }
 

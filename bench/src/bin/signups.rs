@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use dozen_bench::{free_port, hashes_per_second_on_all_cores};
+use dozen_bench::{free_port, hashes_per_second_on_all_cores, process_ids, process_stat};
 use dozen_passwords::domain::hashing::{Cost, Hasher};
 
 const SERVICES: [&str; 6] = [
@@ -49,32 +49,22 @@ impl Drop for Platform {
 /// CPU seconds (user and system) spent so far by each service process under `up`, and by this
 /// benchmark (the load generator), by name.
 fn cpu_seconds(up: u32) -> anyhow::Result<Vec<(String, f64)>> {
-    // Clock ticks per second, as /proc counts them.
-    const TICKS: f64 = 100.0;
-    let read = |pid: &str| -> Option<(u32, f64, String)> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The fields after the command name, which is in parentheses and may hold spaces.
-        let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let parent = rest.get(1)?.parse().ok()?;
-        let ticks: f64 = rest.get(11)?.parse::<f64>().ok()? + rest.get(12)?.parse::<f64>().ok()?;
-        // `dozen up` runs each service as `dozen run <service> …`.
-        let command_line = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).ok()?;
-        let program = command_line.split('\0').nth(2).unwrap_or_default().to_owned();
-        Some((parent, ticks / TICKS, program))
-    };
     let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc")? {
-        let name = entry?.file_name();
-        let Some(pid) = name.to_str() else { continue };
-        if let Some((parent, seconds, program)) = read(pid)
-            && parent == up
-        {
-            found.push((program, seconds));
+    for pid in process_ids()? {
+        let Some(stat) = process_stat(&pid.to_string()) else {
+            continue;
+        };
+        if stat.parent != up {
+            continue;
         }
+        // `dozen up` runs each service as `dozen run <service> …`.
+        let command_line = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let program = command_line.split('\0').nth(2).unwrap_or_default().to_owned();
+        found.push((program, stat.user + stat.system));
     }
     found.sort_by(|a, b| a.0.cmp(&b.0));
-    let (_, seconds, _) = read("self").context("this process's CPU time")?;
-    found.push(("load generator".to_owned(), seconds));
+    let load = process_stat("self").context("this process's CPU time")?;
+    found.push(("load generator".to_owned(), load.user + load.system));
     Ok(found)
 }
 
