@@ -217,7 +217,6 @@ fn send_one_at_a_time(port: u16, path: &str, count: u64) -> anyhow::Result<()> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer bench\r\n\r\n");
     let mut pending = Vec::new();
-    let mut chunk = [0u8; 4096];
     for _ in 0..count {
         stream.write_all(request.as_bytes())?;
         let (head_end, body_length) = loop {
@@ -233,21 +232,24 @@ fn send_one_at_a_time(port: u16, path: &str, count: u64) -> anyhow::Result<()> {
                     .context("an answer without content-length")?;
                 break (head_end + 4, length);
             }
-            let read = stream.read(&mut chunk)?;
-            if read == 0 {
-                bail!("the gateway closed the connection");
-            }
-            pending.extend_from_slice(&chunk[..read]);
+            read_more(&mut stream, &mut pending)?;
         };
         while pending.len() < head_end + body_length {
-            let read = stream.read(&mut chunk)?;
-            if read == 0 {
-                bail!("the gateway closed the connection");
-            }
-            pending.extend_from_slice(&chunk[..read]);
+            read_more(&mut stream, &mut pending)?;
         }
         pending.drain(..head_end + body_length);
     }
+    Ok(())
+}
+
+/// Read what has arrived on `stream` onto the end of `pending`.
+fn read_more(stream: &mut TcpStream, pending: &mut Vec<u8>) -> anyhow::Result<()> {
+    let mut chunk = [0u8; 4096];
+    let read = stream.read(&mut chunk)?;
+    if read == 0 {
+        bail!("the gateway closed the connection");
+    }
+    pending.extend_from_slice(&chunk[..read]);
     Ok(())
 }
 

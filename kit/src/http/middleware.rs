@@ -142,7 +142,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let _entered = this.span.enter();
-        let answer = loop {
+        let mut answer = loop {
             let answer = match this.state.as_mut().project() {
                 StateProjection::Handling { future } => {
                     match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
@@ -166,7 +166,6 @@ where
             this.state.set(State::Answered { answer: None });
             break answer;
         };
-        let mut answer = answer;
         let status = answer.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             // The body was not read to its end, so the connection cannot carry another request;
