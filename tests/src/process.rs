@@ -1,8 +1,9 @@
 //! Start the built binaries as real processes, read what they log, signal them.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -240,10 +241,19 @@ pub fn log_message(line: &str) -> Option<&str> {
     Some(&line[start..start + end])
 }
 
-/// A TCP port that was free a moment ago.
+/// A TCP port that was free a moment ago, and that no earlier call in this process returned:
+/// once a probe's listener is closed, the kernel may hand its port to the next probe, and two
+/// services of one platform given the same port would fight over it (seen in CI: the gateway
+/// and verification both got one, and verification could not listen).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|address| address.port())
+            .expect("a free port");
+        if GIVEN.lock().unwrap_or_else(PoisonError::into_inner).insert(port) {
+            return port;
+        }
+    }
 }
