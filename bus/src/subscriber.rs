@@ -14,10 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use dozen_kit::db::Db;
+use dozen_kit::trace_context::{self, Handling};
 use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::backend::{BoxFuture, Broker, Delivery, Queue, Settlement, millis, now_ms};
@@ -188,7 +187,7 @@ impl Subscriber {
     ) -> Vec<(Delivery, Settlement)> {
         let max = self.settings.bus_max_attempts;
         let mut settled = Vec::with_capacity(deliveries.len());
-        let mut batch: Vec<(Delivery, Envelope, tracing::Span)> = Vec::with_capacity(deliveries.len());
+        let mut batch: Vec<(Delivery, Envelope, Handling)> = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
             if stop.is_cancelled() {
                 metrics::handled(&self.name, label, Outcome::HandedBack.label(), Duration::ZERO);
@@ -212,22 +211,24 @@ impl Subscriber {
             if delivery.attempt > 1 {
                 metrics::redelivered(&self.name);
             }
-            let span = tracing::info_span!(
-                "bus.handle",
-                subscriber = %self.name,
-                event_type = %envelope.event_type,
-                event_id = %envelope.id,
-                attempt = delivery.attempt,
-            );
             // One trace follows the event from its publisher to here.
-            let _ = span.set_parent(dozen_kit::trace_context::extract_from_map(&envelope.trace));
+            let handling = Handling::start(
+                tracing::info_span!(
+                    "bus.handle",
+                    subscriber = %self.name,
+                    event_type = %envelope.event_type,
+                    event_id = %envelope.id,
+                    attempt = delivery.attempt,
+                ),
+                trace_context::extract_from_map(&envelope.trace),
+            );
             if delivery.attempt > max {
                 // Delivered past the limit without an outcome: its consumer kept dying on it.
                 let error = format!(
                     "delivered {} times without an outcome (its consumer may crash on it)",
                     delivery.attempt
                 );
-                span.in_scope(|| tracing::error!(%error, "dead-lettered"));
+                handling.in_scope(|| tracing::error!(%error, "dead-lettered"));
                 let letter = self.letter(&envelope, &delivery, error);
                 metrics::handled(
                     &self.name,
@@ -238,7 +239,7 @@ impl Subscriber {
                 settled.push((delivery, self.bury(letter).await));
                 continue;
             }
-            batch.push((delivery, envelope, span));
+            batch.push((delivery, envelope, handling));
         }
         if batch.is_empty() {
             return settled;
@@ -252,11 +253,12 @@ impl Subscriber {
                 batch.iter().map(|_| (Step::Retry, Duration::ZERO)).collect()
             }
         };
-        for ((delivery, envelope, span), (step, took)) in batch.into_iter().zip(steps) {
+        for ((delivery, envelope, handling), (step, took)) in batch.into_iter().zip(steps) {
             let (settlement, outcome) = match step {
                 Step::Handled => (Settlement::Ack, Outcome::Handled),
                 Step::Duplicate => {
-                    span.in_scope(|| tracing::debug!("already in the inbox: acknowledged without handling"));
+                    handling
+                        .in_scope(|| tracing::debug!("already in the inbox: acknowledged without handling"));
                     (Settlement::Ack, Outcome::Duplicate)
                 }
                 Step::NotRun => (Settlement::Release, Outcome::HandedBack),
@@ -265,7 +267,7 @@ impl Subscriber {
                     Outcome::Retried,
                 ),
                 Step::Failed(error) if delivery.attempt >= max => {
-                    span.in_scope(|| {
+                    handling.in_scope(|| {
                         tracing::error!(
                             error = format!("{error:#}"),
                             "handler failed for the last time: dead-lettered"
@@ -276,7 +278,7 @@ impl Subscriber {
                 }
                 Step::Failed(error) => {
                     let delay = self.settings.backoff(delivery.attempt);
-                    span.in_scope(|| {
+                    handling.in_scope(|| {
                         tracing::warn!(
                             error = format!("{error:#}"),
                             retry_in_ms = delay.as_millis() as u64,
@@ -295,24 +297,21 @@ impl Subscriber {
     /// Run the handlers of a batch in one transaction; an error means nothing was committed.
     async fn run_handlers(
         &self,
-        batch: &[(Delivery, Envelope, tracing::Span)],
+        batch: &[(Delivery, Envelope, Handling)],
         stop: &CancellationToken,
     ) -> anyhow::Result<Vec<(Step, Duration)>> {
         let mut tx = Tx::begin(&self.db).await?;
         // A lone event needs no savepoint: if it fails, the transaction is rolled back whole.
         let alone = batch.len() == 1;
         let mut steps = Vec::with_capacity(batch.len());
-        for (_, envelope, span) in batch {
+        for (_, envelope, handling) in batch {
             // Stop means: finish the handler in flight, start no other.
             if stop.is_cancelled() {
                 steps.push((Step::NotRun, Duration::ZERO));
                 continue;
             }
             let started = Instant::now();
-            let step = self
-                .run_one(&mut tx, envelope, !alone)
-                .instrument(span.clone())
-                .await?;
+            let step = handling.run(self.run_one(&mut tx, envelope, !alone)).await?;
             steps.push((step, started.elapsed()));
         }
         if alone && matches!(steps.first(), Some((Step::Failed(_), _))) {
@@ -446,16 +445,17 @@ impl Subscriber {
                 if !inbox::unbury(&mut tx, &self.name, letter.event_id).await? {
                     return anyhow::Ok(false);
                 }
-                let span = tracing::info_span!(
-                    "bus.replay",
-                    subscriber = %self.name,
-                    event_type = %envelope.event_type,
-                    event_id = %envelope.id,
+                let handling = Handling::start(
+                    tracing::info_span!(
+                        "bus.replay",
+                        subscriber = %self.name,
+                        event_type = %envelope.event_type,
+                        event_id = %envelope.id,
+                    ),
+                    trace_context::extract_from_map(&envelope.trace),
                 );
-                let _ = span.set_parent(dozen_kit::trace_context::extract_from_map(&envelope.trace));
-                AssertUnwindSafe((self.handler)(&mut tx, &envelope))
-                    .catch_unwind()
-                    .instrument(span)
+                handling
+                    .run(AssertUnwindSafe((self.handler)(&mut tx, &envelope)).catch_unwind())
                     .await
                     .map_err(|_| anyhow!("the handler panicked"))??;
                 tx.commit().await?;

@@ -784,7 +784,7 @@ async fn two_relays_on_one_outbox_publish_each_event_once(kind: Kind) {
 }
 
 async fn one_trace_follows_an_event_from_its_publisher_to_its_handler(kind: Kind) {
-    use tracing::Instrument;
+    use dozen_kit::trace_context::Handling;
     support::telemetry();
     let bus = TestBus::new(kind).await;
     let publisher = ServiceDb::create(Backend::Sqlite).await;
@@ -812,18 +812,20 @@ async fn one_trace_follows_an_event_from_its_publisher_to_its_handler(kind: Kind
     start(subscriber, &lifecycle).await;
     let outbox = start_relay(&bus, &publisher.db, &lifecycle).await;
 
-    let (envelope, trace_id) = async {
-        let trace_id = dozen_kit::trace_context::current_trace_id().expect("a trace is active");
-        let mut tx = Tx::begin(&publisher.db).await.expect("begin");
-        let envelope = outbox
-            .publish(&mut tx, &support::signed_up(1))
-            .await
-            .expect("publish");
-        tx.commit().await.expect("commit");
-        (envelope, trace_id)
-    }
-    .instrument(tracing::info_span!("signup request"))
-    .await;
+    // As a request handled by a service: a new trace, since nobody called with one.
+    let request = Handling::start(tracing::info_span!("signup request"), Default::default());
+    let (envelope, trace_id) = request
+        .run(async {
+            let trace_id = dozen_kit::trace_context::current_trace_id().expect("a trace is active");
+            let mut tx = Tx::begin(&publisher.db).await.expect("begin");
+            let envelope = outbox
+                .publish(&mut tx, &support::signed_up(1))
+                .await
+                .expect("publish");
+            tx.commit().await.expect("commit");
+            (envelope, trace_id)
+        })
+        .await;
     let traceparent = envelope
         .trace
         .get("traceparent")

@@ -1,11 +1,11 @@
 //! Logs and traces (factor XI): one JSON object per line on stdout, carrying the trace and span
-//! ids of the active span; `LOG_FORMAT=pretty` for a human. Spans are OpenTelemetry spans, so
-//! ids continue the caller's trace; they are exported over OTLP/HTTP only when an endpoint is
-//! configured.
+//! ids of the request or message being handled (see [`crate::trace_context`]), which continue
+//! the caller's trace; `LOG_FORMAT=pretty` for a human. Spans are recorded as OpenTelemetry
+//! spans, and exported over OTLP/HTTP, only when an endpoint is configured.
 
 use std::fmt;
 
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -14,7 +14,7 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::subscriber::Interest;
 use tracing::{Event, Metadata, Subscriber};
-use tracing_subscriber::filter::{FilterExt, LevelFilter, filter_fn};
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::layer::{Context, Filter, SubscriberExt};
@@ -23,6 +23,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{LogFormat, TelemetrySettings};
+use crate::trace_context;
 
 /// Flushes exported spans when dropped, at the end of `main`.
 #[derive(Debug)]
@@ -67,23 +68,24 @@ pub fn init(service: &'static str, settings: &TelemetrySettings) -> anyhow::Resu
             .with_writer(std::io::stdout)
             .boxed(),
     };
-    // The level filters what is logged, never which spans exist: a request's span carries the
-    // trace context its calls to other services pass on, whatever `LOG_LEVEL` says. Events
-    // become span events only when spans are exported; otherwise they are only logged.
-    let exporting = settings.otlp_endpoint.is_some();
-    let traced = LevelFilter::INFO.and(filter_fn(move |meta| exporting || meta.is_span()));
+    // Spans are recorded for OpenTelemetry only when they are exported: the trace context a
+    // request or message is handled in is kept without them (see `trace_context`), and the
+    // level filters only what is logged. Nothing reads the OpenTelemetry context of the span
+    // entered last, so entering one does not make its context current.
+    let exported = settings.otlp_endpoint.is_some().then(|| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_context_activation(false)
+            // Each of these is an allocation or a clock read per span, for attributes that say
+            // where in the code a request was handled, not what happened to it.
+            .with_location(false)
+            .with_target(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+            .with_filter(Uncached(LevelFilter::INFO))
+    });
     let _already_set = tracing_subscriber::registry()
-        .with(
-            tracing_opentelemetry::layer()
-                .with_tracer(tracer)
-                // Each of these is an allocation or a clock read per span, for attributes that
-                // say where in the code a request was handled, not what happened to it.
-                .with_location(false)
-                .with_target(false)
-                .with_threads(false)
-                .with_tracked_inactivity(false)
-                .with_filter(Uncached(traced)),
-        )
+        .with(exported)
         .with(output.with_filter(Uncached(filter)))
         .try_init();
     Ok(TelemetryGuard { provider })
@@ -97,8 +99,8 @@ pub fn init(service: &'static str, settings: &TelemetrySettings) -> anyhow::Resu
 /// the last question on the thread left there. Questions that no span or event follows are
 /// common: sqlx asks whether a query would be logged after every query (`tracing::enabled!`),
 /// and every `log` record is asked about first. A span created next on that thread would then
-/// be missing from the layers that were asked "no", and a request's log lines would lose their
-/// trace ids (tokio-rs/tracing#2519).
+/// be missing from the layers that were asked "no": a request's log lines would lose the
+/// span's fields, or the exported trace the span (tokio-rs/tracing#2519).
 struct Uncached<F>(F);
 
 impl<S, F: Filter<S>> Filter<S> for Uncached<F> {
@@ -179,16 +181,13 @@ where
                     span_fields.extend(map);
                 }
             }
-            // Entering a span makes its OpenTelemetry context current (context activation).
-            let context = opentelemetry::Context::current();
-            let span_context = context.span().span_context().clone();
-            if span_context.is_valid() {
-                line.insert("trace_id".into(), span_context.trace_id().to_string().into());
-                line.insert("span_id".into(), span_context.span_id().to_string().into());
-            }
             if !span_fields.is_empty() {
                 line.insert("span".into(), Value::Object(span_fields));
             }
+        }
+        if let Some(trace) = trace_context::current() {
+            line.insert("trace_id".into(), trace.trace_id().to_string().into());
+            line.insert("span_id".into(), trace.span_id().to_string().into());
         }
         if !fields.0.is_empty() {
             line.insert("fields".into(), Value::Object(fields.0));

@@ -3,7 +3,9 @@
 //!
 //! - a request id: the caller's `x-request-id`, or a new UUID; current while the handler runs
 //!   (so outgoing calls carry it on) and echoed on the answer;
-//! - a span continuing the caller's trace (`traceparent`), entered whenever the handler runs;
+//! - the caller's trace (`traceparent`) continued, current while the request is handled (see
+//!   [`trace_context`]), and a span, entered whenever the handler runs, when spans are exported
+//!   or logged;
 //! - a handler's panic answered as a 500 problem, the server serving on;
 //! - every 4xx and 5xx as problem+json: an answer made elsewhere (axum's rejections, the body
 //!   limit, the timeout, 405) keeps its status and headers, and its text becomes the detail;
@@ -24,15 +26,16 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use opentelemetry::trace::SpanContext;
 use pin_project_lite::pin_project;
 use tokio::task::futures::TaskLocalFuture;
 use tower::{Layer, Service};
 use tracing::Span;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::http::request_id;
+use crate::metrics;
 use crate::problem::{self, Problem};
-use crate::{metrics, trace_context};
+use crate::trace_context::{self, Handling};
 
 /// The layer: [`PerRequest`] around the service's routes.
 #[derive(Debug, Clone, Copy, Default)]
@@ -58,7 +61,7 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = PerRequestFuture<S::Future>;
+    type Future = TaskLocalFuture<SpanContext, PerRequestFuture<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -73,39 +76,42 @@ where
             .unwrap_or_else(request_id::new);
         let method = request.method().clone();
         let route = request.extensions().get::<MatchedPath>().cloned();
-        let span = request_span(&request, route.as_ref(), &id);
-        let called = span.in_scope(|| catch_unwind(AssertUnwindSafe(|| self.inner.call(request))));
-        let state = match called {
-            Ok(future) => State::Handling {
-                future: request_id::scope(id.clone(), future),
+        let handling = Handling::start(
+            request_span(&request, route.as_ref(), &id),
+            trace_context::extract_from_headers(request.headers()),
+        );
+        let state = handling.in_scope(
+            || match catch_unwind(AssertUnwindSafe(|| self.inner.call(request))) {
+                Ok(future) => State::Handling {
+                    future: request_id::scope(id.clone(), future),
+                },
+                Err(panic) => State::Answered {
+                    answer: Some(panic_answer(panic)),
+                },
             },
-            Err(panic) => State::Answered {
-                answer: Some(span.in_scope(|| panic_answer(panic))),
+        );
+        trace_context::scope(
+            handling.context().clone(),
+            PerRequestFuture {
+                state,
+                handling,
+                id: Some(id),
+                method,
+                route,
+                started,
             },
-        };
-        PerRequestFuture {
-            state,
-            span,
-            id: Some(id),
-            method,
-            route,
-            started,
-        }
+        )
     }
 }
 
 fn request_span(request: &Request, route: Option<&MatchedPath>, id: &HeaderValue) -> Span {
-    let span = tracing::info_span!(
+    tracing::info_span!(
         "request",
         method = %request.method(),
         route = route.map_or("unmatched", MatchedPath::as_str),
         request_id = id.to_str().unwrap_or_default(),
         status = tracing::field::Empty,
-    );
-    if !span.is_disabled() {
-        let _ = span.set_parent(trace_context::extract_from_headers(request.headers()));
-    }
-    span
+    )
 }
 
 pin_project! {
@@ -114,7 +120,7 @@ pin_project! {
     pub struct PerRequestFuture<F> {
         #[pin]
         state: State<F>,
-        span: Span,
+        handling: Handling,
         id: Option<HeaderValue>,
         method: Method,
         route: Option<MatchedPath>,
@@ -141,7 +147,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let _entered = this.span.enter();
+        let _entered = this.handling.span().enter();
         let mut answer = loop {
             let answer = match this.state.as_mut().project() {
                 StateProjection::Handling { future } => {
@@ -180,7 +186,7 @@ where
         let took = this.started.elapsed();
         let route = this.route.as_ref().map_or("unmatched", MatchedPath::as_str);
         metrics::record_http(this.method, route, status, took);
-        this.span.record("status", status.as_u16());
+        this.handling.span().record("status", status.as_u16());
         let latency_ms = took.as_secs_f64() * 1000.0;
         if status.is_server_error() {
             tracing::error!(status = status.as_u16(), latency_ms, "answered");
