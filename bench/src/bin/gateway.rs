@@ -14,7 +14,9 @@
 //! what each proxy costs more steadily than requests per second do. Load comes from
 //! `wrk` (Debian package), so that the load generator is the same, and cheap, for all three.
 //! Nobody logs each request: the gateway runs with `LOG_LEVEL=warn`, nginx with `access_log
-//! off`.
+//! off`. nginx does the gateway's work at the edge too: it passes on or makes a request id
+//! (`x-request-id`, echoed on the answer), names the client in `x-forwarded-for`, and sets the
+//! gateway's security headers on every answer.
 //!
 //! Run: `cargo build --release -p dozen-gateway -p dozen-bench && cargo run --release -p
 //! dozen-bench --bin gateway` (optionally `-- <seconds per measurement> <connections>`,
@@ -304,6 +306,16 @@ fn serve_upstream(port: u16) -> anyhow::Result<()> {
 /// foreground, with every file it writes in `folder`.
 fn nginx_config(folder: &Path, port: u16, upstream_port: u16) -> anyhow::Result<PathBuf> {
     let at = |name: &str| folder.join(name).display().to_string();
+    // The gateway's security headers, as nginx directives.
+    let security_headers: String = dozen_gateway::headers::SECURITY_HEADERS
+        .iter()
+        .map(|(name, value)| {
+            format!(
+                "            add_header {name} \"{}\" always;\n",
+                value.to_str().unwrap_or_default()
+            )
+        })
+        .collect();
     let config = format!(
         "daemon off;
 worker_processes auto;
@@ -321,13 +333,20 @@ http {{
         server 127.0.0.1:{upstream_port};
         keepalive 128;
     }}
+    map $http_x_request_id $edge_request_id {{
+        \"\" $request_id;
+        default $http_x_request_id;
+    }}
     server {{
         listen 127.0.0.1:{port};
         location / {{
             proxy_pass http://friends;
             proxy_http_version 1.1;
             proxy_set_header Connection \"\";
-        }}
+            proxy_set_header X-Request-Id $edge_request_id;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            add_header X-Request-Id $edge_request_id always;
+{security_headers}        }}
     }}
 }}
 ",

@@ -22,7 +22,7 @@ const STRICT_TRANSPORT_SECURITY: &str = "max-age=63072000; includeSubDomains";
 
 /// The security headers, each set on every answer (replacing any from a service). Values made
 /// at compile time: made per answer, each would be checked byte by byte again.
-const SECURITY_HEADERS: [(HeaderName, HeaderValue); 6] = [
+pub const SECURITY_HEADERS: [(HeaderName, HeaderValue); 6] = [
     (
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(CONTENT_SECURITY_POLICY),
