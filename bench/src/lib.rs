@@ -4,10 +4,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-/// A port nothing listens on now.
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
+pub use dozen_tests::process::free_port;
 
 /// Whether `GET /readyz` on 127.0.0.1:`port`, over a fresh connection, answers 200.
 pub fn is_ready(port: u16) -> bool {

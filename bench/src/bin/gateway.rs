@@ -73,7 +73,7 @@ fn main() -> anyhow::Result<()> {
     let gateway_binary = gateway_binary()?;
     let (upstream, upstream_port) = start_upstream()?;
 
-    let gateway_port = free_port()?;
+    let gateway_port = free_port();
     let upstream_url = format!("http://127.0.0.1:{upstream_port}");
     let gateway = Running::start(
         Command::new(&gateway_binary)
@@ -86,7 +86,7 @@ fn main() -> anyhow::Result<()> {
     wait_answering(gateway_port, "/readyz")?;
 
     let nginx_folder = tempfile::tempdir()?;
-    let nginx_port = free_port()?;
+    let nginx_port = free_port();
     let config = nginx_config(nginx_folder.path(), nginx_port, upstream_port)?;
     let nginx = Running::start(
         Command::new(&nginx)
@@ -180,7 +180,7 @@ fn print_instructions_per_request(requests: u64) -> anyhow::Result<()> {
     let mut totals = Vec::new();
     for extra in [0, requests] {
         let counts = folder.path().join(format!("callgrind.{extra}"));
-        let port = free_port()?;
+        let port = free_port();
         let mut gateway = Command::new("valgrind")
             .arg("--tool=callgrind")
             .arg(format!("--callgrind-out-file={}", counts.display()))
@@ -283,7 +283,7 @@ fn gateway_binary() -> anyhow::Result<PathBuf> {
 
 /// This binary as the upstream, answering; and its port.
 fn start_upstream() -> anyhow::Result<(Running, u16)> {
-    let port = free_port()?;
+    let port = free_port();
     let upstream =
         Running::start(Command::new(std::env::current_exe()?).args([UPSTREAM_MODE, &port.to_string()]))?;
     wait_answering(port, "/api/friends")?;

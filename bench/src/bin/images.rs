@@ -88,7 +88,7 @@ fn main() -> anyhow::Result<()> {
         }
         let mut startups = Vec::with_capacity(runs);
         for run in 0..runs {
-            let port = free_port()?;
+            let port = free_port();
             let name = format!("dozen-bench-{service}-{id}-{run}");
             let mut command = base(&name, port);
             command.insert(1, "--detach".to_owned());

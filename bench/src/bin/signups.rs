@@ -86,7 +86,7 @@ fn start_platform() -> anyhow::Result<Platform> {
         .stderr(Stdio::null());
     let mut gateway = String::new();
     for service in SERVICES {
-        let port = free_port()?;
+        let port = free_port();
         command.env(format!("{}_PORT", service.to_uppercase()), port.to_string());
         if service == "gateway" {
             gateway = format!("http://127.0.0.1:{port}");

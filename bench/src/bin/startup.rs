@@ -88,7 +88,7 @@ fn measure(binary: &Path, env: &[(String, String)], runs: usize) -> anyhow::Resu
     let mut rss = Vec::with_capacity(runs);
     let mut anon = Vec::with_capacity(runs);
     for _ in 0..runs {
-        let port = free_port()?;
+        let port = free_port();
         let started = Instant::now();
         let mut child = spawn(binary, env, port)?;
         let ready = wait_ready(port, &mut child, Duration::from_secs(10));
