@@ -30,7 +30,7 @@ tokio::task_local! {
 
 /// What handling one request or message runs in: its span (disabled unless spans are exported
 /// or logged) and its trace context.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Handling {
     span: tracing::Span,
     context: SpanContext,
