@@ -3,8 +3,8 @@
 //! (a) sent to the upstream directly, (b) through dozen's gateway (its `FRIENDS_URL` pointing at
 //! the upstream) and (c) through nginx (Debian's package, proxying with keep-alive to the same
 //! upstream), measured in one run. Then `GET /api/me` through the gateway, which calls the
-//! upstream three times (as users and as friends) and merges the answers. It prints figures; it
-//! asserts nothing.
+//! upstream four times at once (as users, as friends twice and as verification) and merges the
+//! answers. It prints figures; it asserts nothing.
 //!
 //! Latency is measured with one connection (one request at a time: what a request costs);
 //! throughput with many connections at once (`-- <connections>`, default 64). During the
@@ -81,7 +81,8 @@ fn main() -> anyhow::Result<()> {
             .env("HOST", "127.0.0.1")
             .env("LOG_LEVEL", "warn")
             .env("FRIENDS_URL", &upstream_url)
-            .env("USERS_URL", &upstream_url),
+            .env("USERS_URL", &upstream_url)
+            .env("VERIFICATION_URL", &upstream_url),
     )?;
     wait_answering(gateway_port, "/readyz")?;
 
@@ -122,7 +123,7 @@ fn main() -> anyhow::Result<()> {
         ("upstream, direct", upstream_port, "/api/friends", upstream.id()),
         ("through the gateway", gateway_port, "/api/friends", gateway.id()),
         ("through nginx", nginx_port, "/api/friends", nginx.id()),
-        ("gateway /api/me (3 calls)", gateway_port, "/api/me", gateway.id()),
+        ("gateway /api/me (4 calls)", gateway_port, "/api/me", gateway.id()),
     ];
     let mut figures = Vec::new();
     for (name, port, path, process) in targets {
@@ -192,6 +193,7 @@ fn print_instructions_per_request(requests: u64) -> anyhow::Result<()> {
             .env("WORKER_THREADS", "1")
             .env("FRIENDS_URL", &upstream_url)
             .env("USERS_URL", &upstream_url)
+            .env("VERIFICATION_URL", &upstream_url)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
