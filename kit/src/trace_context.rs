@@ -82,6 +82,14 @@ impl Handling {
         &self.context
     }
 
+    /// Set an attribute of the exported span; nothing when spans are not exported. For what is
+    /// learnt while handling, such as an answer's status: recorded as a field instead, it would
+    /// have the span's fields formatted again for the log, where the event that reports it
+    /// carries it anyway.
+    pub fn set_attribute(&self, key: &'static str, value: i64) {
+        self.span.set_attribute(key, value);
+    }
+
     /// Run `f` in the span and the trace context.
     pub fn in_scope<R>(&self, f: impl FnOnce() -> R) -> R {
         let _entered = self.span.enter();

@@ -114,4 +114,11 @@ async fn spans_reach_an_otlp_collector_with_the_callers_trace_id() {
         exported(parent_span_id),
         "the span named to friends as its parent is the one exported"
     );
+    let status = b"http.response.status_code";
+    assert!(
+        exports
+            .iter()
+            .any(|export| export.body.windows(status.len()).any(|window| window == status)),
+        "the request's span carries its answer's status"
+    );
 }

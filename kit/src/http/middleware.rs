@@ -110,7 +110,6 @@ fn request_span(request: &Request, route: Option<&MatchedPath>, id: &HeaderValue
         method = %request.method(),
         route = route.map_or("unmatched", MatchedPath::as_str),
         request_id = id.to_str().unwrap_or_default(),
-        status = tracing::field::Empty,
     )
 }
 
@@ -186,7 +185,8 @@ where
         let took = this.started.elapsed();
         let route = this.route.as_ref().map_or("unmatched", MatchedPath::as_str);
         metrics::record_http(this.method, route, status, took);
-        this.handling.span().record("status", status.as_u16());
+        this.handling
+            .set_attribute("http.response.status_code", i64::from(status.as_u16()));
         let latency_ms = took.as_secs_f64() * 1000.0;
         if status.is_server_error() {
             tracing::error!(status = status.as_u16(), latency_ms, "answered");
