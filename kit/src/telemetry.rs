@@ -155,66 +155,129 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let meta = event.metadata();
-        let mut line = Map::new();
-        line.insert(
-            "time".into(),
-            chrono::Utc::now()
-                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-                .into(),
-        );
-        line.insert("level".into(), meta.level().as_str().into());
-        line.insert("service".into(), self.service.into());
-        line.insert("target".into(), meta.target().into());
-
-        let mut fields = FieldsToJson(Map::new());
+        let mut fields = FieldsToJson::default();
         event.record(&mut fields);
-        if let Some(message) = fields.0.remove("message") {
-            line.insert("message".into(), message);
-        }
 
+        // Written straight into one buffer: built as a map first and serialised after, with the
+        // span's fields parsed back from their text, a line cost about as much as the request
+        // it reports.
+        let mut line = Line(Vec::with_capacity(512));
+        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        line.entry("time", &time)?;
+        line.entry("level", meta.level().as_str())?;
+        line.entry("service", self.service)?;
+        line.entry("target", meta.target())?;
+        if let Some(message) = &fields.message {
+            line.entry("message", message)?;
+        }
         if let Some(scope) = ctx.event_scope() {
-            let mut span_fields = Map::new();
-            for span in scope.from_root() {
-                if let Some(text) = span.extensions().get::<FormattedFields<N>>()
-                    && let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text)
-                {
-                    span_fields.extend(map);
+            // Each span's fields are kept as the text of a JSON object.
+            let texts: Vec<String> = scope
+                .from_root()
+                .filter_map(|span| {
+                    let extensions = span.extensions();
+                    let text = extensions.get::<FormattedFields<N>>()?;
+                    (text.len() > 2).then(|| text.fields.clone())
+                })
+                .collect();
+            match texts.as_slice() {
+                [] => {}
+                [one] if one.starts_with('{') && one.ends_with('}') => line.raw_entry("span", one)?,
+                several => {
+                    let mut merged = Map::new();
+                    for text in several {
+                        if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) {
+                            merged.extend(map);
+                        }
+                    }
+                    line.entry("span", &merged)?;
                 }
-            }
-            if !span_fields.is_empty() {
-                line.insert("span".into(), Value::Object(span_fields));
             }
         }
         if let Some(trace) = trace_context::current() {
-            line.insert("trace_id".into(), trace.trace_id().to_string().into());
-            line.insert("span_id".into(), trace.span_id().to_string().into());
+            line.entry("trace_id", &trace.trace_id().to_string())?;
+            line.entry("span_id", &trace.span_id().to_string())?;
         }
-        if !fields.0.is_empty() {
-            line.insert("fields".into(), Value::Object(fields.0));
+        if !fields.others.is_empty() {
+            line.entry("fields", &fields.others)?;
         }
-        let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
-        writeln!(writer, "{text}")
+        line.0.extend_from_slice(b"}\n");
+        writer.write_str(std::str::from_utf8(&line.0).map_err(|_| fmt::Error)?)
     }
 }
 
-/// Collects an event's fields as JSON values.
-struct FieldsToJson(Map<String, Value>);
+/// One log line as it is written: a JSON object's opening brace and entries.
+struct Line(Vec<u8>);
+
+impl Line {
+    fn key(&mut self, key: &str) -> fmt::Result {
+        self.0.push(if self.0.is_empty() { b'{' } else { b',' });
+        serde_json::to_writer(&mut self.0, key).map_err(|_| fmt::Error)?;
+        self.0.push(b':');
+        Ok(())
+    }
+
+    fn entry<T: serde::Serialize + ?Sized>(&mut self, key: &str, value: &T) -> fmt::Result {
+        self.key(key)?;
+        serde_json::to_writer(&mut self.0, value).map_err(|_| fmt::Error)
+    }
+
+    /// An entry whose value is JSON text already.
+    fn raw_entry(&mut self, key: &str, json: &str) -> fmt::Result {
+        self.key(key)?;
+        self.0.extend_from_slice(json.as_bytes());
+        Ok(())
+    }
+}
+
+/// Collects an event's fields as JSON values: its message apart, the others in order.
+#[derive(Default)]
+struct FieldsToJson {
+    message: Option<Value>,
+    others: FieldMap,
+}
+
+/// Fields by name, written as a JSON object.
+#[derive(Default)]
+struct FieldMap(Vec<(&'static str, Value)>);
+
+impl FieldMap {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl serde::Serialize for FieldMap {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(name, value)| (name, value)))
+    }
+}
+
+impl FieldsToJson {
+    fn insert(&mut self, field: &Field, value: Value) {
+        if field.name() == "message" {
+            self.message = Some(value);
+        } else {
+            self.others.0.push((field.name(), value));
+        }
+    }
+}
 
 impl Visit for FieldsToJson {
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.0.insert(field.name().into(), value.into());
+        self.insert(field, value.into());
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(field.name().into(), value.into());
+        self.insert(field, value.into());
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(field.name().into(), value.into());
+        self.insert(field, value.into());
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(field.name().into(), value.into());
+        self.insert(field, value.into());
     }
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().into(), value.into());
+        self.insert(field, value.into());
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         // The whole chain, so a log line says why and not only what.
@@ -225,9 +288,82 @@ impl Visit for FieldsToJson {
             text.push_str(&cause.to_string());
             source = cause.source();
         }
-        self.0.insert(field.name().into(), text.into());
+        self.insert(field, text.into());
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0.insert(field.name().into(), format!("{value:?}").into());
+        self.insert(field, format!("{value:?}").into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry::Context;
+
+    use super::*;
+    use crate::trace_context::Handling;
+
+    /// Log lines written into a buffer, by a subscriber made as `init` makes it.
+    fn lines_of(log: impl FnOnce()) -> Vec<Value> {
+        let written = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = written.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonLines { service: "test" })
+            .with_writer(move || SharedBuffer(sink.clone()));
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), log);
+        let text = String::from_utf8(written.lock().expect("lock").clone()).expect("UTF-8");
+        text.lines()
+            .map(|line| serde_json::from_str(line).expect("a JSON line"))
+            .collect()
+    }
+
+    struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for SharedBuffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_line_carries_its_message_fields_spans_and_trace() {
+        let lines = lines_of(|| {
+            let outer = Handling::start(
+                tracing::info_span!("request", route = "/a \"quoted\" route", request_id = "r1"),
+                Context::new(),
+            );
+            outer.in_scope(|| {
+                tracing::info!("in the request");
+                let inner = tracing::info_span!("inner", request_id = "r2", step = 3);
+                inner.in_scope(|| tracing::warn!(status = 503, reason = "down\nhard", "answered"));
+            });
+            tracing::info!("outside");
+        });
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines[0]["span"]["request_id"], "r1");
+        assert_eq!(lines[0]["span"]["route"], "/a \"quoted\" route");
+        assert_eq!(lines[0]["trace_id"], lines[1]["trace_id"]);
+        let line = &lines[1];
+        assert_eq!(line["message"], "answered");
+        assert_eq!(line["level"], "WARN");
+        assert_eq!(line["service"], "test");
+        assert_eq!(line["fields"]["status"], 503);
+        assert_eq!(line["fields"]["reason"], "down\nhard");
+        assert!(line["fields"].get("message").is_none());
+        // Every span's fields; an inner span's win.
+        assert_eq!(line["span"]["route"], "/a \"quoted\" route");
+        assert_eq!(line["span"]["request_id"], "r2");
+        assert_eq!(line["span"]["step"], 3);
+        assert_eq!(line["trace_id"].as_str().map(str::len), Some(32));
+        let outside = &lines[2];
+        assert_eq!(outside["message"], "outside");
+        assert!(outside.get("span").is_none() && outside.get("trace_id").is_none());
+        assert!(outside.get("fields").is_none());
     }
 }
