@@ -1,8 +1,10 @@
 //! Gateway benchmark: latency (p50, p99) and throughput of one request shape, `GET
 //! /api/friends` with a bearer token, answered by a small upstream with a small JSON body —
 //! (a) sent to the upstream directly, (b) through dozen's gateway (its `FRIENDS_URL` pointing at
-//! the upstream) and (c) through nginx (Debian's package, proxying with keep-alive to the same
-//! upstream), measured in one run. Then `GET /api/me` through the gateway, which calls the
+//! the upstream), (c) through nginx (Debian's package, proxying with keep-alive to the same
+//! upstream) and (d) through a bare hyper proxy doing only nginx's edge work (the floor for any
+//! proxy built on hyper, which tells hyper's own cost from the gateway's), measured in one run.
+//! Then `GET /api/me` through the gateway, which calls the
 //! upstream four times at once (as users, as friends twice and as verification) and merges the
 //! answers. It prints figures; it asserts nothing.
 //!
@@ -30,13 +32,17 @@
 //! request path costs or saves.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use axum::http::{HeaderName, HeaderValue, Request, Response};
 use dozen_bench::{free_port, process_ids, process_stat};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 
 /// The upstream's answer to every request.
 const ANSWER: &str =
@@ -44,6 +50,10 @@ const ANSWER: &str =
 
 /// The argument that makes this binary the upstream.
 const UPSTREAM_MODE: &str = "serve-upstream";
+
+/// The argument that makes this binary the bare hyper proxy (`-- serve-bare-proxy <port>
+/// <upstream port>`).
+const BARE_PROXY_MODE: &str = "serve-bare-proxy";
 
 /// The argument that counts instructions instead of measuring time.
 const INSTRUCTIONS_MODE: &str = "instructions";
@@ -57,6 +67,11 @@ fn main() -> anyhow::Result<()> {
     if args.first().map(String::as_str) == Some(UPSTREAM_MODE) {
         let port: u16 = args.get(1).context("the upstream's port")?.parse()?;
         return serve_upstream(port);
+    }
+    if args.first().map(String::as_str) == Some(BARE_PROXY_MODE) {
+        let port: u16 = args.get(1).context("the proxy's port")?.parse()?;
+        let upstream_port: u16 = args.get(2).context("the upstream's port")?.parse()?;
+        return serve_bare_proxy(port, upstream_port);
     }
     if args.first().map(String::as_str) == Some(INSTRUCTIONS_MODE) {
         let requests: u64 = args.get(1).map(|n| n.parse()).transpose()?.unwrap_or(2_000);
@@ -98,6 +113,14 @@ fn main() -> anyhow::Result<()> {
     )?;
     wait_answering(nginx_port, "/api/friends")?;
 
+    let bare_port = free_port();
+    let bare = Running::start(Command::new(std::env::current_exe()?).args([
+        BARE_PROXY_MODE,
+        &bare_port.to_string(),
+        &upstream_port.to_string(),
+    ]))?;
+    wait_answering(bare_port, "/api/friends")?;
+
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     let build = if cfg!(debug_assertions) {
         "DEBUG build: measure with --release"
@@ -123,6 +146,7 @@ fn main() -> anyhow::Result<()> {
         ("upstream, direct", upstream_port, "/api/friends", upstream.id()),
         ("through the gateway", gateway_port, "/api/friends", gateway.id()),
         ("through nginx", nginx_port, "/api/friends", nginx.id()),
+        ("through bare hyper", bare_port, "/api/friends", bare.id()),
         ("gateway /api/me (4 calls)", gateway_port, "/api/me", gateway.id()),
     ];
     let mut figures = Vec::new();
@@ -164,6 +188,11 @@ fn main() -> anyhow::Result<()> {
         added(2),
         figures[1].1.per_second,
         figures[2].1.per_second,
+    );
+    println!(
+        "the floor for a proxy on hyper (bare hyper): added p50 latency {:.0} µs, throughput {:.0} req/s",
+        added(3),
+        figures[3].1.per_second,
     );
     Ok(())
 }
@@ -302,6 +331,95 @@ fn serve_upstream(port: u16) -> anyhow::Result<()> {
         axum::serve(listener, app).await?;
         Ok(())
     })
+}
+
+/// The floor for a reverse proxy built on hyper, to tell hyper's cost from the gateway's: the
+/// edge work nginx does here and nothing more, on one single-threaded runtime per core (as the
+/// gateway serves), each client connection given a connection of its own to the upstream (no
+/// pool to look in). No routing, middleware, metrics, breaker or timeouts.
+fn serve_bare_proxy(port: u16, upstream_port: u16) -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+    listener.set_nonblocking(true)?;
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut serving = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        let listener = listener.try_clone()?;
+        serving.push(std::thread::spawn(move || -> anyhow::Result<()> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                loop {
+                    let (client, address) = listener.accept().await?;
+                    tokio::spawn(async move {
+                        if let Err(error) = proxy_connection(client, address, upstream_port).await {
+                            eprintln!("bare proxy: {error:#}");
+                        }
+                    });
+                }
+            })
+        }));
+    }
+    for thread in serving {
+        thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("a bare proxy thread panicked"))??;
+    }
+    Ok(())
+}
+
+/// Serve one client connection of the bare proxy, over one upstream connection.
+async fn proxy_connection(
+    client: tokio::net::TcpStream,
+    address: SocketAddr,
+    upstream_port: u16,
+) -> anyhow::Result<()> {
+    client.set_nodelay(true)?;
+    let upstream = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await?;
+    upstream.set_nodelay(true)?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await?;
+    tokio::spawn(connection);
+    let sender = Arc::new(tokio::sync::Mutex::new(sender));
+    let forwarded_for = HeaderValue::from_str(&address.ip().to_string())?;
+    let proxy =
+        hyper::service::service_fn(move |request| forward(sender.clone(), forwarded_for.clone(), request));
+    match hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(client), proxy)
+        .await
+    {
+        // wrk ends its run by closing connections in the middle of requests.
+        Err(error) if !error.is_incomplete_message() => Err(error.into()),
+        _ => Ok(()),
+    }
+}
+
+/// The bare proxy's work on one request.
+async fn forward(
+    upstream: Arc<tokio::sync::Mutex<hyper::client::conn::http1::SendRequest<Incoming>>>,
+    forwarded_for: HeaderValue,
+    mut request: Request<Incoming>,
+) -> Result<Response<Incoming>, Box<dyn std::error::Error + Send + Sync>> {
+    const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    let headers = request.headers_mut();
+    let request_id = match headers.get(&REQUEST_ID) {
+        Some(id) => id.clone(),
+        None => HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string())?,
+    };
+    headers.insert(REQUEST_ID, request_id.clone());
+    headers.insert(FORWARDED_FOR, forwarded_for);
+    let mut answer = {
+        let mut upstream = upstream.lock().await;
+        upstream.ready().await?;
+        upstream.send_request(request).await?
+    };
+    let headers = answer.headers_mut();
+    headers.insert(REQUEST_ID, request_id);
+    for (name, value) in &dozen_gateway::headers::SECURITY_HEADERS {
+        headers.insert(name.clone(), value.clone());
+    }
+    Ok(answer)
 }
 
 /// nginx as a reverse proxy in front of the upstream, keeping connections to it open, in the
