@@ -4,19 +4,21 @@
 //! problem+json bodies on every error), served by one thread or several ([`serve`]).
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceBuilder;
+use tower::{Service, ServiceBuilder};
 use tower_http::timeout::TimeoutLayer;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -233,17 +235,63 @@ impl Serving {
     }
 }
 
-/// One thread's accept loop; the client's address goes to handlers (login throttling, rate
-/// limits).
+/// One thread's accept loop: each connection served by hyper's HTTP/1 (keep-alive, no
+/// protocol upgrades), the client's address given to handlers as `ConnectInfo` (login
+/// throttling, rate limits). Once `stopping` is cancelled, nothing more is accepted, and each
+/// open connection finishes the request it is serving, then closes.
+///
+/// hyper's own connection, not `axum::serve`: that serves through hyper-util's protocol
+/// detection and upgrade support (an extension on every request) and a per-connection service
+/// made to add the address, which no service here uses and which cost the gateway about 2% of
+/// its instructions per proxied request.
 async fn serve_connections(
     listener: TcpListener,
     router: Router,
     stopping: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stopping.cancelled_owned())
-    .await
+    let connections = GracefulShutdown::new();
+    let http = hyper::server::conn::http1::Builder::new();
+    loop {
+        let (stream, client) = tokio::select! {
+            () = stopping.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    wait_after_accept_error(&error).await;
+                    continue;
+                }
+            },
+        };
+        // Answers go out whole, at once: none waits for an acknowledgement of the one before.
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(client));
+            router.clone().call(request)
+        });
+        let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(error = %error, "a connection ended on an error");
+            }
+        });
+    }
+    drop(listener);
+    connections.shutdown().await;
+    Ok(())
+}
+
+/// After a failed accept: nothing to wait for when the failure was the client's (it reset or
+/// aborted the connection); otherwise (out of file descriptors, say) a second, so the loop
+/// does not spin while the process has none to spare.
+async fn wait_after_accept_error(error: &std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %error, "cannot accept a connection");
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
 }
