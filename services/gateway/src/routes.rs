@@ -66,14 +66,20 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for Public {
     type Rejection = Response;
 
     async fn from_request(mut request: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        use axum::body::HttpBody as _;
         use axum::response::IntoResponse;
         let client = request.extensions().get::<ClientAddress>().map(|client| client.0);
         let method = request.method().clone();
         // Taken, not copied: reading the body needs none of them.
         let headers = std::mem::take(request.headers_mut());
-        let body = Bytes::from_request(request, state)
-            .await
-            .map_err(IntoResponse::into_response)?;
+        // Most requests (every GET) have no body: nothing to read, limit or collect.
+        let body = if request.body().is_end_stream() {
+            Bytes::new()
+        } else {
+            Bytes::from_request(request, state)
+                .await
+                .map_err(IntoResponse::into_response)?
+        };
         Ok(Self {
             method,
             headers,
