@@ -14,8 +14,9 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::subscriber::Interest;
 use tracing::{Event, Metadata, Subscriber};
+use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::filter::LevelFilter;
-use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::layer::{Context, Filter, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
@@ -59,7 +60,7 @@ pub fn init(service: &'static str, settings: &TelemetrySettings) -> anyhow::Resu
     };
     let output = match settings.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
-            .fmt_fields(JsonFields::new())
+            .fmt_fields(SpanFields)
             .event_format(JsonLines { service })
             .with_writer(std::io::stdout)
             .boxed(),
@@ -155,7 +156,7 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let meta = event.metadata();
-        let mut fields = FieldsToJson::default();
+        let mut fields = JsonEntries::new(true);
         event.record(&mut fields);
 
         // Written straight into one buffer: built as a map first and serialised after, with the
@@ -163,15 +164,15 @@ where
         // it reports.
         let mut line = Line(Vec::with_capacity(512));
         let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        line.entry("time", &time)?;
-        line.entry("level", meta.level().as_str())?;
-        line.entry("service", self.service)?;
-        line.entry("target", meta.target())?;
+        line.string_entry("time", &time);
+        line.string_entry("level", meta.level().as_str());
+        line.string_entry("service", self.service);
+        line.string_entry("target", meta.target());
         if let Some(message) = &fields.message {
-            line.entry("message", message)?;
+            line.raw_entry("message", message);
         }
         if let Some(scope) = ctx.event_scope() {
-            // Each span's fields are kept as the text of a JSON object.
+            // Each span's fields are kept as the text of a JSON object (`SpanFields`).
             let texts: Vec<String> = scope
                 .from_root()
                 .filter_map(|span| {
@@ -182,7 +183,7 @@ where
                 .collect();
             match texts.as_slice() {
                 [] => {}
-                [one] if one.starts_with('{') && one.ends_with('}') => line.raw_entry("span", one)?,
+                [one] if one.starts_with('{') && one.ends_with('}') => line.raw_entry("span", one.as_bytes()),
                 several => {
                     let mut merged = Map::new();
                     for text in several {
@@ -190,16 +191,21 @@ where
                             merged.extend(map);
                         }
                     }
-                    line.entry("span", &merged)?;
+                    line.key("span");
+                    serde_json::to_writer(&mut line.0, &merged).map_err(|_| fmt::Error)?;
                 }
             }
         }
         if let Some(trace) = trace_context::current() {
-            line.entry("trace_id", &trace.trace_id().to_string())?;
-            line.entry("span_id", &trace.span_id().to_string())?;
+            let (trace_id, span_id) = trace_context::hex_ids(&trace);
+            line.hex_entry("trace_id", &trace_id);
+            line.hex_entry("span_id", &span_id);
         }
-        if !fields.others.is_empty() {
-            line.entry("fields", &fields.others)?;
+        if !fields.entries.is_empty() {
+            line.key("fields");
+            line.0.push(b'{');
+            line.0.extend_from_slice(&fields.entries);
+            line.0.push(b'}');
         }
         line.0.extend_from_slice(b"}\n");
         writer.write_str(std::str::from_utf8(&line.0).map_err(|_| fmt::Error)?)
@@ -210,74 +216,119 @@ where
 struct Line(Vec<u8>);
 
 impl Line {
-    fn key(&mut self, key: &str) -> fmt::Result {
+    fn key(&mut self, key: &str) {
         self.0.push(if self.0.is_empty() { b'{' } else { b',' });
-        serde_json::to_writer(&mut self.0, key).map_err(|_| fmt::Error)?;
+        json_string(&mut self.0, key);
         self.0.push(b':');
-        Ok(())
     }
 
-    fn entry<T: serde::Serialize + ?Sized>(&mut self, key: &str, value: &T) -> fmt::Result {
-        self.key(key)?;
-        serde_json::to_writer(&mut self.0, value).map_err(|_| fmt::Error)
+    fn string_entry(&mut self, key: &str, value: &str) {
+        self.key(key);
+        json_string(&mut self.0, value);
+    }
+
+    /// An entry whose value is hex digits, which need no escaping.
+    fn hex_entry(&mut self, key: &str, digits: &[u8]) {
+        self.key(key);
+        self.0.push(b'"');
+        self.0.extend_from_slice(digits);
+        self.0.push(b'"');
     }
 
     /// An entry whose value is JSON text already.
-    fn raw_entry(&mut self, key: &str, json: &str) -> fmt::Result {
-        self.key(key)?;
-        self.0.extend_from_slice(json.as_bytes());
+    fn raw_entry(&mut self, key: &str, json: &[u8]) {
+        self.key(key);
+        self.0.extend_from_slice(json);
+    }
+}
+
+/// The fields of spans, as `tracing_subscriber`'s fmt layer keeps them: formatted once, when a
+/// span is made, as the text of a JSON object, which each line logged in the span then carries
+/// as it is. A field recorded later is added at the end; if it was there already, it is there
+/// twice, and the later one is what a JSON reader keeps.
+struct SpanFields;
+
+impl<'writer> FormatFields<'writer> for SpanFields {
+    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'writer>, fields: R) -> fmt::Result {
+        let mut entries = JsonEntries::new(false);
+        fields.record(&mut entries);
+        writer.write_char('{')?;
+        writer.write_str(std::str::from_utf8(&entries.entries).map_err(|_| fmt::Error)?)?;
+        writer.write_char('}')
+    }
+
+    fn add_fields(&self, current: &'writer mut FormattedFields<Self>, fields: &Record<'_>) -> fmt::Result {
+        let mut entries = JsonEntries::new(false);
+        fields.record(&mut entries);
+        if entries.entries.is_empty() {
+            return Ok(());
+        }
+        let added = std::str::from_utf8(&entries.entries).map_err(|_| fmt::Error)?;
+        let text = &mut current.fields;
+        match text.pop() {
+            Some('}') if text.len() > 1 => text.push(','),
+            _ => {
+                text.clear();
+                text.push('{');
+            }
+        }
+        text.push_str(added);
+        text.push('}');
         Ok(())
     }
 }
 
-/// Collects an event's fields as JSON values: its message apart, the others in order.
-#[derive(Default)]
-struct FieldsToJson {
-    message: Option<Value>,
-    others: FieldMap,
+/// Fields written as the entries of a JSON object (`"name":value`, comma-separated), an
+/// event's message apart when asked.
+struct JsonEntries {
+    entries: Vec<u8>,
+    /// Whether the `message` field goes to `message` rather than among the entries.
+    message_apart: bool,
+    /// The message, as a JSON value.
+    message: Option<Vec<u8>>,
 }
 
-/// Fields by name, written as a JSON object.
-#[derive(Default)]
-struct FieldMap(Vec<(&'static str, Value)>);
-
-impl FieldMap {
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl serde::Serialize for FieldMap {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(self.0.iter().map(|(name, value)| (name, value)))
-    }
-}
-
-impl FieldsToJson {
-    fn insert(&mut self, field: &Field, value: Value) {
-        if field.name() == "message" {
-            self.message = Some(value);
-        } else {
-            self.others.0.push((field.name(), value));
+impl JsonEntries {
+    fn new(message_apart: bool) -> Self {
+        Self {
+            // Room for a request's fields, so the buffer is not grown along the way.
+            entries: Vec::with_capacity(256),
+            message_apart,
+            message: None,
         }
     }
+
+    /// Where `field`'s value is to be written, its name written first if it is an entry.
+    fn value_of(&mut self, field: &Field) -> &mut Vec<u8> {
+        if self.message_apart && field.name() == "message" {
+            return self.message.insert(Vec::new());
+        }
+        if !self.entries.is_empty() {
+            self.entries.push(b',');
+        }
+        json_string(&mut self.entries, field.name());
+        self.entries.push(b':');
+        &mut self.entries
+    }
 }
 
-impl Visit for FieldsToJson {
+impl Visit for JsonEntries {
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.insert(field, value.into());
+        // serde_json writes NaN and the infinities, which JSON lacks, as null.
+        let _ = serde_json::to_writer(self.value_of(field), &value);
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.insert(field, value.into());
+        let _ = serde_json::to_writer(self.value_of(field), &value);
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.insert(field, value.into());
+        let _ = serde_json::to_writer(self.value_of(field), &value);
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.insert(field, value.into());
+        let text: &[u8] = if value { b"true" } else { b"false" };
+        self.value_of(field).extend_from_slice(text);
     }
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.insert(field, value.into());
+        json_string(self.value_of(field), value);
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         // The whole chain, so a log line says why and not only what.
@@ -288,10 +339,26 @@ impl Visit for FieldsToJson {
             text.push_str(&cause.to_string());
             source = cause.source();
         }
-        self.insert(field, text.into());
+        json_string(self.value_of(field), &text);
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.insert(field, format!("{value:?}").into());
+        json_string(self.value_of(field), &format!("{value:?}"));
+    }
+}
+
+/// `text` as a JSON string: copied as it is when nothing in it needs escaping (the usual case:
+/// names, routes, ids), escaped by serde_json otherwise.
+fn json_string(out: &mut Vec<u8>, text: &str) {
+    if text
+        .bytes()
+        .all(|byte| byte >= 0x20 && byte != b'"' && byte != b'\\')
+    {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing into a Vec cannot fail.
+        let _ = serde_json::to_writer(out, text);
     }
 }
 
@@ -309,7 +376,7 @@ mod tests {
         let written = Arc::new(Mutex::new(Vec::<u8>::new()));
         let sink = written.clone();
         let layer = tracing_subscriber::fmt::layer()
-            .fmt_fields(JsonFields::new())
+            .fmt_fields(SpanFields)
             .event_format(JsonLines { service: "test" })
             .with_writer(move || SharedBuffer(sink.clone()));
         tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), log);
@@ -335,19 +402,36 @@ mod tests {
     fn a_line_carries_its_message_fields_spans_and_trace() {
         let lines = lines_of(|| {
             let outer = Handling::start(
-                tracing::info_span!("request", route = "/a \"quoted\" route", request_id = "r1"),
+                tracing::info_span!(
+                    "request",
+                    route = "/a \"quoted\" route",
+                    request_id = "r1",
+                    attempts = tracing::field::Empty,
+                ),
                 Context::new(),
             );
+            outer.span().record("attempts", 2);
             outer.in_scope(|| {
                 tracing::info!("in the request");
                 let inner = tracing::info_span!("inner", request_id = "r2", step = 3);
-                inner.in_scope(|| tracing::warn!(status = 503, reason = "down\nhard", "answered"));
+                inner.in_scope(|| {
+                    tracing::warn!(
+                        status = 503,
+                        reason = "down\nhard",
+                        share = 0.5,
+                        retried = true,
+                        codes = ?[7, 8],
+                        "answered"
+                    );
+                });
             });
             tracing::info!("outside");
         });
         assert_eq!(lines.len(), 3, "{lines:?}");
         assert_eq!(lines[0]["span"]["request_id"], "r1");
         assert_eq!(lines[0]["span"]["route"], "/a \"quoted\" route");
+        // Recorded after the span was made.
+        assert_eq!(lines[0]["span"]["attempts"], 2);
         assert_eq!(lines[0]["trace_id"], lines[1]["trace_id"]);
         let line = &lines[1];
         assert_eq!(line["message"], "answered");
@@ -355,6 +439,9 @@ mod tests {
         assert_eq!(line["service"], "test");
         assert_eq!(line["fields"]["status"], 503);
         assert_eq!(line["fields"]["reason"], "down\nhard");
+        assert_eq!(line["fields"]["share"], 0.5);
+        assert_eq!(line["fields"]["retried"], true);
+        assert_eq!(line["fields"]["codes"], "[7, 8]");
         assert!(line["fields"].get("message").is_none());
         // Every span's fields; an inner span's win.
         assert_eq!(line["span"]["route"], "/a \"quoted\" route");

@@ -142,19 +142,29 @@ const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// `00-<trace id>-<span id>-<flags>`, as W3C trace context writes it: version 00, and of the
 /// flags only "sampled".
 fn traceparent(span: &SpanContext) -> [u8; 55] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let (trace_id, span_id) = hex_ids(span);
+    let sampled = span.trace_flags().is_sampled();
     let mut text = [b'-'; 55];
-    let mut write = |at: usize, bytes: &[u8]| {
-        for (index, byte) in bytes.iter().enumerate() {
-            text[at + 2 * index] = HEX[usize::from(byte >> 4)];
-            text[at + 2 * index + 1] = HEX[usize::from(byte & 0xf)];
-        }
-    };
-    write(0, &[0]);
-    write(3, &span.trace_id().to_bytes());
-    write(36, &span.span_id().to_bytes());
-    write(53, &[(span.trace_flags() & TraceFlags::SAMPLED).to_u8()]);
+    text[..2].copy_from_slice(b"00");
+    text[3..35].copy_from_slice(&trace_id);
+    text[36..52].copy_from_slice(&span_id);
+    text[53..].copy_from_slice(if sampled { b"01" } else { b"00" });
     text
+}
+
+/// `span`'s trace id and span id in lowercase hex, as trace context headers and log lines
+/// write them.
+pub(crate) fn hex_ids(span: &SpanContext) -> ([u8; 32], [u8; 16]) {
+    fn hex<const N: usize>(bytes: &[u8]) -> [u8; N] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0; N];
+        for (pair, byte) in text.chunks_exact_mut(2).zip(bytes) {
+            pair[0] = DIGITS[usize::from(byte >> 4)];
+            pair[1] = DIGITS[usize::from(byte & 0xf)];
+        }
+        text
+    }
+    (hex(&span.trace_id().to_bytes()), hex(&span.span_id().to_bytes()))
 }
 
 /// The current trace context as string pairs, for a message envelope.
