@@ -143,6 +143,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (expected e.g. 500ms, 30s, 2m)"))
 }
 
+/// A duration above zero, for a timeout that zero would make fire at once.
+fn parse_nonzero_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        duration if duration.is_zero() => Err("must be more than zero".to_owned()),
+        duration => Ok(duration),
+    }
+}
+
 /// Settings every HTTP service shares.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "HTTP server")]
@@ -158,6 +166,14 @@ pub struct ServerSettings {
     /// Longest time a request may take; past it the answer is 503.
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+
+    /// Longest time a client may take to send a request's head (its line and headers), and a
+    /// kept-alive connection may stay idle between requests; past it the connection is closed,
+    /// so slow or idle clients cannot hold connections for ever. Keep it above 30 s, how long
+    /// services keep an idle connection to a peer: one closed just as a caller reuses it would
+    /// fail that call.
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "60s", value_parser = parse_nonzero_duration)]
+    pub header_read_timeout: Duration,
 
     /// Largest request body accepted, in bytes; a larger one gets 413.
     #[arg(long, env = "BODY_LIMIT", default_value_t = 64 * 1024)]

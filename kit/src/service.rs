@@ -393,8 +393,14 @@ impl Application {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             threads => threads,
         };
-        let mut serving = server::serve(listener, router, threads, lifecycle.stopping())
-            .context("cannot start the HTTP server threads")?;
+        let mut serving = server::serve(
+            listener,
+            router,
+            threads,
+            server.header_read_timeout,
+            lifecycle.stopping(),
+        )
+        .context("cannot start the HTTP server threads")?;
         let stopped_from_within = lifecycle.stopping();
         tokio::select! {
             () = signal => {}

@@ -18,6 +18,7 @@ fn settings() -> ServerSettings {
         port: 0,
         host: [127, 0, 0, 1].into(),
         request_timeout: Duration::from_secs(5),
+        header_read_timeout: Duration::from_secs(60),
         body_limit: 1024,
         drain_delay: Duration::ZERO,
         shutdown_timeout: Duration::from_secs(5),

@@ -53,6 +53,7 @@ async fn a_bad_peer_url_is_named() {
 async fn bad_durations_levels_and_formats_are_named() {
     for (variable, value) in [
         ("SHUTDOWN_TIMEOUT", "soon"),
+        ("HEADER_READ_TIMEOUT", "0s"),
         ("LOG_LEVEL", "[nonsense"),
         ("LOG_FORMAT", "xml"),
         ("BODY_LIMIT", "-1"),
@@ -108,6 +109,7 @@ async fn help_lists_every_variable_with_its_default() {
         "PORT",
         "HOST",
         "REQUEST_TIMEOUT",
+        "HEADER_READ_TIMEOUT",
         "BODY_LIMIT",
         "DRAIN_DELAY",
         "SHUTDOWN_TIMEOUT",

@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request};
@@ -13,7 +14,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -169,6 +170,7 @@ pub fn serve(
     listener: TcpListener,
     router: Router,
     threads: usize,
+    header_read_timeout: Duration,
     stopping: CancellationToken,
 ) -> std::io::Result<Serving> {
     let done = CancellationToken::new();
@@ -197,7 +199,13 @@ pub fn serve(
                     }
                 };
                 let served = runtime.block_on(async move {
-                    serve_connections(TcpListener::from_std(listener)?, router, stopping).await
+                    serve_connections(
+                        TcpListener::from_std(listener)?,
+                        router,
+                        header_read_timeout,
+                        stopping,
+                    )
+                    .await
                 });
                 let _ = outcome.send(served);
                 runtime.block_on(done.cancelled_owned());
@@ -206,7 +214,7 @@ pub fn serve(
     }
     let (outcome, outcome_receiver) = oneshot::channel();
     tokio::spawn(async move {
-        let _ = outcome.send(serve_connections(listener, router, stopping).await);
+        let _ = outcome.send(serve_connections(listener, router, header_read_timeout, stopping).await);
     });
     outcomes.insert(0, outcome_receiver);
     Ok(Serving { outcomes, done })
@@ -237,7 +245,8 @@ impl Serving {
 
 /// One thread's accept loop: each connection served by hyper's HTTP/1 (keep-alive, no
 /// protocol upgrades), the client's address given to handlers as `ConnectInfo` (login
-/// throttling, rate limits). Once `stopping` is cancelled, nothing more is accepted, and each
+/// throttling, rate limits). A connection whose next request's head has not all arrived
+/// within `header_read_timeout` (`HEADER_READ_TIMEOUT`) is closed. Once `stopping` is cancelled, nothing more is accepted, and each
 /// open connection finishes the request it is serving, then closes.
 ///
 /// hyper's own connection, not `axum::serve`: that serves through hyper-util's protocol
@@ -247,10 +256,13 @@ impl Serving {
 async fn serve_connections(
     listener: TcpListener,
     router: Router,
+    header_read_timeout: Duration,
     stopping: CancellationToken,
 ) -> std::io::Result<()> {
     let connections = GracefulShutdown::new();
-    let http = hyper::server::conn::http1::Builder::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
     loop {
         let (stream, client) = tokio::select! {
             () = stopping.cancelled() => break,
@@ -293,5 +305,5 @@ async fn wait_after_accept_error(error: &std::io::Error) {
         return;
     }
     tracing::error!(error = %error, "cannot accept a connection");
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
