@@ -246,8 +246,9 @@ impl Serving {
 /// One thread's accept loop: each connection served by hyper's HTTP/1 (keep-alive, no
 /// protocol upgrades), the client's address given to handlers as `ConnectInfo` (login
 /// throttling, rate limits). A connection whose next request's head has not all arrived
-/// within `header_read_timeout` (`HEADER_READ_TIMEOUT`) is closed. Once `stopping` is cancelled, nothing more is accepted, and each
-/// open connection finishes the request it is serving, then closes.
+/// within `header_read_timeout` (`HEADER_READ_TIMEOUT`) is closed. Once `stopping` is
+/// cancelled, nothing more is accepted, and each open connection finishes the request it is
+/// serving, then closes.
 ///
 /// hyper's own connection, not `axum::serve`: that serves through hyper-util's protocol
 /// detection and upgrade support (an extension on every request) and a per-connection service
