@@ -17,6 +17,15 @@ async fn service() -> Service {
     Service::start(FIXTURE, &[("HEADER_READ_TIMEOUT", "700ms")]).await
 }
 
+/// A connection to `service`, on which `sent` has been written.
+async fn connected(service: &Service, sent: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", service.port))
+        .await
+        .expect("connect");
+    stream.write_all(sent).await.expect("write");
+    stream
+}
+
 /// Read until the service closes the connection; what it sent, and how long that took.
 async fn read_until_closed(stream: &mut TcpStream) -> (String, Duration) {
     let started = Instant::now();
@@ -45,13 +54,7 @@ async fn still_answers(service: &Service) {
 #[tokio::test]
 async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
     let service = service().await;
-    let mut stream = TcpStream::connect(("127.0.0.1", service.port))
-        .await
-        .expect("connect");
-    stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n")
-        .await
-        .expect("write");
+    let mut stream = connected(&service, b"GET /healthz HTTP/1.1\r\nHost: test\r\n").await;
     let (received, took) = read_until_closed(&mut stream).await;
     assert!(
         !received.contains("alive"),
@@ -67,13 +70,7 @@ async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
 #[tokio::test]
 async fn an_idle_kept_alive_connection_is_closed_after_the_timeout() {
     let service = service().await;
-    let mut stream = TcpStream::connect(("127.0.0.1", service.port))
-        .await
-        .expect("connect");
-    stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
-        .await
-        .expect("write");
+    let mut stream = connected(&service, b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n").await;
     let (received, took) = read_until_closed(&mut stream).await;
     assert!(received.starts_with("HTTP/1.1 200"), "{received}");
     assert!(received.contains("alive"), "{received}");
@@ -87,13 +84,7 @@ async fn an_idle_kept_alive_connection_is_closed_after_the_timeout() {
 #[tokio::test]
 async fn a_head_that_arrives_in_parts_within_the_timeout_is_answered() {
     let service = service().await;
-    let mut stream = TcpStream::connect(("127.0.0.1", service.port))
-        .await
-        .expect("connect");
-    stream
-        .write_all(b"GET /healthz HTTP/1.1\r\n")
-        .await
-        .expect("write");
+    let mut stream = connected(&service, b"GET /healthz HTTP/1.1\r\n").await;
     tokio::time::sleep(TIMEOUT / 4).await;
     stream
         .write_all(b"Host: test\r\nConnection: close\r\n\r\n")
