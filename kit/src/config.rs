@@ -297,6 +297,16 @@ pub fn parse_http_url(text: &str) -> Result<String, String> {
     }
 }
 
+/// Accept a peer's base URL, or several separated by commas (one per instance, which calls are
+/// balanced across), each absolute `http://` or `https://`, kept without trailing slashes.
+pub fn parse_peer_urls(text: &str) -> Result<String, String> {
+    let urls: Vec<String> = text
+        .split(',')
+        .map(|url| parse_http_url(url.trim()).map_err(|e| format!("{url:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    Ok(urls.join(","))
+}
+
 /// The service's own database.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Database")]
@@ -327,5 +337,15 @@ mod tests {
     fn the_upstream_defaults_are_the_documented_ones() {
         let parsed = Upstream::try_parse_from(["test"]).expect("the defaults parse");
         assert_eq!(parsed.settings, UpstreamSettings::default());
+    }
+
+    #[test]
+    fn a_peer_may_be_several_urls_and_a_bad_one_is_named() {
+        assert_eq!(
+            super::parse_peer_urls("http://a:8082/, https://b:8082").as_deref(),
+            Ok("http://a:8082,https://b:8082")
+        );
+        let error = super::parse_peer_urls("http://a:8082,ftp://b").expect_err("ftp is refused");
+        assert!(error.contains("ftp://b"), "{error}");
     }
 }

@@ -336,3 +336,116 @@ async fn a_call_that_outlives_its_deadline_is_a_timeout_and_counts_as_a_failure(
     assert_eq!(upstream.health().state, BreakerState::Open);
     held.abort();
 }
+
+/// An upstream of several instances, one per test server.
+fn instances(servers: &[&TestUpstream], policy: UpstreamSettings) -> Upstream {
+    let urls: Vec<String> = servers
+        .iter()
+        .map(|server| format!("http://127.0.0.1:{}", server.port))
+        .collect();
+    HttpClient::with_policy(Duration::from_secs(2), policy).upstream("peer", urls.join(","))
+}
+
+/// Retries and a breaker that opens after two failures in a row.
+fn instance_policy(open_for: Duration) -> UpstreamSettings {
+    UpstreamSettings {
+        upstream_max_attempts: 3,
+        upstream_retry_backoff: Duration::from_millis(5),
+        breaker_failure_threshold: 2,
+        breaker_open_for: open_for,
+        ..UpstreamSettings::default()
+    }
+}
+
+#[tokio::test]
+async fn calls_go_to_the_instances_in_turn() {
+    let (a, b) = (TestUpstream::start().await, TestUpstream::start().await);
+    let upstream = instances(&[&a, &b], retry_policy());
+    for _ in 0..10 {
+        assert_eq!(get(&upstream).await.expect("a response"), StatusCode::OK);
+    }
+    assert_eq!((a.hits(), b.hits()), (5, 5));
+    assert_eq!(upstream.instance_health().len(), 2);
+}
+
+#[tokio::test]
+async fn an_instance_that_is_down_is_ejected_and_probed_back_while_the_other_serves_every_call() {
+    let a = TestUpstream::start().await;
+    let mut b = TestUpstream::start().await;
+    let open_for = Duration::from_millis(300);
+    let upstream = instances(&[&a, &b], instance_policy(open_for));
+    b.shut_down().await;
+
+    // A POST without an Idempotency-Key is not repeatable, but one that could not connect was
+    // never sent: it goes to the other instance, and every call succeeds.
+    for _ in 0..10 {
+        let response = upstream
+            .call(Method::POST, "/things")
+            .json(&serde_json::json!({"a": 1}))
+            .send()
+            .await
+            .expect("a response");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(a.hits(), 10, "each call reached the live instance once");
+    let health = upstream.instance_health();
+    let state_of = |port: u16| {
+        health
+            .iter()
+            .find(|(instance, _)| instance.ends_with(&format!(":{port}")))
+            .map(|(_, health)| health.state)
+            .expect("the instance")
+    };
+    assert_eq!(
+        state_of(b.port),
+        BreakerState::Open,
+        "the dead instance is ejected"
+    );
+    assert_eq!(state_of(a.port), BreakerState::Closed);
+    assert_eq!(
+        upstream.health().state,
+        BreakerState::Closed,
+        "the service as a whole is up"
+    );
+
+    // Back on its port, it is probed once its breaker lets a call through, and serves again.
+    b.serve().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while b.hits() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the instance was never probed back"
+        );
+        assert_eq!(get(&upstream).await.expect("a response"), StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..4 {
+        assert_eq!(get(&upstream).await.expect("a response"), StatusCode::OK);
+    }
+    assert!(b.hits() >= 3, "it takes its turn again: {}", b.hits());
+    assert!(
+        upstream
+            .instance_health()
+            .iter()
+            .all(|(_, health)| health.state == BreakerState::Closed)
+    );
+}
+
+#[tokio::test]
+async fn when_every_instance_is_ejected_calls_are_refused_at_once() {
+    let (mut a, mut b) = (TestUpstream::start().await, TestUpstream::start().await);
+    let upstream = instances(&[&a, &b], instance_policy(Duration::from_secs(60)));
+    a.shut_down().await;
+    b.shut_down().await;
+    // Each call tries the instances in turn until both breakers have opened.
+    for _ in 0..4 {
+        let error = get(&upstream).await.expect_err("nothing listens");
+        assert!(
+            matches!(error, CallError::Unreachable { .. } | CallError::Rejected { .. }),
+            "{error}"
+        );
+    }
+    assert_eq!(upstream.health().state, BreakerState::Open);
+    let refused = get(&upstream).await.expect_err("refused");
+    assert!(matches!(refused, CallError::Rejected { .. }), "{refused}");
+}

@@ -81,10 +81,13 @@ struct Inner {
     last_error: Option<String>,
 }
 
-/// One upstream's breaker; shared (in an `Arc`) by every clone of the upstream.
+/// The breaker of one instance of an upstream; shared (in an `Arc`) by every clone of the
+/// upstream.
 #[derive(Debug)]
 pub struct Breaker {
     upstream: &'static str,
+    /// The instance's `host:port`, in logs and metrics.
+    instance: String,
     settings: BreakerSettings,
     inner: Mutex<Inner>,
 }
@@ -108,10 +111,12 @@ pub struct Refused {
 }
 
 impl Breaker {
-    /// A closed breaker for the upstream named `upstream`.
-    pub fn new(upstream: &'static str, settings: BreakerSettings) -> Self {
+    /// A closed breaker for the instance at `instance` (`host:port`) of the upstream named
+    /// `upstream`.
+    pub fn new(upstream: &'static str, instance: &str, settings: BreakerSettings) -> Self {
         let breaker = Self {
             upstream,
+            instance: instance.to_owned(),
             settings,
             inner: Mutex::new(Inner {
                 state: State::Closed,
@@ -120,8 +125,7 @@ impl Breaker {
                 last_error: None,
             }),
         };
-        metrics::gauge!("upstream_breaker_state", "upstream" => upstream)
-            .set(BreakerState::Closed.gauge_value());
+        breaker.publish_state(BreakerState::Closed);
         breaker
     }
 
@@ -234,24 +238,37 @@ impl Breaker {
         match to {
             BreakerState::Open => tracing::warn!(
                 upstream = self.upstream,
+                instance = %self.instance,
                 failures = inner.consecutive_failures,
                 last_error = inner.last_error.as_deref(),
                 open_for_ms = self.settings.open_for.as_millis() as u64,
                 "circuit breaker opened"
             ),
             BreakerState::HalfOpen => {
-                tracing::info!(upstream = self.upstream, "circuit breaker half-open: probing")
+                tracing::info!(upstream = self.upstream, instance = %self.instance, "circuit breaker half-open: probing")
             }
-            BreakerState::Closed => tracing::info!(upstream = self.upstream, "circuit breaker closed"),
+            BreakerState::Closed => {
+                tracing::info!(upstream = self.upstream, instance = %self.instance, "circuit breaker closed")
+            }
         }
         self.publish(to);
     }
 
+    fn publish_state(&self, state: BreakerState) {
+        metrics::gauge!(
+            "upstream_breaker_state",
+            "upstream" => self.upstream,
+            "instance" => self.instance.clone()
+        )
+        .set(state.gauge_value());
+    }
+
     fn publish(&self, state: BreakerState) {
-        metrics::gauge!("upstream_breaker_state", "upstream" => self.upstream).set(state.gauge_value());
+        self.publish_state(state);
         metrics::counter!(
             "upstream_breaker_transitions_total",
             "upstream" => self.upstream,
+            "instance" => self.instance.clone(),
             "to" => match state {
                 BreakerState::Closed => "closed",
                 BreakerState::Open => "open",
@@ -299,6 +316,7 @@ mod tests {
     fn breaker(open_for: Duration) -> Breaker {
         Breaker::new(
             "test",
+            "127.0.0.1:1",
             BreakerSettings {
                 failure_threshold: 3,
                 open_for,

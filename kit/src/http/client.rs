@@ -11,19 +11,25 @@
 //!   exponential backoff (tower's), and only while the upstream's retry budget (tower's
 //!   `TpsBudget`, as in Finagle) allows: retries add at most `UPSTREAM_RETRY_BUDGET_PERCENT`
 //!   of the calls plus a small floor per second, so they never multiply the load of an outage;
-//! - a circuit breaker per upstream ([`super::breaker`]), shared by every clone of it, that
-//!   refuses calls at once while the upstream is presumed down.
+//! - a circuit breaker per instance of the upstream ([`super::breaker`]), shared by every
+//!   clone of it, that refuses calls at once while the instance is presumed down.
+//!
+//! An upstream may have several instances (`USERS_URL=http://a:8082,http://b:8082`): calls go
+//! to them in turn, skipping an instance whose breaker is open (ejected until its next probe),
+//! and a retry goes to the next instance. A request that was never sent (the connection could
+//! not be made) is tried on the next instance whatever its method: no instance saw it.
 //!
 //! Metrics, by `upstream`: `upstream_requests_total` and `upstream_request_duration_seconds`
 //! for each attempt by `outcome` (`success`, `client_error`, `server_error`, `timeout`,
 //! `connection_error`), `upstream_retries_total`, `upstream_retries_denied_total` (the budget
 //! said no), `upstream_rejected_total` (refused by an open breaker), and the breaker's
-//! `upstream_breaker_state` gauge (0 closed, 1 half-open, 2 open).
+//! `upstream_breaker_state` gauge (0 closed, 1 half-open, 2 open) by `upstream` and `instance`.
 //!
 //! The latency and outcome are those of the answer's head; a body read afterwards by the caller
 //! is not covered by retries or the breaker.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -40,8 +46,8 @@ use tower::retry::budget::{Budget, TpsBudget};
 use tower::util::rng::HasherRng;
 
 use crate::config::UpstreamSettings;
-use crate::http::breaker::{Breaker, BreakerHealth, BreakerSettings};
-use crate::http::pool::{ConnectionError, Connections};
+use crate::http::breaker::{Admission, Breaker, BreakerHealth, BreakerSettings, BreakerState, Refused};
+use crate::http::pool::{ConnectionError, Connections, NotSent};
 use crate::http::request_id;
 use crate::trace_context;
 
@@ -60,8 +66,8 @@ pub struct HttpClient {
     timeout: Duration,
     policy: UpstreamSettings,
     connector: Arc<OnceLock<HttpsConnector<HttpConnector>>>,
-    /// The guards of the upstreams made so far, by name: two upstreams with one name share a
-    /// breaker and a budget, as they share the service behind them.
+    /// The guards of the upstreams made so far, by name: two upstreams with one name share
+    /// their breakers and budget, as they share the service behind them.
     guards: Arc<Mutex<HashMap<&'static str, Arc<Guard>>>>,
 }
 
@@ -88,7 +94,8 @@ impl HttpClient {
         self.connector.get_or_init(|| connector(self.timeout))
     }
 
-    /// A named peer at `base_url` (from its `<PEER>_URL` setting).
+    /// A named peer at `base_url` (from its `<PEER>_URL` setting): one URL, or several
+    /// separated by commas, one per instance.
     pub fn upstream(&self, name: &'static str, base_url: impl Into<String>) -> Upstream {
         let guard = self
             .guards
@@ -97,13 +104,26 @@ impl HttpClient {
             .entry(name)
             .or_insert_with(|| Arc::new(Guard::new(name, &self.policy)))
             .clone();
-        let base_url = base_url.into().trim_end_matches('/').to_owned();
+        let base_url = base_url.into();
+        let instances = base_url
+            .split(',')
+            .map(|url| {
+                let url = url.trim().trim_end_matches('/');
+                let base = Base::parse(url).ok_or_else(|| url.to_owned())?;
+                let breaker = guard.breaker(base.authority.as_str());
+                Ok(Instance {
+                    base,
+                    connections: Connections::default(),
+                    breaker,
+                })
+            })
+            .collect();
         Upstream(Arc::new(Peer {
             name,
-            base: Base::parse(&base_url),
             base_url,
+            instances,
+            next: AtomicUsize::new(0),
             http: self.clone(),
-            connections: Connections::default(),
             guard,
         }))
     }
@@ -131,7 +151,7 @@ fn connector(timeout: Duration) -> HttpsConnector<HttpConnector> {
         .wrap_connector(tcp)
 }
 
-/// What protects one upstream: its breaker, retry budget and backoff.
+/// What protects one upstream: its instances' breakers, its retry budget and backoff.
 #[derive(Debug)]
 struct Guard {
     name: &'static str,
@@ -139,7 +159,9 @@ struct Guard {
     /// `upstream_request_duration_seconds`, registered on first use: looking a metric up by
     /// its labels on every attempt cost more than the rest of the bookkeeping.
     attempt_metrics: [OnceLock<(metrics::Counter, metrics::Histogram)>; Outcome::ALL.len()],
-    breaker: Breaker,
+    breaker_settings: BreakerSettings,
+    /// One breaker per instance, by its `host:port`.
+    breakers: Mutex<HashMap<String, Arc<Breaker>>>,
     budget: TpsBudget,
     backoff: ExponentialBackoffMaker,
     max_attempts: u32,
@@ -155,13 +177,11 @@ impl Guard {
         Self {
             name,
             attempt_metrics: Default::default(),
-            breaker: Breaker::new(
-                name,
-                BreakerSettings {
-                    failure_threshold: policy.breaker_failure_threshold,
-                    open_for: policy.breaker_open_for,
-                },
-            ),
+            breaker_settings: BreakerSettings {
+                failure_threshold: policy.breaker_failure_threshold,
+                open_for: policy.breaker_open_for,
+            },
+            breakers: Mutex::default(),
             // The settings' ranges keep to what TpsBudget accepts (ratio ≤ 1000, floor < 2³¹).
             // It charges a retry `(1 / ratio) as isize` deposits, and 1 / 0.2f32 is 4.99…: a
             // hair less than the ratio makes 20 % cost 5 deposits, not 4.
@@ -180,6 +200,16 @@ impl Guard {
 }
 
 impl Guard {
+    /// The breaker of the instance at `authority`.
+    fn breaker(&self, authority: &str) -> Arc<Breaker> {
+        self.breakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(authority.to_owned())
+            .or_insert_with(|| Arc::new(Breaker::new(self.name, authority, self.breaker_settings)))
+            .clone()
+    }
+
     /// Count and time one attempt that ended in `outcome`.
     fn record_attempt(&self, outcome: Outcome, took: Duration) {
         let (count, duration) = self.attempt_metrics[outcome as usize].get_or_init(|| {
@@ -205,14 +235,55 @@ pub struct Upstream(Arc<Peer>);
 struct Peer {
     /// The peer's service name, for logs and metrics.
     name: &'static str,
-    /// Its base URL, without a trailing slash.
+    /// Its base URLs as configured, comma-separated.
     base_url: String,
-    /// `base_url` parsed once; `None` if it is not an absolute `http(s)://` URL, and each
-    /// call then reports why.
-    base: Option<Base>,
+    /// Its instances, or the first base URL that is not an absolute `http(s)://` URL without
+    /// a query (each call then reports it).
+    instances: Result<Vec<Instance>, String>,
+    /// Where the next call starts looking for an instance: calls go round them in turn.
+    next: AtomicUsize,
     http: HttpClient,
-    connections: Connections,
     guard: Arc<Guard>,
+}
+
+/// One instance of a peer: where it is, the connections kept to it, and its breaker.
+#[derive(Debug)]
+struct Instance {
+    base: Base,
+    connections: Connections,
+    breaker: Arc<Breaker>,
+}
+
+impl Peer {
+    /// The next instance in turn (for a guarded call, the next whose breaker lets a call
+    /// through, with its admission); when every breaker refuses, the soonest time one lets a
+    /// probe through.
+    fn pick<'a>(
+        &self,
+        instances: &'a [Instance],
+        guarded: bool,
+    ) -> Result<(usize, Option<Admission<'a>>), Refused> {
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        if !guarded {
+            return Ok((first % instances.len(), None));
+        }
+        let mut soonest: Option<Refused> = None;
+        for offset in 0..instances.len() {
+            let index = (first + offset) % instances.len();
+            match instances[index].breaker.admit() {
+                Ok(admission) => return Ok((index, Some(admission))),
+                Err(refused) => {
+                    soonest = Some(match soonest {
+                        Some(other) if other.retry_after <= refused.retry_after => other,
+                        _ => refused,
+                    });
+                }
+            }
+        }
+        Err(soonest.unwrap_or(Refused {
+            retry_after: Duration::ZERO,
+        }))
+    }
 }
 
 /// A base URL in parts: a call's URI is these with its path appended.
@@ -269,14 +340,36 @@ impl Upstream {
         self.0.name
     }
 
-    /// The peer's base URL.
+    /// The peer's base URLs, as configured.
     pub fn base_url(&self) -> &str {
         &self.0.base_url
     }
 
-    /// The state of its circuit breaker.
+    /// The state of its circuit breakers, as one: the healthiest instance's (closed before
+    /// half-open before open), so it reads open only when every instance is ejected.
     pub fn health(&self) -> BreakerHealth {
-        self.0.guard.breaker.health()
+        self.instance_health()
+            .into_iter()
+            .map(|(_, health)| health)
+            .min_by_key(|health| health.state.gauge_value() as u8)
+            .unwrap_or_else(|| BreakerHealth {
+                state: BreakerState::Closed,
+                consecutive_failures: 0,
+                since: chrono::Utc::now(),
+                open_until: None,
+                last_error: Some(format!("{} is not a valid base URL", self.0.base_url)),
+            })
+    }
+
+    /// Each instance's `host:port` and the state of its breaker.
+    pub fn instance_health(&self) -> Vec<(String, BreakerHealth)> {
+        match &self.0.instances {
+            Ok(instances) => instances
+                .iter()
+                .map(|instance| (instance.base.authority.to_string(), instance.breaker.health()))
+                .collect(),
+            Err(_) => Vec::new(),
+        }
     }
 
     /// A call to `path` (starting with `/`, or empty for the base URL itself), carrying trace
@@ -284,23 +377,20 @@ impl Upstream {
     pub fn call(&self, method: Method, path: &str) -> Call {
         // Room for what a call usually carries, so the map is not grown along the way.
         let mut headers = HeaderMap::with_capacity(16);
-        if let Some(base) = &self.0.base {
-            headers.insert(HOST, base.host.clone());
-        }
         trace_context::inject_into_headers(&mut headers);
         if let Some(id) = request_id::current() {
             headers.insert(request_id::HEADER, id);
         }
         headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
-        let uri = match &self.0.base {
-            None => Err(Invalid::BaseUrl(self.0.base_url.clone())),
-            Some(_) if !(path.is_empty() || path.starts_with('/')) => Err(Invalid::Path(path.to_owned())),
-            Some(base) => base.join(path).map_err(Invalid::from),
+        let target = match &self.0.instances {
+            Err(url) => Err(Invalid::BaseUrl(url.clone())),
+            Ok(_) if !(path.is_empty() || path.starts_with('/')) => Err(Invalid::Path(path.to_owned())),
+            Ok(_) => Ok(path.to_owned()),
         };
         Call {
             upstream: self.clone(),
             method,
-            uri,
+            target,
             headers,
             body: Bytes::new(),
             deadline: None,
@@ -315,8 +405,9 @@ impl Upstream {
 pub struct Call {
     upstream: Upstream,
     method: Method,
-    /// Where to, or why the call cannot be made (reported by [`Call::send`]).
-    uri: Result<Uri, Invalid>,
+    /// The path and query on the chosen instance, or why the call cannot be made (reported by
+    /// [`Call::send`]).
+    target: Result<String, Invalid>,
     headers: HeaderMap,
     body: Bytes,
     /// When the whole call, retries included, must be over.
@@ -366,14 +457,11 @@ impl Call {
                 return self;
             }
         };
-        if let Ok(uri) = &self.uri
+        if let Ok(target) = &mut self.target
             && !encoded.is_empty()
         {
-            let separator = if uri.query().is_some() { '&' } else { '?' };
-            let joined = format!("{uri}{separator}{encoded}");
-            self.uri = joined
-                .parse()
-                .map_err(|error: http::uri::InvalidUri| Invalid::from(http::Error::from(error)));
+            target.push(if target.contains('?') { '&' } else { '?' });
+            target.push_str(&encoded);
         }
         self
     }
@@ -402,8 +490,8 @@ impl Call {
 
     /// Keep the first reason the call cannot be made.
     fn invalidate(&mut self, reason: Invalid) {
-        if self.uri.is_ok() {
-            self.uri = Err(reason);
+        if self.target.is_ok() {
+            self.target = Err(reason);
         }
     }
 
@@ -413,36 +501,45 @@ impl Call {
         let Self {
             upstream,
             method,
-            uri,
+            target,
             headers,
             body,
             deadline,
             guarded,
         } = self;
         let name = upstream.name();
-        let uri = uri.map_err(|source| CallError::Invalid {
+        let invalid = |source| CallError::Invalid {
             upstream: name,
             source,
-        })?;
+        };
+        let peer = &upstream.0;
+        let instances = peer
+            .instances
+            .as_deref()
+            .map_err(|url| invalid(Invalid::BaseUrl(url.clone())))?;
+        let target = target.map_err(invalid)?;
+        let uris = instances
+            .iter()
+            .map(|instance| instance.base.join(&target))
+            .collect::<Result<Vec<Uri>, _>>()
+            .map_err(|e| invalid(e.into()))?;
         let attempt = Attempt {
-            peer: &upstream.0,
             method: &method,
-            uri: &uri,
             headers: &headers,
             body: &body,
-            timeout: upstream.0.http.timeout,
+            connector: peer.http.connector(),
+            timeout: peer.http.timeout,
             deadline,
         };
-        if !guarded {
-            return attempt.send().await.map_err(|failure| failure.into_error(name));
-        }
-        let guard = &upstream.0.guard;
+        let guard = &peer.guard;
         let may_repeat = is_repeatable(&method, &headers);
-        guard.budget.deposit();
+        if guarded {
+            guard.budget.deposit();
+        }
         let mut backoff = guard.backoff.clone().make_backoff();
         let mut number = 1;
         loop {
-            let admission = guard.breaker.admit().map_err(|refused| {
+            let (index, admission) = peer.pick(instances, guarded).map_err(|refused| {
                 metrics::counter!("upstream_rejected_total", "upstream" => name).increment(1);
                 CallError::Rejected {
                     upstream: name,
@@ -450,10 +547,14 @@ impl Call {
                 }
             })?;
             let started = Instant::now();
-            let result = attempt.send().await;
+            let result = attempt.send(&instances[index], &uris[index]).await;
             let (outcome, failure) = match &result {
                 Ok(answer) => classify_status(answer.status()),
                 Err(failure) => (failure.outcome(), Some(failure.to_string())),
+            };
+            let Some(admission) = admission else {
+                // Unguarded: once, uncounted.
+                return result.map_err(|failure| failure.into_error(name));
             };
             guard.record_attempt(outcome, started.elapsed());
             match failure {
@@ -462,7 +563,8 @@ impl Call {
             }
 
             let status = result.as_ref().ok().map(Answer::status);
-            let again = may_repeat
+            let never_sent = result.as_ref().is_err_and(Failure::never_sent);
+            let again = (may_repeat || never_sent)
                 && number < guard.max_attempts
                 && outcome.is_retryable(status)
                 && deadline.is_none_or(|deadline| Instant::now() < deadline);
@@ -486,33 +588,32 @@ impl Call {
     }
 }
 
-/// One attempt of a call: everything it sends, borrowed, so a retry sends the same again.
+/// One attempt of a call: everything it sends, borrowed, so a retry sends the same again,
+/// perhaps to another instance.
 struct Attempt<'a> {
-    peer: &'a Peer,
     method: &'a Method,
-    uri: &'a Uri,
     headers: &'a HeaderMap,
     body: &'a Bytes,
+    connector: &'a HttpsConnector<HttpConnector>,
     timeout: Duration,
     deadline: Option<Instant>,
 }
 
 impl Attempt<'_> {
-    /// Send it and wait for the answer's head, for at most the time left.
-    async fn send(&self) -> Result<Answer, Failure> {
+    /// Send it to `instance` at `uri` and wait for the response's head, for at most the time
+    /// left.
+    async fn send(&self, instance: &Instance, uri: &Uri) -> Result<Answer, Failure> {
         let mut request = http::Request::new(Full::new(self.body.clone()));
         *request.method_mut() = self.method.clone();
         // The request line names the path only (origin form); the connection says where.
-        *request.uri_mut() = self
-            .uri
+        *request.uri_mut() = uri
             .path_and_query()
             .map_or_else(|| Uri::from_static("/"), |path| Uri::from(path.clone()));
-        *request.headers_mut() = self.headers.clone();
+        let mut headers = self.headers.clone();
+        headers.insert(HOST, instance.base.host.clone());
+        *request.headers_mut() = headers;
         let ends = Instant::now() + time_left(self.deadline, self.timeout);
-        let answer = self
-            .peer
-            .connections
-            .send(self.peer.http.connector(), self.uri, request);
+        let answer = instance.connections.send(self.connector, uri, request);
         match tokio::time::timeout_at(ends, answer).await {
             Ok(Ok(answer)) => Ok(Answer {
                 answer,
@@ -534,6 +635,11 @@ enum Failure {
 }
 
 impl Failure {
+    /// Whether no instance saw the request: the connection could not be made.
+    fn never_sent(&self) -> bool {
+        matches!(self, Self::Failed(error) if error.is::<NotSent>())
+    }
+
     fn outcome(&self) -> Outcome {
         match self {
             Self::Failed(error) if !caused_by_timeout(error) => Outcome::ConnectionError,

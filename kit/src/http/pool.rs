@@ -31,6 +31,12 @@ pub const KEPT_FOR: Duration = Duration::from_secs(30);
 /// Why a request got no answer on a connection.
 pub type ConnectionError = Box<dyn Error + Send + Sync>;
 
+/// A connection to the upstream could not be made, so no byte of the request was sent: trying
+/// it elsewhere cannot do anything twice.
+#[derive(Debug, thiserror::Error)]
+#[error("no connection could be made: {0}")]
+pub struct NotSent(#[source] ConnectionError);
+
 /// The kept connections to one upstream.
 #[derive(Debug, Default)]
 pub struct Connections {
@@ -66,8 +72,10 @@ impl Connections {
                 },
             }
         }
-        let stream = connector.clone().oneshot(uri.clone()).await?;
-        let (mut sender, connection) = http1::handshake(stream).await?;
+        let stream = connector.clone().oneshot(uri.clone()).await.map_err(NotSent)?;
+        let (mut sender, connection) = http1::handshake(stream)
+            .await
+            .map_err(|error| NotSent(error.into()))?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(error = %error, "a connection to an upstream ended");

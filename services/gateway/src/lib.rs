@@ -18,7 +18,7 @@ pub mod ui;
 use std::time::Duration;
 
 use clap::Args;
-use dozen_kit::config::{DatabaseSettings, parse_duration, parse_http_url};
+use dozen_kit::config::{DatabaseSettings, parse_duration, parse_peer_urls};
 use dozen_kit::db::Migrations;
 use dozen_kit::http::client::Upstream;
 use dozen_kit::{Context, Service};
@@ -31,20 +31,20 @@ use crate::limits::{RateLimit, RateLimits};
 /// The gateway service's settings.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
-    /// Base URL of the signup service.
-    #[arg(long, env = "SIGNUP_URL", default_value = "http://127.0.0.1:8081", value_parser = parse_http_url)]
+    /// Base URL of the signup service, or several comma-separated (its instances).
+    #[arg(long, env = "SIGNUP_URL", default_value = "http://127.0.0.1:8081", value_parser = parse_peer_urls)]
     pub signup_url: String,
-    /// Base URL of the users service.
-    #[arg(long, env = "USERS_URL", default_value = "http://127.0.0.1:8082", value_parser = parse_http_url)]
+    /// Base URL of the users service, or several comma-separated (its instances).
+    #[arg(long, env = "USERS_URL", default_value = "http://127.0.0.1:8082", value_parser = parse_peer_urls)]
     pub users_url: String,
-    /// Base URL of the passwords service.
-    #[arg(long, env = "PASSWORDS_URL", default_value = "http://127.0.0.1:8083", value_parser = parse_http_url)]
+    /// Base URL of the passwords service, or several comma-separated (its instances).
+    #[arg(long, env = "PASSWORDS_URL", default_value = "http://127.0.0.1:8083", value_parser = parse_peer_urls)]
     pub passwords_url: String,
-    /// Base URL of the verification service.
-    #[arg(long, env = "VERIFICATION_URL", default_value = "http://127.0.0.1:8084", value_parser = parse_http_url)]
+    /// Base URL of the verification service, or several comma-separated (its instances).
+    #[arg(long, env = "VERIFICATION_URL", default_value = "http://127.0.0.1:8084", value_parser = parse_peer_urls)]
     pub verification_url: String,
-    /// Base URL of the friends service.
-    #[arg(long, env = "FRIENDS_URL", default_value = "http://127.0.0.1:8085", value_parser = parse_http_url)]
+    /// Base URL of the friends service, or several comma-separated (its instances).
+    #[arg(long, env = "FRIENDS_URL", default_value = "http://127.0.0.1:8085", value_parser = parse_peer_urls)]
     pub friends_url: String,
     /// How long `/api/me` waits for the services it aggregates before answering without them.
     #[arg(long, env = "ME_DEADLINE", default_value = "800ms", value_parser = parse_duration)]

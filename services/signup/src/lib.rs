@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use dozen_bus::{Bus, BusSettings, Relay};
-use dozen_kit::config::{DatabaseSettings, parse_duration, parse_http_url};
+use dozen_kit::config::{DatabaseSettings, parse_duration, parse_peer_urls};
 use dozen_kit::db::Migrations;
 use dozen_kit::service::AdminTask;
 use dozen_kit::{Context, Service};
@@ -39,11 +39,11 @@ pub struct Settings {
     pub database: DatabaseSettings,
     #[command(flatten)]
     pub bus: BusSettings,
-    /// Base URL of the users service.
-    #[arg(long, env = "USERS_URL", default_value = "http://127.0.0.1:8082", value_parser = parse_http_url)]
+    /// Base URL of the users service, or several comma-separated (its instances).
+    #[arg(long, env = "USERS_URL", default_value = "http://127.0.0.1:8082", value_parser = parse_peer_urls)]
     pub users_url: String,
-    /// Base URL of the passwords service.
-    #[arg(long, env = "PASSWORDS_URL", default_value = "http://127.0.0.1:8083", value_parser = parse_http_url)]
+    /// Base URL of the passwords service, or several comma-separated (its instances).
+    #[arg(long, env = "PASSWORDS_URL", default_value = "http://127.0.0.1:8083", value_parser = parse_peer_urls)]
     pub passwords_url: String,
     /// How long a signup may sit unfinished before `repair` completes or undoes it.
     #[arg(long, env = "REPAIR_AFTER", default_value = "15m", value_parser = parse_duration)]

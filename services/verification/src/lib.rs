@@ -32,7 +32,7 @@ use clap::Args;
 use dozen_bus::contracts::{UserSignedUp, UserSignupConflict};
 use dozen_bus::{Bus, BusSettings, Event as _, handler};
 use dozen_kit::auth::{JwtVerifier, TokenSettings};
-use dozen_kit::config::{DatabaseSettings, parse_duration, parse_http_url};
+use dozen_kit::config::{DatabaseSettings, parse_duration, parse_http_url, parse_peer_urls};
 use dozen_kit::db::Migrations;
 use dozen_kit::email::Email;
 use dozen_kit::service::AdminTask;
@@ -63,8 +63,9 @@ pub struct Settings {
     pub mail: MailSettings,
     #[command(flatten)]
     pub tokens: TokenSettings,
-    /// Base URL of the passwords service (whose keys sign access tokens).
-    #[arg(long, env = "PASSWORDS_URL", default_value = "http://127.0.0.1:8083", value_parser = parse_http_url)]
+    /// Base URL of the passwords service (whose keys sign access tokens), or several
+    /// comma-separated (its instances).
+    #[arg(long, env = "PASSWORDS_URL", default_value = "http://127.0.0.1:8083", value_parser = parse_peer_urls)]
     pub passwords_url: String,
 }
 
