@@ -207,6 +207,20 @@ impl Service for Passwords {
             "passwords_argon2_operations_total",
             "argon2id hashes and verifications computed, by operation"
         );
+        metrics::describe_gauge!(
+            "passwords_argon2_waiting",
+            "argon2id hashes waiting for one of the HASH_CONCURRENCY permits"
+        );
+        metrics::describe_histogram!(
+            "passwords_argon2_wait_seconds",
+            metrics::Unit::Seconds,
+            "Time an argon2id hash waited for a permit"
+        );
+        metrics::describe_histogram!(
+            "passwords_argon2_duration_seconds",
+            metrics::Unit::Seconds,
+            "Time to compute one argon2id hash or verification, by operation"
+        );
         metrics::describe_counter!(
             "passwords_logins_total",
             "Login attempts, by outcome (ok, wrong_credentials, unverified, throttled)"

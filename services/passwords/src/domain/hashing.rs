@@ -7,6 +7,7 @@ use std::ffi::c_void;
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
@@ -135,26 +136,52 @@ impl Hasher {
             || params.p_cost() != self.cost.parallelism
     }
 
-    /// Run `work` on the blocking pool once a permit is free.
+    /// Run `work` on the blocking pool once a permit is free. The queue's depth, the wait for a
+    /// permit and the hash's own time are measured apart: a slow login is either too many
+    /// hashes at once (raise the concurrency or add instances) or too costly a hash.
     async fn run<T: Send + 'static>(
         &self,
         operation: &'static str,
         work: impl FnOnce() -> Result<T, HashingError> + Send + 'static,
     ) -> Result<T, HashingError> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| HashingError(e.to_string()))?;
+        let queued = Instant::now();
+        let permit = {
+            let _waiting = Waiting::new();
+            self.permits
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| HashingError(e.to_string()))?
+        };
+        metrics::histogram!("passwords_argon2_wait_seconds").record(queued.elapsed().as_secs_f64());
         metrics::counter!("passwords_argon2_operations_total", "operation" => operation).increment(1);
         tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
             let outcome = work();
             drop(permit);
+            metrics::histogram!("passwords_argon2_duration_seconds", "operation" => operation)
+                .record(started.elapsed().as_secs_f64());
             outcome
         })
         .await
         .map_err(|e| HashingError(format!("the hashing task failed: {e}")))?
+    }
+}
+
+/// One hash waiting for a permit, counted in `passwords_argon2_waiting` for as long as it
+/// lives: also when the request is dropped while it waits.
+struct Waiting;
+
+impl Waiting {
+    fn new() -> Self {
+        metrics::gauge!("passwords_argon2_waiting").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        metrics::gauge!("passwords_argon2_waiting").decrement(1.0);
     }
 }
 
