@@ -69,7 +69,7 @@ pub async fn drive(workload: &Arc<Workload>, schedule: Schedule, mix: &Mix, max_
         let due_at = start + due;
         tokio::time::sleep_until(due_at.into()).await;
         progress.inc(1);
-        if progress.position() % 64 == 0 {
+        if progress.position().is_multiple_of(64) {
             progress.set_message(format!(
                 "{} in flight, {} errors",
                 max_in_flight - permits.available_permits(),
