@@ -62,6 +62,7 @@ pub async fn drive(workload: &Arc<Workload>, schedule: Schedule, mix: &Mix, max_
     let permits = Arc::new(Semaphore::new(max_in_flight));
     let tracker = TaskTracker::new();
     let progress = progress_bar(schedule.count());
+    progress.set_message("0 in flight, 0 errors");
     let start = workload.recorder.start_run();
     let mut endpoints = mix.sequence();
     for due in schedule.arrivals() {
@@ -69,7 +70,7 @@ pub async fn drive(workload: &Arc<Workload>, schedule: Schedule, mix: &Mix, max_
         let due_at = start + due;
         tokio::time::sleep_until(due_at.into()).await;
         progress.inc(1);
-        if progress.position().is_multiple_of(64) {
+        if progress.position().is_multiple_of(16) {
             progress.set_message(format!(
                 "{} in flight, {} errors",
                 max_in_flight - permits.available_permits(),
