@@ -5,6 +5,8 @@
 //!   migrations first, crashed services restarted ([`up`]).
 //! - `dozen run <service> [serve|migrate]` runs one service exactly as its own binary would
 //!   ([`services`]).
+//! - `dozen load --url <gateway>` sends an open-loop load of a realistic mix to any dozen
+//!   deployment and reports each endpoint's latency ([`load`]).
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -12,6 +14,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use dozen_kit::config::{self, Parsed};
 
+pub mod load;
 pub mod services;
 pub mod up;
 
@@ -39,6 +42,9 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Load any dozen deployment at a fixed arrival rate with a realistic mix of requests, and
+    /// report each endpoint's latency (`dozen load --url http://127.0.0.1:8080 --rate 200`).
+    Load(load::LoadSettings),
 }
 
 /// The whole `main` of the `dozen` binary.
@@ -57,5 +63,6 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Run { service, args } => service.run(args),
         Command::Up(settings) => up::main(settings),
+        Command::Load(settings) => load::main(settings),
     }
 }
