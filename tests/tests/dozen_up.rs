@@ -2,11 +2,10 @@
 //! dies, all stopped by one Ctrl-C with nothing left behind — on the embedded defaults and on a
 //! Postgres server; a port in use stops it before anything starts.
 
-use std::time::{Duration, Instant};
-
 use dozen_tests::database::DatabasePrefix;
 use dozen_tests::platform::Platform;
 use dozen_tests::process::run_to_exit;
+use dozen_tests::{PATIENCE, eventually};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -24,15 +23,10 @@ async fn dozen_up_runs_every_service_restarts_a_killed_one_and_stops_them_all() 
     let users_port = platform.port("users");
     let killed = platform.pid_of("users");
     kill(Pid::from_raw(killed), Signal::SIGKILL).expect("kill -9 users");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !(platform.started_count("users") == 2 && platform.is_ready(users_port).await) {
-        assert!(
-            Instant::now() < deadline,
-            "users was not restarted:\n{}",
-            platform.up.lines().join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(PATIENCE, "users is restarted on its port", || async {
+        platform.started_count("users") == 2 && platform.is_ready(users_port).await
+    })
+    .await;
     assert_ne!(platform.pid_of("users"), killed, "a new process serves users");
 
     let pids = platform.stop().await;
