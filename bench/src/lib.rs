@@ -1,10 +1,12 @@
-//! What the benchmark binaries share: free ports, a raw `/readyz` probe (no client library, so
+//! What the benchmark binaries share: reserved ports, a raw `/readyz` probe (no client library, so
 //! the probe adds nothing to what is measured), percentiles and processes' CPU time.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-pub use dozen_tests::process::free_port;
+/// A port held for a program that is told its port (nginx, podman, a service under valgrind):
+/// it listens there while no one else can take it.
+pub use dozen_tests::process::ReservedPort;
 
 /// Whether `GET /readyz` on 127.0.0.1:`port`, over a fresh connection, answers 200.
 pub fn is_ready(port: u16) -> bool {

@@ -22,7 +22,8 @@ use dozen_bus::contracts::{UserEmailVerified, UserSignedUp};
 use dozen_bus::{Broker, BusError, Envelope, Event, Outbox, Relay, Subscriber, Tx, handler};
 use dozen_kit::lifecycle::Lifecycle;
 use dozen_tests::database::Backend;
-use support::{Kind, ServiceDb, TestBus, recording, wait_until, write_effect};
+use dozen_tests::eventually;
+use support::{DEADLINE, Kind, ServiceDb, TestBus, recording, write_effect};
 use uuid::Uuid;
 
 macro_rules! on_every_broker {
@@ -130,7 +131,7 @@ async fn every_subscriber_receives_every_event_and_instances_of_one_split_the_wo
         ("verification", &verification),
         ("audit", &audit),
     ] {
-        wait_until(&format!("{name} has handled every event"), || async {
+        eventually(DEADLINE, &format!("{name} has handled every event"), || async {
             db.effects(name).await.1 == events && pending(&broker, name, &[SIGNED_UP]).await == 0
         })
         .await;
@@ -213,7 +214,7 @@ async fn a_consumer_killed_mid_stream_again_and_again_loses_nothing_and_repeats_
         let before = consumer.effects("verification").await.1;
         let mut child = spawn_child("consumer", &bus, &consumer.database.url, "verification");
         // Kill it once it is well into the stream, whatever the machine's speed.
-        wait_until("the child consumer makes progress", || {
+        eventually(DEADLINE, "the child consumer makes progress", || {
             let running = assert_running(&mut child);
             let consumer = &consumer;
             async move { running && consumer.effects("verification").await.1 >= (before + 150).min(events) }
@@ -226,7 +227,7 @@ async fn a_consumer_killed_mid_stream_again_and_again_loses_nothing_and_repeats_
         "the kills should land mid-stream: publish more events"
     );
     let mut child = spawn_child("consumer", &bus, &consumer.database.url, "verification");
-    wait_until("a restarted consumer has handled every event", || {
+    eventually(DEADLINE, "a restarted consumer has handled every event", || {
         let running = assert_running(&mut child);
         let (consumer, broker) = (&consumer, &broker);
         async move {
@@ -327,7 +328,7 @@ async fn a_relay_killed_between_publish_and_mark_sent_leaves_a_duplicate_the_inb
         .await
         .expect("read the outbox");
     assert_eq!(backlog, EVENTS as u64, "published, but never marked sent");
-    wait_until("the published events are handled", || async {
+    eventually(DEADLINE, "the published events are handled", || async {
         consumer.effects(&subscriber).await.1 == EVENTS
     })
     .await;
@@ -335,7 +336,7 @@ async fn a_relay_killed_between_publish_and_mark_sent_leaves_a_duplicate_the_inb
     // Another relay publishes them again once the dead relay's lease expires.
     let _outbox = start_relay(&bus, &publisher.db, &lifecycle).await;
     let broker = bus.connect().await;
-    wait_until("the outbox is empty and the queue drained", || async {
+    eventually(DEADLINE, "the outbox is empty and the queue drained", || async {
         dozen_bus::outbox::backlog(&publisher.db)
             .await
             .expect("read the outbox")
@@ -410,7 +411,8 @@ async fn an_event_whose_handler_always_fails_is_dead_lettered_while_others_flow_
     tx.commit().await.expect("commit");
     support::publish_signups(&publisher.db, &outbox, GOOD as usize).await;
 
-    wait_until(
+    eventually(
+        DEADLINE,
         "the poison event is dead-lettered and the others handled",
         || async {
             let letters = dozen_bus::dead_letters(&consumer.db, Some("verification"))
@@ -438,7 +440,7 @@ async fn an_event_whose_handler_always_fails_is_dead_lettered_while_others_flow_
         .await
         .expect("replay");
     assert_eq!(marked, 1);
-    wait_until("the replayed event is handled", || async {
+    eventually(DEADLINE, "the replayed event is handled", || async {
         consumer.has_effect("verification", poison_event.id).await
     })
     .await;
@@ -492,12 +494,12 @@ async fn a_rolled_back_transaction_publishes_nothing(kind: Kind) {
         .expect("publish");
     tx.commit().await.expect("commit");
 
-    wait_until("the committed event is handled", || async {
+    eventually(DEADLINE, "the committed event is handled", || async {
         consumer.has_effect("verification", committed.id).await
     })
     .await;
     let broker = bus.connect().await;
-    wait_until("the queue is drained", || async {
+    eventually(DEADLINE, "the queue is drained", || async {
         pending(&broker, "verification", &[SIGNED_UP]).await == 0
     })
     .await;
@@ -546,10 +548,14 @@ async fn an_event_delivered_twice_has_one_effect(kind: Kind) {
             .await
             .expect("publish");
     }
-    wait_until("both events are handled and the queues drained", || async {
-        consumer.effects("friends").await.1 == 2
-            && pending(&broker, "friends", &[SIGNED_UP, UserEmailVerified::TYPE]).await == 0
-    })
+    eventually(
+        DEADLINE,
+        "both events are handled and the queues drained",
+        || async {
+            consumer.effects("friends").await.1 == 2
+                && pending(&broker, "friends", &[SIGNED_UP, UserEmailVerified::TYPE]).await == 0
+        },
+    )
     .await;
     stop(&lifecycle).await;
     assert_eq!(consumer.effects("friends").await, (2, 2));
@@ -579,7 +585,7 @@ async fn a_stopping_consumer_finishes_its_event_and_hands_back_the_rest(kind: Ki
     );
     start(subscriber, &first).await;
     support::publish_signups(&publisher.db, &outbox, EVENTS as usize).await;
-    wait_until("the first consumer is under way", || async {
+    eventually(DEADLINE, "the first consumer is under way", || async {
         consumer.effects("verification").await.1 >= 20
     })
     .await;
@@ -599,7 +605,7 @@ async fn a_stopping_consumer_finishes_its_event_and_hands_back_the_rest(kind: Ki
     );
     start(subscriber, &second).await;
     let broker = bus.connect().await;
-    wait_until("the second consumer has the rest", || async {
+    eventually(DEADLINE, "the second consumer has the rest", || async {
         consumer.effects("verification").await.1 == EVENTS
             && pending(&broker, "verification", &[SIGNED_UP]).await == 0
     })
@@ -711,7 +717,7 @@ async fn an_event_the_broker_refuses_holds_back_only_its_own_subject(kind: Kind)
         }
     }
     tx.commit().await.expect("commit");
-    wait_until("every other event is handled", || async {
+    eventually(DEADLINE, "every other event is handled", || async {
         consumer.effects("verification").await.1 == OTHERS - 2
     })
     .await;
@@ -720,7 +726,8 @@ async fn an_event_the_broker_refuses_holds_back_only_its_own_subject(kind: Kind)
     }
 
     refusing.store(false, Ordering::SeqCst);
-    wait_until(
+    eventually(
+        DEADLINE,
         "the held-back events follow once the broker takes them",
         || async { consumer.effects("verification").await.1 == OTHERS },
     )
@@ -761,15 +768,19 @@ async fn two_relays_on_one_outbox_publish_each_event_once(kind: Kind) {
     support::publish_signups(&publisher.db, &outbox, events as usize).await;
 
     let broker = bus.connect().await;
-    wait_until("every event is handled and the outbox empty", || async {
-        consumer.effects(&subscriber).await.1 == events
-            && dozen_bus::outbox::backlog(&publisher.db)
-                .await
-                .expect("backlog")
-                .0
-                == 0
-            && pending(&broker, &subscriber, &[SIGNED_UP]).await == 0
-    })
+    eventually(
+        DEADLINE,
+        "every event is handled and the outbox empty",
+        || async {
+            consumer.effects(&subscriber).await.1 == events
+                && dozen_bus::outbox::backlog(&publisher.db)
+                    .await
+                    .expect("backlog")
+                    .0
+                    == 0
+                && pending(&broker, &subscriber, &[SIGNED_UP]).await == 0
+        },
+    )
     .await;
     stop(&lifecycle).await;
     assert_eq!(consumer.effects(&subscriber).await, (events, events));
@@ -835,7 +846,7 @@ async fn one_trace_follows_an_event_from_its_publisher_to_its_handler(kind: Kind
         "{traceparent} continues {trace_id}"
     );
 
-    wait_until("the handler ran", || async {
+    eventually(DEADLINE, "the handler ran", || async {
         seen.lock().expect("lock").is_some()
     })
     .await;
@@ -865,7 +876,7 @@ async fn a_nats_server_killed_and_restarted_under_load_loses_and_repeats_nothing
     start(subscriber, &lifecycle).await;
     let outbox = start_relay(&bus, &publisher.db, &lifecycle).await;
     support::publish_signups(&publisher.db, &outbox, EVENTS as usize / 2).await;
-    wait_until("some events are handled", || async {
+    eventually(DEADLINE, "some events are handled", || async {
         consumer.effects("verification").await.1 > 0
     })
     .await;
@@ -874,7 +885,7 @@ async fn a_nats_server_killed_and_restarted_under_load_loses_and_repeats_nothing
     // Published while the clients reconnect: the outbox keeps them until the broker takes them.
     support::publish_signups(&publisher.db, &outbox, EVENTS as usize / 2).await;
     let broker = bus.connect().await;
-    wait_until("every event is handled after the restart", || async {
+    eventually(DEADLINE, "every event is handled after the restart", || async {
         consumer.effects("verification").await.1 == EVENTS
             && dozen_bus::outbox::backlog(&publisher.db)
                 .await
@@ -941,7 +952,7 @@ async fn one_subjects_events_are_handled_in_order_on_the_embedded_bus_despite_co
         }
         broker.publish(&batch).await.expect("publish");
     }
-    wait_until("every event is handled", || async {
+    eventually(DEADLINE, "every event is handled", || async {
         consumer.effects("friends").await.1 == (SUBJECTS * PER_SUBJECT) as i64
     })
     .await;

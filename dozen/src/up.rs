@@ -1,23 +1,32 @@
 //! `dozen up`: the whole platform on one machine, as separate OS processes.
 //!
-//! It migrates every service's database (one-off `migrate` processes), starts each service,
-//! merges their output into one stream prefixed by service name, restarts a service that
-//! crashes (with backoff), and prints where the web UI is once all are ready. SIGINT or
-//! SIGTERM stops them all gracefully; a child that outlives its grace period is killed, and
-//! every child is told to stop should `dozen` itself die.
+//! It binds every service's port itself (a port of 0 gets a free one), migrates every
+//! service's database (one-off `migrate` processes), starts each service on its socket (handed
+//! over as in systemd's socket activation, see `dozen_kit::listener`) with its peers' real
+//! URLs, merges their output into one stream prefixed by service name, restarts a service that
+//! crashes (with backoff) on the same socket, and prints where the web UI is once all are
+//! ready. SIGINT or SIGTERM stops them all gracefully; a child that outlives its grace period
+//! is killed, and every child is told to stop should `dozen` itself die.
+//!
+//! Binding in `dozen` rather than in each service is what makes port 0 work for a whole
+//! platform: every port is known before any service starts, so each is told where its peers
+//! are (and verification where the gateway is, for the links in its mails) without starting
+//! them in turn, and nothing can take a port between a crash and the restart.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
+use std::os::fd::{AsRawFd as _, BorrowedFd, IntoRawFd as _};
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
 use dozen_kit::config::parse_duration;
 use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::unistd::{Pid, dup2_raw};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -25,6 +34,9 @@ use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 use crate::services::ServiceName;
+
+/// The descriptor a handed-over socket is at in the service (`SD_LISTEN_FDS_START`).
+const HANDED_OVER: i32 = 3;
 
 /// Settings of `dozen up`, from the environment like every other setting.
 #[derive(Debug, Clone, Args)]
@@ -52,7 +64,8 @@ pub struct UpSettings {
     #[arg(long, env = "PUBLIC_URL")]
     pub public_url: Option<String>,
 
-    /// Port of the gateway (the web UI and public API).
+    /// Port of the gateway (the web UI and public API). For every port: 0 picks a free one,
+    /// printed at start as `<service> listens on <URL>`.
     #[arg(long, env = "GATEWAY_PORT", default_value_t = ServiceName::Gateway.default_port())]
     pub gateway_port: u16,
     /// Port of the signup service.
@@ -100,6 +113,7 @@ fn parse_postgres_url(text: &str) -> Result<String, String> {
 }
 
 impl UpSettings {
+    /// The port asked for (0: any free port).
     fn port(&self, service: ServiceName) -> u16 {
         match service {
             ServiceName::Gateway => self.gateway_port,
@@ -139,12 +153,22 @@ async fn up(settings: UpSettings, log: &Log) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create DATA_DIR {}", settings.data_dir.display()))?;
     let data_dir = std::path::absolute(&settings.data_dir)?;
 
+    // Every port is bound before anything starts: one in use stops `dozen up` here, by name.
+    let mut sockets = BTreeMap::new();
+    for service in ServiceName::ALL {
+        sockets.insert(service.as_str(), Socket::bind(service, settings.port(service))?);
+    }
+    for (name, socket) in &sockets {
+        log.line("dozen", &format!("{name} listens on {}", socket.url));
+    }
+    let socket = |service: ServiceName| &sockets[service.as_str()];
+
     // What every service is told: where its peers are, and which bus to use.
     let mut shared_env = BTreeMap::new();
     for service in ServiceName::ALL {
         shared_env.insert(
             format!("{}_URL", service.as_str().to_uppercase()),
-            format!("http://127.0.0.1:{}", settings.port(service)),
+            socket(service).url.clone(),
         );
     }
     let bus_url = settings
@@ -160,7 +184,7 @@ async fn up(settings: UpSettings, log: &Log) -> anyhow::Result<()> {
     let public_url = settings
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("http://127.0.0.1:{}", settings.gateway_port));
+        .unwrap_or_else(|| socket(ServiceName::Gateway).url.clone());
     shared_env.insert("PUBLIC_URL".to_owned(), public_url);
     // Every service is reached through the gateway, which names the client in X-Forwarded-For
     // (login throttling per address relies on it).
@@ -173,7 +197,8 @@ async fn up(settings: UpSettings, log: &Log) -> anyhow::Result<()> {
     let mut plans = Vec::new();
     for service in ServiceName::ALL {
         let mut env = shared_env.clone();
-        env.insert("PORT".to_owned(), settings.port(service).to_string());
+        // For the record: it serves on the socket handed over, whatever PORT says.
+        env.insert("PORT".to_owned(), socket(service).port.to_string());
         if service.has_database() {
             let url = match &settings.database_url {
                 None => format!("sqlite://{}/{}.db", data_dir.display(), service.as_str()),
@@ -185,6 +210,7 @@ async fn up(settings: UpSettings, log: &Log) -> anyhow::Result<()> {
             service,
             env,
             program: program.clone(),
+            socket: socket(service).listener.clone(),
         });
     }
 
@@ -211,7 +237,7 @@ async fn up(settings: UpSettings, log: &Log) -> anyhow::Result<()> {
     let signal = dozen_kit::lifecycle::shutdown_signal();
     tokio::pin!(signal);
     tokio::select! {
-        () = wait_until_ready(&settings, log, started) => {}
+        () = wait_until_ready(&settings, &sockets, log, started) => {}
         () = &mut signal => stopping.cancel(),
     }
     if !stopping.is_cancelled() {
@@ -277,6 +303,40 @@ async fn postgres_database(server: &str, service: ServiceName) -> anyhow::Result
     Ok(options.database(&name).to_url_lossy().to_string())
 }
 
+/// A service's listening socket, bound by `dozen` and handed to every process of the service.
+#[derive(Debug)]
+struct Socket {
+    listener: Arc<std::net::TcpListener>,
+    port: u16,
+    /// `http://127.0.0.1:<port>`, where its peers call it.
+    url: String,
+}
+
+impl Socket {
+    /// Listen on `port` of 127.0.0.1 for `service` (0: any free port).
+    fn bind(service: ServiceName, port: u16) -> anyhow::Result<Self> {
+        let setting = format!("{}_PORT", service.as_str().to_uppercase());
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).with_context(|| {
+            format!(
+                "cannot listen on 127.0.0.1:{port} for {} ({setting})",
+                service.as_str()
+            )
+        })?;
+        let port = listener.local_addr()?.port();
+        // At 3 already, dup2 would leave it closed on exec: keep a copy elsewhere instead.
+        let listener = if listener.as_raw_fd() == HANDED_OVER {
+            listener.try_clone()?
+        } else {
+            listener
+        };
+        Ok(Self {
+            listener: Arc::new(listener),
+            port,
+            url: format!("http://127.0.0.1:{port}"),
+        })
+    }
+}
+
 /// How one service is run.
 #[derive(Debug, Clone)]
 struct Plan {
@@ -284,9 +344,36 @@ struct Plan {
     /// Its environment on top of dozen's own.
     env: BTreeMap<String, String>,
     program: PathBuf,
+    /// The socket its `serve` processes listen on.
+    socket: Arc<std::net::TcpListener>,
 }
 
 impl Plan {
+    /// The `migrate` one-off process.
+    fn migrate_command(&self) -> Command {
+        self.command("migrate")
+    }
+
+    /// The `serve` process, its socket handed over as descriptor 3 (`LISTEN_FDS=1`).
+    fn serve_command(&self) -> Command {
+        let mut command = self.command("serve");
+        command.env("LISTEN_FDS", "1");
+        let socket = self.socket.as_raw_fd();
+        // SAFETY: the closure runs in the child between fork and exec and only calls dup2(2),
+        // which is async-signal-safe. The parent's socket stays open until the child has
+        // exec'd, and the copy made here is the child's to keep: unlike the descriptors Rust
+        // opens, a copy made by dup2 stays open across exec.
+        #[allow(unsafe_code)]
+        unsafe {
+            command.pre_exec(move || {
+                let copy = dup2_raw(BorrowedFd::borrow_raw(socket), HANDED_OVER)?;
+                let _ = copy.into_raw_fd();
+                Ok(())
+            });
+        }
+        command
+    }
+
     fn command(&self, subcommand: &str) -> Command {
         let mut command = Command::new(&self.program);
         command
@@ -317,7 +404,7 @@ impl Plan {
     async fn migrate(self, log: Log) -> anyhow::Result<()> {
         let name = self.service.as_str();
         let mut child = self
-            .command("migrate")
+            .migrate_command()
             .spawn()
             .with_context(|| format!("cannot start {name} migrate"))?;
         let readers = pipe_output(&mut child, name, &log);
@@ -338,7 +425,7 @@ impl Plan {
         let name = self.service.as_str();
         let mut backoff = FIRST_BACKOFF;
         loop {
-            let mut child = match self.command("serve").spawn() {
+            let mut child = match self.serve_command().spawn() {
                 Ok(child) => child,
                 Err(error) => {
                     log.line("dozen", &format!("cannot start {name}: {error}"));
@@ -417,14 +504,19 @@ async fn copy_lines(pipe: impl AsyncRead + Unpin, name: &'static str, log: Log) 
 }
 
 /// Poll every service's `/readyz`, then say where the platform is.
-async fn wait_until_ready(settings: &UpSettings, log: &Log, started: Instant) {
+async fn wait_until_ready(
+    settings: &UpSettings,
+    sockets: &BTreeMap<&str, Socket>,
+    log: &Log,
+    started: Instant,
+) {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + settings.ready_timeout;
     let mut waiting: Vec<ServiceName> = ServiceName::ALL.to_vec();
     while !waiting.is_empty() && Instant::now() < deadline {
         let mut still = Vec::new();
         for service in waiting {
-            let url = format!("http://127.0.0.1:{}/readyz", settings.port(service));
+            let url = format!("{}/readyz", sockets[service.as_str()].url);
             let ready = client
                 .get(&url)
                 .timeout(Duration::from_secs(1))
@@ -451,7 +543,7 @@ async fn wait_until_ready(settings: &UpSettings, log: &Log, started: Instant) {
         );
         log.line(
             "dozen",
-            &format!("web UI and API: http://127.0.0.1:{}/", settings.gateway_port),
+            &format!("web UI and API: {}/", sockets[ServiceName::Gateway.as_str()].url),
         );
         log.line("dozen", "press Ctrl-C to stop");
     } else {

@@ -156,6 +156,7 @@ fn parse_nonzero_duration(text: &str) -> Result<Duration, String> {
 #[command(next_help_heading = "HTTP server")]
 pub struct ServerSettings {
     /// TCP port to serve HTTP on; 0 picks a free port, reported in the "ready" log line.
+    /// Unused when a listening socket is handed over (`LISTEN_FDS=1`, as `dozen up` does).
     #[arg(long, env = "PORT", default_value_t = 8080)]
     pub port: u16,
 

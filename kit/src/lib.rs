@@ -9,6 +9,7 @@
 //! - [`email`] and [`problem`]: the shared value types: a normalised email address, and the
 //!   RFC 9457 body of every error.
 //! - [`lifecycle`]: readiness, graceful shutdown and background tasks (IX).
+//! - [`listener`]: the port a service serves on, bound or handed over (VII).
 //! - [`service`]: a service's `main`, from settings to exit, including the `migrate` admin
 //!   process (XII).
 //!
@@ -21,6 +22,7 @@ pub mod email;
 pub mod http;
 pub mod interests;
 pub mod lifecycle;
+pub mod listener;
 pub mod metrics;
 pub mod problem;
 pub mod service;

@@ -342,9 +342,7 @@ impl Application {
         );
         let router = S::edge_layers(router, &context.settings);
         let address = SocketAddr::new(settings.server.host, settings.server.port);
-        let listener = TcpListener::bind(address)
-            .await
-            .with_context(|| format!("cannot listen on {address} (PORT)"))?;
+        let listener = crate::listener::listen(address).await?;
         lifecycle.spawn(metrics::run_upkeep(lifecycle.stopping()));
         let port = listener.local_addr()?.port();
         tracing::info!(

@@ -124,6 +124,15 @@ fn retry_policy() -> UpstreamSettings {
     }
 }
 
+/// Move tokio's clock, which the breaker runs on, on by `time` at once. The clock is paused
+/// only for the jump: a clock left paused jumps to the next timer whenever the runtime waits,
+/// and could cut a real call short at its timeout.
+async fn pass(time: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(time).await;
+    tokio::time::resume();
+}
+
 async fn get(upstream: &Upstream) -> Result<StatusCode, CallError> {
     upstream
         .call(Method::GET, "/thing")
@@ -174,7 +183,7 @@ async fn the_breaker_opens_after_its_threshold_keeps_calls_off_the_network_and_a
     assert_eq!(server.hits(), 8, "no call went through an open breaker");
 
     // After the open time one probe goes; its success closes the breaker.
-    tokio::time::sleep(open_for + Duration::from_millis(100)).await;
+    pass(open_for).await;
     assert_eq!(get(&upstream).await.expect("the probe"), StatusCode::OK);
     assert_eq!(server.hits(), 9);
     let health = upstream.health();
@@ -198,7 +207,7 @@ async fn a_failed_probe_opens_the_breaker_again_until_the_upstream_is_back() {
     assert_eq!(upstream.health().state, BreakerState::Open);
 
     // The probe finds it still down: open again, refusing at once.
-    tokio::time::sleep(open_for + Duration::from_millis(100)).await;
+    pass(open_for).await;
     let probe = get(&upstream).await.expect_err("still down");
     assert!(matches!(probe, CallError::Unreachable { .. }), "{probe}");
     let health = upstream.health();
@@ -208,7 +217,7 @@ async fn a_failed_probe_opens_the_breaker_again_until_the_upstream_is_back() {
 
     // Back on the same port: the next probe closes the breaker.
     server.serve().await;
-    tokio::time::sleep(open_for + Duration::from_millis(100)).await;
+    pass(open_for).await;
     assert_eq!(get(&upstream).await.expect("the probe"), StatusCode::OK);
     assert_eq!(upstream.health().state, BreakerState::Closed);
     assert_eq!(server.hits(), 1, "only the successful probe reached the upstream");

@@ -14,7 +14,7 @@ pub mod public_api;
 pub mod sns_sqs;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The repository's root folder.
 pub fn repository() -> PathBuf {
@@ -24,21 +24,53 @@ pub fn repository() -> PathBuf {
         .to_path_buf()
 }
 
-/// Poll `check` every 100 ms until it returns `Some`, or fail after a minute saying `what`.
-pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
+/// Poll `check` every 50 ms until it is done (`true`, or `Some(value)`), and return what it
+/// gave; fail saying `what` once `deadline` has passed. The one way tests wait for a
+/// condition: never a bare sleep, never a loop without a deadline.
+pub async fn eventually<D, F, Fut>(deadline: Duration, what: &str, mut check: F) -> D::Value
 where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Option<T>>,
+    D: Done,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = D>,
 {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let give_up = tokio::time::Instant::now() + deadline;
     loop {
-        if let Some(value) = check().await {
+        if let Some(value) = check().await.done() {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "gave up after {deadline:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// What a check of [`eventually`] returns: `bool`, or `Option` of a value to hand back.
+pub trait Done {
+    /// What `eventually` returns once the check is done.
+    type Value;
+    /// `Some` once the check is done.
+    fn done(self) -> Option<Self::Value>;
+}
+
+impl Done for bool {
+    type Value = ();
+    fn done(self) -> Option<()> {
+        self.then_some(())
+    }
+}
+
+impl<T> Done for Option<T> {
+    type Value = T;
+    fn done(self) -> Option<T> {
+        self
+    }
+}
+
+/// The deadline of a wait that ends as soon as its condition holds: generous, for a loaded
+/// machine.
+pub const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Generate one test per database backend from an `async fn(Backend)`: the same suite runs on
 /// SQLite and on Postgres.

@@ -1,10 +1,11 @@
-//! The whole platform under `dozen up`, on free ports and a throwaway data folder.
+//! The whole platform under `dozen up`, on free ports and a throwaway data folder: every port
+//! is 0, and `dozen up` prints the one each service got.
 
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::process::{Running, free_port};
+use crate::process::Running;
 
 /// Every service, in the order `dozen up` reports them.
 pub const SERVICES: [&str; 6] = [
@@ -33,13 +34,12 @@ impl Platform {
     /// calls from 127.0.0.1, faster than any person would. `gateway_edge.rs` tests the limits.
     pub async fn start(extra_env: &[(&str, &str)]) -> Self {
         let data = tempfile::tempdir().expect("data folder");
-        let ports: Vec<(&str, u16)> = SERVICES.iter().map(|name| (*name, free_port())).collect();
-        let port_vars: Vec<(String, String)> = ports
+        let port_vars: Vec<String> = SERVICES
             .iter()
-            .map(|(name, port)| (format!("{}_PORT", name.to_uppercase()), port.to_string()))
+            .map(|name| format!("{}_PORT", name.to_uppercase()))
             .collect();
         let data_dir = data.path().to_string_lossy().into_owned();
-        let mut env: Vec<(&str, &str)> = port_vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut env: Vec<(&str, &str)> = port_vars.iter().map(|name| (name.as_str(), "0")).collect();
         env.push(("DATA_DIR", &data_dir));
         for variable in [
             "RATE_LIMIT_SIGNUPS",
@@ -54,6 +54,21 @@ impl Platform {
             line.contains("all 6 services are ready")
         })
         .await;
+        let lines = up.lines();
+        let ports = SERVICES
+            .iter()
+            .map(|name| {
+                let marker = format!("{name} listens on http://127.0.0.1:");
+                let port = lines
+                    .iter()
+                    .find_map(|line| {
+                        let at = line.find(&marker)? + marker.len();
+                        line[at..].parse().ok()
+                    })
+                    .unwrap_or_else(|| panic!("dozen up says where {name} listens:\n{}", lines.join("\n")));
+                (*name, port)
+            })
+            .collect();
         Self { up, ports, data }
     }
 

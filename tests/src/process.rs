@@ -1,9 +1,8 @@
 //! Start the built binaries as real processes, read what they log, signal them.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -241,19 +240,49 @@ pub fn log_message(line: &str) -> Option<&str> {
     Some(&line[start..start + end])
 }
 
-/// A TCP port that was free a moment ago, and that no earlier call in this process returned:
-/// once a probe's listener is closed, the kernel may hand its port to the next probe, and two
-/// services of one platform given the same port would fight over it (seen in CI: the gateway
-/// and verification both got one, and verification could not listen).
-pub fn free_port() -> u16 {
-    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .map(|address| address.port())
-            .expect("a free port");
-        if GIVEN.lock().unwrap_or_else(PoisonError::into_inner).insert(port) {
-            return port;
+/// A port of 127.0.0.1 held for as long as this value lives, with nothing listening on it:
+/// its socket is bound but not listening, so connections to it are refused ("a peer that is
+/// down"), and no one else is given the port. Except a program told to listen on it that sets
+/// SO_REUSEADDR, as servers do (aiosmtpd, chromedriver, moto): Linux lets a socket with it bind
+/// a port whose other sockets have it too and are not listening. That is how a test starts a
+/// program that cannot report a port of 0 on a port no one else can take meanwhile.
+#[derive(Debug)]
+pub struct ReservedPort {
+    _socket: tokio::net::TcpSocket,
+    /// The port.
+    pub port: u16,
+}
+
+impl ReservedPort {
+    /// Reserve a port the kernel picks.
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        socket
+            .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("a port of 127.0.0.1");
+        let port = socket.local_addr().expect("the bound address").port();
+        Self {
+            _socket: socket,
+            port,
         }
     }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Default for ReservedPort {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A port of 127.0.0.1 that refuses connections for as long as the test process runs (one
+/// [`ReservedPort`] kept for ever): where a peer that is down would be.
+pub fn closed_port() -> u16 {
+    static CLOSED: std::sync::LazyLock<ReservedPort> = std::sync::LazyLock::new(ReservedPort::new);
+    CLOSED.port
 }

@@ -4,8 +4,8 @@
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use crate::eventually;
 use crate::platform::Platform;
+use crate::{PATIENCE, eventually};
 
 /// The password every test user signs up with.
 pub const PASSWORD: &str = "correct horse battery staple";
@@ -93,7 +93,7 @@ impl PublicApi {
     /// Verify `email` from its mail (checking that the link works once only) and log in; the
     /// access token.
     pub async fn verify_and_log_in(&self, email: &str) -> String {
-        let token = eventually(&format!("a verification mail to {email}"), || async {
+        let token = eventually(PATIENCE, &format!("a verification mail to {email}"), || async {
             self.mails_to(email).await.iter().find_map(token_in)
         })
         .await;
@@ -117,7 +117,7 @@ impl PublicApi {
             again.status()
         );
 
-        eventually(&format!("{email} can log in"), || async {
+        eventually(PATIENCE, &format!("{email} can log in"), || async {
             let answer = self.login(email).await;
             if answer.status() == 200 {
                 let session: Value = answer.json().await.ok()?;

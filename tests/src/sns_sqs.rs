@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
 
-use crate::process::free_port;
+use crate::process::ReservedPort;
 
 /// The region and credentials tests use (the emulator accepts any).
 const REGION: &str = "us-east-1";
@@ -34,8 +34,8 @@ pub struct SnsSqsNamespace {
     /// `BUS_URL` for the emulator.
     pub bus_url: String,
     endpoint: String,
-    /// An emulator of this test's own, started because none answered.
-    server: Option<Child>,
+    /// An emulator of this test's own, started because none answered, on its reserved port.
+    server: Option<(Child, ReservedPort)>,
 }
 
 impl SnsSqsNamespace {
@@ -44,8 +44,10 @@ impl SnsSqsNamespace {
         let mut endpoint = shared_endpoint();
         let mut server = None;
         if !answers(&endpoint) {
-            let port = free_port();
-            server = Some(
+            // moto cannot say which port it got when given 0: it listens on a reserved one.
+            let reserved = ReservedPort::new();
+            let port = reserved.port;
+            server = Some((
                 Command::new("moto_server")
                     .args(["-H", "127.0.0.1", "-p", &port.to_string()])
                     .stdout(Stdio::null())
@@ -54,11 +56,14 @@ impl SnsSqsNamespace {
                     .expect(
                         "no SNS/SQS emulator answers and moto_server cannot be started (pip install 'moto[server]', or set TEST_SNS_SQS_ENDPOINT)",
                     ),
-            );
+                reserved,
+            ));
             endpoint = format!("http://127.0.0.1:{port}");
-            crate::eventually("the SNS/SQS emulator started for the test answers", || async {
-                answers(&endpoint).then_some(())
-            })
+            crate::eventually(
+                crate::PATIENCE,
+                "the SNS/SQS emulator started for the test answers",
+                || async { answers(&endpoint).then_some(()) },
+            )
             .await;
         }
         let namespace = format!("{purpose}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
@@ -124,7 +129,7 @@ impl SnsSqsNamespace {
 
 impl Drop for SnsSqsNamespace {
     fn drop(&mut self) {
-        if let Some(mut server) = self.server.take() {
+        if let Some((mut server, _port)) = self.server.take() {
             let _ = server.kill();
             let _ = server.wait();
             return;

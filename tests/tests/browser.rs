@@ -22,14 +22,16 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use dozen_tests::eventually;
 use dozen_tests::platform::{Platform, SERVICES};
-use dozen_tests::process::{Service, free_port};
+use dozen_tests::process::{Service, closed_port};
 use fantoccini::elements::Element;
 use fantoccini::error::CmdError;
 use fantoccini::{Client, ClientBuilder, Locator};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// How long any one thing may take to appear on a page.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -98,39 +100,54 @@ impl ChromeDriver {
             "CHROMIUM",
             &["/usr/lib/chromium/chromium", "chromium", "chromium-browser"],
         );
-        let port = free_port();
-        let child = tokio::process::Command::new(&driver)
-            .arg(format!("--port={port}"))
+        // Port 0: chromedriver picks a free one and says which on stdout.
+        let mut child = tokio::process::Command::new(&driver)
+            .arg("--port=0")
             .arg(format!("--log-path={}", log.display()))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|error| panic!("{} starts: {error}", driver.display()));
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let port = tokio::time::timeout(PATIENCE, async {
+            while let Ok(Some(line)) = stdout.next_line().await {
+                if let Some(port) = line
+                    .strip_prefix("ChromeDriver was started successfully on port ")
+                    .and_then(|rest| rest.trim_end_matches('.').parse::<u16>().ok())
+                {
+                    return port;
+                }
+            }
+            panic!(
+                "chromedriver ended without saying its port; see {}",
+                log.display()
+            )
+        })
+        .await
+        .unwrap_or_else(|_| panic!("chromedriver did not say its port; see {}", log.display()));
+        // Its later output is not read: drained so that it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
         let this = Self {
             child,
             port,
             chromium,
         };
         let status = format!("http://127.0.0.1:{port}/status");
-        let deadline = Instant::now() + PATIENCE;
-        loop {
+        eventually(PATIENCE, "chromedriver is ready", || async {
             let answer = reqwest::get(&status).await;
             if let Ok(answer) = answer
                 && let Ok(body) = answer.json::<serde_json::Value>().await
-                && body["value"]["ready"] == true
             {
-                return this;
+                body["value"]["ready"] == true
+            } else {
+                false
             }
-            assert!(
-                Instant::now() < deadline,
-                "chromedriver did not get ready; see {}",
-                log.display()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await;
+        this
     }
 
     /// A new browser with its own empty profile and a window of `width` × `height`.
@@ -701,7 +718,7 @@ async fn the_signup_journey_clicked_through_the_web_ui() {
 async fn the_mailbox_page_says_when_mail_goes_over_smtp() {
     let folder = artifacts_folder("smtp");
     // Nothing listens there: no mail is sent in this test, only the mailbox is asked for.
-    let smtp = format!("smtp://127.0.0.1:{}", free_port());
+    let smtp = format!("smtp://127.0.0.1:{}", closed_port());
     let platform = Platform::start(&[("MAIL_URL", &smtp)]).await;
     let (driver, shots) = browsers_for(&folder).await;
     let page = driver

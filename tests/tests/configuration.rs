@@ -155,3 +155,15 @@ async fn a_service_refuses_to_start_on_a_database_without_its_schema() {
         errors[0]
     );
 }
+
+#[tokio::test]
+async fn a_listen_fds_without_one_socket_handed_over_is_named() {
+    // Nothing is handed over here: descriptor 3 is not open in the service.
+    for value in ["1", "2"] {
+        let run = run_to_exit("dozen-gateway", &[], &[("LISTEN_FDS", value), ("PORT", "0")]).await;
+        assert!(!run.status.success(), "LISTEN_FDS={value}: {run:?}");
+        let said = format!("{}{}", run.stdout, run.stderr);
+        assert!(said.contains(&format!("LISTEN_FDS={value}")), "{said}");
+        assert!(!said.contains("panicked"), "a panic: {said}");
+    }
+}

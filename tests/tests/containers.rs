@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use dozen_tests::database::{Backend, TestDatabase};
 use dozen_tests::nats::StreamNamespace;
-use dozen_tests::process::{SERVICES, binary, free_port};
+use dozen_tests::process::{ReservedPort, SERVICES, binary};
 use dozen_tests::public_api::{PublicApi, subject_of};
 use dozen_tests::repository;
 use serde_json::{Value, json};
@@ -250,9 +250,15 @@ async fn the_images_run_the_platform_a_signup_completes_and_every_container_stop
             databases.push((service, TestDatabase::create(Backend::Postgres).await));
         }
     }
-    let ports: Vec<(&str, u16)> = SERVICES
+    // Held for the whole test: each service, on the host's network, listens on its reserved
+    // port (see ReservedPort) while no one else can take it.
+    let reserved: Vec<(&str, ReservedPort)> = SERVICES
         .iter()
-        .map(|(service, _)| (*service, free_port()))
+        .map(|(service, _)| (*service, ReservedPort::new()))
+        .collect();
+    let ports: Vec<(&str, u16)> = reserved
+        .iter()
+        .map(|(service, reserved)| (*service, reserved.port))
         .collect();
     let port_of = |service: &str| {
         ports

@@ -2,12 +2,11 @@
 //! events keep flowing; the `dead-letters` admin process lists it and `replay` delivers it
 //! again — through the users service's real binary and the embedded bus.
 
-use std::time::{Duration, Instant};
-
 use dozen_bus::contracts::UserEmailVerified;
 use dozen_bus::{BusSettings, BusUrl, Envelope};
 use dozen_tests::database::{Backend, TestDatabase};
 use dozen_tests::process::{Service, run_to_exit};
+use dozen_tests::{PATIENCE, eventually};
 use serde_json::{Value, json};
 
 const ANN: &str = "0190b3c4-1d2e-7a00-8000-0000000000a1";
@@ -24,18 +23,11 @@ async fn dead_letters(env: &[(&str, &str)]) -> Vec<Value> {
 }
 
 async fn eventually_letters(env: &[(&str, &str)], wanted: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(PATIENCE, "the dead letters are as expected", || async {
         let letters = dead_letters(env).await;
-        if wanted(&letters) {
-            return letters;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "dead letters never became as expected: {letters:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        wanted(&letters).then_some(letters)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -80,25 +72,22 @@ async fn a_poison_event_is_dead_lettered_listed_and_replayed_while_others_flow()
     broker.publish(&[poison.clone(), good]).await.expect("publish");
 
     // The good event after the poison one still has its effect.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let profile: Value = client
-            .get(users.url(&format!("/profiles/{ANN}")))
-            .send()
-            .await
-            .expect("get")
-            .json()
-            .await
-            .expect("JSON");
-        if profile["verified"] == true {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the good event was held up by the poison one"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        PATIENCE,
+        "the good event is not held up by the poison one",
+        || async {
+            let profile: Value = client
+                .get(users.url(&format!("/profiles/{ANN}")))
+                .send()
+                .await
+                .expect("get")
+                .json()
+                .await
+                .expect("JSON");
+            profile["verified"] == true
+        },
+    )
+    .await;
 
     let letters = eventually_letters(&env, |letters| !letters.is_empty()).await;
     assert_eq!(letters.len(), 1);

@@ -1,10 +1,11 @@
-//! `dozen up`: every service as its own process, restarted when it dies, all stopped by one
-//! Ctrl-C with nothing left behind — on the embedded defaults and on a Postgres server.
-
-use std::time::{Duration, Instant};
+//! `dozen up`: every service as its own process on a port of 0, restarted on its port when it
+//! dies, all stopped by one Ctrl-C with nothing left behind — on the embedded defaults and on a
+//! Postgres server; a port in use stops it before anything starts.
 
 use dozen_tests::database::DatabasePrefix;
 use dozen_tests::platform::Platform;
+use dozen_tests::process::run_to_exit;
+use dozen_tests::{PATIENCE, eventually};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -22,15 +23,10 @@ async fn dozen_up_runs_every_service_restarts_a_killed_one_and_stops_them_all() 
     let users_port = platform.port("users");
     let killed = platform.pid_of("users");
     kill(Pid::from_raw(killed), Signal::SIGKILL).expect("kill -9 users");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !(platform.started_count("users") == 2 && platform.is_ready(users_port).await) {
-        assert!(
-            Instant::now() < deadline,
-            "users was not restarted:\n{}",
-            platform.up.lines().join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(PATIENCE, "users is restarted on its port", || async {
+        platform.started_count("users") == 2 && platform.is_ready(users_port).await
+    })
+    .await;
     assert_ne!(platform.pid_of("users"), killed, "a new process serves users");
 
     let pids = platform.stop().await;
@@ -57,4 +53,32 @@ async fn dozen_up_gives_each_service_its_own_database_on_a_postgres_server() {
         services,
         ["_friends", "_passwords", "_signup", "_users", "_verification"]
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dozen_up_refuses_a_port_in_use_by_its_setting_before_starting_anything() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a listener");
+    let port = taken.local_addr().expect("its address").port().to_string();
+    let data = tempfile::tempdir().expect("data folder");
+    let data_dir = data.path().to_string_lossy().into_owned();
+    let mut env = vec![("DATA_DIR", data_dir.as_str()), ("FRIENDS_PORT", port.as_str())];
+    for setting in [
+        "GATEWAY_PORT",
+        "SIGNUP_PORT",
+        "USERS_PORT",
+        "PASSWORDS_PORT",
+        "VERIFICATION_PORT",
+    ] {
+        env.push((setting, "0"));
+    }
+    let up = run_to_exit("dozen", &["up"], &env).await;
+    assert_eq!(up.status.code(), Some(1), "{up:?}");
+    let said = format!("{}{}", up.stdout, up.stderr);
+    assert!(
+        said.contains(&format!(
+            "cannot listen on 127.0.0.1:{port} for friends (FRIENDS_PORT)"
+        )),
+        "{said}"
+    );
+    assert!(!said.contains("started "), "nothing started: {said}");
 }

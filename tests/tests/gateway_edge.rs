@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use dozen_tests::database::Backend;
 use dozen_tests::platform::Platform;
-use dozen_tests::process::{Service, free_port, run_to_exit};
+use dozen_tests::process::{Service, closed_port, run_to_exit};
 use passwords_support::Passwords;
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
@@ -68,7 +68,7 @@ async fn gateway(
     passwords: Option<&Service>,
     env: &[(&str, &str)],
 ) -> Service {
-    let closed = format!("http://127.0.0.1:{}", free_port());
+    let closed = format!("http://127.0.0.1:{}", closed_port());
     let url_of =
         |service: Option<&Service>| service.map_or_else(|| closed.clone(), |service| service.url(""));
     let (verification, passwords) = (url_of(verification), url_of(passwords));

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use dozen_tests::process::Service;
+use dozen_tests::{PATIENCE, eventually};
 use nix::sys::signal::Signal;
 
 const FIXTURE: &str = "dozen-fixture-slow";
@@ -37,15 +38,13 @@ async fn an_in_flight_request_completes_while_readiness_turns_false() {
 
     service.process.signal(Signal::SIGTERM);
     // Readiness turns false as soon as the signal is handled, while requests are still served.
-    let ready = loop {
+    let ready = eventually(PATIENCE, "readiness turns false", || async {
         let ready = reqwest::get(service.url("/readyz"))
             .await
             .expect("readyz answers while draining");
-        if ready.status() != 200 {
-            break ready;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        (ready.status() != 200).then_some(ready)
+    })
+    .await;
     assert_eq!(ready.status(), 503);
     assert_eq!(ready.headers()["content-type"], "application/problem+json");
 
@@ -80,14 +79,10 @@ async fn requests_in_flight_on_every_serving_thread_complete() {
         assert!(slow.len() < 40, "40 connections, and one thread accepted none");
         let before = started_on(&service, "main") + started_on(&service, "http-1");
         slow.push(tokio::spawn(reqwest::get(service.url("/slow?ms=2000"))));
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while started_on(&service, "main") + started_on(&service, "http-1") == before {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "a slow request did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually(PATIENCE, "the slow request starts", || async {
+            started_on(&service, "main") + started_on(&service, "http-1") > before
+        })
+        .await;
     }
 
     service.process.signal(Signal::SIGTERM);
@@ -106,18 +101,15 @@ async fn after_the_drain_delay_new_connections_are_refused_but_old_requests_fini
 
     service.process.signal(Signal::SIGTERM);
     // With no drain delay the listener closes as soon as the signal is handled.
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    loop {
+    // Well before the 3 s request ends.
+    eventually(Duration::from_secs(2), "the listener closes", || async {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(0)
             .build()
             .expect("client");
-        if client.get(service.url("/healthz")).send().await.is_err() {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the listener is still open");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        client.get(service.url("/healthz")).send().await.is_err()
+    })
+    .await;
     assert!(
         !slow.is_finished(),
         "refused while the old request is still in flight"

@@ -7,11 +7,11 @@
 //! emulator).
 
 use dozen_tests::database::DatabasePrefix;
-use dozen_tests::eventually;
 use dozen_tests::nats::StreamNamespace;
 use dozen_tests::platform::Platform;
 use dozen_tests::process::run_to_exit;
 use dozen_tests::public_api::{PublicApi, subject_of, token_in};
+use dozen_tests::{PATIENCE, eventually};
 use serde_json::{Value, json};
 
 /// Where the friends service keeps its database under `dozen up`.
@@ -49,7 +49,7 @@ async fn the_signup_journey(extra_env: &[(&str, &str)], friends_database: Friend
     let bob = journey.verify_and_log_in("bob@example.com").await;
     let (ann_id, bob_id) = (subject_of(&ann), subject_of(&bob));
 
-    let me: Value = eventually("Ann's profile is verified", || async {
+    let me: Value = eventually(PATIENCE, "Ann's profile is verified", || async {
         let answer = journey.as_user(&ann, reqwest::Method::GET, "/api/me").await;
         let me: Value = answer.json().await.ok()?;
         (me["profile"]["verified"] == true).then_some(me)
@@ -59,7 +59,7 @@ async fn the_signup_journey(extra_env: &[(&str, &str)], friends_database: Friend
     assert_eq!(me["profile"]["id"], ann_id.as_str());
     assert_eq!(me["missing"], json!([]));
 
-    let suggestion = eventually("Ann is suggested Bob", || async {
+    let suggestion = eventually(PATIENCE, "Ann is suggested Bob", || async {
         let answer = journey
             .as_user(&ann, reqwest::Method::GET, "/api/suggestions")
             .await;
@@ -108,7 +108,7 @@ async fn the_signup_journey(extra_env: &[(&str, &str)], friends_database: Friend
         renamed.json::<Value>().await.expect("profile")["display_name"],
         "Ann Lee"
     );
-    eventually("Bob's friend list shows Ann's new name", || async {
+    eventually(PATIENCE, "Bob's friend list shows Ann's new name", || async {
         let friends: Vec<Value> = journey
             .as_user(&bob, reqwest::Method::GET, "/api/friends")
             .await
@@ -160,7 +160,7 @@ async fn the_signup_journey(extra_env: &[(&str, &str)], friends_database: Friend
     // One account means one `user.signed_up`, so one verification link; the other attempts
     // end as conflicts, whose notices verification throttles per address.
     let links = |mails: &[Value]| mails.iter().filter(|mail| token_in(mail).is_some()).count();
-    eventually("Cem's verification mail", || async {
+    eventually(PATIENCE, "Cem's verification mail", || async {
         (links(&journey.mails_to("cem@example.com").await) >= 1).then_some(())
     })
     .await;

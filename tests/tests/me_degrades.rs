@@ -8,9 +8,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use dozen_tests::eventually;
 use dozen_tests::process::{Service, run_to_exit};
 use dozen_tests::public_api::PublicApi;
+use dozen_tests::{PATIENCE, eventually};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
@@ -232,10 +232,14 @@ async fn me_survives(platform: &mut Platform, token: &str, service: &str, absent
     assert!(platform.metrics().await.contains(&gauge), "{gauge} in /metrics");
 
     platform.restart(service, port).await;
-    let me = eventually(&format!("/api/me complete again with {service} back"), || async {
-        let me = platform.me(token).await;
-        (me["missing"] == json!([])).then_some(me)
-    })
+    let me = eventually(
+        PATIENCE,
+        &format!("/api/me complete again with {service} back"),
+        || async {
+            let me = platform.me(token).await;
+            (me["missing"] == json!([])).then_some(me)
+        },
+    )
     .await;
     for field in absent_fields {
         assert_ne!(me[field], Value::Null, "{field} in {me}");
@@ -253,7 +257,7 @@ async fn me_degrades_without_friends_or_verification_and_recovers_when_they_are_
     let mut platform = Platform::start().await;
     let token = platform.user("dee@example.com").await;
 
-    let me = eventually("a complete /api/me", || async {
+    let me = eventually(PATIENCE, "a complete /api/me", || async {
         let me = platform.me(&token).await;
         let complete = me["missing"] == json!([])
             && me["profile"]["verified"] == true

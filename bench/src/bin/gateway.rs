@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use axum::http::{HeaderName, HeaderValue, Request, Response};
-use dozen_bench::{free_port, process_ids, process_stat};
+use dozen_bench::{ReservedPort, process_ids, process_stat};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
@@ -90,7 +90,9 @@ fn main() -> anyhow::Result<()> {
     let gateway_binary = gateway_binary()?;
     let (upstream, upstream_port) = start_upstream()?;
 
-    let gateway_port = free_port();
+    let gateway_port_reservation = ReservedPort::new();
+
+    let gateway_port = gateway_port_reservation.port;
     let upstream_url = format!("http://127.0.0.1:{upstream_port}");
     let gateway = Running::start(
         Command::new(&gateway_binary)
@@ -104,7 +106,8 @@ fn main() -> anyhow::Result<()> {
     wait_answering(gateway_port, "/readyz")?;
 
     let nginx_folder = tempfile::tempdir()?;
-    let nginx_port = free_port();
+    let nginx_port_reservation = ReservedPort::new();
+    let nginx_port = nginx_port_reservation.port;
     let config = nginx_config(nginx_folder.path(), nginx_port, upstream_port)?;
     let nginx = Running::start(
         Command::new(&nginx)
@@ -115,7 +118,9 @@ fn main() -> anyhow::Result<()> {
     )?;
     wait_answering(nginx_port, "/api/friends")?;
 
-    let bare_port = free_port();
+    let bare_port_reservation = ReservedPort::new();
+
+    let bare_port = bare_port_reservation.port;
     let bare = Running::start(Command::new(std::env::current_exe()?).args([
         BARE_PROXY_MODE,
         &bare_port.to_string(),
@@ -225,7 +230,8 @@ fn print_instructions_per_request(requests: u64) -> anyhow::Result<()> {
     let mut totals = Vec::new();
     for extra in [0, requests] {
         let counts = folder.path().join(format!("callgrind.{extra}"));
-        let port = free_port();
+        let port_reservation = ReservedPort::new();
+        let port = port_reservation.port;
         let mut gateway = Command::new("valgrind")
             .arg("--tool=callgrind")
             .arg(format!("--callgrind-out-file={}", counts.display()))
@@ -329,7 +335,8 @@ fn gateway_binary() -> anyhow::Result<PathBuf> {
 
 /// This binary as the upstream, answering; and its port.
 fn start_upstream() -> anyhow::Result<(Running, u16)> {
-    let port = free_port();
+    let port_reservation = ReservedPort::new();
+    let port = port_reservation.port;
     let upstream =
         Running::start(Command::new(std::env::current_exe()?).args([UPSTREAM_MODE, &port.to_string()]))?;
     wait_answering(port, "/api/friends")?;

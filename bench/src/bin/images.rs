@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use dozen_bench::{free_port, is_ready, percentile};
+use dozen_bench::{ReservedPort, is_ready, percentile};
 
 const SERVICES: [(&str, bool); 6] = [
     ("gateway", false),
@@ -88,7 +88,8 @@ fn main() -> anyhow::Result<()> {
         }
         let mut startups = Vec::with_capacity(runs);
         for run in 0..runs {
-            let port = free_port();
+            let port_reservation = ReservedPort::new();
+            let port = port_reservation.port;
             let name = format!("dozen-bench-{service}-{id}-{run}");
             let mut command = base(&name, port);
             command.insert(1, "--detach".to_owned());

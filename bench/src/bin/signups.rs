@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use dozen_bench::{free_port, hashes_per_second_on_all_cores, process_ids, process_stat};
+use dozen_bench::{hashes_per_second_on_all_cores, process_ids, process_stat};
 use dozen_passwords::domain::hashing::{Cost, Hasher};
 
 const SERVICES: [&str; 6] = [
@@ -84,25 +84,27 @@ fn start_platform() -> anyhow::Result<Platform> {
         .env("RATE_LIMIT_SIGNUPS", "off")
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    let mut gateway = String::new();
+    // Every port 0: dozen up picks free ones and says where the gateway listens.
     for service in SERVICES {
-        let port = free_port();
-        command.env(format!("{}_PORT", service.to_uppercase()), port.to_string());
-        if service == "gateway" {
-            gateway = format!("http://127.0.0.1:{port}");
-        }
+        command.env(format!("{}_PORT", service.to_uppercase()), "0");
     }
     let mut up = command.spawn().context("starting dozen up")?;
     let stdout = up.stdout.take().context("dozen up's output")?;
     let mut lines = BufReader::new(stdout).lines();
+    let mut gateway = None;
     loop {
         let Some(line) = lines.next() else {
             bail!("dozen up stopped before its services were ready");
         };
-        if line?.contains("all 6 services are ready") {
+        let line = line?;
+        if let Some((_, url)) = line.split_once("gateway listens on ") {
+            gateway = Some(url.trim().to_owned());
+        }
+        if line.contains("all 6 services are ready") {
             break;
         }
     }
+    let gateway = gateway.context("dozen up did not say where the gateway listens")?;
     // Keep reading, so that a full pipe never blocks dozen up.
     std::thread::spawn(move || lines.for_each(drop));
     Ok(Platform {

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use dozen_bench::{free_port, is_ready, percentile};
+use dozen_bench::{ReservedPort, is_ready, percentile};
 
 const SERVICES: [(&str, bool); 6] = [
     ("gateway", false),
@@ -88,7 +88,8 @@ fn measure(binary: &Path, env: &[(String, String)], runs: usize) -> anyhow::Resu
     let mut rss = Vec::with_capacity(runs);
     let mut anon = Vec::with_capacity(runs);
     for _ in 0..runs {
-        let port = free_port();
+        let port_reservation = ReservedPort::new();
+        let port = port_reservation.port;
         let started = Instant::now();
         let mut child = spawn(binary, env, port)?;
         let ready = wait_ready(port, &mut child, Duration::from_secs(10));

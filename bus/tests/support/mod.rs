@@ -3,7 +3,6 @@
 //! the bus's tables, an `effects` table handlers write to, and waiting without timing.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::future::Future;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +11,7 @@ use dozen_bus::contracts::UserSignedUp;
 use dozen_bus::{Broker, BusSettings, BusUrl, Envelope, Handler, Outbox, Tx, TxConn, handler};
 use dozen_kit::db::{DatabaseUrl, Db};
 use dozen_tests::database::{Backend, TestDatabase};
+use dozen_tests::eventually;
 use dozen_tests::sns_sqs::SnsSqsNamespace;
 use uuid::Uuid;
 
@@ -86,7 +86,7 @@ impl TestBus {
         child.wait().expect("reap nats-server");
         self.nats_server = Some(start_nats_server_on(self._folder.path(), port));
         let url = format!("nats://127.0.0.1:{port}");
-        wait_until("the restarted NATS server answers", || async {
+        eventually(DEADLINE, "the restarted NATS server answers", || async {
             nats_reachable(&url).await
         })
         .await;
@@ -174,9 +174,11 @@ pub async fn start_nats_server(folder: &std::path::Path) -> (Child, String) {
         .port();
     let child = start_nats_server_on(folder, port);
     let url = format!("nats://127.0.0.1:{port}");
-    wait_until("the NATS server started by the test answers", || async {
-        nats_reachable(&url).await
-    })
+    eventually(
+        DEADLINE,
+        "the NATS server started by the test answers",
+        || async { nats_reachable(&url).await },
+    )
     .await;
     (child, url)
 }
@@ -407,20 +409,4 @@ pub fn telemetry() {
         )
         .expect("telemetry")
     });
-}
-
-/// Wait until `condition` holds, checking every 50 ms; fail after [`DEADLINE`].
-pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

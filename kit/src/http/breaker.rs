@@ -11,9 +11,14 @@
 //! included: the service is up and said no) is a success. A call cancelled by its caller
 //! counts as neither. The breaker owns only its state; sending, retrying and metrics are the
 //! client's ([`super::client`]).
+//!
+//! Time is tokio's clock, like the client's timeouts: a test with a paused clock moves the
+//! breaker through its states with `tokio::time::advance`, without waiting for real.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -328,8 +333,8 @@ mod tests {
         breaker.admit().expect("admitted").failed("boom".into());
     }
 
-    #[test]
-    fn a_success_resets_the_count_so_only_failures_in_a_row_open_it() {
+    #[tokio::test(start_paused = true)]
+    async fn a_success_resets_the_count_so_only_failures_in_a_row_open_it() {
         let breaker = breaker(Duration::from_secs(60));
         fail(&breaker);
         fail(&breaker);
@@ -346,8 +351,38 @@ mod tests {
         assert!(breaker.admit().is_err());
     }
 
-    #[test]
-    fn half_open_lets_one_probe_at_a_time_and_an_abandoned_probe_frees_its_slot() {
+    #[tokio::test(start_paused = true)]
+    async fn an_open_breaker_refuses_until_its_time_is_up_then_lets_one_probe_through() {
+        let open_for = Duration::from_secs(30);
+        let breaker = breaker(open_for);
+        for _ in 0..3 {
+            fail(&breaker);
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(
+            breaker.admit().map(drop),
+            Err(Refused {
+                retry_after: Duration::from_secs(20)
+            })
+        );
+        assert_eq!(breaker.health().state, BreakerState::Open);
+        tokio::time::advance(Duration::from_secs(20)).await;
+        let probe = breaker.admit().expect("the probe, once open_for has passed");
+        assert_eq!(breaker.health().state, BreakerState::HalfOpen);
+        probe.failed("still down".into());
+        let health = breaker.health();
+        assert_eq!(health.state, BreakerState::Open);
+        assert_eq!(
+            breaker.admit().map(drop),
+            Err(Refused {
+                retry_after: open_for
+            }),
+            "a failed probe opens it for the whole open_for again"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn half_open_lets_one_probe_at_a_time_and_an_abandoned_probe_frees_its_slot() {
         let breaker = breaker(Duration::ZERO);
         for _ in 0..3 {
             fail(&breaker);
@@ -367,8 +402,8 @@ mod tests {
         assert_eq!(breaker.health().consecutive_failures, 0);
     }
 
-    #[test]
-    fn a_failed_probe_opens_it_again() {
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_opens_it_again() {
         let breaker = breaker(Duration::ZERO);
         for _ in 0..3 {
             fail(&breaker);

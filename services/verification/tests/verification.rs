@@ -15,30 +15,14 @@ use dozen_kit::db::{DatabaseUrl, Db};
 use dozen_kit::lifecycle::Lifecycle;
 use dozen_kit::with_pool;
 use dozen_tests::database::{Backend, TestDatabase};
-use dozen_tests::on_both_backends;
-use dozen_tests::process::{Service, run_to_exit};
+use dozen_tests::process::{ReservedPort, Service, run_to_exit};
+use dozen_tests::{eventually, on_both_backends};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use uuid::Uuid;
 
 /// Generous: waits end as soon as their condition holds.
 const DEADLINE: Duration = Duration::from_secs(120);
-
-/// Wait until `condition` holds, failing after [`DEADLINE`] with `what`.
-async fn wait_until<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// The service under test, its database, its bus and its mailbox.
 struct Verification {
@@ -169,7 +153,7 @@ impl Verification {
 
     /// Wait until `email` has `count` mails, and return them, newest first.
     async fn wait_for_mails(&self, email: &str, count: usize) -> Vec<Value> {
-        wait_until(&format!("{email} has {count} mail(s)"), || async {
+        eventually(DEADLINE, &format!("{email} has {count} mail(s)"), || async {
             self.mails_to(email).await.len() >= count
         })
         .await;
@@ -178,7 +162,7 @@ impl Verification {
 
     /// Wait until no queued mail is left unsent in the service's database.
     async fn wait_for_mail_sent(&self) {
-        wait_until("every queued mail is sent", || async {
+        eventually(DEADLINE, "every queued mail is sent", || async {
             let (unsent,): (i64,) = with_pool!(&self.db, pool => sqlx::query_as(
                 "SELECT COUNT(*) FROM mails WHERE sent_at IS NULL AND failed_at IS NULL",
             )
@@ -292,7 +276,10 @@ async fn a_signup_gets_exactly_one_mail_whose_link_verifies_once(backend: Backen
     // The same event delivered twice, and the signup announced twice (another event id).
     verification.publish(&envelope).await;
     verification.sign_up(ann, "ann@example.com").await;
-    wait_until("every event is handled", || verification.handled_everything()).await;
+    eventually(DEADLINE, "every event is handled", || {
+        verification.handled_everything()
+    })
+    .await;
     verification.wait_for_mail_sent().await;
 
     let mails = verification.wait_for_mails("ann@example.com", 1).await;
@@ -327,7 +314,7 @@ async fn a_signup_gets_exactly_one_mail_whose_link_verifies_once(backend: Backen
     assert_eq!(again.status(), 404, "a token works once");
     assert_eq!(again.headers()["content-type"], "application/problem+json");
 
-    wait_until("user.email_verified arrives", || async {
+    eventually(DEADLINE, "user.email_verified arrives", || async {
         !probe.received().is_empty()
     })
     .await;
@@ -362,7 +349,10 @@ async fn a_service_killed_right_after_a_signup_still_sends_exactly_one_mail(back
         verification.kill_and_restart().await;
         addresses.push(email);
     }
-    wait_until("every event is handled", || verification.handled_everything()).await;
+    eventually(DEADLINE, "every event is handled", || {
+        verification.handled_everything()
+    })
+    .await;
     verification.wait_for_mail_sent().await;
     for email in &addresses {
         let mails = verification.wait_for_mails(email, 1).await;
@@ -438,7 +428,10 @@ async fn a_conflicting_signup_mails_the_owner_a_notice_without_a_link(backend: B
     let envelope = Envelope::new("signup", &event).expect("an envelope");
     verification.publish(&envelope).await;
     verification.publish(&envelope).await;
-    wait_until("every event is handled", || verification.handled_everything()).await;
+    eventually(DEADLINE, "every event is handled", || {
+        verification.handled_everything()
+    })
+    .await;
     verification.wait_for_mail_sent().await;
     let mails = verification.wait_for_mails("ann@example.com", 1).await;
     assert_eq!(mails.len(), 1, "{mails:?}");
@@ -526,9 +519,12 @@ async fn several_instances_send_each_mail_once(backend: Backend) {
             .sign_up(Uuid::now_v7(), &format!("user{n}@example.com"))
             .await;
     }
-    wait_until("every event is handled", || verification.handled_everything()).await;
+    eventually(DEADLINE, "every event is handled", || {
+        verification.handled_everything()
+    })
+    .await;
     verification.wait_for_mail_sent().await;
-    wait_until("every mail is in the mailbox", || async {
+    eventually(DEADLINE, "every mail is in the mailbox", || async {
         verification.mailbox().await.len() >= SIGNUPS
     })
     .await;
@@ -549,7 +545,7 @@ async fn several_instances_send_each_mail_once(backend: Backend) {
 }
 on_both_backends!(several_instances_send_each_mail_once);
 
-/// An aiosmtpd server on a free port, saving what it receives in a Maildir.
+/// An aiosmtpd server on a reserved port, saving what it receives in a Maildir.
 struct SmtpServer {
     child: std::process::Child,
     port: u16,
@@ -558,10 +554,13 @@ struct SmtpServer {
 
 impl SmtpServer {
     async fn start(folder: &Path) -> Self {
-        Self::start_on(folder, dozen_tests::process::free_port()).await
+        Self::start_on(folder, &ReservedPort::new()).await
     }
 
-    async fn start_on(folder: &Path, port: u16) -> Self {
+    /// Start it on `port`, which aiosmtpd may listen on while it stays reserved (see
+    /// [`ReservedPort`]): it cannot say which port it got when given 0.
+    async fn start_on(folder: &Path, port: &ReservedPort) -> Self {
+        let port = port.port;
         // Installed once per test binary when missing (tests run in parallel).
         static INSTALL: std::sync::Once = std::sync::Once::new();
         INSTALL.call_once(|| {
@@ -594,7 +593,7 @@ impl SmtpServer {
             .stderr(std::process::Stdio::inherit())
             .spawn()
             .expect("start aiosmtpd");
-        wait_until("the SMTP server accepts connections", || async {
+        eventually(DEADLINE, "the SMTP server accepts connections", || async {
             tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
         })
         .await;
@@ -628,9 +627,12 @@ async fn mail_goes_through_a_real_smtp_server(backend: Backend) {
     let verification = Verification::start(backend, &[("MAIL_URL", &url)]).await;
     let envelope = verification.sign_up(Uuid::now_v7(), "ann@example.com").await;
     verification.publish(&envelope).await;
-    wait_until("every event is handled", || verification.handled_everything()).await;
+    eventually(DEADLINE, "every event is handled", || {
+        verification.handled_everything()
+    })
+    .await;
     verification.wait_for_mail_sent().await;
-    wait_until("the SMTP server has the message", || async {
+    eventually(DEADLINE, "the SMTP server has the message", || async {
         !smtp.messages().is_empty()
     })
     .await;
@@ -658,11 +660,11 @@ on_both_backends!(mail_goes_through_a_real_smtp_server);
 
 async fn a_mail_waits_for_the_smtp_server_and_is_sent_once_it_answers(backend: Backend) {
     let folder = tempfile::tempdir().expect("a temporary folder");
-    let port = dozen_tests::process::free_port();
-    let url = format!("smtp://127.0.0.1:{port}");
+    let port = ReservedPort::new();
+    let url = format!("smtp://127.0.0.1:{}", port.port);
     let verification = Verification::start(backend, &[("MAIL_URL", &url)]).await;
     verification.sign_up(Uuid::now_v7(), "ann@example.com").await;
-    wait_until("a delivery has failed", || async {
+    eventually(DEADLINE, "a delivery has failed", || async {
         let (failures,): (i64,) = with_pool!(&verification.db, pool => sqlx::query_as(
             "SELECT COUNT(*) FROM mails WHERE attempts > 0",
         )
@@ -672,9 +674,9 @@ async fn a_mail_waits_for_the_smtp_server_and_is_sent_once_it_answers(backend: B
         failures > 0
     })
     .await;
-    let smtp = SmtpServer::start_on(folder.path(), port).await;
+    let smtp = SmtpServer::start_on(folder.path(), &port).await;
     verification.wait_for_mail_sent().await;
-    wait_until("the SMTP server has the message", || async {
+    eventually(DEADLINE, "the SMTP server has the message", || async {
         !smtp.messages().is_empty()
     })
     .await;
