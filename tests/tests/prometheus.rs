@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dozen_tests::eventually;
 use dozen_tests::platform::{Platform, SERVICES};
+use dozen_tests::{PATIENCE, eventually};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -23,7 +23,7 @@ async fn prometheus_scrapes_every_service_and_alerts_when_one_stops_answering() 
         .collect();
     let prometheus = Prometheus::start(&targets).await;
 
-    eventually("every service scraped and up", || async {
+    eventually(PATIENCE, "every service scraped and up", || async {
         let up = prometheus.query("up").await?;
         let mut jobs: Vec<String> = up
             .iter()
@@ -55,7 +55,7 @@ async fn prometheus_scrapes_every_service_and_alerts_when_one_stops_answering() 
         r#"process_resident_memory_bytes{job="gateway"} > 0"#,
         r#"process_cpu_seconds_total{job="gateway"} >= 0"#,
     ] {
-        eventually(expr, || async {
+        eventually(PATIENCE, expr, || async {
             prometheus.query(expr).await.filter(|samples| !samples.is_empty())
         })
         .await;
@@ -64,18 +64,22 @@ async fn prometheus_scrapes_every_service_and_alerts_when_one_stops_answering() 
     // Two evaluations after every target was up: a rule that fires on a healthy platform is
     // pending by then, and firing with the test's one-second `for`.
     let all_up = unix_now();
-    let rules = eventually("every rule evaluated twice since all targets were up", || async {
-        let rules = prometheus.rules().await?;
-        rules
-            .iter()
-            .all(|rule| {
-                rule["lastEvaluation"]
-                    .as_str()
-                    .and_then(parse_rfc3339)
-                    .is_some_and(|at| at > all_up + 2.0)
-            })
-            .then_some(rules)
-    })
+    let rules = eventually(
+        PATIENCE,
+        "every rule evaluated twice since all targets were up",
+        || async {
+            let rules = prometheus.rules().await?;
+            rules
+                .iter()
+                .all(|rule| {
+                    rule["lastEvaluation"]
+                        .as_str()
+                        .and_then(parse_rfc3339)
+                        .is_some_and(|at| at > all_up + 2.0)
+                })
+                .then_some(rules)
+        },
+    )
     .await;
     let alert_names: Vec<&str> = rules
         .iter()
@@ -96,7 +100,7 @@ async fn prometheus_scrapes_every_service_and_alerts_when_one_stops_answering() 
     // a hung service. `dozen up` restarts a service that exits, not one that hangs.
     let passwords = Pid::from_raw(platform.pid_of("passwords"));
     kill(passwords, Signal::SIGSTOP).expect("passwords stopped");
-    let fired = eventually("DozenTargetDown firing for passwords", || async {
+    let fired = eventually(PATIENCE, "DozenTargetDown firing for passwords", || async {
         prometheus.alerts().await?.into_iter().find(|alert| {
             alert["labels"]["alertname"] == "DozenTargetDown"
                 && alert["labels"]["job"] == "passwords"
@@ -118,6 +122,7 @@ async fn prometheus_scrapes_every_service_and_alerts_when_one_stops_answering() 
     assert!(others.is_empty(), "only passwords is down: {others:#?}");
 
     eventually(
+        PATIENCE,
         "DozenTargetDown resolved once passwords answers again",
         || async {
             let alerts = prometheus.alerts().await?;
@@ -192,13 +197,13 @@ impl Prometheus {
             .spawn()
             .expect("prometheus runs (scripts/backing-services installs it)");
         let pid = process.id().expect("a pid");
-        let port = eventually("Prometheus listening", || async { listening_port(pid) }).await;
+        let port = eventually(PATIENCE, "Prometheus listening", || async { listening_port(pid) }).await;
         let prometheus = Self {
             _process: process,
             url: format!("http://127.0.0.1:{port}"),
             _folder: folder,
         };
-        eventually("Prometheus ready", || async {
+        eventually(PATIENCE, "Prometheus ready", || async {
             let response = reqwest::get(format!("{}/-/ready", prometheus.url)).await.ok()?;
             (response.status() == 200).then_some(())
         })
