@@ -286,20 +286,31 @@ async fn watch_bus(mut bells: Bells, doorbells: Arc<Doorbells>, pool: SqlitePool
     }
 }
 
+/// Remove messages published before the grace period that no queue holds any more, a batch
+/// per transaction (so publishers and consumers get the lock in between) until none is left:
+/// a sweep keeps up with any publishing rate.
 async fn sweep_messages(pool: &SqlitePool) -> Result<(), sqlx::Error> {
+    const SWEEP_BATCH: i64 = 10_000;
     let cutoff = now_ms() - millis(MESSAGE_GRACE);
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    sqlx::query(
-        "DELETE FROM messages WHERE seq IN (
-             SELECT m.seq FROM messages m
-             WHERE m.published_at < $1
-               AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = m.seq)
-             LIMIT 10000)",
-    )
-    .bind(cutoff)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await
+    loop {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let removed = sqlx::query(
+            "DELETE FROM messages WHERE seq IN (
+                 SELECT m.seq FROM messages m
+                 WHERE m.published_at < $1
+                   AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = m.seq)
+                 LIMIT $2)",
+        )
+        .bind(cutoff)
+        .bind(SWEEP_BATCH)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        if removed < SWEEP_BATCH.unsigned_abs() {
+            return Ok(());
+        }
+    }
 }
 
 impl Broker for EmbeddedBus {
