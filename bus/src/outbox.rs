@@ -6,16 +6,18 @@
 //! broker, and marks them sent.
 //!
 //! Claims are leases (`lease_owner`, `lease_until`), taken inside `BEGIN IMMEDIATE` on SQLite
-//! and with `FOR UPDATE SKIP LOCKED` on Postgres, so several instances of a service relay
-//! side by side without publishing one row twice while its lease holds. A relay that dies
+//! and under a transaction-scoped advisory lock on Postgres, so several instances of a service
+//! relay side by side without publishing one row twice while its lease holds. A relay that dies
 //! between publishing and marking sent leaves its lease to expire; the row is then published
 //! again, and the duplicate is absorbed by the broker's deduplication (NATS) or by each
 //! subscriber's inbox. A failed publish is retried with exponential backoff (at most
 //! ten seconds apart); when a batch fails its events are tried one by one, so that an event
 //! the broker refuses holds back only the later events of its own subject.
 //!
-//! Order: a row is claimed only when no earlier row of the same subject is still unsent, so
-//! one subject's events leave in commit order even when several relays run.
+//! Order: a row is claimed only while its subject's oldest unsent row is free (neither leased
+//! nor waiting for a retry), and a claim takes rows oldest first, so one subject's events leave
+//! in commit order even when several relays run, and a busy subject's events leave a batch at
+//! a time.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,28 +46,39 @@ const RELAY_BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How often the backlog figures are refreshed and old sent rows removed.
 const STATS_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Claim up to `$4` due, unleased rows, oldest first, skipping every row whose subject's oldest
+/// unsent row is leased or waiting for a retry. One subject's rows are claimed together, in
+/// order (a batch holds a subject's oldest rows, and a failure holds back the rest of its
+/// subject), and the check looks at one row per subject, found on `outbox_pending_subject`
+/// (named, as SQLite's planner may otherwise scan for it), so a claim costs the same however
+/// long one subject's backlog is.
 const CLAIM_SQLITE: &str = "
 UPDATE outbox SET lease_owner = $1, lease_until = $2
 WHERE seq IN (
     SELECT o.seq FROM outbox o
     WHERE o.sent_at IS NULL AND o.next_attempt_at <= $3 AND o.lease_until <= $3
-      AND NOT EXISTS (
-          SELECT 1 FROM outbox e WHERE e.sent_at IS NULL AND e.subject = o.subject AND e.seq < o.seq)
+      AND (SELECT e.next_attempt_at <= $3 AND e.lease_until <= $3 FROM outbox e INDEXED BY outbox_pending_subject
+           WHERE e.sent_at IS NULL AND e.subject = o.subject ORDER BY e.seq LIMIT 1)
     ORDER BY o.seq
     LIMIT $4)
 RETURNING seq, envelope, attempts";
 
+/// [`CLAIM_SQLITE`] on Postgres. Claims take turns under [`CLAIM_LOCK`]: two claims at once
+/// would each see the other's rows as free, and the second could take a subject's later rows
+/// while the first takes its earlier ones.
 const CLAIM_POSTGRES: &str = "
 UPDATE outbox SET lease_owner = $1, lease_until = $2
 WHERE seq IN (
     SELECT o.seq FROM outbox o
     WHERE o.sent_at IS NULL AND o.next_attempt_at <= $3 AND o.lease_until <= $3
-      AND NOT EXISTS (
-          SELECT 1 FROM outbox e WHERE e.sent_at IS NULL AND e.subject = o.subject AND e.seq < o.seq)
+      AND (SELECT e.next_attempt_at <= $3 AND e.lease_until <= $3 FROM outbox e
+           WHERE e.sent_at IS NULL AND e.subject = o.subject ORDER BY e.seq LIMIT 1)
     ORDER BY o.seq
-    LIMIT $4
-    FOR UPDATE SKIP LOCKED)
+    LIMIT $4)
 RETURNING seq, envelope, attempts";
+
+/// The Postgres advisory lock (per database, so per outbox) that claims hold until they commit.
+const CLAIM_LOCK: i64 = 0x646f_7a65_6e5f_6f62; // "dozen_ob"
 
 /// Where a service publishes: its outbox.
 #[derive(Debug, Clone)]
@@ -340,13 +353,20 @@ impl Relay {
                             rows
                         }
                         Writer::Postgres(conn) => {
-                            sqlx::query_as(CLAIM_POSTGRES)
+                            let mut tx = conn.begin().await?;
+                            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                                .bind(CLAIM_LOCK)
+                                .execute(&mut *tx)
+                                .await?;
+                            let rows = sqlx::query_as(CLAIM_POSTGRES)
                                 .bind(&owner)
                                 .bind(lease_until)
                                 .bind(now)
                                 .bind(BATCH)
-                                .fetch_all(conn)
-                                .await?
+                                .fetch_all(&mut *tx)
+                                .await?;
+                            tx.commit().await?;
+                            rows
                         }
                     })
                 })

@@ -86,6 +86,9 @@ enum Step {
     Retry,
     /// Stopping: not started, to be handed back.
     NotRun,
+    /// Not started because an earlier event of its subject in the batch failed: handed back,
+    /// so that it runs only after that one (the order of a subject's events holds).
+    HeldBack,
 }
 
 /// How one delivery ended, for metrics.
@@ -167,7 +170,9 @@ impl Subscriber {
             if deliveries.is_empty() {
                 continue;
             }
-            let settled = self.handle_batch(deliveries, &stop, queue.label()).await;
+            let settled = self
+                .handle_batch(deliveries, &stop, queue.label(), queue.keeps_subject_order())
+                .await;
             if let Err(error) = queue.settle(settled).await {
                 // Unsettled deliveries come back after the ack wait; the inbox absorbs them.
                 tracing::warn!(subscriber = %self.name, %error, "settling deliveries failed");
@@ -184,6 +189,7 @@ impl Subscriber {
         deliveries: Vec<Delivery>,
         stop: &CancellationToken,
         label: &str,
+        keep_subject_order: bool,
     ) -> Vec<(Delivery, Settlement)> {
         let max = self.settings.bus_max_attempts;
         let mut settled = Vec::with_capacity(deliveries.len());
@@ -245,7 +251,7 @@ impl Subscriber {
             return settled;
         }
 
-        let steps = match self.run_handlers(&batch, stop).await {
+        let steps = match self.run_handlers(&batch, stop, keep_subject_order).await {
             Ok(steps) => steps,
             Err(error) => {
                 // Nothing of the batch was committed: all of it is retried.
@@ -261,7 +267,7 @@ impl Subscriber {
                         .in_scope(|| tracing::debug!("already in the inbox: acknowledged without handling"));
                     (Settlement::Ack, Outcome::Duplicate)
                 }
-                Step::NotRun => (Settlement::Release, Outcome::HandedBack),
+                Step::NotRun | Step::HeldBack => (Settlement::Release, Outcome::HandedBack),
                 Step::Retry => (
                     Settlement::Retry(self.settings.backoff(delivery.attempt)),
                     Outcome::Retried,
@@ -295,23 +301,34 @@ impl Subscriber {
     }
 
     /// Run the handlers of a batch in one transaction; an error means nothing was committed.
+    /// With `keep_subject_order`, events after a failed one of their subject are held back.
     async fn run_handlers(
         &self,
         batch: &[(Delivery, Envelope, Handling)],
         stop: &CancellationToken,
+        keep_subject_order: bool,
     ) -> anyhow::Result<Vec<(Step, Duration)>> {
         let mut tx = Tx::begin(&self.db).await?;
         // A lone event needs no savepoint: if it fails, the transaction is rolled back whole.
         let alone = batch.len() == 1;
         let mut steps = Vec::with_capacity(batch.len());
+        // Subjects with a failed event in this batch: their later events wait for its retry.
+        let mut failed_subjects: Vec<&str> = Vec::new();
         for (_, envelope, handling) in batch {
             // Stop means: finish the handler in flight, start no other.
             if stop.is_cancelled() {
                 steps.push((Step::NotRun, Duration::ZERO));
                 continue;
             }
+            if failed_subjects.contains(&envelope.subject.as_str()) {
+                steps.push((Step::HeldBack, Duration::ZERO));
+                continue;
+            }
             let started = Instant::now();
             let step = handling.run(self.run_one(&mut tx, envelope, !alone)).await?;
+            if keep_subject_order && matches!(step, Step::Failed(_)) {
+                failed_subjects.push(&envelope.subject);
+            }
             steps.push((step, started.elapsed()));
         }
         if alone && matches!(steps.first(), Some((Step::Failed(_), _))) {

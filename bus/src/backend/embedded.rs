@@ -10,10 +10,12 @@
 //! a retry clears the lease and sets `not_before`. A consumer that dies leaves its lease to
 //! expire (`BUS_ACK_WAIT`), after which another claims the row again.
 //!
-//! Ordering: a delivery is claimable only when no earlier delivery of the same subject is
-//! still in the subscriber's queue, so each subscriber sees one subject's events strictly in
-//! publish order, even with competing consumers and retries (a failing event holds back later
-//! events of its subject until it is handled or dead-lettered; other subjects flow on).
+//! Ordering: a delivery is claimable only while the oldest delivery of its subject in the
+//! subscriber's queue is free (neither leased nor waiting for a retry), and claims take the
+//! oldest first, so each subscriber sees one subject's events strictly in publish order, even
+//! with competing consumers and retries (a failing event holds back later events of its
+//! subject until it is handled or dead-lettered; other subjects flow on), and a busy subject's
+//! events come a batch at a time.
 //!
 //! Wake-ups across processes: a doorbell file per subscriber, rung after each commit that
 //! gives its consumers something new and watched with inotify by the processes that have
@@ -85,16 +87,20 @@ CREATE INDEX IF NOT EXISTS deliveries_subject ON deliveries (subscriber, subject
 CREATE INDEX IF NOT EXISTS deliveries_seq ON deliveries (seq);
 ";
 
-/// Claim up to `max` due, unleased deliveries of one subscriber, oldest first, skipping any
-/// whose subject has an earlier delivery still queued.
+/// Claim up to `max` due, unleased deliveries of one subscriber, oldest first, skipping every
+/// delivery whose subject's oldest queued delivery is leased or waiting for a retry. One
+/// subject's deliveries are claimed together, in order (a batch holds a subject's oldest, and
+/// the subscriber hands back the rest of a subject after a failure), and the check looks at
+/// one row per subject, found on `deliveries_subject` (named, as the planner would otherwise
+/// walk the subscriber's queue to find it), so a claim costs the same however long one
+/// subject's backlog is.
 const CLAIM: &str = "
 UPDATE deliveries SET attempts = attempts + 1, lease_owner = $1, lease_until = $2
 WHERE subscriber = $3 AND seq IN (
     SELECT d.seq FROM deliveries d
     WHERE d.subscriber = $3 AND d.not_before <= $4 AND d.lease_until <= $4
-      AND NOT EXISTS (
-          SELECT 1 FROM deliveries e
-          WHERE e.subscriber = d.subscriber AND e.subject = d.subject AND e.seq < d.seq)
+      AND (SELECT e.not_before <= $4 AND e.lease_until <= $4 FROM deliveries e INDEXED BY deliveries_subject
+           WHERE e.subscriber = d.subscriber AND e.subject = d.subject ORDER BY e.seq LIMIT 1)
     ORDER BY d.seq
     LIMIT $5)
 RETURNING seq, attempts";
@@ -280,20 +286,31 @@ async fn watch_bus(mut bells: Bells, doorbells: Arc<Doorbells>, pool: SqlitePool
     }
 }
 
+/// Remove messages published before the grace period that no queue holds any more, a batch
+/// per transaction (so publishers and consumers get the lock in between) until none is left:
+/// a sweep keeps up with any publishing rate.
 async fn sweep_messages(pool: &SqlitePool) -> Result<(), sqlx::Error> {
+    const SWEEP_BATCH: i64 = 10_000;
     let cutoff = now_ms() - millis(MESSAGE_GRACE);
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    sqlx::query(
-        "DELETE FROM messages WHERE seq IN (
-             SELECT m.seq FROM messages m
-             WHERE m.published_at < $1
-               AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = m.seq)
-             LIMIT 10000)",
-    )
-    .bind(cutoff)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await
+    loop {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let removed = sqlx::query(
+            "DELETE FROM messages WHERE seq IN (
+                 SELECT m.seq FROM messages m
+                 WHERE m.published_at < $1
+                   AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.seq = m.seq)
+                 LIMIT $2)",
+        )
+        .bind(cutoff)
+        .bind(SWEEP_BATCH)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        if removed < SWEEP_BATCH.unsigned_abs() {
+            return Ok(());
+        }
+    }
 }
 
 impl Broker for EmbeddedBus {
@@ -564,5 +581,9 @@ impl Queue for EmbeddedQueue {
 
     fn label(&self) -> &str {
         "*"
+    }
+
+    fn keeps_subject_order(&self) -> bool {
+        true
     }
 }

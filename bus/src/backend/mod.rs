@@ -74,6 +74,13 @@ pub trait Queue: Send + std::fmt::Debug {
 
     /// What this queue carries, for metrics (a topic, or `*` for all the subscriber's).
     fn label(&self) -> &str;
+
+    /// Whether this queue hands out each subject's events in publish order, several to a batch
+    /// (the embedded bus): the consumer then runs none of a batch after one of its subject
+    /// failed, and hands them back, so that they follow the failed one's retry.
+    fn keeps_subject_order(&self) -> bool {
+        false
+    }
 }
 
 /// One event delivered to a consumer.
