@@ -12,7 +12,7 @@ use dozen_bus::{Event, Outbox, Relay, Subscriber, Tx};
 use dozen_kit::db::Db;
 use dozen_kit::lifecycle::Lifecycle;
 use dozen_tests::database::Backend;
-use dozen_tests::eventually;
+use dozen_tests::{PATIENCE, eventually};
 use support::{Kind, ServiceDb, TestBus, recording};
 use uuid::Uuid;
 
@@ -66,7 +66,7 @@ async fn drain(one_subject: bool) -> Drained {
     let started = Instant::now();
     let relay = Relay::new(producer.db.clone(), bus.connect().await, &outbox, &bus.settings);
     lifecycle.spawn(relay.run(lifecycle.stopping()));
-    eventually("the backlog reaches the subscriber", || async {
+    eventually(PATIENCE, "the backlog reaches the subscriber", || async {
         let (effects, _) = consumer.effects("friends").await;
         (effects == EVENTS as i64).then_some(())
     })
@@ -173,11 +173,11 @@ async fn sent_outbox_rows_and_inbox_entries_older_than_the_retention_go_and_newe
         .iter()
         .map(Uuid::to_string)
         .collect();
-    eventually("every event is handled", || async {
+    eventually(PATIENCE, "every event is handled", || async {
         (consumer.effects("friends").await.0 == 20).then_some(())
     })
     .await;
-    eventually("every event is marked sent", || async {
+    eventually(PATIENCE, "every event is marked sent", || async {
         (dozen_bus::outbox::backlog(&producer.db).await.expect("backlog").0 == 0).then_some(())
     })
     .await;
@@ -200,9 +200,14 @@ async fn sent_outbox_rows_and_inbox_entries_older_than_the_retention_go_and_newe
     )
     .await;
 
-    eventually("the old outbox rows and inbox entries are removed", || async {
-        (count(&producer.db, "outbox").await == 10 && count(&consumer.db, "inbox").await == 10).then_some(())
-    })
+    eventually(
+        PATIENCE,
+        "the old outbox rows and inbox entries are removed",
+        || async {
+            (count(&producer.db, "outbox").await == 10 && count(&consumer.db, "inbox").await == 10)
+                .then_some(())
+        },
+    )
     .await;
     let kept: Vec<String> = dozen_kit::with_pool!(&producer.db, pool => {
         sqlx::query_scalar("SELECT CAST(event_id AS TEXT) FROM outbox ORDER BY seq").fetch_all(pool).await
