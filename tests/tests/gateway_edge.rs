@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use dozen_tests::database::Backend;
 use dozen_tests::platform::Platform;
 use dozen_tests::process::{Service, free_port, run_to_exit};
+use nix::sys::signal::Signal;
 use passwords_support::Passwords;
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
@@ -197,6 +198,58 @@ async fn forwarded_for_makes_separate_buckets_only_from_a_trusted_proxy() {
     assert_eq!(status(&exposed, Some("203.0.113.7")).await, 404);
     assert_eq!(status(&exposed, Some("203.0.113.8")).await, 429);
     assert_eq!(status(&exposed, None).await, 429);
+}
+
+/// How many lines of `gateway`'s log, once it has stopped, warn of an unnamed proxy.
+async fn missing_proxy_warnings(mut gateway: Service) -> usize {
+    gateway.process.signal(Signal::SIGTERM);
+    gateway.process.wait(Duration::from_secs(30)).await;
+    gateway
+        .process
+        .lines()
+        .iter()
+        .filter(|line| line.contains("TRUSTED_PROXIES does not name it"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarded_headers_from_an_untrusted_private_peer_are_warned_of_once() {
+    let verification = Verification::start().await;
+    let exposed = gateway(Some(&verification.service), None, &[]).await;
+    let trusted = gateway(
+        Some(&verification.service),
+        None,
+        &[("TRUSTED_PROXIES", "127.0.0.0/8")],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    for gateway in [&exposed, &trusted] {
+        for header in ["x-forwarded-for", "forwarded"] {
+            let value = if header == "forwarded" {
+                "for=203.0.113.7"
+            } else {
+                "203.0.113.7"
+            };
+            let answer = client
+                .get(gateway.url("/healthz"))
+                .header(header, value)
+                .send()
+                .await
+                .expect("the gateway answers");
+            assert_eq!(answer.status(), 200);
+        }
+    }
+
+    assert_eq!(
+        missing_proxy_warnings(exposed).await,
+        1,
+        "one warning, not one per request"
+    );
+    assert_eq!(
+        missing_proxy_warnings(trusted).await,
+        0,
+        "a named proxy is not warned of"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
