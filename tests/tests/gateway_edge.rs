@@ -491,6 +491,49 @@ async fn an_oversized_body_is_refused_with_413_and_creates_nothing() {
     platform.stop().await;
 }
 
+/// Send `POST <path>` with a body of `size` bytes over a plain blocking socket, writing all of
+/// it before reading anything, as simple clients do; the status line of the response.
+fn post_whole_body_then_read(port: u16, path: &str, size: usize) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("a read timeout");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {size}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).expect("the head is sent");
+    stream
+        .write_all(&vec![b' '; size])
+        .expect("the whole body is sent, not cut off by a reset");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("the response is read");
+    let response = String::from_utf8_lossy(&response);
+    response.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_sends_a_whole_oversized_body_before_reading_gets_the_413() {
+    let gateway = gateway(None, None, &[("RATE_LIMIT_SIGNUPS", "off")]).await;
+    let port = gateway.port;
+    // More than loopback's socket buffers take in at once here, so the client is still
+    // sending when the 413 is ready (without lingering it then sees a broken pipe), and
+    // within what the server reads on before closing.
+    let size = 6 * 1024 * 1024;
+    tokio::task::spawn_blocking(move || {
+        for attempt in 0..20 {
+            let status = post_whole_body_then_read(port, "/api/signups", size);
+            assert!(
+                status.starts_with("HTTP/1.1 413"),
+                "attempt {attempt}: {status:?}"
+            );
+        }
+    })
+    .await
+    .expect("every attempt read a 413");
+}
+
 #[tokio::test]
 async fn bad_edge_settings_stop_the_gateway_with_one_line_naming_the_variable() {
     for (variable, value) in [
