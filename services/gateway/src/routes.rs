@@ -18,6 +18,7 @@ use crate::{Peers, me, ops};
 
 /// The gateway's routes, those that invite abuse behind their rate limits.
 pub fn router(peers: Peers, limits: &RateLimits) -> Router {
+    let status_page = Arc::new(ops::StatusPage::new(&peers));
     Router::new()
         .merge(crate::ui::router())
         .route("/api/signups", limits.signups.guard(post(signups)))
@@ -37,7 +38,10 @@ pub fn router(peers: Peers, limits: &RateLimits) -> Router {
         .route("/api/friends/{user_id}", post(friends).delete(friends))
         .route("/api/friends/{user_id}/accept", post(friends))
         .route("/api/dev/mailbox", get(mailbox))
-        .route("/ops/status", get(ops_status))
+        .route(
+            "/ops/status",
+            get(move || async move { status_page.response().await }),
+        )
         // Shared, not copied: axum clones the state for every request.
         .with_state(Arc::new(peers))
 }
@@ -134,10 +138,6 @@ async fn friends(State(peers): State<Arc<Peers>>, uri: OriginalUri, public: Publ
 
 async fn mailbox(State(peers): State<Arc<Peers>>, public: Public) -> Response {
     proxy::forward(&peers.verification, public.to("/mailbox".to_owned())).await
-}
-
-async fn ops_status(State(peers): State<Arc<Peers>>) -> Response {
-    ops::status(&peers).await
 }
 
 /// Percent-encode everything but unreserved characters (RFC 3986), for one path segment.
