@@ -200,6 +200,39 @@ async fn forwarded_for_makes_separate_buckets_only_from_a_trusted_proxy() {
     assert_eq!(status(&exposed, None).await, 429);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn authenticated_reads_are_limited_per_credential() {
+    let gateway = gateway(None, None, &[("RATE_LIMIT_READS", "2/1h")]).await;
+    let read = |path: &str, token: &str| {
+        let request = reqwest::Client::new()
+            .get(gateway.url(path))
+            .header("authorization", format!("Bearer {token}"));
+        async move { request.send().await.expect("the gateway answers") }
+    };
+
+    // Passed on (to services that are not there) until the credential's bucket is empty.
+    assert_ne!(read("/api/me", "ann").await.status(), 429);
+    assert_ne!(read("/api/friends", "ann").await.status(), 429);
+    for path in [
+        "/api/me",
+        "/api/suggestions",
+        "/api/friends",
+        "/api/friends/requests",
+    ] {
+        let refused = read(path, "ann").await;
+        assert_eq!(refused.status(), 429, "{path}: the reads share one limit");
+        assert!(retry_after(&refused) >= 1);
+        assert_eq!(problem_type(refused).await, "/problems/rate-limited");
+    }
+    // Another credential from the same address has its own bucket.
+    assert_ne!(read("/api/me", "bob").await.status(), 429);
+    // Requests without credentials are counted by address.
+    let anonymous = || reqwest::get(gateway.url("/api/friends"));
+    assert_ne!(anonymous().await.expect("answer").status(), 429);
+    assert_ne!(anonymous().await.expect("answer").status(), 429);
+    assert_eq!(anonymous().await.expect("answer").status(), 429);
+}
+
 /// How many lines of `gateway`'s log, once it has stopped, warn of an unnamed proxy.
 async fn missing_proxy_warnings(mut gateway: Service) -> usize {
     gateway.process.signal(Signal::SIGTERM);
@@ -540,6 +573,7 @@ async fn bad_edge_settings_stop_the_gateway_with_one_line_naming_the_variable() 
         ("RATE_LIMIT_SIGNUPS", "ten/h"),
         ("RATE_LIMIT_SESSIONS", "0/min"),
         ("RATE_LIMIT_VERIFICATIONS", "5/fortnight"),
+        ("RATE_LIMIT_READS", "many/min"),
         ("TRUSTED_PROXIES", "10.0.0.0/8, the-load-balancer"),
         ("CORS_ALLOWED_ORIGINS", "*"),
     ] {
