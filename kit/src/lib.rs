@@ -22,6 +22,7 @@ pub mod http;
 pub mod interests;
 pub mod lifecycle;
 pub mod metrics;
+pub mod paging;
 pub mod problem;
 pub mod service;
 pub mod telemetry;

@@ -136,8 +136,13 @@ async fn friends(State(peers): State<Arc<Peers>>, uri: OriginalUri, public: Publ
     proxy::forward(&peers.friends, public.to(service_path(&uri))).await
 }
 
-async fn mailbox(State(peers): State<Arc<Peers>>, public: Public) -> Response {
-    proxy::forward(&peers.verification, public.to("/mailbox".to_owned())).await
+async fn mailbox(State(peers): State<Arc<Peers>>, uri: OriginalUri, public: Public) -> Response {
+    // The page asked for (`?limit=`, `?after=`) goes on with the path.
+    let query = uri
+        .0
+        .query()
+        .map_or_else(String::new, |query| format!("?{query}"));
+    proxy::forward(&peers.verification, public.to(format!("/mailbox{query}"))).await
 }
 
 /// Percent-encode everything but unreserved characters (RFC 3986), for one path segment.
