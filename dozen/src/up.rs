@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
 use std::str::FromStr;
@@ -29,6 +30,11 @@ use crate::services::ServiceName;
 /// Settings of `dozen up`, from the environment like every other setting.
 #[derive(Debug, Clone, Args)]
 pub struct UpSettings {
+    /// Address every service listens on: loopback unless told otherwise (0.0.0.0 or :: for
+    /// every interface).
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
     /// Folder for the embedded databases, bus and mailbox.
     #[arg(long, env = "DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -40,7 +46,7 @@ pub struct UpSettings {
     pub database_url: Option<String>,
 
     /// The bus every service attaches to [default: sqlite://<DATA_DIR>/bus.db].
-    #[arg(long, env = "BUS_URL")]
+    #[arg(long, env = "BUS_URL", hide_env_values = true)]
     pub bus_url: Option<String>,
 
     /// Where verification sends mail [default: file://<DATA_DIR>/mailbox, the dev mailbox].
@@ -110,6 +116,17 @@ impl UpSettings {
             ServiceName::Friends => self.friends_port,
         }
     }
+
+    /// Where `service` is reached on this machine: at `HOST`, or on loopback when it listens
+    /// on every interface.
+    fn url_of(&self, service: ServiceName) -> String {
+        let host = if self.host.is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            self.host
+        };
+        format!("http://{}", SocketAddr::new(host, self.port(service)))
+    }
 }
 
 /// The `main` of `dozen up`.
@@ -144,9 +161,10 @@ async fn up(settings: UpSettings, log: &Log) -> anyhow::Result<()> {
     for service in ServiceName::ALL {
         shared_env.insert(
             format!("{}_URL", service.as_str().to_uppercase()),
-            format!("http://127.0.0.1:{}", settings.port(service)),
+            settings.url_of(service),
         );
     }
+    shared_env.insert("HOST".to_owned(), settings.host.to_string());
     let bus_url = settings
         .bus_url
         .clone()
@@ -160,7 +178,7 @@ async fn up(settings: UpSettings, log: &Log) -> anyhow::Result<()> {
     let public_url = settings
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("http://127.0.0.1:{}", settings.gateway_port));
+        .unwrap_or_else(|| settings.url_of(ServiceName::Gateway));
     shared_env.insert("PUBLIC_URL".to_owned(), public_url);
     // Every service is reached through the gateway, which names the client in X-Forwarded-For
     // (login throttling per address relies on it).
@@ -424,7 +442,7 @@ async fn wait_until_ready(settings: &UpSettings, log: &Log, started: Instant) {
     while !waiting.is_empty() && Instant::now() < deadline {
         let mut still = Vec::new();
         for service in waiting {
-            let url = format!("http://127.0.0.1:{}/readyz", settings.port(service));
+            let url = format!("{}/readyz", settings.url_of(service));
             let ready = client
                 .get(&url)
                 .timeout(Duration::from_secs(1))
@@ -451,7 +469,7 @@ async fn wait_until_ready(settings: &UpSettings, log: &Log, started: Instant) {
         );
         log.line(
             "dozen",
-            &format!("web UI and API: http://127.0.0.1:{}/", settings.gateway_port),
+            &format!("web UI and API: {}/", settings.url_of(ServiceName::Gateway)),
         );
         log.line("dozen", "press Ctrl-C to stop");
     } else {
