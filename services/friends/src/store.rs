@@ -232,7 +232,7 @@ pub struct Relation {
 pub async fn friends_of(db: &Db, user: Uuid, page: Page) -> Result<Option<Vec<Relation>>, sqlx::Error> {
     if let Some(after) = page.after {
         let known: Option<i64> = with_pool!(db, pool => sqlx::query_scalar(
-            "SELECT 1 FROM friendships WHERE user_id = $1 AND friend_id = $2",
+            "SELECT CAST(1 AS BIGINT) FROM friendships WHERE user_id = $1 AND friend_id = $2",
         )
         .bind(user)
         .bind(after)
@@ -264,7 +264,7 @@ pub async fn friends_of(db: &Db, user: Uuid, page: Page) -> Result<Option<Vec<Re
 pub async fn requests_to(db: &Db, user: Uuid, page: Page) -> Result<Option<Vec<Relation>>, sqlx::Error> {
     if let Some(after) = page.after {
         let known: Option<i64> = with_pool!(db, pool => sqlx::query_scalar(
-            "SELECT 1 FROM friend_requests WHERE addressee = $1 AND requester = $2",
+            "SELECT CAST(1 AS BIGINT) FROM friend_requests WHERE addressee = $1 AND requester = $2",
         )
         .bind(user)
         .bind(after)
