@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd as _, BorrowedFd, IntoRawFd as _};
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
@@ -41,6 +42,11 @@ const HANDED_OVER: i32 = 3;
 /// Settings of `dozen up`, from the environment like every other setting.
 #[derive(Debug, Clone, Args)]
 pub struct UpSettings {
+    /// Address every service listens on: loopback unless told otherwise (0.0.0.0 or :: for
+    /// every interface).
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
     /// Folder for the embedded databases, bus and mailbox.
     #[arg(long, env = "DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -52,7 +58,7 @@ pub struct UpSettings {
     pub database_url: Option<String>,
 
     /// The bus every service attaches to [default: sqlite://<DATA_DIR>/bus.db].
-    #[arg(long, env = "BUS_URL")]
+    #[arg(long, env = "BUS_URL", hide_env_values = true)]
     pub bus_url: Option<String>,
 
     /// Where verification sends mail [default: file://<DATA_DIR>/mailbox, the dev mailbox].
@@ -156,7 +162,10 @@ async fn up(settings: UpSettings, log: &Log) -> anyhow::Result<()> {
     // Every port is bound before anything starts: one in use stops `dozen up` here, by name.
     let mut sockets = BTreeMap::new();
     for service in ServiceName::ALL {
-        sockets.insert(service.as_str(), Socket::bind(service, settings.port(service))?);
+        sockets.insert(
+            service.as_str(),
+            Socket::bind(service, settings.host, settings.port(service))?,
+        );
     }
     for (name, socket) in &sockets {
         log.line("dozen", &format!("{name} listens on {}", socket.url));
@@ -308,21 +317,28 @@ async fn postgres_database(server: &str, service: ServiceName) -> anyhow::Result
 struct Socket {
     listener: Arc<std::net::TcpListener>,
     port: u16,
-    /// `http://127.0.0.1:<port>`, where its peers call it.
+    /// `http://<host>:<port>`, where its peers call it: on loopback when it listens on every
+    /// interface.
     url: String,
 }
 
 impl Socket {
-    /// Listen on `port` of 127.0.0.1 for `service` (0: any free port).
-    fn bind(service: ServiceName, port: u16) -> anyhow::Result<Self> {
+    /// Listen on `port` of `host` for `service` (0: any free port).
+    fn bind(service: ServiceName, host: IpAddr, port: u16) -> anyhow::Result<Self> {
         let setting = format!("{}_PORT", service.as_str().to_uppercase());
-        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).with_context(|| {
+        let address = SocketAddr::new(host, port);
+        let listener = std::net::TcpListener::bind(address).with_context(|| {
             format!(
-                "cannot listen on 127.0.0.1:{port} for {} ({setting})",
+                "cannot listen on {address} for {} ({setting}, HOST)",
                 service.as_str()
             )
         })?;
         let port = listener.local_addr()?.port();
+        let reached_at = if host.is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            host
+        };
         // At 3 already, dup2 would leave it closed on exec: keep a copy elsewhere instead.
         let listener = if listener.as_raw_fd() == HANDED_OVER {
             listener.try_clone()?
@@ -332,7 +348,7 @@ impl Socket {
         Ok(Self {
             listener: Arc::new(listener),
             port,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("http://{}", SocketAddr::new(reached_at, port)),
         })
     }
 }

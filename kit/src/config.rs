@@ -74,8 +74,9 @@ fn with_file_secrets(mut command: Command) -> Result<Command, ConfigError> {
                 .map_err(|e| ConfigError(format!("{file_var}: cannot read {}: {e}", path.display())))
         })
         .collect::<Result<_, _>>()?;
+    // A file holds a secret more often than not: `--help` must not show it as the default.
     for (id, value) in from_files {
-        command = command.mut_arg(id, |arg| arg.default_value(value));
+        command = command.mut_arg(id, |arg| arg.default_value(value).hide_default_value(true));
     }
     Ok(command)
 }

@@ -24,6 +24,7 @@ pub mod interests;
 pub mod lifecycle;
 pub mod listener;
 pub mod metrics;
+pub mod paging;
 pub mod problem;
 pub mod service;
 pub mod telemetry;

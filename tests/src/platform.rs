@@ -45,6 +45,7 @@ impl Platform {
             "RATE_LIMIT_SIGNUPS",
             "RATE_LIMIT_SESSIONS",
             "RATE_LIMIT_VERIFICATIONS",
+            "RATE_LIMIT_READS",
         ] {
             env.push((variable, "10000/min"));
         }

@@ -49,16 +49,29 @@ impl PublicApi {
             .expect("POST /api/signups")
     }
 
-    /// Every mail in the dev mailbox, newest first.
+    /// Every mail in the dev mailbox, newest first, read a page at a time.
     pub async fn mailbox(&self) -> Vec<Value> {
-        let answer = self
-            .client
-            .get(self.url("/api/dev/mailbox"))
-            .send()
-            .await
-            .expect("GET /api/dev/mailbox");
-        assert_eq!(answer.status(), 200);
-        answer.json().await.expect("mails")
+        const PAGE: usize = 200;
+        let mut mails: Vec<Value> = Vec::new();
+        loop {
+            let mut path = format!("/api/dev/mailbox?limit={PAGE}");
+            if let Some(last) = mails.last() {
+                path.push_str(&format!("&after={}", last["id"].as_str().expect("an id")));
+            }
+            let answer = self
+                .client
+                .get(self.url(&path))
+                .send()
+                .await
+                .expect("GET /api/dev/mailbox");
+            assert_eq!(answer.status(), 200, "GET {path}");
+            let page: Vec<Value> = answer.json().await.expect("mails");
+            let last_page = page.len() < PAGE;
+            mails.extend(page);
+            if last_page {
+                return mails;
+            }
+        }
     }
 
     /// The mails sent to `email`.

@@ -122,6 +122,18 @@ fn bad_signups(email: &str) -> Vec<BadSignup> {
             Some("display_name"),
         ),
         case(
+            "a display name with a bidi override",
+            json_with(json!({ "display_name": "Eve\u{202E}gnp.exe" })),
+            422,
+            Some("display_name"),
+        ),
+        case(
+            "a display name with a zero-width space",
+            json_with(json!({ "display_name": "E\u{200B}ve" })),
+            422,
+            Some("display_name"),
+        ),
+        case(
             "too many interests",
             json_with(json!({ "interests": too_many_interests })),
             422,
@@ -227,6 +239,11 @@ async fn bad_input_gets_a_problem_and_changes_nothing(extra_env: &[(&str, &str)]
         ("{\"display_name\":", 400, None),
         (r#"{"display_name": 5}"#, 422, None),
         (r#"{"display_name": ""}"#, 422, Some("display_name")),
+        (
+            r#"{"display_name": "Ann\u2066Admin\u2069"}"#,
+            422,
+            Some("display_name"),
+        ),
         (r#"{"interests": "chess"}"#, 422, None),
     ] {
         let answer = api
@@ -349,7 +366,75 @@ async fn bad_input_gets_a_problem_and_changes_nothing(extra_env: &[(&str, &str)]
     let eve = api.verify_and_log_in("eve@example.com").await;
     assert!(!subject_of(&eve).is_empty());
 
+    lists_are_paged(&api, &ann, &bob).await;
     platform.stop().await;
+}
+
+/// `GET path` as `token` (no token: the dev mailbox), as JSON, expecting 200.
+async fn list(api: &PublicApi, token: Option<&str>, path: &str) -> Value {
+    let answer = match token {
+        Some(token) => api.as_user(token, Method::GET, path).await,
+        None => api.client.get(api.url(path)).send().await.expect("gateway"),
+    };
+    assert_eq!(answer.status(), 200, "GET {path}");
+    answer.json().await.expect("JSON")
+}
+
+/// Every list takes `?limit=` from 1 to 200 and `?after=<id>`, refuses anything else with a
+/// 400 problem, and pages in order.
+async fn lists_are_paged(api: &PublicApi, ann: &str, bob: &str) {
+    let unknown = uuid::Uuid::new_v4();
+    for path in ["/api/friends", "/api/friends/requests", "/api/dev/mailbox"] {
+        for query in [
+            "limit=0".to_owned(),
+            "limit=201".to_owned(),
+            "limit=ten".to_owned(),
+            "limit=-1".to_owned(),
+            "after=not-an-id".to_owned(),
+            format!("after={unknown}"),
+        ] {
+            let url = format!("{path}?{query}");
+            let answer = api.as_user(ann, Method::GET, &url).await;
+            let (status, body) = problem(answer, &url).await;
+            assert_eq!(status, 400, "GET {url}: {body}");
+        }
+        assert_eq!(
+            api.as_user(ann, Method::GET, &format!("{path}?limit=200"))
+                .await
+                .status(),
+            200,
+            "{path}: the maximum is accepted"
+        );
+    }
+
+    let (ann_id, bob_id) = (subject_of(ann), subject_of(bob));
+    let mails = list(api, None, "/api/dev/mailbox").await;
+    let mails = mails.as_array().expect("a list");
+    assert!(mails.len() >= 3, "{mails:?}");
+    let first = list(api, None, "/api/dev/mailbox?limit=1").await;
+    assert_eq!(first, json!([mails[0]]));
+    let after = format!(
+        "/api/dev/mailbox?limit=2&after={}",
+        mails[0]["id"].as_str().expect("an id")
+    );
+    assert_eq!(list(api, None, &after).await, json!(mails[1..3]));
+
+    let asked = api
+        .as_user(ann, Method::POST, &format!("/api/friends/{bob_id}"))
+        .await;
+    assert_eq!(asked.status(), 200);
+    let requests = list(api, Some(bob), "/api/friends/requests?limit=1").await;
+    assert_eq!(requests[0]["id"], ann_id.as_str(), "{requests}");
+    let rest = list(api, Some(bob), &format!("/api/friends/requests?after={ann_id}")).await;
+    assert_eq!(rest, json!([]));
+    let accepted = api
+        .as_user(bob, Method::POST, &format!("/api/friends/{ann_id}/accept"))
+        .await;
+    assert_eq!(accepted.status(), 200);
+    let friends = list(api, Some(ann), "/api/friends?limit=1").await;
+    assert_eq!(friends[0]["id"], bob_id.as_str(), "{friends}");
+    let rest = list(api, Some(ann), &format!("/api/friends?after={bob_id}")).await;
+    assert_eq!(rest, json!([]));
 }
 
 #[tokio::test(flavor = "multi_thread")]

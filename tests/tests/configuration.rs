@@ -167,3 +167,42 @@ async fn a_listen_fds_without_one_socket_handed_over_is_named() {
         assert!(!said.contains("panicked"), "a panic: {said}");
     }
 }
+
+#[tokio::test]
+async fn help_never_shows_a_secret_given_as_a_value_or_in_a_file() {
+    let secrets = [
+        ("DATABASE_URL", "postgres://dozen:s3cret-database@db:5432/dozen"),
+        (
+            "JWT_SIGNING_KEYS",
+            "-----BEGIN PRIVATE KEY-----s3cret-key-----END PRIVATE KEY-----",
+        ),
+        ("MAIL_URL", "smtp://mailer:s3cret-mail@smtp.example.com:587"),
+        ("BUS_URL", "sns+sqs://AKIDEXAMPLE:s3cret-aws@eu-west-1"),
+    ];
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let files: Vec<(String, String)> = secrets
+        .iter()
+        .map(|(variable, value)| {
+            let path = folder.path().join(variable.to_lowercase());
+            std::fs::write(&path, value).expect("write the secret file");
+            (format!("{variable}_FILE"), path.to_string_lossy().into_owned())
+        })
+        .collect();
+    let from_files: Vec<(&str, &str)> = files.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut programs: Vec<(String, Vec<&str>)> = SERVICES
+        .iter()
+        .map(|(service, _)| (format!("dozen-{service}"), vec!["--help"]))
+        .collect();
+    programs.push(("dozen".to_owned(), vec!["up", "--help"]));
+    for (program, args) in &programs {
+        for env in [&secrets[..], &from_files[..]] {
+            let run = run_to_exit(program, args, env).await;
+            assert!(run.status.success(), "{program} {args:?}: {run:?}");
+            let output = format!("{}{}", run.stdout, run.stderr);
+            assert!(
+                !output.contains("s3cret"),
+                "{program} {args:?} shows a secret:\n{output}"
+            );
+        }
+    }
+}

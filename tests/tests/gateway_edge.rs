@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use dozen_tests::database::Backend;
 use dozen_tests::platform::Platform;
 use dozen_tests::process::{Service, closed_port, run_to_exit};
+use nix::sys::signal::Signal;
 use passwords_support::Passwords;
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
@@ -197,6 +198,91 @@ async fn forwarded_for_makes_separate_buckets_only_from_a_trusted_proxy() {
     assert_eq!(status(&exposed, Some("203.0.113.7")).await, 404);
     assert_eq!(status(&exposed, Some("203.0.113.8")).await, 429);
     assert_eq!(status(&exposed, None).await, 429);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn authenticated_reads_are_limited_per_credential() {
+    let gateway = gateway(None, None, &[("RATE_LIMIT_READS", "2/1h")]).await;
+    let read = |path: &str, token: &str| {
+        let request = reqwest::Client::new()
+            .get(gateway.url(path))
+            .header("authorization", format!("Bearer {token}"));
+        async move { request.send().await.expect("the gateway answers") }
+    };
+
+    // Passed on (to services that are not there) until the credential's bucket is empty.
+    assert_ne!(read("/api/me", "ann").await.status(), 429);
+    assert_ne!(read("/api/friends", "ann").await.status(), 429);
+    for path in [
+        "/api/me",
+        "/api/suggestions",
+        "/api/friends",
+        "/api/friends/requests",
+    ] {
+        let refused = read(path, "ann").await;
+        assert_eq!(refused.status(), 429, "{path}: the reads share one limit");
+        assert!(retry_after(&refused) >= 1);
+        assert_eq!(problem_type(refused).await, "/problems/rate-limited");
+    }
+    // Another credential from the same address has its own bucket.
+    assert_ne!(read("/api/me", "bob").await.status(), 429);
+    // Requests without credentials are counted by address.
+    let anonymous = || reqwest::get(gateway.url("/api/friends"));
+    assert_ne!(anonymous().await.expect("answer").status(), 429);
+    assert_ne!(anonymous().await.expect("answer").status(), 429);
+    assert_eq!(anonymous().await.expect("answer").status(), 429);
+}
+
+/// How many lines of `gateway`'s log, once it has stopped, warn of an unnamed proxy.
+async fn missing_proxy_warnings(mut gateway: Service) -> usize {
+    gateway.process.signal(Signal::SIGTERM);
+    gateway.process.wait(Duration::from_secs(30)).await;
+    gateway
+        .process
+        .lines()
+        .iter()
+        .filter(|line| line.contains("TRUSTED_PROXIES does not name it"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarded_headers_from_an_untrusted_private_peer_are_warned_of_once() {
+    let verification = Verification::start().await;
+    let exposed = gateway(Some(&verification.service), None, &[]).await;
+    let trusted = gateway(
+        Some(&verification.service),
+        None,
+        &[("TRUSTED_PROXIES", "127.0.0.0/8")],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    for gateway in [&exposed, &trusted] {
+        for header in ["x-forwarded-for", "forwarded"] {
+            let value = if header == "forwarded" {
+                "for=203.0.113.7"
+            } else {
+                "203.0.113.7"
+            };
+            let answer = client
+                .get(gateway.url("/healthz"))
+                .header(header, value)
+                .send()
+                .await
+                .expect("the gateway answers");
+            assert_eq!(answer.status(), 200);
+        }
+    }
+
+    assert_eq!(
+        missing_proxy_warnings(exposed).await,
+        1,
+        "one warning, not one per request"
+    );
+    assert_eq!(
+        missing_proxy_warnings(trusted).await,
+        0,
+        "a named proxy is not warned of"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -438,12 +524,56 @@ async fn an_oversized_body_is_refused_with_413_and_creates_nothing() {
     platform.stop().await;
 }
 
+/// Send `POST <path>` with a body of `size` bytes over a plain blocking socket, writing all of
+/// it before reading anything, as simple clients do; the status line of the response.
+fn post_whole_body_then_read(port: u16, path: &str, size: usize) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("a read timeout");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {size}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).expect("the head is sent");
+    stream
+        .write_all(&vec![b' '; size])
+        .expect("the whole body is sent, not cut off by a reset");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("the response is read");
+    let response = String::from_utf8_lossy(&response);
+    response.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_sends_a_whole_oversized_body_before_reading_gets_the_413() {
+    let gateway = gateway(None, None, &[("RATE_LIMIT_SIGNUPS", "off")]).await;
+    let port = gateway.port;
+    // More than loopback's socket buffers take in at once here, so the client is still
+    // sending when the 413 is ready (without lingering it then sees a broken pipe), and
+    // within what the server reads on before closing.
+    let size = 6 * 1024 * 1024;
+    tokio::task::spawn_blocking(move || {
+        for attempt in 0..20 {
+            let status = post_whole_body_then_read(port, "/api/signups", size);
+            assert!(
+                status.starts_with("HTTP/1.1 413"),
+                "attempt {attempt}: {status:?}"
+            );
+        }
+    })
+    .await
+    .expect("every attempt read a 413");
+}
+
 #[tokio::test]
 async fn bad_edge_settings_stop_the_gateway_with_one_line_naming_the_variable() {
     for (variable, value) in [
         ("RATE_LIMIT_SIGNUPS", "ten/h"),
         ("RATE_LIMIT_SESSIONS", "0/min"),
         ("RATE_LIMIT_VERIFICATIONS", "5/fortnight"),
+        ("RATE_LIMIT_READS", "many/min"),
         ("TRUSTED_PROXIES", "10.0.0.0/8, the-load-balancer"),
         ("CORS_ALLOWED_ORIGINS", "*"),
     ] {

@@ -204,3 +204,96 @@ async fn every_log_line_of_a_postgres_service_carries_its_request_trace() {
         );
     }
 }
+
+/// How many `GET /readyz` requests `service` has answered with 200, by its metrics.
+async fn readiness_probes_answered(service: &Service) -> u64 {
+    let metrics = reqwest::get(service.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(r#"http_requests_total{method="GET",route="/readyz",status="200"} "#)
+        })
+        .map_or(0, |count| count.parse().expect("a count"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_public_status_page_shows_readiness_and_breakers_only_and_is_cached() {
+    let database = TestDatabase::create(Backend::Sqlite).await;
+    let env = [("DATABASE_URL", database.url.as_str())];
+    assert!(
+        run_to_exit("dozen-users", &["migrate"], &env)
+            .await
+            .status
+            .success()
+    );
+    let users = Service::start("dozen-users", &env).await;
+    let users_url = users.url("");
+    // Every other service is a port nothing listens on: its probe fails with a connection
+    // error.
+    let closed = "http://127.0.0.1:9";
+    let mut gateway = Service::start(
+        "dozen-gateway",
+        &[
+            ("USERS_URL", users_url.as_str()),
+            ("SIGNUP_URL", closed),
+            ("PASSWORDS_URL", closed),
+            ("VERIFICATION_URL", closed),
+            ("FRIENDS_URL", closed),
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let probes_before = readiness_probes_answered(&users).await;
+
+    // A burst of requests at once: one round of probes answers them all.
+    let burst = (0..20).map(|_| {
+        let request = client.get(gateway.url("/ops/status"));
+        async move { request.send().await.expect("GET /ops/status") }
+    });
+    let responses = futures_util::future::join_all(burst).await;
+    let probes = readiness_probes_answered(&users).await - probes_before;
+    assert!((1..=2).contains(&probes), "{probes} probes for 20 requests");
+
+    for response in responses {
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.expect("text");
+        for leak in ["detail", "last_error", "127.0.0.1", "error", "connect"] {
+            assert!(!text.contains(leak), "{leak} in the public status: {text}");
+        }
+        let status: Value = serde_json::from_str(&text).expect("JSON");
+        let services = status["services"].as_array().expect("a list");
+        assert_eq!(services.len(), 6, "{status}");
+        for service in services {
+            let name = service["name"].as_str().expect("a name");
+            let mut fields: Vec<&str> = service
+                .as_object()
+                .expect("an object")
+                .keys()
+                .map(String::as_str)
+                .collect();
+            fields.sort_unstable();
+            if name == "gateway" {
+                assert_eq!(fields, ["name", "ready"], "{service}");
+            } else {
+                assert_eq!(fields, ["breaker", "name", "ready"], "{service}");
+                let breaker = service["breaker"].as_object().expect("a breaker");
+                assert_eq!(breaker.keys().collect::<Vec<_>>(), ["state"], "{service}");
+            }
+            let expected_ready = matches!(name, "gateway" | "users");
+            assert_eq!(service["ready"], expected_ready, "{service}");
+        }
+    }
+
+    // Why a service is not ready is in the gateway's log, not on the page.
+    gateway
+        .process
+        .wait_for_line(Duration::from_secs(5), |line| {
+            line.contains("a service is not ready") && line.contains("unreachable")
+        })
+        .await;
+}

@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -13,7 +14,9 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use hyper::body::Incoming;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -280,7 +283,7 @@ async fn serve_connections(
         let router = router.clone();
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(client));
-            router.clone().call(request)
+            router.clone().call(request.map(LingeringBody::new))
         });
         let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -292,6 +295,77 @@ async fn serve_connections(
     drop(listener);
     connections.shutdown().await;
     Ok(())
+}
+
+/// How much of a request body left unread (a 413, say) is still read and thrown away, and for
+/// how long at most, before the connection closes.
+const LINGER_BYTES: usize = 8 * 1024 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(5);
+
+/// A request body that, dropped before its end, goes on being read (and thrown away) in the
+/// background, up to [`LINGER_BYTES`] within [`LINGER_TIME`], as nginx's lingering close does.
+/// Closing a connection with unread data makes the kernel reset it, and a client still
+/// sending its body would then see a broken pipe instead of the response (a 413) waiting for
+/// it; read to its end, the connection closes cleanly after the response.
+struct LingeringBody(Option<Incoming>);
+
+impl LingeringBody {
+    fn new(body: Incoming) -> Self {
+        Self(Some(body))
+    }
+}
+
+impl Body for LingeringBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.0.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.as_ref().is_none_or(Incoming::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
+    }
+}
+
+impl Drop for LingeringBody {
+    fn drop(&mut self) {
+        let Some(body) = self.0.take() else { return };
+        if body.is_end_stream() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(drain(body));
+        }
+    }
+}
+
+/// Read `body` to its end and throw it away, within the lingering bounds; past them it is
+/// dropped, and the connection closes.
+async fn drain(mut body: Incoming) {
+    let mut left = LINGER_BYTES;
+    let _ = tokio::time::timeout(LINGER_TIME, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            let read = frame.data_ref().map_or(0, Bytes::len);
+            match left.checked_sub(read) {
+                Some(rest) => left = rest,
+                None => return,
+            }
+        }
+    })
+    .await;
 }
 
 /// After a failed accept: nothing to wait for when the failure was the client's (it reset or

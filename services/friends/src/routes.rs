@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use dozen_bus::Outbox;
 use dozen_kit::auth::{Authenticated, JwtVerifier};
 use dozen_kit::db::Db;
+use dozen_kit::paging::{self, Page};
 use dozen_kit::{ApiError, Problem};
 use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
@@ -154,33 +155,47 @@ async fn remove_friend(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Your friends.
+/// Your friends, oldest friendship first, a page at a time (`?limit=`, `?after=<id>`).
 #[utoipa::path(
     get,
     path = "/friends",
-    responses((status = 200, body = [Relation]), (status = 401, body = Problem)),
+    params(
+        ("limit" = Option<u32>, Query, description = "Page size, 1 to 200 (default 50)"),
+        ("after" = Option<Uuid>, Query, description = "The id of the previous page's last friend"),
+    ),
+    responses((status = 200, body = [Relation]), (status = 400, body = Problem), (status = 401, body = Problem)),
     security(("bearer" = []))
 )]
 async fn list_friends(
     caller: Authenticated,
     State(state): State<AppState>,
+    page: Page,
 ) -> Result<Json<Vec<Relation>>, ApiError> {
-    let friends = store::friends_of(&state.db, caller.user_id).await?;
+    let friends = store::friends_of(&state.db, caller.user_id, page)
+        .await?
+        .ok_or_else(paging::unknown_cursor)?;
     Ok(Json(friends.into_iter().map(Relation::from).collect()))
 }
 
-/// Requests waiting for your answer.
+/// Requests waiting for your answer, oldest first, a page at a time (`?limit=`, `?after=<id>`).
 #[utoipa::path(
     get,
     path = "/friends/requests",
-    responses((status = 200, body = [Relation]), (status = 401, body = Problem)),
+    params(
+        ("limit" = Option<u32>, Query, description = "Page size, 1 to 200 (default 50)"),
+        ("after" = Option<Uuid>, Query, description = "The id of the previous page's last requester"),
+    ),
+    responses((status = 200, body = [Relation]), (status = 400, body = Problem), (status = 401, body = Problem)),
     security(("bearer" = []))
 )]
 async fn list_requests(
     caller: Authenticated,
     State(state): State<AppState>,
+    page: Page,
 ) -> Result<Json<Vec<Relation>>, ApiError> {
-    let requests = store::requests_to(&state.db, caller.user_id).await?;
+    let requests = store::requests_to(&state.db, caller.user_id, page)
+        .await?
+        .ok_or_else(paging::unknown_cursor)?;
     Ok(Json(requests.into_iter().map(Relation::from).collect()))
 }
 

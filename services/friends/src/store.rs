@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use dozen_kit::db::{Db, Tx};
+use dozen_kit::paging::Page;
 use dozen_kit::{with_conn, with_pool};
 use sqlx::types::Json;
 use uuid::Uuid;
@@ -226,28 +227,68 @@ pub struct Relation {
     pub since: DateTime<Utc>,
 }
 
-/// The friends of `user`, oldest friendship first.
-pub async fn friends_of(db: &Db, user: Uuid) -> Result<Vec<Relation>, sqlx::Error> {
+/// A page of the friends of `user`, oldest friendship first; `None` when `page.after` names
+/// none of them.
+pub async fn friends_of(db: &Db, user: Uuid, page: Page) -> Result<Option<Vec<Relation>>, sqlx::Error> {
+    if let Some(after) = page.after {
+        let known: Option<i64> = with_pool!(db, pool => sqlx::query_scalar(
+            "SELECT CAST(1 AS BIGINT) FROM friendships WHERE user_id = $1 AND friend_id = $2",
+        )
+        .bind(user)
+        .bind(after)
+        .fetch_optional(pool)
+        .await)?;
+        if known.is_none() {
+            return Ok(None);
+        }
+    }
+    // Rows after the cursor's (since, friend_id), compared with the stored values themselves.
     with_pool!(db, pool => sqlx::query_as(
         "SELECT f.friend_id AS id, COALESCE(m.display_name, '') AS display_name, f.since AS since
          FROM friendships f LEFT JOIN members m ON m.user_id = f.friend_id
-         WHERE f.user_id = $1 ORDER BY f.since, f.friend_id",
+         WHERE f.user_id = $1
+           AND ($2 IS NULL OR (f.since, f.friend_id) >
+                (SELECT c.since, c.friend_id FROM friendships c WHERE c.user_id = $1 AND c.friend_id = $2))
+         ORDER BY f.since, f.friend_id LIMIT $3",
     )
     .bind(user)
+    .bind(page.after)
+    .bind(page.sql_limit())
     .fetch_all(pool)
     .await)
+    .map(Some)
 }
 
-/// The requests waiting for `user` to answer, oldest first.
-pub async fn requests_to(db: &Db, user: Uuid) -> Result<Vec<Relation>, sqlx::Error> {
+/// A page of the requests waiting for `user` to answer, oldest first; `None` when
+/// `page.after` names none of them.
+pub async fn requests_to(db: &Db, user: Uuid, page: Page) -> Result<Option<Vec<Relation>>, sqlx::Error> {
+    if let Some(after) = page.after {
+        let known: Option<i64> = with_pool!(db, pool => sqlx::query_scalar(
+            "SELECT CAST(1 AS BIGINT) FROM friend_requests WHERE addressee = $1 AND requester = $2",
+        )
+        .bind(user)
+        .bind(after)
+        .fetch_optional(pool)
+        .await)?;
+        if known.is_none() {
+            return Ok(None);
+        }
+    }
     with_pool!(db, pool => sqlx::query_as(
         "SELECT r.requester AS id, COALESCE(m.display_name, '') AS display_name, r.requested_at AS since
          FROM friend_requests r LEFT JOIN members m ON m.user_id = r.requester
-         WHERE r.addressee = $1 ORDER BY r.requested_at, r.requester",
+         WHERE r.addressee = $1
+           AND ($2 IS NULL OR (r.requested_at, r.requester) >
+                (SELECT c.requested_at, c.requester FROM friend_requests c
+                 WHERE c.addressee = $1 AND c.requester = $2))
+         ORDER BY r.requested_at, r.requester LIMIT $3",
     )
     .bind(user)
+    .bind(page.after)
+    .bind(page.sql_limit())
     .fetch_all(pool)
     .await)
+    .map(Some)
 }
 
 /// A possible friend: a verified user with no friendship or request with `user` yet, and how

@@ -6,10 +6,15 @@
 //! and read from the right: each proxy appends the address it saw, so the right-most entry that
 //! is not itself a trusted proxy is the client. Entries left of it were written by the client
 //! and prove nothing.
+//!
+//! Forwarded headers from an untrusted peer on a private network are logged once, as a warning:
+//! they mean a proxy in front of the gateway that `TRUSTED_PROXIES` does not name, so every
+//! client behind it shares the proxy's address (and its rate limits).
 
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::{ConnectInfo, Request};
 use axum::http::HeaderMap;
@@ -21,7 +26,12 @@ pub struct ClientAddress(pub IpAddr);
 
 /// The networks whose `X-Forwarded-For` is believed (`TRUSTED_PROXIES`); none by default.
 #[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(Arc<Vec<IpNet>>);
+pub struct TrustedProxies {
+    /// The trusted networks.
+    networks: Arc<Vec<IpNet>>,
+    /// Whether the missing-proxy warning was logged: it is logged once per process.
+    warned: Arc<AtomicBool>,
+}
 
 impl TrustedProxies {
     /// Parse a comma-separated list of networks (`10.0.0.0/8`) or single addresses
@@ -38,17 +48,21 @@ impl TrustedProxies {
                     .map_err(|_| format!("'{entry}' is not an address or a network such as 10.0.0.0/8"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self(Arc::new(networks)))
+        Ok(Self {
+            networks: Arc::new(networks),
+            warned: Arc::default(),
+        })
     }
 
     fn contains(&self, address: IpAddr) -> bool {
-        self.0.iter().any(|network| network.contains(&address))
+        self.networks.iter().any(|network| network.contains(&address))
     }
 
     /// The client behind a connection from `peer` that carries `headers`.
     pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         let mut client = peer.to_canonical();
         if !self.contains(client) {
+            self.warn_if_behind_an_unnamed_proxy(client, headers);
             return client;
         }
         // Every X-Forwarded-For line, in order, as one list read from the right.
@@ -69,6 +83,37 @@ impl TrustedProxies {
             }
         }
         client
+    }
+
+    /// Log, once, that an untrusted peer on a private network forwarded a client's address.
+    fn warn_if_behind_an_unnamed_proxy(&self, peer: IpAddr, headers: &HeaderMap) {
+        let forwarded = headers.contains_key("x-forwarded-for") || headers.contains_key("forwarded");
+        if !forwarded || !is_private(peer) || self.warned.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        tracing::warn!(
+            %peer,
+            "a request from a private address carries X-Forwarded-For or Forwarded, but \
+             TRUSTED_PROXIES does not name it: if a proxy or load balancer is in front of the \
+             gateway, set TRUSTED_PROXIES to its network, or every client shares its address \
+             (logged once)"
+        );
+    }
+}
+
+/// Whether `address` is on a loopback, private, shared (carrier-grade NAT) or link-local
+/// network, where proxies in front of the gateway live.
+fn is_private(address: IpAddr) -> bool {
+    match address {
+        IpAddr::V4(v4) => {
+            let shared = IpNet::from_str("100.64.0.0/10").is_ok_and(|net| net.contains(&address));
+            v4.is_loopback() || v4.is_private() || v4.is_link_local() || shared
+        }
+        IpAddr::V6(v6) => {
+            let segment = v6.segments()[0];
+            // Unique local fc00::/7 and link-local fe80::/10.
+            v6.is_loopback() || segment & 0xfe00 == 0xfc00 || segment & 0xffc0 == 0xfe80
+        }
     }
 }
 
@@ -157,6 +202,26 @@ mod tests {
         let trusted = TrustedProxies::parse("10.0.0.0/8").expect("a list");
         let headers = forwarded(&["203.0.113.9, garbage, 10.0.0.2"]);
         assert_eq!(trusted.client(ip("10.0.0.1"), &headers), ip("10.0.0.2"));
+    }
+
+    #[test]
+    fn only_loopback_private_shared_and_link_local_addresses_are_private() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "100.64.0.1",
+            "169.254.1.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+        ] {
+            assert!(is_private(ip(private)), "{private}");
+        }
+        for public in ["203.0.113.9", "100.128.0.1", "8.8.8.8", "2001:db8::1"] {
+            assert!(!is_private(ip(public)), "{public}");
+        }
     }
 
     #[test]

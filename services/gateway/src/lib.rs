@@ -71,6 +71,10 @@ pub struct EdgeSettings {
     /// Verifications and resent verification mails per client address: N/period or off.
     #[arg(long, env = "RATE_LIMIT_VERIFICATIONS", default_value = "30/h", value_parser = RateLimit::parse)]
     pub rate_limit_verifications: RateLimit,
+    /// Authenticated reads (GET /api/me, /api/friends, /api/friends/requests,
+    /// /api/suggestions) per Authorization header: N/period or off.
+    #[arg(long, env = "RATE_LIMIT_READS", default_value = "600/min", value_parser = RateLimit::parse)]
+    pub rate_limit_reads: RateLimit,
     /// Web origins allowed to call the API from a browser (https://app.example.com,…); empty:
     /// CORS off.
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "", value_parser = AllowedOrigins::parse)]
@@ -124,6 +128,7 @@ impl Service for Gateway {
             edge.rate_limit_signups,
             edge.rate_limit_sessions,
             edge.rate_limit_verifications,
+            edge.rate_limit_reads,
         );
         context
             .lifecycle

@@ -1,7 +1,12 @@
 //! Rate limits per client address on the routes that cost the platform most or invite abuse:
 //! signups (a password hash and a mail each), logins (a password hash each) and verifications
-//! (token guesses, resent mails). A request over its limit is answered here with 429 and
-//! `Retry-After`, and never reaches the service.
+//! (token guesses, resent mails); and per credential on the authenticated reads (`/api/me`,
+//! friends and suggestions), so one user cannot flood the services behind them. A request over
+//! its limit is answered here with 429 and `Retry-After`, and never reaches the service.
+//!
+//! A credential is the `Authorization` header's value, kept only as a keyed hash: the gateway
+//! verifies no token (the services do), so a request is counted against the exact header it
+//! sent, and one without the header against its client address.
 //!
 //! Each route group has its own limit, `N/period`: up to N requests at once from one address,
 //! then one more each period/N (a token bucket, GCRA). An IPv4 client is one address; an IPv6
@@ -9,6 +14,7 @@
 //! back at a full bucket are forgotten now and then, so memory follows the active clients only.
 
 use std::fmt;
+use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -83,13 +89,36 @@ impl RateLimit {
     }
 }
 
+/// Whose requests a limit counts together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountedBy {
+    /// The client address (an IPv6 client's /64).
+    Address,
+    /// The `Authorization` header (the client address when there is none).
+    Credential,
+}
+
+/// The key a request is counted under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Requester {
+    /// A client address, or IPv6 /64.
+    Address(IpAddr),
+    /// A keyed hash of an `Authorization` header's value.
+    Credential(u64),
+}
+
 /// One route group's limiter, shared by its routes.
 #[derive(Clone)]
 pub struct RouteLimit {
     /// The group's name, in answers and metrics (`signups`, …).
     group: &'static str,
+    /// Whose requests are counted together.
+    counted_by: CountedBy,
+    /// Hashes credentials with a key of this process's own, so that no one can pick headers
+    /// that collide with another user's.
+    credential_hasher: RandomState,
     /// `None` when the limit is off.
-    limiter: Option<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
+    limiter: Option<Arc<DefaultKeyedRateLimiter<Requester>>>,
     /// The limit, to know how often idle addresses may be forgotten.
     limit: RateLimit,
 }
@@ -104,10 +133,12 @@ impl fmt::Debug for RouteLimit {
 }
 
 impl RouteLimit {
-    /// A limiter named `group` enforcing `limit`.
-    pub fn new(group: &'static str, limit: RateLimit) -> Self {
+    /// A limiter named `group` enforcing `limit` on the requests of each `counted_by`.
+    pub fn new(group: &'static str, limit: RateLimit, counted_by: CountedBy) -> Self {
         Self {
             group,
+            counted_by,
+            credential_hasher: RandomState::new(),
             limiter: limit
                 .quota()
                 .map(|quota| Arc::new(DefaultKeyedRateLimiter::keyed(quota))),
@@ -121,6 +152,23 @@ impl RouteLimit {
             None => route,
             Some(_) => route.route_layer(from_fn_with_state(self.clone(), check)),
         }
+    }
+
+    /// The key `request` is counted under.
+    fn requester(&self, request: &Request) -> Requester {
+        let credential = match self.counted_by {
+            CountedBy::Address => None,
+            CountedBy::Credential => request.headers().get(header::AUTHORIZATION),
+        };
+        if let Some(credential) = credential {
+            return Requester::Credential(self.credential_hasher.hash_one(credential.as_bytes()));
+        }
+        // Without a peer address (never under the server) every such request shares one bucket.
+        let client = request
+            .extensions()
+            .get::<ClientAddress>()
+            .map_or(IpAddr::from([0, 0, 0, 0]), |client| client.0);
+        Requester::Address(bucket_of(client))
     }
 
     /// Forget addresses back at a full bucket, and report how many are still tracked.
@@ -143,20 +191,24 @@ pub struct RateLimits {
     pub sessions: RouteLimit,
     /// `POST /api/verifications/{token}` and `POST /api/verifications/resend`.
     pub verifications: RouteLimit,
+    /// The authenticated reads: `GET /api/me`, `/api/friends`, `/api/friends/requests` and
+    /// `/api/suggestions`, per credential.
+    pub reads: RouteLimit,
 }
 
 impl RateLimits {
     /// Limiters for the configured limits.
-    pub fn new(signups: RateLimit, sessions: RateLimit, verifications: RateLimit) -> Self {
+    pub fn new(signups: RateLimit, sessions: RateLimit, verifications: RateLimit, reads: RateLimit) -> Self {
         Self {
-            signups: RouteLimit::new("signups", signups),
-            sessions: RouteLimit::new("sessions", sessions),
-            verifications: RouteLimit::new("verifications", verifications),
+            signups: RouteLimit::new("signups", signups, CountedBy::Address),
+            sessions: RouteLimit::new("sessions", sessions, CountedBy::Address),
+            verifications: RouteLimit::new("verifications", verifications, CountedBy::Address),
+            reads: RouteLimit::new("reads", reads, CountedBy::Credential),
         }
     }
 
-    fn groups(&self) -> [&RouteLimit; 3] {
-        [&self.signups, &self.sessions, &self.verifications]
+    fn groups(&self) -> [&RouteLimit; 4] {
+        [&self.signups, &self.sessions, &self.verifications, &self.reads]
     }
 
     /// Forget idle addresses periodically until `stop` is cancelled: as often as the shortest
@@ -197,12 +249,8 @@ async fn check(State(limit): State<RouteLimit>, request: Request, next: Next) ->
     let Some(limiter) = &limit.limiter else {
         return next.run(request).await;
     };
-    // Without a peer address (never under the server) every such request shares one bucket.
-    let client = request
-        .extensions()
-        .get::<ClientAddress>()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |client| client.0);
-    match limiter.check_key(&bucket_of(client)) {
+    let requester = limit.requester(&request);
+    match limiter.check_key(&requester) {
         Ok(()) => next.run(request).await,
         Err(not_until) => {
             let wait = not_until.wait_time_from(limiter.clock().now());
@@ -214,8 +262,12 @@ async fn check(State(limit): State<RouteLimit>, request: Request, next: Next) ->
                 "rate-limited",
                 "Too many requests",
                 format!(
-                    "too many {} from your address; try again in {seconds} s",
-                    limit.group
+                    "too many {} {}; try again in {seconds} s",
+                    limit.group,
+                    match requester {
+                        Requester::Address(_) => "from your address",
+                        Requester::Credential(_) => "with your credentials",
+                    }
                 ),
             )
             .into_response();
@@ -266,9 +318,17 @@ mod tests {
 
     #[test]
     fn only_addresses_back_at_a_full_bucket_are_forgotten() {
-        let quick = RouteLimit::new("quick", RateLimit::parse("1/10ms").expect("a limit"));
-        let slow = RouteLimit::new("slow", RateLimit::parse("1/h").expect("a limit"));
-        let client = IpAddr::from([203, 0, 113, 9]);
+        let quick = RouteLimit::new(
+            "quick",
+            RateLimit::parse("1/10ms").expect("a limit"),
+            CountedBy::Address,
+        );
+        let slow = RouteLimit::new(
+            "slow",
+            RateLimit::parse("1/h").expect("a limit"),
+            CountedBy::Address,
+        );
+        let client = Requester::Address(IpAddr::from([203, 0, 113, 9]));
         for limit in [&quick, &slow] {
             let limiter = limit.limiter.as_ref().expect("a limiter");
             assert!(limiter.check_key(&client).is_ok());

@@ -18,6 +18,7 @@ use crate::{Peers, me, ops};
 
 /// The gateway's routes, those that invite abuse behind their rate limits.
 pub fn router(peers: Peers, limits: &RateLimits) -> Router {
+    let status_page = Arc::new(ops::StatusPage::new(&peers));
     Router::new()
         .merge(crate::ui::router())
         .route("/api/signups", limits.signups.guard(post(signups)))
@@ -30,14 +31,17 @@ pub fn router(peers: Peers, limits: &RateLimits) -> Router {
             limits.verifications.guard(post(verifications)),
         )
         .route("/api/sessions", limits.sessions.guard(post(sessions)))
-        .route("/api/me", get(me_aggregate).patch(me_update))
-        .route("/api/suggestions", get(friends))
-        .route("/api/friends", get(friends))
-        .route("/api/friends/requests", get(friends))
+        .route("/api/me", limits.reads.guard(get(me_aggregate)).patch(me_update))
+        .route("/api/suggestions", limits.reads.guard(get(friends)))
+        .route("/api/friends", limits.reads.guard(get(friends)))
+        .route("/api/friends/requests", limits.reads.guard(get(friends)))
         .route("/api/friends/{user_id}", post(friends).delete(friends))
         .route("/api/friends/{user_id}/accept", post(friends))
         .route("/api/dev/mailbox", get(mailbox))
-        .route("/ops/status", get(ops_status))
+        .route(
+            "/ops/status",
+            get(move || async move { status_page.response().await }),
+        )
         // Shared, not copied: axum clones the state for every request.
         .with_state(Arc::new(peers))
 }
@@ -132,12 +136,13 @@ async fn friends(State(peers): State<Arc<Peers>>, uri: OriginalUri, public: Publ
     proxy::forward(&peers.friends, public.to(service_path(&uri))).await
 }
 
-async fn mailbox(State(peers): State<Arc<Peers>>, public: Public) -> Response {
-    proxy::forward(&peers.verification, public.to("/mailbox".to_owned())).await
-}
-
-async fn ops_status(State(peers): State<Arc<Peers>>) -> Response {
-    ops::status(&peers).await
+async fn mailbox(State(peers): State<Arc<Peers>>, uri: OriginalUri, public: Public) -> Response {
+    // The page asked for (`?limit=`, `?after=`) goes on with the path.
+    let query = uri
+        .0
+        .query()
+        .map_or_else(String::new, |query| format!("?{query}"));
+    proxy::forward(&peers.verification, public.to(format!("/mailbox{query}"))).await
 }
 
 /// Percent-encode everything but unreserved characters (RFC 3986), for one path segment.

@@ -612,7 +612,7 @@ export function ops(ctx) {
         h(
           "thead",
           {},
-          h("tr", {}, h("th", { scope: "col" }, "Service"), h("th", { scope: "col" }, "Ready"), h("th", { scope: "col" }, "Detail"), h("th", { scope: "col" }, "Breaker")),
+          h("tr", {}, h("th", { scope: "col" }, "Service"), h("th", { scope: "col" }, "Ready"), h("th", { scope: "col" }, "Breaker")),
         ),
         rows,
       ),
@@ -626,7 +626,6 @@ function serviceRow(service) {
     { "data-service": service.name },
     h("th", { scope: "row" }, service.name),
     h("td", { class: service.ready ? "ready" : "not-ready" }, service.ready ? "ready" : "not ready"),
-    h("td", {}, service.detail || ""),
     h("td", {}, breakerText(service.breaker)),
   );
 }

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use dozen_kit::Problem;
 use dozen_kit::email::Email;
 use serde::{Deserialize, Serialize};
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 use uuid::Uuid;
 
 /// The most interests one profile may list.
@@ -16,7 +17,10 @@ pub const MAX_INTEREST_LENGTH: usize = 32;
 /// The longest display name, in characters.
 pub const MAX_DISPLAY_NAME_LENGTH: usize = 64;
 
-/// How a person is shown to others: 1 to 64 characters, no control characters, trimmed.
+/// How a person is shown to others: 1 to 64 characters, trimmed, with no control characters
+/// and no format characters (Unicode category Cf: bidi overrides and isolates, zero-width
+/// joiners and spaces…), which could make a name show as another, or reorder the text around
+/// it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DisplayName(String);
 
@@ -33,6 +37,16 @@ impl DisplayName {
         }
         if trimmed.chars().any(char::is_control) {
             return Err("contains control characters".to_owned());
+        }
+        if trimmed
+            .chars()
+            .any(|c| c.general_category() == GeneralCategory::Format)
+        {
+            return Err(
+                "contains invisible formatting characters (such as bidi overrides or zero-width \
+                 spaces), which could disguise the name"
+                    .to_owned(),
+            );
         }
         Ok(Self(trimmed.to_owned()))
     }
@@ -218,6 +232,16 @@ mod tests {
         assert!(DisplayName::parse(&"é".repeat(MAX_DISPLAY_NAME_LENGTH + 1)).is_err());
         assert!(DisplayName::parse(&"é".repeat(MAX_DISPLAY_NAME_LENGTH)).is_ok());
         assert!(DisplayName::parse("Ann\u{7}").is_err());
+        for disguised in [
+            "Ann\u{202E}nnA",
+            "A\u{200B}nn",
+            "\u{2066}Ann\u{2069}",
+            "Ann\u{FEFF}",
+            "An\u{AD}n",
+        ] {
+            assert!(DisplayName::parse(disguised).is_err(), "{disguised:?}");
+        }
+        assert!(DisplayName::parse("Zoë 李 عمر").is_ok(), "letters of any script");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use dozen_bus::contracts::UserEmailVerified;
 use dozen_kit::auth::{Authenticated, JwtVerifier};
 use dozen_kit::db::{Db, Tx};
 use dozen_kit::email::Email;
+use dozen_kit::paging::{self, Page};
 use dozen_kit::{ApiError, Problem};
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
@@ -203,25 +204,43 @@ async fn resend(
     ))
 }
 
-/// The dev mailbox: every mail written to the mailbox folder, newest first. Only when
-/// `MAIL_URL` is a `file://` folder; over SMTP it answers 404.
+/// The dev mailbox: the mails written to the mailbox folder, newest first, a page at a time
+/// (`?limit=`, `?after=<id>`). Only when `MAIL_URL` is a `file://` folder; over SMTP it answers
+/// 404.
 #[utoipa::path(
     get,
     path = "/mailbox",
+    params(
+        ("limit" = Option<u32>, Query, description = "Page size, 1 to 200 (default 50)"),
+        ("after" = Option<Uuid>, Query, description = "The id of the previous page's last mail"),
+    ),
     responses(
         (status = 200, description = "The messages, newest first", body = [StoredMessage]),
+        (status = 400, description = "A bad limit or cursor", body = Problem),
         (status = 404, description = "Mail goes over SMTP: there is no mailbox", body = Problem),
     )
 )]
-async fn mailbox(State(state): State<AppState>) -> Result<Json<Vec<StoredMessage>>, ApiError> {
-    match state.mailer.list().await {
-        Some(listed) => Ok(Json(listed.map_err(anyhow::Error::from)?)),
-        None => Err(Problem::new(
+async fn mailbox(State(state): State<AppState>, page: Page) -> Result<Json<Vec<StoredMessage>>, ApiError> {
+    let Some(listed) = state.mailer.list().await else {
+        return Err(Problem::new(
             StatusCode::NOT_FOUND,
             "there is no mailbox: mail goes over SMTP (MAIL_URL is not a file:// folder)",
         )
-        .into()),
-    }
+        .into());
+    };
+    let messages = listed.map_err(anyhow::Error::from)?;
+    let start = match page.after {
+        None => 0,
+        Some(after) => {
+            messages
+                .iter()
+                .position(|message| message.id == after)
+                .ok_or_else(paging::unknown_cursor)?
+                + 1
+        }
+    };
+    let limit = usize::try_from(page.limit).unwrap_or(usize::MAX);
+    Ok(Json(messages.into_iter().skip(start).take(limit).collect()))
 }
 
 fn invalid_link() -> Problem {
