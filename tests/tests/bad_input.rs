@@ -105,13 +105,25 @@ fn bad_signups(email: &str) -> Vec<BadSignup> {
         ),
         case(
             "an overlong password",
-            json_with(json!({ "password": "p".repeat(65) })),
+            json_with(json!({ "password": "correct horse battery staple ".repeat(9) })),
             422,
             Some("password"),
         ),
         case(
             "a common password",
             json_with(json!({ "password": "12345678" })),
+            422,
+            Some("password"),
+        ),
+        case(
+            "a common password with digits",
+            json_with(json!({ "password": "password123" })),
+            422,
+            Some("password"),
+        ),
+        case(
+            "the email as the password",
+            json_with(json!({ "password": email.to_uppercase() })),
             422,
             Some("password"),
         ),

@@ -81,25 +81,34 @@ pub struct SigningSettings {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Login throttling")]
 pub struct LoginSettings {
-    /// Failed logins allowed for one account (email) within LOGIN_FAILURE_WINDOW before its
-    /// logins are refused with 429 for LOGIN_LOCKOUT.
+    /// Failed logins allowed for one account (email) from one client address (IPv6: its /64)
+    /// before its logins from there wait: the failure that uses the allowance up, and each
+    /// one after, is answered 429 for LOGIN_FIRST_DELAY, doubled each time up to
+    /// LOGIN_LOCKOUT. Other addresses, the owner's included, keep their own allowance.
     #[arg(long, env = "LOGIN_MAX_FAILURES_PER_ACCOUNT", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub login_max_failures_per_account: u32,
 
-    /// Failed logins allowed from one client address within LOGIN_FAILURE_WINDOW before its
-    /// logins are refused with 429 for LOGIN_LOCKOUT.
+    /// Failed logins allowed from one client address (IPv6: its /64), whatever the accounts,
+    /// within LOGIN_FAILURE_WINDOW before its logins are refused with 429 for LOGIN_LOCKOUT.
     #[arg(long, env = "LOGIN_MAX_FAILURES_PER_ADDRESS", default_value_t = 20,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub login_max_failures_per_address: u32,
 
-    /// How long a failed login counts against its account and address.
+    /// How long failed logins are remembered: an address's count restarts after it; an
+    /// account's from one address is forgotten once it has had no failure or delay for as long.
     #[arg(long, env = "LOGIN_FAILURE_WINDOW", default_value = "15m", value_parser = parse_ttl)]
     pub login_failure_window: Duration,
 
-    /// How long logins stay refused once a limit is reached.
+    /// How long an address stays refused once it reaches its limit; the longest delay of an
+    /// account from one address.
     #[arg(long, env = "LOGIN_LOCKOUT", default_value = "15m", value_parser = parse_ttl)]
     pub login_lockout: Duration,
+
+    /// The first delay of an account from one address once LOGIN_MAX_FAILURES_PER_ACCOUNT is
+    /// used up; each further failure doubles it.
+    #[arg(long, env = "LOGIN_FIRST_DELAY", default_value = "1s", value_parser = parse_ttl)]
+    pub login_first_delay: Duration,
 
     /// Take the client address from the first entry of `X-Forwarded-For` instead of the
     /// connection. Only behind a proxy that sets it (the gateway): otherwise any client could
@@ -178,6 +187,7 @@ impl Service for Passwords {
             max_per_address: settings.login.login_max_failures_per_address,
             window: settings.login.login_failure_window,
             lockout: settings.login.login_lockout,
+            first_delay: settings.login.login_first_delay,
         };
         let db = context.database()?.clone();
         // Login opens once the email is verified: the verification service says so.
@@ -267,9 +277,8 @@ async fn purge_throttle(
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
         }
-        let now = throttle::now_millis();
-        let window_start = now - throttle::millis(policy.window);
-        if let Err(error) = store::purge_throttle(&db, now, window_start).await {
+        let quiet_since = throttle::now_millis() - throttle::millis(policy.window);
+        if let Err(error) = store::purge_throttle(&db, quiet_since).await {
             tracing::warn!(error = %error, "cannot purge the login throttle table");
         }
     }

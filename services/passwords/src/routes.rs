@@ -3,6 +3,9 @@
 //! - `PUT /credentials/{user_id}`, `DELETE /credentials/{user_id}`,
 //!   `POST /credentials/{user_id}/verified`: internal, called by signup (and for now by tests
 //!   in place of the `user.email_verified` event).
+//! - `POST /password-checks`, `POST /password-hashes`: internal, called by signup to check a
+//!   password before it creates anything, and to spend a credential's hash where the email is
+//!   taken.
 //! - `POST /sessions`: login, answering an access token.
 //! - `GET /.well-known/jwks.json`: the public keys every service checks tokens with.
 //!
@@ -11,7 +14,7 @@
 //! malformed JSON is a bare 400.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Json;
@@ -32,7 +35,7 @@ use uuid::Uuid;
 
 use crate::domain::hashing::{Hasher, HashingError};
 use crate::domain::keys::{SigningKeys, TokenPolicy};
-use crate::domain::password::Password;
+use crate::domain::password::{MAX_CHARS, Password, PasswordError};
 use crate::domain::throttle::{self, Subject, ThrottlePolicy};
 use crate::store;
 
@@ -58,6 +61,7 @@ pub fn router(state: AppState) -> OpenApiRouter {
     OpenApiRouter::new()
         .routes(routes!(put_credential, delete_credential))
         .routes(routes!(check_password))
+        .routes(routes!(hash_and_discard))
         .routes(routes!(mark_verified))
         .routes(routes!(create_session))
         .routes(routes!(jwks))
@@ -75,8 +79,11 @@ fn hashing_failed(error: HashingError) -> ApiError {
 struct EmailAndPassword {
     /// The email address; stored trimmed and lowercased.
     email: String,
-    /// The password: 8 to 64 characters, not a common one.
+    /// The password: 8 to 256 characters, hard to guess (judged by zxcvbn, knowing the email
+    /// and display name). Not checked at login.
     password: String,
+    /// The account's display name, if any: a password must not lean on it. Not read at login.
+    display_name: Option<String>,
 }
 
 /// A stored credential, as answered.
@@ -165,6 +172,33 @@ async fn check_password(headers: HeaderMap, body: Bytes) -> Result<StatusCode, A
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Compute the hash a credential with this password would get, and throw it away. Signup
+/// calls it where the email is taken, in place of creating the credential, so that a signup
+/// costs the same for a registered address as for a new one: its time does not tell which
+/// emails have accounts.
+#[utoipa::path(
+    post,
+    path = "/password-hashes",
+    request_body = EmailAndPassword,
+    responses(
+        (status = 204, description = "Hashed, and nothing stored"),
+        (status = 422, description = "Invalid fields", body = Problem),
+    )
+)]
+async fn hash_and_discard(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let (_, password) = email_and_password(&headers, &body, BTreeMap::new())?;
+    state
+        .hasher
+        .hash(password.expose())
+        .await
+        .map_err(hashing_failed)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// The valid email and password of a JSON body; a problem naming every bad field (those in
 /// `errors` already included) otherwise.
 fn email_and_password(
@@ -180,9 +214,14 @@ fn email_and_password(
             None
         }
     });
+    let display_name = optional_string_field(&fields, "display_name", &mut errors);
     let password = string_field(&fields, "password", &mut errors).and_then(|text| {
         let email = email.as_ref().map_or("", Email::as_str);
-        Password::parse(text, email)
+        let user_inputs: Vec<&str> = [Some(email), display_name.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        Password::parse(text, &user_inputs)
             .map_err(|error| errors.insert("password".to_owned(), error.to_string()))
             .ok()
     });
@@ -287,17 +326,23 @@ async fn create_session(
             .map_err(|message| errors.insert("email".to_owned(), message.to_owned()))
             .ok()
     });
-    let password = string_field(&fields, "password", &mut errors);
+    let password = string_field(&fields, "password", &mut errors).filter(|text| {
+        // No stored password is longer, so a longer one is wrong without costing a hash of it.
+        let fits = text.chars().count() <= MAX_CHARS;
+        if !fits {
+            errors.insert("password".to_owned(), PasswordError::TooLong.to_string());
+        }
+        fits
+    });
     let (Some(email), Some(password)) = (email, password) else {
         return Err(Problem::validation(errors).into());
     };
 
-    let mut subjects = vec![Subject::Account(email.as_str().to_owned())];
-    subjects.extend(address.map(Subject::Address));
+    // Without a known address (never when served), every such client shares one.
+    let client = address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let subjects = Subject::of_login(email.as_str(), client);
     let now = throttle::now_millis();
-    let keys: Vec<String> = subjects.iter().map(Subject::key).collect();
-    let locked_until = store::locked_until(&state.db, &keys).await?;
-    if locked_until > now {
+    if let Err(locked_until) = store::reserve(&state.db, &subjects, now, &state.throttle).await? {
         metrics::counter!("passwords_logins_total", "outcome" => "throttled").increment(1);
         return Ok(too_many_failures(throttle::retry_after_secs(locked_until, now)));
     }
@@ -320,7 +365,7 @@ async fn create_session(
         }
     };
     let Some(credential) = credential.filter(|_| matches) else {
-        record_failure(&state, &subjects).await?;
+        // The reservation counted it as a failure already.
         metrics::counter!("passwords_logins_total", "outcome" => "wrong_credentials").increment(1);
         return Err(Problem::typed(
             StatusCode::UNAUTHORIZED,
@@ -330,7 +375,7 @@ async fn create_session(
         )
         .into());
     };
-    store::clear_failures(&state.db, &subjects[0].key()).await?;
+    store::release(&state.db, &subjects, &state.throttle).await?;
 
     if state.hasher.needs_upgrade(&credential.phc_hash) {
         upgrade_hash(&state, &credential, &password).await;
@@ -361,27 +406,6 @@ async fn create_session(
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
-}
-
-/// Count a failed login against each subject; lock those that reach their limit.
-async fn record_failure(state: &AppState, subjects: &[Subject]) -> Result<(), ApiError> {
-    let policy = &state.throttle;
-    let now = throttle::now_millis();
-    for subject in subjects {
-        let locked = store::record_failure(
-            &state.db,
-            &subject.key(),
-            now,
-            now - throttle::millis(policy.window),
-            subject.limit(policy),
-            now + throttle::millis(policy.lockout),
-        )
-        .await?;
-        if locked {
-            tracing::warn!(scope = subject.scope(), "too many failed logins: locked");
-        }
-    }
-    Ok(())
 }
 
 /// Re-hash a password whose stored hash is below today's cost. A failure is logged, never
@@ -481,6 +505,22 @@ fn json_object(headers: &HeaderMap, body: &Bytes) -> Result<Map<String, Value>, 
             "Malformed JSON",
             format!("the body is not valid JSON: {error}"),
         )),
+    }
+}
+
+/// An optional string field (absent or null: `None`); its problem goes into `errors`.
+fn optional_string_field(
+    fields: &Map<String, Value>,
+    name: &str,
+    errors: &mut BTreeMap<String, String>,
+) -> Option<String> {
+    match fields.get(name) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => Some(text.clone()),
+        Some(_) => {
+            errors.insert(name.to_owned(), "must be a string".to_owned());
+            None
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! The passwords service's tables: `credentials` and `login_throttle`. One implementation per
+//! The passwords service's tables: `credentials` and `login_throttle` (keyed by
+//! [`Subject::key`]; the rules are the domain's, see `domain::throttle`). One implementation per
 //! backend, matching on [`Db`]; nothing else in the crate writes SQL. SQLite keeps user ids as
 //! hyphenated text, Postgres as `UUID`.
 
@@ -6,6 +7,8 @@ use dozen_kit::db::{Db, Tx, TxConn};
 use dozen_kit::with_pool;
 use uuid::Uuid;
 use uuid::fmt::Hyphenated;
+
+use crate::domain::throttle::{Count, Reservation, Subject, ThrottlePolicy};
 
 /// A stored credential.
 #[derive(Clone, PartialEq, Eq)]
@@ -190,73 +193,108 @@ pub async fn mark_verified_now(db: &Db, user_id: Uuid) -> Result<bool, sqlx::Err
     Ok(found)
 }
 
-/// The latest end of a lockout among `keys` (0 when none is locked).
-pub async fn locked_until(db: &Db, keys: &[String]) -> Result<i64, sqlx::Error> {
-    let mut latest = 0;
-    for key in keys {
-        let until: Option<(i64,)> = with_pool!(db, pool => {
-            sqlx::query_as("SELECT locked_until FROM login_throttle WHERE key = $1")
-                .bind(key)
-                .fetch_optional(pool)
-                .await?
-        });
-        latest = latest.max(until.map_or(0, |(until,)| until));
-    }
-    Ok(latest)
-}
-
-/// Count one failed login for `key` at `now`, forgetting failures older than `window_start`;
-/// when the count reaches `limit`, lock the key until `lock_until` and start counting afresh.
-/// Returns whether the key is now locked.
-pub async fn record_failure(
+/// Count a login attempt against each of `subjects` before its password is hashed: allowed
+/// when none is locked, and then counted against all of them; refused with the latest lockout
+/// end otherwise, counting nothing. One transaction holding the subjects' rows (Postgres: row
+/// locks, taken in the order given; SQLite: the write lock), so that concurrent attempts on
+/// any instance are counted one after the other.
+pub async fn reserve(
     db: &Db,
-    key: &str,
+    subjects: &[Subject],
     now: i64,
-    window_start: i64,
-    limit: u32,
-    lock_until: i64,
-) -> Result<bool, sqlx::Error> {
-    // One statement, so that concurrent failures on several instances all count.
-    const COUNT: &str = "INSERT INTO login_throttle (key, failures, window_started_at) VALUES ($1, 1, $2) \
-        ON CONFLICT (key) DO UPDATE SET \
-          failures = CASE WHEN login_throttle.window_started_at < $3 THEN 1 \
-                          ELSE login_throttle.failures + 1 END, \
-          window_started_at = CASE WHEN login_throttle.window_started_at < $3 THEN $2 \
-                                   ELSE login_throttle.window_started_at END \
-        RETURNING failures";
-    const LOCK: &str =
-        "UPDATE login_throttle SET locked_until = $2, failures = 0, window_started_at = $3 WHERE key = $1";
-    let (failures,): (i64,) = with_pool!(db, pool => {
-        sqlx::query_as(COUNT).bind(key).bind(now).bind(window_start).fetch_one(pool).await?
-    });
-    if failures < i64::from(limit) {
-        return Ok(false);
+    policy: &ThrottlePolicy,
+) -> Result<Result<(), i64>, sqlx::Error> {
+    // The row is made first so that there is one to lock; a count of zero changes nothing.
+    const ENSURE: &str = "INSERT INTO login_throttle (key, failures, window_started_at, locked_until) \
+                          VALUES ($1, 0, 0, 0) ON CONFLICT (key) DO NOTHING";
+    const SELECT: &str =
+        "SELECT failures, window_started_at, locked_until FROM login_throttle WHERE key = $1";
+    const SAVE: &str = "UPDATE login_throttle SET failures = $2, window_started_at = $3, locked_until = $4 \
+                        WHERE key = $1";
+    let mut tx = Tx::begin(db).await?;
+    let mut counts = Vec::with_capacity(subjects.len());
+    let mut locked_until = None;
+    for subject in subjects {
+        let key = subject.key();
+        let (failures, window_started_at, stored_lock): (i64, i64, i64) = match tx.conn() {
+            TxConn::Sqlite(conn) => {
+                sqlx::query(ENSURE).bind(&key).execute(&mut *conn).await?;
+                sqlx::query_as(SELECT).bind(&key).fetch_one(&mut *conn).await?
+            }
+            TxConn::Postgres(conn) => {
+                sqlx::query(ENSURE).bind(&key).execute(&mut *conn).await?;
+                let select = sqlx::AssertSqlSafe(format!("{SELECT} FOR UPDATE"));
+                sqlx::query_as(select).bind(&key).fetch_one(&mut *conn).await?
+            }
+        };
+        let stored = Count {
+            failures,
+            window_started_at,
+            locked_until: stored_lock,
+        };
+        match stored.reserve(subject, now, policy) {
+            Reservation::Allowed(count) => counts.push((key, count)),
+            Reservation::Locked(until) => locked_until = locked_until.max(Some(until)),
+        }
     }
-    with_pool!(db, pool => {
-        sqlx::query(LOCK).bind(key).bind(lock_until).bind(now).execute(pool).await?.rows_affected()
-    });
-    Ok(true)
+    if let Some(until) = locked_until {
+        tx.rollback().await?;
+        return Ok(Err(until));
+    }
+    for (key, count) in counts {
+        match tx.conn() {
+            TxConn::Sqlite(conn) => sqlx::query(SAVE)
+                .bind(key)
+                .bind(count.failures)
+                .bind(count.window_started_at)
+                .bind(count.locked_until)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected(),
+            TxConn::Postgres(conn) => sqlx::query(SAVE)
+                .bind(key)
+                .bind(count.failures)
+                .bind(count.window_started_at)
+                .bind(count.locked_until)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected(),
+        };
+    }
+    tx.commit().await?;
+    Ok(Ok(()))
 }
 
-/// Forget the failures of `key` (after a successful login).
-pub async fn clear_failures(db: &Db, key: &str) -> Result<(), sqlx::Error> {
-    with_pool!(db, pool => {
-        sqlx::query("DELETE FROM login_throttle WHERE key = $1")
-            .bind(key)
-            .execute(pool)
-            .await?
-            .rows_affected()
-    });
+/// The attempt reserved against `subjects` was a success: forget the failures of the pair,
+/// give the address its attempt back (lifting a lock that attempt set).
+pub async fn release(db: &Db, subjects: &[Subject], policy: &ThrottlePolicy) -> Result<(), sqlx::Error> {
+    const FORGET: &str = "DELETE FROM login_throttle WHERE key = $1";
+    // One statement: its right-hand sides read the row as it was.
+    const GIVE_BACK: &str = "UPDATE login_throttle SET \
+          failures = CASE WHEN failures > 0 THEN failures - 1 ELSE 0 END, \
+          locked_until = CASE WHEN failures - 1 < $2 THEN 0 ELSE locked_until END \
+        WHERE key = $1";
+    for subject in subjects {
+        let key = subject.key();
+        with_pool!(db, pool => match subject {
+            Subject::Pair { .. } => sqlx::query(FORGET).bind(key).execute(pool).await?.rows_affected(),
+            Subject::Address(_) => sqlx::query(GIVE_BACK)
+                .bind(key)
+                .bind(i64::from(policy.max_per_address))
+                .execute(pool)
+                .await?
+                .rows_affected(),
+        });
+    }
     Ok(())
 }
 
-/// Delete rows whose lockout is over and whose window started before `window_start`; returns
-/// how many went.
-pub async fn purge_throttle(db: &Db, now: i64, window_start: i64) -> Result<u64, sqlx::Error> {
+/// Delete the rows that no longer count: no failure since `quiet_since`, and no lockout
+/// ending after it. Returns how many went.
+pub async fn purge_throttle(db: &Db, quiet_since: i64) -> Result<u64, sqlx::Error> {
     Ok(with_pool!(db, pool => {
-        sqlx::query("DELETE FROM login_throttle WHERE locked_until < $1 AND window_started_at < $2")
-            .bind(now)
-            .bind(window_start)
+        sqlx::query("DELETE FROM login_throttle WHERE locked_until < $1 AND window_started_at < $1")
+            .bind(quiet_since)
             .execute(pool)
             .await?
             .rows_affected()

@@ -59,7 +59,7 @@ impl Flow {
         if state == SignupState::Started {
             match self
                 .peers
-                .check_password(&email, &signup.request.password)
+                .check_password(&email, &record.display_name, &signup.request.password)
                 .await?
             {
                 Outcome::Done => {}
@@ -76,7 +76,14 @@ impl Flow {
                 .await?;
             match profile {
                 Outcome::Done => self.advance(&record, SignupState::ProfileCreated).await?,
-                Outcome::Taken => return self.conflict(&record, &email).await,
+                Outcome::Taken => {
+                    // A new address costs a hash (its credential's), so a taken one does too:
+                    // otherwise the time of the 202 would tell which emails have accounts.
+                    self.peers
+                        .hash_password(&email, &record.display_name, &signup.request.password)
+                        .await?;
+                    return self.conflict(&record, &email).await;
+                }
                 Outcome::Refused(problem) => return self.refuse(&record, problem, false).await,
             }
             state = SignupState::ProfileCreated;
@@ -84,7 +91,12 @@ impl Flow {
         if state == SignupState::ProfileCreated {
             match self
                 .peers
-                .set_credential(record.user_id, &email, &signup.request.password)
+                .set_credential(
+                    record.user_id,
+                    &email,
+                    &record.display_name,
+                    &signup.request.password,
+                )
                 .await?
             {
                 Outcome::Done => self.advance(&record, SignupState::CredentialCreated).await?,

@@ -101,17 +101,29 @@ impl Peers {
         expect_success(&self.users, answer)
     }
 
-    /// Whether passwords accepts `password` for `email`, asked before anything is created so
-    /// that a bad password is refused alike for a new and for a registered address.
-    pub async fn check_password(&self, email: &Email, password: &str) -> Result<Outcome, PeerError> {
-        let body = json!({ "email": email, "password": password });
-        let answer = self
-            .passwords
-            .call(Method::POST, "/password-checks")
-            .json(&body)
-            .send()
-            .await;
-        sort(&self.passwords, answer).await
+    /// Whether passwords accepts `password` for `email` and `display_name`, asked before
+    /// anything is created so that a bad password is refused alike for a new and for a
+    /// registered address.
+    pub async fn check_password(
+        &self,
+        email: &Email,
+        display_name: &str,
+        password: &str,
+    ) -> Result<Outcome, PeerError> {
+        self.send_password(Method::POST, "/password-checks", email, display_name, password)
+            .await
+    }
+
+    /// Have passwords compute, and throw away, the hash a credential with `password` would
+    /// get: where the email is taken, so that the signup costs what creating one does.
+    pub async fn hash_password(
+        &self,
+        email: &Email,
+        display_name: &str,
+        password: &str,
+    ) -> Result<Outcome, PeerError> {
+        self.send_password(Method::POST, "/password-hashes", email, display_name, password)
+            .await
     }
 
     /// Set the credential (idempotent for the same user and email).
@@ -119,15 +131,24 @@ impl Peers {
         &self,
         user_id: Uuid,
         email: &Email,
+        display_name: &str,
         password: &str,
     ) -> Result<Outcome, PeerError> {
-        let body = json!({ "email": email, "password": password });
-        let answer = self
-            .passwords
-            .call(Method::PUT, &format!("/credentials/{user_id}"))
-            .json(&body)
-            .send()
-            .await;
+        let path = format!("/credentials/{user_id}");
+        self.send_password(Method::PUT, &path, email, display_name, password)
+            .await
+    }
+
+    async fn send_password(
+        &self,
+        method: Method,
+        path: &str,
+        email: &Email,
+        display_name: &str,
+        password: &str,
+    ) -> Result<Outcome, PeerError> {
+        let body = json!({ "email": email, "display_name": display_name, "password": password });
+        let answer = self.passwords.call(method, path).json(&body).send().await;
         sort(&self.passwords, answer).await
     }
 
