@@ -216,10 +216,14 @@ async fn me_survives(platform: &mut Platform, token: &str, service: &str, absent
         }
     }
     // The status page may still show the round of probes made before the service stopped.
-    let status = eventually(&format!("{service} not ready with its breaker open"), || async {
-        let status = platform.status_of(service).await;
-        (status["ready"] == false && status["breaker"]["state"] == "open").then_some(status)
-    })
+    let status = eventually(
+        PATIENCE,
+        &format!("{service} not ready with its breaker open"),
+        || async {
+            let status = platform.status_of(service).await;
+            (status["ready"] == false && status["breaker"]["state"] == "open").then_some(status)
+        },
+    )
     .await;
     // The page is public: it says what is down without showing internal addresses.
     assert!(
@@ -243,10 +247,14 @@ async fn me_survives(platform: &mut Platform, token: &str, service: &str, absent
         assert_ne!(me[field], Value::Null, "{field} in {me}");
     }
     // The status page may still show the round of probes made before the service was back.
-    eventually(&format!("{service} ready with its breaker closed"), || async {
-        let status = platform.status_of(service).await;
-        (status["ready"] == true && status["breaker"]["state"] == "closed").then_some(())
-    })
+    eventually(
+        PATIENCE,
+        &format!("{service} ready with its breaker closed"),
+        || async {
+            let status = platform.status_of(service).await;
+            (status["ready"] == true && status["breaker"]["state"] == "closed").then_some(())
+        },
+    )
     .await;
     let gauge = format!("upstream_breaker_state{{upstream=\"{service}\"}} 0");
     assert!(platform.metrics().await.contains(&gauge), "{gauge} in /metrics");

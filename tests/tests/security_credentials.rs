@@ -238,7 +238,7 @@ async fn v6_2_4_guessable_passwords_are_refused_saying_why_and_long_ones_kept_wh
     assert_eq!(long.chars().count(), 128);
     let accepted = sign_up_with(&api, "strong-1", "grace@example.com", &long).await;
     assert_eq!(accepted.status(), StatusCode::ACCEPTED);
-    let token = dozen_tests::eventually("grace's verification mail", || async {
+    let token = dozen_tests::eventually(dozen_tests::PATIENCE, "grace's verification mail", || async {
         api.mails_to("grace@example.com")
             .await
             .iter()
@@ -268,11 +268,15 @@ async fn v6_2_4_guessable_passwords_are_refused_saying_why_and_long_ones_kept_wh
     };
     let cut: String = long.chars().take(127).collect();
     assert_eq!(log_in(cut).await, StatusCode::UNAUTHORIZED, "never truncated");
-    dozen_tests::eventually("login with the 128-character password", || async {
-        let status = log_in(long.clone()).await;
-        assert!([200, 403].contains(&status.as_u16()), "{status}");
-        (status == StatusCode::OK).then_some(())
-    })
+    dozen_tests::eventually(
+        dozen_tests::PATIENCE,
+        "login with the 128-character password",
+        || async {
+            let status = log_in(long.clone()).await;
+            assert!([200, 403].contains(&status.as_u16()), "{status}");
+            (status == StatusCode::OK).then_some(())
+        },
+    )
     .await;
 
     platform.stop().await;
