@@ -13,15 +13,13 @@ pub mod routes;
 pub mod store;
 pub mod suggestions;
 
-use std::ffi::OsString;
-
-use clap::Args;
+use clap::{Args, Subcommand};
+use dozen_bus::admin::BusTask;
 use dozen_bus::contracts::{UserEmailVerified, UserProfileUpdated, UserSignedUp};
 use dozen_bus::{Bus, BusSettings, Envelope, Event as _, handler};
 use dozen_kit::auth::{JwtVerifier, TokenSettings};
 use dozen_kit::config::{DatabaseSettings, parse_http_url};
 use dozen_kit::db::{Migrations, Tx};
-use dozen_kit::service::AdminTask;
 use dozen_kit::{Context, Service};
 use utoipa_axum::router::OpenApiRouter;
 
@@ -84,6 +82,15 @@ async fn on_user_event(tx: &mut Tx, event: &Envelope) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The friends service's admin tasks.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Task {
+    /// Drop the friendship projections and replay the friendship log into them.
+    Rebuild,
+    #[command(flatten)]
+    Bus(BusTask),
+}
+
 impl Service for Friends {
     const NAME: &'static str = "friends";
     const DEFAULT_PORT: u16 = 8085;
@@ -93,7 +100,7 @@ impl Service for Friends {
         Some((&settings.database, SCHEMA))
     }
 
-    async fn routes(context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
+    async fn start(context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
         let db = context.database()?.clone();
         let mut bus = Bus::connect(&context.settings.bus, Self::NAME, db.clone()).await?;
         bus.subscribe(
@@ -115,24 +122,18 @@ impl Service for Friends {
         Ok(routes::router(routes::AppState { db, outbox, verifier }))
     }
 
-    const TASKS: &'static [AdminTask] = &[
-        AdminTask {
-            name: "rebuild",
-            about: "Drop the friendship projections and replay the log into them",
-        },
-        dozen_bus::admin::DEAD_LETTERS,
-        dozen_bus::admin::REPLAY,
-    ];
+    type Task = Task;
 
-    async fn run_task(name: &str, args: &[OsString], context: Context<Settings>) -> anyhow::Result<()> {
-        if let Some(outcome) = dozen_bus::admin::run(name, args, context.database()?, Self::NAME).await {
-            return outcome;
+    async fn run_task(task: Task, context: Context<Settings>) -> anyhow::Result<()> {
+        match task {
+            Task::Bus(task) => task.run(context.database()?, Self::NAME).await,
+            Task::Rebuild => {
+                let mut tx = Tx::begin(context.database()?).await?;
+                let replayed = store::rebuild(&mut tx).await?;
+                tx.commit().await?;
+                tracing::info!(replayed, "projections rebuilt from the friendship log");
+                Ok(())
+            }
         }
-        anyhow::ensure!(name == "rebuild", "no task {name}");
-        let mut tx = Tx::begin(context.database()?).await?;
-        let replayed = store::rebuild(&mut tx).await?;
-        tx.commit().await?;
-        tracing::info!(replayed, "projections rebuilt from the friendship log");
-        Ok(())
     }
 }

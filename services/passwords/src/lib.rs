@@ -8,18 +8,17 @@
 //! It never sees another service's database; it learns that an email is verified from the
 //! `user.email_verified` event, consumed here (see [`store::mark_verified`]).
 
-use std::ffi::OsString;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
+use dozen_bus::admin::BusTask;
 use dozen_bus::contracts::UserEmailVerified;
 use dozen_bus::{Bus, BusSettings, Event as _, handler};
 use dozen_kit::auth::TokenSettings;
 use dozen_kit::config::{DatabaseSettings, parse_duration};
 use dozen_kit::db::Migrations;
-use dozen_kit::service::AdminTask;
 use dozen_kit::{Context, Service};
 use utoipa_axum::router::OpenApiRouter;
 
@@ -156,7 +155,7 @@ impl Service for Passwords {
         Some((&settings.database, SCHEMA))
     }
 
-    async fn routes(context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
+    async fn start(context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
         let settings = &context.settings;
         let pem =
             settings.signing.jwt_signing_keys.as_ref().context(
@@ -230,12 +229,10 @@ impl Service for Passwords {
         Ok(routes::router(state))
     }
 
-    const TASKS: &'static [AdminTask] = &dozen_bus::admin::TASKS;
+    type Task = BusTask;
 
-    async fn run_task(name: &str, args: &[OsString], context: Context<Settings>) -> anyhow::Result<()> {
-        dozen_bus::admin::run(name, args, context.database()?, Self::NAME)
-            .await
-            .unwrap_or_else(|| Err(anyhow::anyhow!("no task {name}")))
+    async fn run_task(task: BusTask, context: Context<Settings>) -> anyhow::Result<()> {
+        task.run(context.database()?, Self::NAME).await
     }
 }
 

@@ -10,15 +10,14 @@ pub mod routes;
 pub mod store;
 
 use chrono::Utc;
-use std::ffi::OsString;
 
 use clap::Args;
+use dozen_bus::admin::BusTask;
 use dozen_bus::contracts::UserEmailVerified;
 use dozen_bus::{Bus, BusSettings, Event as _, handler};
 use dozen_kit::auth::{JwtVerifier, TokenSettings};
 use dozen_kit::config::{DatabaseSettings, parse_http_url};
 use dozen_kit::db::Migrations;
-use dozen_kit::service::AdminTask;
 use dozen_kit::{Context, Service};
 use utoipa_axum::router::OpenApiRouter;
 
@@ -55,7 +54,7 @@ impl Service for Users {
         Some((&settings.database, SCHEMA))
     }
 
-    async fn routes(context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
+    async fn start(context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
         let db = context.database()?.clone();
         let mut bus = Bus::connect(&context.settings.bus, Self::NAME, db.clone()).await?;
         let outbox = bus.outbox().clone();
@@ -86,11 +85,9 @@ impl Service for Users {
         Ok(routes::router(routes::AppState { db, outbox, verifier }))
     }
 
-    const TASKS: &'static [AdminTask] = &dozen_bus::admin::TASKS;
+    type Task = BusTask;
 
-    async fn run_task(name: &str, args: &[OsString], context: Context<Settings>) -> anyhow::Result<()> {
-        dozen_bus::admin::run(name, args, context.database()?, Self::NAME)
-            .await
-            .unwrap_or_else(|| Err(anyhow::anyhow!("no task {name}")))
+    async fn run_task(task: BusTask, context: Context<Settings>) -> anyhow::Result<()> {
+        task.run(context.database()?, Self::NAME).await
     }
 }

@@ -22,20 +22,19 @@ pub mod routes;
 pub mod sender;
 pub mod store;
 
-use std::ffi::OsString;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use chrono::Utc;
 use clap::Args;
+use dozen_bus::admin::BusTask;
 use dozen_bus::contracts::{UserSignedUp, UserSignupConflict};
 use dozen_bus::{Bus, BusSettings, Event as _, handler};
 use dozen_kit::auth::{JwtVerifier, TokenSettings};
 use dozen_kit::config::{DatabaseSettings, parse_duration, parse_http_url};
 use dozen_kit::db::Migrations;
 use dozen_kit::email::Email;
-use dozen_kit::service::AdminTask;
 use dozen_kit::{Context, Service};
 use lettre::message::Mailbox;
 use tokio::sync::Notify;
@@ -126,7 +125,7 @@ impl Service for Verification {
         Some((&settings.database, SCHEMA))
     }
 
-    async fn routes(context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
+    async fn start(context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
         let db = context.database()?.clone();
         let settings = context.settings.mail.clone();
         let mailer = Mailer::new(&settings.mail_url, settings.mail_timeout)?;
@@ -201,11 +200,9 @@ impl Service for Verification {
         }))
     }
 
-    const TASKS: &'static [AdminTask] = &dozen_bus::admin::TASKS;
+    type Task = BusTask;
 
-    async fn run_task(name: &str, args: &[OsString], context: Context<Settings>) -> anyhow::Result<()> {
-        dozen_bus::admin::run(name, args, context.database()?, Self::NAME)
-            .await
-            .unwrap_or_else(|| Err(anyhow::anyhow!("no task {name}")))
+    async fn run_task(task: BusTask, context: Context<Settings>) -> anyhow::Result<()> {
+        task.run(context.database()?, Self::NAME).await
     }
 }
