@@ -4,19 +4,20 @@
 //!
 //! Layout: [`domain`] (streams, events, the fold and the decisions), [`store`] (the log, the
 //! projections, the members read model), [`commands`] (appending with optimistic
-//! concurrency), [`suggestions`] (ranking), [`routes`] (the API). `rebuild` is an admin task
+//! concurrency), [`suggestions`] (ranking), [`routes`] (the API), [`events`] (the members read model kept
+//! from other services' events). `rebuild` is an admin task
 //! that replays the log into fresh projections.
 
 pub mod commands;
 pub mod domain;
+pub mod events;
 pub mod routes;
 pub mod store;
 pub mod suggestions;
 
 use clap::{Args, Subcommand};
 use dozen_bus::admin::BusTask;
-use dozen_bus::contracts::{UserEmailVerified, UserProfileUpdated, UserSignedUp};
-use dozen_bus::{Bus, BusSettings, Envelope, Event as _, handler};
+use dozen_bus::{Bus, BusSettings};
 use dozen_kit::auth::{JwtVerifier, TokenSettings};
 use dozen_kit::config::{DatabaseSettings, parse_http_url};
 use dozen_kit::db::{Migrations, Tx};
@@ -47,41 +48,6 @@ pub struct Settings {
 #[derive(Debug)]
 pub struct Friends;
 
-/// Keep the members read model up to date with what users do.
-async fn on_user_event(tx: &mut Tx, event: &Envelope) -> anyhow::Result<()> {
-    match event.event_type.as_str() {
-        UserSignedUp::TYPE => {
-            let signed_up: UserSignedUp = event.decode()?;
-            store::upsert_member(
-                tx,
-                signed_up.user_id,
-                &signed_up.display_name,
-                &signed_up.interests,
-                false,
-            )
-            .await?;
-        }
-        UserProfileUpdated::TYPE => {
-            let updated: UserProfileUpdated = event.decode()?;
-            store::upsert_member(
-                tx,
-                updated.user_id,
-                &updated.display_name,
-                &updated.interests,
-                updated.verified,
-            )
-            .await?;
-        }
-        UserEmailVerified::TYPE => {
-            let verified: UserEmailVerified = event.decode()?;
-            store::mark_verified(tx, verified.user_id).await?;
-        }
-        // Subscribed to these three only; anything else is a contract change to handle.
-        other => anyhow::bail!("friends does not handle {other}"),
-    }
-    Ok(())
-}
-
 /// The friends service's admin tasks.
 #[derive(Debug, Clone, Subcommand)]
 pub enum Task {
@@ -103,15 +69,7 @@ impl Service for Friends {
     async fn start(context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
         let db = context.database()?.clone();
         let mut bus = Bus::connect(&context.settings.bus, Self::NAME, db.clone()).await?;
-        bus.subscribe(
-            Self::NAME,
-            &[
-                UserSignedUp::TYPE,
-                UserProfileUpdated::TYPE,
-                UserEmailVerified::TYPE,
-            ],
-            handler(|tx, event| Box::pin(on_user_event(tx, event))),
-        );
+        bus.handle(Self::NAME, events::handlers());
         let outbox = bus.outbox().clone();
         bus.serve(&context.lifecycle, &mut context.readiness).await?;
         let verifier = JwtVerifier::new(

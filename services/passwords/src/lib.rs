@@ -4,9 +4,10 @@
 //!   JWKS — and how each answer maps to a status.
 //! - [`domain`]: password and email rules, hashing, keys and tokens, throttling policy.
 //! - [`store`]: the `credentials` and `login_throttle` tables, on SQLite or Postgres.
+//! - [`events`]: what it does on each event it consumes.
 //!
 //! It never sees another service's database; it learns that an email is verified from the
-//! `user.email_verified` event, consumed here (see [`store::mark_verified`]).
+//! `user.email_verified` event (see [`events::on_email_verified`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +15,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use dozen_bus::admin::BusTask;
-use dozen_bus::contracts::UserEmailVerified;
-use dozen_bus::{Bus, BusSettings, Event as _, handler};
+use dozen_bus::{Bus, BusSettings};
 use dozen_kit::auth::TokenSettings;
 use dozen_kit::config::{DatabaseSettings, parse_duration};
 use dozen_kit::db::Migrations;
@@ -23,6 +23,7 @@ use dozen_kit::{Context, Service};
 use utoipa_axum::router::OpenApiRouter;
 
 pub mod domain;
+pub mod events;
 pub mod routes;
 pub mod store;
 
@@ -179,22 +180,8 @@ impl Service for Passwords {
             lockout: settings.login.login_lockout,
         };
         let db = context.database()?.clone();
-        // Login opens once the email is verified: the verification service says so.
         let mut bus = Bus::connect(&settings.bus, Self::NAME, db.clone()).await?;
-        bus.subscribe(
-            Self::NAME,
-            &[UserEmailVerified::TYPE],
-            handler(|tx, event| {
-                Box::pin(async move {
-                    let verified: UserEmailVerified = event.decode()?;
-                    if !store::mark_verified(tx, verified.user_id).await? {
-                        // A credential undone by signup's repair: nothing to open.
-                        tracing::info!(user_id = %verified.user_id, "verified email without a credential");
-                    }
-                    Ok(())
-                })
-            }),
-        );
+        bus.handle(Self::NAME, events::handlers());
         bus.serve(&context.lifecycle, &mut context.readiness).await?;
         tracing::info!(
             signing_kid = keys.signing_kid(),

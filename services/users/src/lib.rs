@@ -3,18 +3,16 @@
 //! `user.profile_updated` whenever a profile changes.
 //!
 //! Layout: [`domain`] (what a profile accepts), [`store`] (its table), [`routes`] (the API),
-//! and here the service's settings and its bus subscription.
+//! [`events`] (what it does on each event it consumes), and here the service's settings.
 
 pub mod domain;
+pub mod events;
 pub mod routes;
 pub mod store;
 
-use chrono::Utc;
-
 use clap::Args;
 use dozen_bus::admin::BusTask;
-use dozen_bus::contracts::UserEmailVerified;
-use dozen_bus::{Bus, BusSettings, Event as _, handler};
+use dozen_bus::{Bus, BusSettings};
 use dozen_kit::auth::{JwtVerifier, TokenSettings};
 use dozen_kit::config::{DatabaseSettings, parse_http_url};
 use dozen_kit::db::Migrations;
@@ -59,23 +57,7 @@ impl Service for Users {
         let mut bus = Bus::connect(&context.settings.bus, Self::NAME, db.clone()).await?;
         let outbox = bus.outbox().clone();
 
-        let publisher = outbox.clone();
-        bus.subscribe(
-            Self::NAME,
-            &[UserEmailVerified::TYPE],
-            handler(move |tx, event| {
-                let publisher = publisher.clone();
-                Box::pin(async move {
-                    let verified: UserEmailVerified = event.decode()?;
-                    if let Some((profile, true)) =
-                        store::mark_verified(tx, verified.user_id, Utc::now()).await?
-                    {
-                        publisher.publish(tx, &routes::profile_updated(&profile)).await?;
-                    }
-                    Ok(())
-                })
-            }),
-        );
+        bus.handle(Self::NAME, events::handlers(outbox.clone()));
         bus.serve(&context.lifecycle, &mut context.readiness).await?;
         let verifier = JwtVerifier::new(
             &context.http,
