@@ -19,7 +19,6 @@ pub mod config;
 pub mod db;
 pub mod email;
 pub mod http;
-pub mod interests;
 pub mod lifecycle;
 pub mod metrics;
 pub mod problem;
