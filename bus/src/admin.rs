@@ -1,37 +1,41 @@
 //! The bus's admin processes, offered by every service that subscribes:
 //! `dozen-<service> dead-letters` lists its dead letters (one JSON object per line on stdout),
 //! and `dozen-<service> replay [<event id>]` asks for them (or one) to be delivered again by
-//! the running service.
+//! the running service. A service lists them among its tasks with `#[command(flatten)]`.
 
-use std::ffi::OsString;
-
+use clap::Subcommand;
 use dozen_kit::db::Db;
-use dozen_kit::service::AdminTask;
 use uuid::Uuid;
 
 use crate::inbox;
 
-/// `dead-letters`.
-pub const DEAD_LETTERS: AdminTask = AdminTask {
-    name: "dead-letters",
-    about: "List this service's dead letters, one JSON object per line",
-};
+/// The bus's admin tasks.
+#[derive(Debug, Clone, Subcommand)]
+pub enum BusTask {
+    /// List this service's dead letters, one JSON object per line.
+    DeadLetters,
+    /// Deliver this service's dead letters again: all of them, or the one whose event id is
+    /// given. The running service delivers them.
+    Replay {
+        /// The event id (a UUID) of the one dead letter to deliver again.
+        event_id: Option<Uuid>,
+    },
+}
 
-/// `replay [<event id>]`.
-pub const REPLAY: AdminTask = AdminTask {
-    name: "replay",
-    about: "Deliver this service's dead letters again (all, or the one whose event id is given)",
-};
-
-/// Both.
-pub const TASKS: [AdminTask; 2] = [DEAD_LETTERS, REPLAY];
-
-/// Run task `name` if it is one of the bus's, for subscriber `subscriber`; `None` otherwise.
-pub async fn run(name: &str, args: &[OsString], db: &Db, subscriber: &str) -> Option<anyhow::Result<()>> {
-    match name {
-        "dead-letters" => Some(list(db, subscriber).await),
-        "replay" => Some(replay(args, db, subscriber).await),
-        _ => None,
+impl BusTask {
+    /// Run it for subscriber `subscriber`, whose dead letters are in `db`.
+    pub async fn run(self, db: &Db, subscriber: &str) -> anyhow::Result<()> {
+        match self {
+            Self::DeadLetters => list(db, subscriber).await,
+            Self::Replay { event_id } => {
+                let marked = inbox::replay(db, subscriber, event_id).await?;
+                tracing::info!(
+                    marked,
+                    "dead letters marked for replay; the running service delivers them"
+                );
+                Ok(())
+            }
+        }
     }
 }
 
@@ -47,23 +51,5 @@ async fn list(db: &Db, subscriber: &str) -> anyhow::Result<()> {
         });
         println!("{line}");
     }
-    Ok(())
-}
-
-async fn replay(args: &[OsString], db: &Db, subscriber: &str) -> anyhow::Result<()> {
-    let event_id = match args {
-        [] => None,
-        [id] => Some(
-            id.to_str()
-                .and_then(|id| Uuid::parse_str(id).ok())
-                .ok_or_else(|| anyhow::anyhow!("replay takes an event id (a UUID), got {id:?}"))?,
-        ),
-        _ => anyhow::bail!("replay takes at most one event id"),
-    };
-    let marked = inbox::replay(db, subscriber, event_id).await?;
-    tracing::info!(
-        marked,
-        "dead letters marked for replay; the running service delivers them"
-    );
     Ok(())
 }

@@ -40,7 +40,7 @@ pub struct UserSignedUp {
     pub email: String,
     /// Their display name.
     pub display_name: String,
-    /// Their interests, for friend suggestions.
+    /// Their interests as their profile keeps them (normalised), for friend suggestions.
     pub interests: Vec<String>,
 }
 

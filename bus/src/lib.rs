@@ -9,6 +9,7 @@
 //!   `Tx`, re-exported).
 //! - [`outbox`]: publishing inside that transaction, and the relay to the broker.
 //! - [`inbox`]: the subscriber's inbox and dead-letter queue, with listing and replay.
+//! - [`handlers`]: a subscriber's typed handlers, one function per event type.
 //! - [`subscriber`]: the consume loop: inbox, handler, ack after commit, retries with
 //!   backoff, dead letters, graceful hand-back.
 //! - [`backend`]: the brokers, chosen by `BUS_URL`: [`backend::embedded`] (a SQLite file
@@ -18,12 +19,15 @@
 //!
 //! A service uses it through [`Bus`]:
 //! ```ignore
-//! let mut bus = Bus::connect(&settings.bus, "verification", db.clone()).await?;
-//! bus.subscribe("verification", &[UserSignedUp::TYPE], handler(|tx, event| Box::pin(async move {
-//!     let signed_up: UserSignedUp = event.decode()?;
+//! // in the service's events.rs, one named function per event type:
+//! async fn on_signed_up(tx: &mut Tx, event: UserSignedUp) -> anyhow::Result<()> {
 //!     /* write to tx.conn() */
 //!     Ok(())
-//! })));
+//! }
+//! pub fn handlers() -> EventHandlers<()> { EventHandlers::new(()).on(on_signed_up) }
+//! // in its start:
+//! let mut bus = Bus::connect(&settings.bus, "verification", db.clone()).await?;
+//! bus.handle("verification", events::handlers());
 //! let outbox = bus.outbox().clone();
 //! bus.serve(&context.lifecycle, &mut context.readiness).await?; // start, and check in /readyz
 //! // later, in a request:
@@ -53,6 +57,7 @@ pub mod backend;
 pub mod contracts;
 pub mod envelope;
 pub mod error;
+pub mod handlers;
 pub mod inbox;
 pub mod metrics;
 pub mod outbox;
@@ -72,6 +77,7 @@ pub use backend::{BoxFuture, Broker};
 pub use contracts::Event;
 pub use envelope::Envelope;
 pub use error::BusError;
+pub use handlers::EventHandlers;
 pub use inbox::{DeadLetter, dead_letters, replay};
 pub use outbox::{Outbox, Relay};
 pub use settings::{BusSettings, BusUrl};
@@ -144,6 +150,17 @@ impl Bus {
         self.subscribers.push(subscriber);
         let last = self.subscribers.len() - 1;
         &self.subscribers[last]
+    }
+
+    /// Handle the events `handlers` has functions for, as subscriber `name` (its durable
+    /// queue), from [`Bus::start`] on.
+    pub fn handle<S: Send + Sync + 'static>(
+        &mut self,
+        name: &str,
+        handlers: EventHandlers<S>,
+    ) -> &Subscriber {
+        let topics = handlers.topics();
+        self.subscribe(name, &topics, handlers.into_handler())
     }
 
     /// Open every subscriber's queues (failing fast if the broker refuses), then run the

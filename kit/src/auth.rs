@@ -4,7 +4,7 @@
 //! checks each token's signature, algorithm, `exp`, `iss` and `aud` locally.
 //!
 //! Wiring it into a service: flatten [`TokenSettings`] into the service's settings (next to its
-//! `PASSWORDS_URL`), build one verifier in `Service::routes`, keep it in the router's state,
+//! `PASSWORDS_URL`), build one verifier in `Service::start`, keep it in the router's state,
 //! and let the state hand it out; a handler then names its caller with [`Authenticated`]:
 //!
 //! ```ignore

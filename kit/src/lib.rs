@@ -3,8 +3,8 @@
 //! - [`config`]: settings from the environment (factor III), validated at start.
 //! - [`telemetry`] and [`trace_context`]: JSON logs on stdout with trace ids (XI), OTLP export,
 //!   W3C trace context across HTTP and the bus.
-//! - [`http`]: the server stack with `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, and the
-//!   client for calls between services.
+//! - [`http`]: the server stack with `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, the
+//!   client for calls between services, and [`Json`], the extractor of every JSON body.
 //! - [`db`]: the service's own database (IV), SQLite or Postgres, with migrations.
 //! - [`email`] and [`problem`]: the shared value types: a normalised email address, and the
 //!   RFC 9457 body of every error.
@@ -20,7 +20,6 @@ pub mod config;
 pub mod db;
 pub mod email;
 pub mod http;
-pub mod interests;
 pub mod lifecycle;
 pub mod listener;
 pub mod metrics;
@@ -30,5 +29,6 @@ pub mod service;
 pub mod telemetry;
 pub mod trace_context;
 
+pub use http::json::Json;
 pub use problem::{ApiError, Problem};
 pub use service::{Context, Service};

@@ -1,5 +1,6 @@
 //! A service's life from `main` to exit, the same for all six: read the configuration, start
-//! logs and traces, then either run the `migrate` admin process or serve until told to stop.
+//! logs and traces, then serve until told to stop, or run an admin process (`migrate`, or one
+//! of the service's own tasks) and exit.
 
 use std::ffi::OsString;
 use std::future::Future;
@@ -35,9 +36,10 @@ pub trait Service: Sized + 'static {
     /// stateless service.
     fn database(settings: &Self::Settings) -> Option<(&DatabaseSettings, &'static [&'static Migrations])>;
 
-    /// Its API routes. Background tasks go through `context.lifecycle`, and dependencies
-    /// `/readyz` must check into `context.readiness`.
-    fn routes(
+    /// Start the service: connect what it needs beyond the kit (the bus, its consumers), spawn
+    /// its background work on `context.lifecycle`, add the dependencies `/readyz` must check to
+    /// `context.readiness`, and return its API routes for the kit to serve.
+    fn start(
         context: &mut Context<Self::Settings>,
     ) -> impl Future<Output = anyhow::Result<OpenApiRouter>> + Send;
 
@@ -49,31 +51,21 @@ pub trait Service: Sized + 'static {
         router
     }
 
-    /// Its one-off admin processes besides `migrate` (factor XII), run as
-    /// `dozen-<name> <task> [args…]` from the same release.
-    const TASKS: &'static [AdminTask] = &[];
+    /// Its one-off admin processes besides `migrate` (factor XII): a clap subcommand enum,
+    /// listed by `--help` next to `serve` and `migrate` and run as
+    /// `dozen-<name> <task> [args…]` from the same release. [`NoTasks`] for none.
+    type Task: Subcommand + Clone + std::fmt::Debug + Send + 'static;
 
-    /// Run admin task `name` (one of [`Service::TASKS`]) with its arguments, against the
-    /// service's database (schema checked) and peers.
+    /// Run admin task `task` against the service's database (schema checked) and peers.
     fn run_task(
-        name: &str,
-        args: &[OsString],
+        task: Self::Task,
         context: Context<Self::Settings>,
-    ) -> impl Future<Output = anyhow::Result<()>> + Send {
-        let _ = (args, context);
-        let name = name.to_owned();
-        async move { anyhow::bail!("this service has no task {name}") }
-    }
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
-/// A one-off admin process of a service.
-#[derive(Debug, Clone, Copy)]
-pub struct AdminTask {
-    /// Its subcommand.
-    pub name: &'static str,
-    /// What it does, for `--help`.
-    pub about: &'static str,
-}
+/// The admin tasks of a service that has none besides `migrate`.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum NoTasks {}
 
 /// What a service's routes and tasks are built from.
 #[derive(Debug)]
@@ -100,10 +92,10 @@ impl<S> Context<S> {
 /// The command line of every service binary.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None, args_conflicts_with_subcommands = false)]
-pub struct Cli<S: Args> {
+pub struct Cli<S: Args, T: Subcommand> {
     /// What to run; `serve` when omitted.
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub command: Option<Command<T>>,
     #[command(flatten)]
     pub server: ServerSettings,
     #[command(flatten)]
@@ -116,18 +108,18 @@ pub struct Cli<S: Args> {
 
 /// The processes a service binary can run.
 #[derive(Debug, Clone, Subcommand)]
-pub enum Command {
+pub enum Command<T: Subcommand> {
     /// Serve HTTP until SIGTERM or Ctrl-C (the default).
     Serve,
     /// Apply pending database migrations, then exit (a one-off admin process).
     Migrate,
-    /// One of the service's own admin tasks (listed below), with its arguments.
-    #[command(external_subcommand)]
-    Task(Vec<OsString>),
+    /// The service's own admin tasks.
+    #[command(flatten)]
+    Task(T),
 }
 
 /// Everything a service needs to run, as read from the environment.
-pub type Settings<S> = Cli<<S as Service>::Settings>;
+pub type Settings<S> = Cli<<S as Service>::Settings, <S as Service>::Task>;
 
 /// Read the settings of service `S` from `args` and the environment.
 pub fn parse_settings<S: Service>(
@@ -144,24 +136,7 @@ pub fn parse_settings<S: Service>(
             .mut_arg("worker_threads", |arg| {
                 arg.default_value(S::DEFAULT_WORKER_THREADS.to_string())
             })
-            .after_help(tasks_help::<S>())
     })
-}
-
-fn tasks_help<S: Service>() -> String {
-    if S::TASKS.is_empty() {
-        return String::new();
-    }
-    let width = S::TASKS
-        .iter()
-        .map(|task| task.name.len())
-        .max()
-        .unwrap_or_default();
-    let mut help = String::from("Admin tasks:\n");
-    for task in S::TASKS {
-        help.push_str(&format!("  {:<width$}  {}\n", task.name, task.about));
-    }
-    help
 }
 
 /// The whole `main` of a service binary.
@@ -223,7 +198,7 @@ pub fn run_from_args<S: Service>(args: impl IntoIterator<Item = OsString>) -> Ex
                 Ok(app) => app.run_until_stopped(lifecycle::shutdown_signal()).await,
                 Err(error) => Err(error),
             },
-            Command::Task(words) => run_task::<S>(words, settings).await,
+            Command::Task(task) => run_task::<S>(task, settings).await,
         };
         match outcome {
             Ok(()) => ExitCode::SUCCESS,
@@ -260,19 +235,10 @@ async fn migrate<S: Service>(settings: &S::Settings) -> anyhow::Result<()> {
 }
 
 /// An admin task: the same context a serving process gets, then the task, then exit.
-async fn run_task<S: Service>(words: Vec<OsString>, settings: Settings<S>) -> anyhow::Result<()> {
-    let name = words
-        .first()
-        .map(|word| word.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    if !S::TASKS.iter().any(|task| task.name == name) {
-        let mut known = vec!["serve", "migrate"];
-        known.extend(S::TASKS.iter().map(|task| task.name));
-        anyhow::bail!("unknown command '{name}' (commands: {})", known.join(", "));
-    }
+async fn run_task<S: Service>(task: S::Task, settings: Settings<S>) -> anyhow::Result<()> {
     let context = Context::connect::<S>(settings.service, &settings.server, &settings.upstream).await?;
     let lifecycle = context.lifecycle.clone();
-    let outcome = S::run_task(&name, &words[1..], context).await;
+    let outcome = S::run_task(task, context).await;
     lifecycle.stop();
     lifecycle.tasks_finished().await;
     outcome
@@ -291,7 +257,15 @@ impl<S: Clone> Context<S> {
             None => None,
             Some((database, migrations)) => {
                 let url = database_url::<T>(database);
-                let db = Db::connect(&url, database.database_max_connections)
+                if let Some(file) = url.sqlite_file()
+                    && !file.exists()
+                {
+                    anyhow::bail!(
+                        "the database {} does not exist: run the `migrate` admin process first",
+                        file.display()
+                    );
+                }
+                let db = Db::connect_existing(&url, database.database_max_connections)
                     .await
                     .with_context(|| format!("cannot open the {} database (DATABASE_URL)", url.backend()))?;
                 db.check_schema(migrations).await?;
@@ -332,7 +306,7 @@ impl Application {
             Context::connect::<S>(settings.service, &settings.server, &settings.upstream).await?;
         let lifecycle = context.lifecycle.clone();
         let db = context.db.clone();
-        let api = S::routes(&mut context).await?;
+        let api = S::start(&mut context).await?;
         let router = server::router(
             S::NAME,
             api,

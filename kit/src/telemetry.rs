@@ -140,6 +140,12 @@ impl<S, F: Filter<S>> Filter<S> for Uncached<F> {
 
 /// Writes each event as one JSON object: time, level, service, target, message, the event's
 /// fields, the fields of the spans it happened in, and the trace and span ids.
+///
+/// No object in a line has a key twice. The line's own keys are fixed, and fields never sit
+/// beside them: an event's are under `fields`, its spans' under `span`. Among a span's fields,
+/// one recorded again replaces the earlier value; among the spans of an event, an inner span's
+/// field wins over an outer one's of the same name; among an event's fields, the last given
+/// wins.
 struct JsonLines {
     service: &'static str,
 }
@@ -203,9 +209,7 @@ where
         }
         if !fields.entries.is_empty() {
             line.key("fields");
-            line.0.push(b'{');
-            line.0.extend_from_slice(&fields.entries);
-            line.0.push(b'}');
+            fields.write_object(&mut line.0);
         }
         line.0.extend_from_slice(b"}\n");
         writer.write_str(std::str::from_utf8(&line.0).map_err(|_| fmt::Error)?)
@@ -244,17 +248,16 @@ impl Line {
 
 /// The fields of spans, as `tracing_subscriber`'s fmt layer keeps them: formatted once, when a
 /// span is made, as the text of a JSON object, which each line logged in the span then carries
-/// as it is. A field recorded later is added at the end; if it was there already, it is there
-/// twice, and the later one is what a JSON reader keeps.
+/// as it is. A field recorded later is added at the end, or replaces the earlier value.
 struct SpanFields;
 
 impl<'writer> FormatFields<'writer> for SpanFields {
     fn format_fields<R: RecordFields>(&self, mut writer: Writer<'writer>, fields: R) -> fmt::Result {
         let mut entries = JsonEntries::new(false);
         fields.record(&mut entries);
-        writer.write_char('{')?;
-        writer.write_str(std::str::from_utf8(&entries.entries).map_err(|_| fmt::Error)?)?;
-        writer.write_char('}')
+        let mut object = Vec::with_capacity(entries.entries.len() + 2);
+        entries.write_object(&mut object);
+        writer.write_str(std::str::from_utf8(&object).map_err(|_| fmt::Error)?)
     }
 
     fn add_fields(&self, current: &'writer mut FormattedFields<Self>, fields: &Record<'_>) -> fmt::Result {
@@ -263,17 +266,18 @@ impl<'writer> FormatFields<'writer> for SpanFields {
         if entries.entries.is_empty() {
             return Ok(());
         }
-        let added = std::str::from_utf8(&entries.entries).map_err(|_| fmt::Error)?;
-        let text = &mut current.fields;
-        match text.pop() {
-            Some('}') if text.len() > 1 => text.push(','),
-            _ => {
-                text.clear();
-                text.push('{');
-            }
+        let mut added = Vec::with_capacity(entries.entries.len() + 2);
+        entries.write_object(&mut added);
+        // Recording is rare next to logging: merged as maps, so a field recorded again
+        // replaces its earlier value instead of appearing twice.
+        let mut merged = match serde_json::from_str::<Value>(&current.fields) {
+            Ok(Value::Object(map)) => map,
+            _ => Map::new(),
+        };
+        if let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&added) {
+            merged.extend(map);
         }
-        text.push_str(added);
-        text.push('}');
+        current.fields = serde_json::to_string(&merged).map_err(|_| fmt::Error)?;
         Ok(())
     }
 }
@@ -286,6 +290,10 @@ struct JsonEntries {
     message_apart: bool,
     /// The message, as a JSON value.
     message: Option<Vec<u8>>,
+    /// The names of the entries, to notice one given twice.
+    names: Vec<&'static str>,
+    /// Whether a name was given twice.
+    repeated: bool,
 }
 
 impl JsonEntries {
@@ -295,6 +303,23 @@ impl JsonEntries {
             entries: Vec::with_capacity(256),
             message_apart,
             message: None,
+            names: Vec::new(),
+            repeated: false,
+        }
+    }
+
+    /// The entries as a JSON object, each name once: the last value given for a name wins.
+    fn write_object(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        out.extend_from_slice(&self.entries);
+        out.push(b'}');
+        if self.repeated {
+            // serde_json keeps the last value of a repeated key.
+            let start = out.len() - self.entries.len() - 2;
+            if let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&out[start..]) {
+                out.truncate(start);
+                let _ = serde_json::to_writer(&mut *out, &map);
+            }
         }
     }
 
@@ -302,6 +327,11 @@ impl JsonEntries {
     fn value_of(&mut self, field: &Field) -> &mut Vec<u8> {
         if self.message_apart && field.name() == "message" {
             return self.message.insert(Vec::new());
+        }
+        if self.names.contains(&field.name()) {
+            self.repeated = true;
+        } else {
+            self.names.push(field.name());
         }
         if !self.entries.is_empty() {
             self.entries.push(b',');
@@ -452,5 +482,109 @@ mod tests {
         assert_eq!(outside["message"], "outside");
         assert!(outside.get("span").is_none() && outside.get("trace_id").is_none());
         assert!(outside.get("fields").is_none());
+    }
+
+    /// Fails on a JSON object that has a key twice, at any depth (`serde_json::Value` would
+    /// silently keep one of them).
+    struct NoRepeatedKeys;
+
+    impl<'de> serde::Deserialize<'de> for NoRepeatedKeys {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer.deserialize_any(NoRepeatedKeys)
+        }
+    }
+
+    impl<'de> serde::de::Visitor<'de> for NoRepeatedKeys {
+        type Value = NoRepeatedKeys;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str("any JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+            Ok(self)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+            Ok(self)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+            Ok(self)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+            Ok(self)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+            Ok(self)
+        }
+        fn visit_unit<E>(self) -> Result<Self, E> {
+            Ok(self)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<Self, A::Error> {
+            while items.next_element::<NoRepeatedKeys>()?.is_some() {}
+            Ok(self)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut entries: A) -> Result<Self, A::Error> {
+            let mut keys = std::collections::HashSet::new();
+            while let Some(key) = entries.next_key::<String>()? {
+                if !keys.insert(key.clone()) {
+                    return Err(serde::de::Error::custom(format!("the key {key} twice")));
+                }
+                entries.next_value::<NoRepeatedKeys>()?;
+            }
+            Ok(self)
+        }
+    }
+
+    #[test]
+    fn no_line_has_a_key_twice() {
+        let written = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = written.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .fmt_fields(SpanFields)
+            .event_format(JsonLines { service: "test" })
+            .with_writer(move || SharedBuffer(sink.clone()));
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+            let outer = tracing::info_span!("outer", status = 1, attempts = tracing::field::Empty);
+            let _outer = outer.enter();
+            // Recorded twice, and a field given a value at creation recorded again.
+            outer.record("attempts", 1);
+            outer.record("attempts", 2);
+            outer.record("status", 3);
+            tracing::info!("in one span");
+            let inner = tracing::info_span!("inner", status = 4, message = "a span's message");
+            let _inner = inner.enter();
+            inner.record("status", 5);
+            // An event's fields named like the line's own keys and like its spans' fields,
+            // and one given twice.
+            tracing::info!(
+                level = "mine",
+                trace_id = "mine",
+                time = 0,
+                span = "mine",
+                fields = "mine",
+                status = 6,
+                repeated = 1,
+                repeated = 2,
+                "in two spans"
+            );
+        });
+        let text = String::from_utf8(written.lock().expect("lock").clone()).expect("UTF-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        for line in &lines {
+            if let Err(error) = serde_json::from_str::<NoRepeatedKeys>(line) {
+                panic!("{error}: {line}");
+            }
+        }
+        let first: Value = serde_json::from_str(lines[0]).expect("JSON");
+        assert_eq!(first["span"]["attempts"], 2, "the last recorded value wins");
+        assert_eq!(first["span"]["status"], 3);
+        let second: Value = serde_json::from_str(lines[1]).expect("JSON");
+        assert_eq!(second["level"], "INFO");
+        assert_eq!(second["message"], "in two spans");
+        assert_eq!(second["span"]["status"], 5, "the inner span's field wins");
+        assert_eq!(second["span"]["attempts"], 2);
+        assert_eq!(second["fields"]["level"], "mine");
+        assert_eq!(second["fields"]["status"], 6);
+        assert_eq!(second["fields"]["repeated"], 2, "the last given wins");
     }
 }

@@ -286,7 +286,7 @@ async fn bad_input_gets_a_4xx_problem_and_stores_nothing(backend: Backend) {
             400,
             None,
         ),
-        ("a JSON array", json(json!([1, 2])), 400, None),
+        ("a JSON array", json(json!([1, 2])), 422, None),
         (
             "a huge body",
             json(json!({"email": "a@example.com", "password": "x".repeat(200_000)})),
@@ -305,6 +305,12 @@ async fn bad_input_gets_a_4xx_problem_and_stores_nothing(backend: Backend) {
         let (status, content_type, problem) = problem_of(answer).await;
         assert_eq!(status.as_u16(), expected, "{what}: {problem}");
         assert_problem(status, content_type.as_deref(), &problem, expected);
+        let kind = match expected {
+            400 => "/problems/malformed-json",
+            422 => "/problems/validation",
+            _ => "about:blank",
+        };
+        assert_eq!(problem["type"], kind, "{what}: {problem}");
         if let Some(field) = field {
             assert!(
                 problem["errors"][field].is_string(),

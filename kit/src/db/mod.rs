@@ -42,6 +42,16 @@ impl DatabaseUrl {
         Self::Sqlite(format!("sqlite://data/{service}.db"))
     }
 
+    /// The file of a SQLite database.
+    pub fn sqlite_file(&self) -> Option<std::path::PathBuf> {
+        match self {
+            Self::Sqlite(text) => SqliteConnectOptions::from_str(text)
+                .ok()
+                .map(|options| options.get_filename().to_owned()),
+            Self::Postgres(_) => None,
+        }
+    }
+
     /// The backend's name, for logs (the URL itself may hold a password).
     pub fn backend(&self) -> &'static str {
         match self {
@@ -107,15 +117,27 @@ impl Db {
     /// Open a pool. A SQLite file (and its folder) is created when missing, in WAL mode with
     /// `synchronous=FULL`, so a committed transaction survives a power cut.
     pub async fn connect(url: &DatabaseUrl, max_connections: u32) -> Result<Self, sqlx::Error> {
+        Self::open(url, max_connections, true).await
+    }
+
+    /// Open a pool on a database that must exist already: a missing SQLite file is an error
+    /// rather than created, so that a process that cannot run without a schema (serving, an
+    /// admin task) leaves no empty database behind when it stops.
+    pub async fn connect_existing(url: &DatabaseUrl, max_connections: u32) -> Result<Self, sqlx::Error> {
+        Self::open(url, max_connections, false).await
+    }
+
+    async fn open(url: &DatabaseUrl, max_connections: u32, create: bool) -> Result<Self, sqlx::Error> {
         match url {
             DatabaseUrl::Sqlite(text) => {
                 let options = SqliteConnectOptions::from_str(text)?
-                    .create_if_missing(true)
+                    .create_if_missing(create)
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Full)
                     .foreign_keys(true)
                     .busy_timeout(Duration::from_secs(5));
                 if let Some(folder) = options.get_filename().parent()
+                    && create
                     && !folder.as_os_str().is_empty()
                 {
                     std::fs::create_dir_all(folder)?;

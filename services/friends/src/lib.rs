@@ -4,24 +4,23 @@
 //!
 //! Layout: [`domain`] (streams, events, the fold and the decisions), [`store`] (the log, the
 //! projections, the members read model), [`commands`] (appending with optimistic
-//! concurrency), [`suggestions`] (ranking), [`routes`] (the API). `rebuild` is an admin task
+//! concurrency), [`suggestions`] (ranking), [`routes`] (the API), [`events`] (the members read model kept
+//! from other services' events). `rebuild` is an admin task
 //! that replays the log into fresh projections.
 
 pub mod commands;
 pub mod domain;
+pub mod events;
 pub mod routes;
 pub mod store;
 pub mod suggestions;
 
-use std::ffi::OsString;
-
-use clap::Args;
-use dozen_bus::contracts::{UserEmailVerified, UserProfileUpdated, UserSignedUp};
-use dozen_bus::{Bus, BusSettings, Envelope, Event as _, handler};
+use clap::{Args, Subcommand};
+use dozen_bus::admin::BusTask;
+use dozen_bus::{Bus, BusSettings};
 use dozen_kit::auth::{JwtVerifier, TokenSettings};
 use dozen_kit::config::{DatabaseSettings, parse_peer_urls};
 use dozen_kit::db::{Migrations, Tx};
-use dozen_kit::service::AdminTask;
 use dozen_kit::{Context, Service};
 use utoipa_axum::router::OpenApiRouter;
 
@@ -50,39 +49,13 @@ pub struct Settings {
 #[derive(Debug)]
 pub struct Friends;
 
-/// Keep the members read model up to date with what users do.
-async fn on_user_event(tx: &mut Tx, event: &Envelope) -> anyhow::Result<()> {
-    match event.event_type.as_str() {
-        UserSignedUp::TYPE => {
-            let signed_up: UserSignedUp = event.decode()?;
-            store::upsert_member(
-                tx,
-                signed_up.user_id,
-                &signed_up.display_name,
-                &signed_up.interests,
-                false,
-            )
-            .await?;
-        }
-        UserProfileUpdated::TYPE => {
-            let updated: UserProfileUpdated = event.decode()?;
-            store::upsert_member(
-                tx,
-                updated.user_id,
-                &updated.display_name,
-                &updated.interests,
-                updated.verified,
-            )
-            .await?;
-        }
-        UserEmailVerified::TYPE => {
-            let verified: UserEmailVerified = event.decode()?;
-            store::mark_verified(tx, verified.user_id).await?;
-        }
-        // Subscribed to these three only; anything else is a contract change to handle.
-        other => anyhow::bail!("friends does not handle {other}"),
-    }
-    Ok(())
+/// The friends service's admin tasks.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Task {
+    /// Drop the friendship projections and replay the friendship log into them.
+    Rebuild,
+    #[command(flatten)]
+    Bus(BusTask),
 }
 
 impl Service for Friends {
@@ -94,18 +67,10 @@ impl Service for Friends {
         Some((&settings.database, SCHEMA))
     }
 
-    async fn routes(context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
+    async fn start(context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
         let db = context.database()?.clone();
         let mut bus = Bus::connect(&context.settings.bus, Self::NAME, db.clone()).await?;
-        bus.subscribe(
-            Self::NAME,
-            &[
-                UserSignedUp::TYPE,
-                UserProfileUpdated::TYPE,
-                UserEmailVerified::TYPE,
-            ],
-            handler(|tx, event| Box::pin(on_user_event(tx, event))),
-        );
+        bus.handle(Self::NAME, events::handlers());
         let outbox = bus.outbox().clone();
         bus.serve(&context.lifecycle, &mut context.readiness).await?;
         let verifier = JwtVerifier::new(
@@ -116,24 +81,18 @@ impl Service for Friends {
         Ok(routes::router(routes::AppState { db, outbox, verifier }))
     }
 
-    const TASKS: &'static [AdminTask] = &[
-        AdminTask {
-            name: "rebuild",
-            about: "Drop the friendship projections and replay the log into them",
-        },
-        dozen_bus::admin::DEAD_LETTERS,
-        dozen_bus::admin::REPLAY,
-    ];
+    type Task = Task;
 
-    async fn run_task(name: &str, args: &[OsString], context: Context<Settings>) -> anyhow::Result<()> {
-        if let Some(outcome) = dozen_bus::admin::run(name, args, context.database()?, Self::NAME).await {
-            return outcome;
+    async fn run_task(task: Task, context: Context<Settings>) -> anyhow::Result<()> {
+        match task {
+            Task::Bus(task) => task.run(context.database()?, Self::NAME).await,
+            Task::Rebuild => {
+                let mut tx = Tx::begin(context.database()?).await?;
+                let replayed = store::rebuild(&mut tx).await?;
+                tx.commit().await?;
+                tracing::info!(replayed, "projections rebuilt from the friendship log");
+                Ok(())
+            }
         }
-        anyhow::ensure!(name == "rebuild", "no task {name}");
-        let mut tx = Tx::begin(context.database()?).await?;
-        let replayed = store::rebuild(&mut tx).await?;
-        tx.commit().await?;
-        tracing::info!(replayed, "projections rebuilt from the friendship log");
-        Ok(())
     }
 }

@@ -1,11 +1,11 @@
 //! The friends service's HTTP API, every route acting for the caller named by their access
 //! token: requests, acceptances, removals, the friend list, pending requests and suggestions.
 
-use axum::Json;
 use axum::extract::{FromRef, Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use dozen_bus::Outbox;
+use dozen_kit::Json;
 use dozen_kit::auth::{Authenticated, JwtVerifier};
 use dozen_kit::db::Db;
 use dozen_kit::paging::{self, Page};

@@ -21,6 +21,7 @@ use clap::Args;
 use dozen_kit::config::{DatabaseSettings, parse_duration, parse_peer_urls};
 use dozen_kit::db::Migrations;
 use dozen_kit::http::client::Upstream;
+use dozen_kit::service::NoTasks;
 use dozen_kit::{Context, Service};
 use utoipa_axum::router::OpenApiRouter;
 
@@ -113,7 +114,7 @@ impl Service for Gateway {
         None
     }
 
-    async fn routes(context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
+    async fn start(context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
         let settings = &context.settings;
         let peers = Peers {
             signup: context.http.upstream("signup", &settings.signup_url),
@@ -134,6 +135,12 @@ impl Service for Gateway {
             .lifecycle
             .spawn(limits.clone().forget_idle_until(context.lifecycle.stopping()));
         Ok(OpenApiRouter::from(routes::router(peers, &limits)))
+    }
+
+    type Task = NoTasks;
+
+    async fn run_task(task: NoTasks, _: Context<Settings>) -> anyhow::Result<()> {
+        match task {}
     }
 
     fn edge_layers(router: axum::Router, settings: &Settings) -> axum::Router {

@@ -4,26 +4,26 @@
 //!   JWKS — and how each answer maps to a status.
 //! - [`domain`]: password and email rules, hashing, keys and tokens, throttling policy.
 //! - [`store`]: the `credentials` and `login_throttle` tables, on SQLite or Postgres.
+//! - [`events`]: what it does on each event it consumes.
 //!
 //! It never sees another service's database; it learns that an email is verified from the
-//! `user.email_verified` event, consumed here (see [`store::mark_verified`]).
+//! `user.email_verified` event (see [`events::on_email_verified`]).
 
-use std::ffi::OsString;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use dozen_bus::contracts::UserEmailVerified;
-use dozen_bus::{Bus, BusSettings, Event as _, handler};
+use dozen_bus::admin::BusTask;
+use dozen_bus::{Bus, BusSettings};
 use dozen_kit::auth::TokenSettings;
 use dozen_kit::config::{DatabaseSettings, parse_duration};
 use dozen_kit::db::Migrations;
-use dozen_kit::service::AdminTask;
 use dozen_kit::{Context, Service};
 use utoipa_axum::router::OpenApiRouter;
 
 pub mod domain;
+pub mod events;
 pub mod routes;
 pub mod store;
 
@@ -165,7 +165,7 @@ impl Service for Passwords {
         Some((&settings.database, SCHEMA))
     }
 
-    async fn routes(context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
+    async fn start(context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
         let settings = &context.settings;
         let pem =
             settings.signing.jwt_signing_keys.as_ref().context(
@@ -190,22 +190,8 @@ impl Service for Passwords {
             first_delay: settings.login.login_first_delay,
         };
         let db = context.database()?.clone();
-        // Login opens once the email is verified: the verification service says so.
         let mut bus = Bus::connect(&settings.bus, Self::NAME, db.clone()).await?;
-        bus.subscribe(
-            Self::NAME,
-            &[UserEmailVerified::TYPE],
-            handler(|tx, event| {
-                Box::pin(async move {
-                    let verified: UserEmailVerified = event.decode()?;
-                    if !store::mark_verified(tx, verified.user_id).await? {
-                        // A credential undone by signup's repair: nothing to open.
-                        tracing::info!(user_id = %verified.user_id, "verified email without a credential");
-                    }
-                    Ok(())
-                })
-            }),
-        );
+        bus.handle(Self::NAME, events::handlers());
         bus.serve(&context.lifecycle, &mut context.readiness).await?;
         tracing::info!(
             signing_kid = keys.signing_kid(),
@@ -254,12 +240,10 @@ impl Service for Passwords {
         Ok(routes::router(state))
     }
 
-    const TASKS: &'static [AdminTask] = &dozen_bus::admin::TASKS;
+    type Task = BusTask;
 
-    async fn run_task(name: &str, args: &[OsString], context: Context<Settings>) -> anyhow::Result<()> {
-        dozen_bus::admin::run(name, args, context.database()?, Self::NAME)
-            .await
-            .unwrap_or_else(|| Err(anyhow::anyhow!("no task {name}")))
+    async fn run_task(task: BusTask, context: Context<Settings>) -> anyhow::Result<()> {
+        task.run(context.database()?, Self::NAME).await
     }
 }
 

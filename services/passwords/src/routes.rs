@@ -9,25 +9,21 @@
 //! - `POST /sessions`: login, answering an access token.
 //! - `GET /.well-known/jwks.json`: the public keys every service checks tokens with.
 //!
-//! Bodies are read by hand rather than with axum's `Json`, so that every field's problem is
-//! reported in the `errors` map of one 422 answer (wrong types included) and nothing but
-//! malformed JSON is a bare 400.
+//! Bodies are read with the kit's [`Json`]; an email and a password that are both invalid are
+//! both named in the `errors` map of one 422 answer.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use dozen_kit::db::Db;
 use dozen_kit::email::Email;
-use dozen_kit::{ApiError, Problem};
-use serde::Serialize;
-use serde_json::{Map, Value};
+use dozen_kit::{ApiError, Json, Problem};
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -73,9 +69,8 @@ fn hashing_failed(error: HashingError) -> ApiError {
     ApiError::Internal(error.into())
 }
 
-/// The body of a credential or login request, for the OpenAPI document.
-#[derive(Debug, ToSchema)]
-#[allow(dead_code)] // Read field by field from JSON, see the module doc.
+/// The body of a credential or login request. No `Debug`: it holds a password.
+#[derive(Deserialize, ToSchema)]
 struct EmailAndPassword {
     /// The email address; stored trimmed and lowercased.
     email: String,
@@ -122,12 +117,11 @@ struct SessionView {
 async fn put_credential(
     State(state): State<AppState>,
     Path(user_id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    Json(body): Json<EmailAndPassword>,
 ) -> Result<Response, ApiError> {
     let mut errors = BTreeMap::new();
     let user_id = parse_user_id(&user_id, &mut errors);
-    let (email, password) = email_and_password(&headers, &body, errors)?;
+    let (email, password) = email_and_password(body, errors)?;
     let Some(user_id) = user_id else {
         let errors = BTreeMap::from([("user_id".to_owned(), "must be a UUID".to_owned())]);
         return Err(Problem::validation(errors).into());
@@ -167,8 +161,8 @@ async fn put_credential(
         (status = 422, description = "Invalid fields", body = Problem),
     )
 )]
-async fn check_password(headers: HeaderMap, body: Bytes) -> Result<StatusCode, ApiError> {
-    email_and_password(&headers, &body, BTreeMap::new())?;
+async fn check_password(Json(body): Json<EmailAndPassword>) -> Result<StatusCode, ApiError> {
+    email_and_password(body, BTreeMap::new())?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -187,10 +181,9 @@ async fn check_password(headers: HeaderMap, body: Bytes) -> Result<StatusCode, A
 )]
 async fn hash_and_discard(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
+    Json(body): Json<EmailAndPassword>,
 ) -> Result<StatusCode, ApiError> {
-    let (_, password) = email_and_password(&headers, &body, BTreeMap::new())?;
+    let (_, password) = email_and_password(body, BTreeMap::new())?;
     state
         .hasher
         .hash(password.expose())
@@ -199,32 +192,23 @@ async fn hash_and_discard(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The valid email and password of a JSON body; a problem naming every bad field (those in
+/// The valid email and password of a body; a problem naming every bad field (those in
 /// `errors` already included) otherwise.
 fn email_and_password(
-    headers: &HeaderMap,
-    body: &Bytes,
+    body: EmailAndPassword,
     mut errors: BTreeMap<String, String>,
 ) -> Result<(Email, Password), Problem> {
-    let fields = json_object(headers, body)?;
-    let email = string_field(&fields, "email", &mut errors).and_then(|text| match Email::parse(&text) {
-        Ok(email) => Some(email),
-        Err(message) => {
-            errors.insert("email".to_owned(), message.to_owned());
-            None
-        }
-    });
-    let display_name = optional_string_field(&fields, "display_name", &mut errors);
-    let password = string_field(&fields, "password", &mut errors).and_then(|text| {
+    let email = parse_email(&body.email, &mut errors);
+    let password = {
         let email = email.as_ref().map_or("", Email::as_str);
-        let user_inputs: Vec<&str> = [Some(email), display_name.as_deref()]
+        let user_inputs: Vec<&str> = [Some(email), body.display_name.as_deref()]
             .into_iter()
             .flatten()
             .collect();
-        Password::parse(text, &user_inputs)
+        Password::parse(body.password, &user_inputs)
             .map_err(|error| errors.insert("password".to_owned(), error.to_string()))
             .ok()
-    });
+    };
     match (email, password) {
         (Some(email), Some(password)) if errors.is_empty() => Ok((email, password)),
         _ => Err(Problem::validation(errors)),
@@ -316,27 +300,20 @@ async fn mark_verified(
 async fn create_session(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,
-    headers: HeaderMap,
-    body: Bytes,
+    Json(body): Json<EmailAndPassword>,
 ) -> Result<Response, ApiError> {
     let mut errors = BTreeMap::new();
-    let fields = json_object(&headers, &body)?;
-    let email = string_field(&fields, "email", &mut errors).and_then(|text| {
-        Email::parse(&text)
-            .map_err(|message| errors.insert("email".to_owned(), message.to_owned()))
-            .ok()
-    });
-    let password = string_field(&fields, "password", &mut errors).filter(|text| {
+    let email = parse_email(&body.email, &mut errors);
+    if body.password.is_empty() {
+        errors.insert("password".to_owned(), "must not be empty".to_owned());
+    } else if body.password.chars().count() > MAX_CHARS {
         // No stored password is longer, so a longer one is wrong without costing a hash of it.
-        let fits = text.chars().count() <= MAX_CHARS;
-        if !fits {
-            errors.insert("password".to_owned(), PasswordError::TooLong.to_string());
-        }
-        fits
-    });
-    let (Some(email), Some(password)) = (email, password) else {
+        errors.insert("password".to_owned(), PasswordError::TooLong.to_string());
+    }
+    let (Some(email), true) = (email, errors.is_empty()) else {
         return Err(Problem::validation(errors).into());
     };
+    let password = body.password;
 
     // Without a known address (never when served), every such client shares one.
     let client = address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
@@ -478,66 +455,11 @@ impl FromRequestParts<AppState> for ClientAddress {
     }
 }
 
-/// The body as a JSON object: 415 for another declared media type, 400 for anything that is
-/// not a JSON object.
-fn json_object(headers: &HeaderMap, body: &Bytes) -> Result<Map<String, Value>, Problem> {
-    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
-        let media = content_type.to_str().unwrap_or_default();
-        let media = media.split(';').next().unwrap_or_default().trim();
-        if !(media.eq_ignore_ascii_case("application/json") || media.ends_with("+json")) {
-            return Err(Problem::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "the body must be application/json",
-            ));
-        }
-    }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(fields)) => Ok(fields),
-        Ok(_) => Err(Problem::typed(
-            StatusCode::BAD_REQUEST,
-            "malformed-json",
-            "Malformed JSON",
-            "the body must be a JSON object",
-        )),
-        Err(error) => Err(Problem::typed(
-            StatusCode::BAD_REQUEST,
-            "malformed-json",
-            "Malformed JSON",
-            format!("the body is not valid JSON: {error}"),
-        )),
-    }
-}
-
-/// An optional string field (absent or null: `None`); its problem goes into `errors`.
-fn optional_string_field(
-    fields: &Map<String, Value>,
-    name: &str,
-    errors: &mut BTreeMap<String, String>,
-) -> Option<String> {
-    match fields.get(name) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(text)) => Some(text.clone()),
-        Some(_) => {
-            errors.insert(name.to_owned(), "must be a string".to_owned());
-            None
-        }
-    }
-}
-
-/// A required string field; its problem goes into `errors`.
-fn string_field(
-    fields: &Map<String, Value>,
-    name: &str,
-    errors: &mut BTreeMap<String, String>,
-) -> Option<String> {
-    let problem = match fields.get(name) {
-        Some(Value::String(text)) if !text.is_empty() => return Some(text.clone()),
-        None | Some(Value::Null) => "is required",
-        Some(Value::String(_)) => "must not be empty",
-        Some(_) => "must be a string",
-    };
-    errors.insert(name.to_owned(), problem.to_owned());
-    None
+/// A valid email address; its problem goes into `errors`.
+fn parse_email(text: &str, errors: &mut BTreeMap<String, String>) -> Option<Email> {
+    Email::parse(text)
+        .map_err(|message| errors.insert("email".to_owned(), message.to_owned()))
+        .ok()
 }
 
 fn parse_user_id(text: &str, errors: &mut BTreeMap<String, String>) -> Option<Uuid> {

@@ -65,7 +65,8 @@ impl Signup {
         hasher.update(self.email.as_str());
         hasher.update([0]);
         hasher.update(self.request.display_name.trim());
-        for interest in dozen_kit::interests::normalise(&self.request.interests) {
+        // As sent: a retry sends the same request; users normalises them.
+        for interest in &self.request.interests {
             hasher.update([0]);
             hasher.update(interest);
         }

@@ -37,7 +37,7 @@ impl Flow {
     /// the account is new or the email was taken (no account enumeration).
     pub async fn submit(&self, key: &IdempotencyKey, signup: Signup) -> Result<(), ApiError> {
         let mut tx = Tx::begin(&self.db).await?;
-        let record = store::record(&mut tx, key, &signup, Utc::now()).await?;
+        let mut record = store::record(&mut tx, key, &signup, Utc::now()).await?;
         tx.commit().await?;
         if record.request_hash != signup.fingerprint() {
             return Err(Problem::typed(
@@ -62,7 +62,7 @@ impl Flow {
                 .check_password(&email, &record.display_name, &signup.request.password)
                 .await?
             {
-                Outcome::Done => {}
+                Outcome::Done(()) => {}
                 Outcome::Taken => {
                     return Err(ApiError::Internal(anyhow::anyhow!(
                         "passwords answered a password check with a conflict"
@@ -75,7 +75,14 @@ impl Flow {
                 .create_profile(record.user_id, &email, &record.display_name, &record.interests.0)
                 .await?;
             match profile {
-                Outcome::Done => self.advance(&record, SignupState::ProfileCreated).await?,
+                Outcome::Done(interests) => {
+                    // From here on the signup carries the interests as the profile has them:
+                    // `user.signed_up` announces them so.
+                    let mut tx = Tx::begin(&self.db).await?;
+                    store::profile_created(&mut tx, &record.idempotency_key, &interests, Utc::now()).await?;
+                    tx.commit().await?;
+                    record.interests = sqlx::types::Json(interests);
+                }
                 Outcome::Taken => {
                     // A new address costs a hash (its credential's), so a taken one does too:
                     // otherwise the time of the 202 would tell which emails have accounts.
@@ -99,7 +106,7 @@ impl Flow {
                 )
                 .await?
             {
-                Outcome::Done => self.advance(&record, SignupState::CredentialCreated).await?,
+                Outcome::Done(()) => self.advance(&record, SignupState::CredentialCreated).await?,
                 Outcome::Refused(problem) => return self.refuse(&record, problem, true).await,
                 // The address has a credential without a profile of its own: an earlier signup
                 // is half-undone. Step back; the owner is told as for any taken address.

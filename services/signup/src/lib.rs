@@ -11,15 +11,13 @@ pub mod peers;
 pub mod routes;
 pub mod store;
 
-use std::ffi::OsString;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Args;
+use clap::{Args, Subcommand};
 use dozen_bus::{Bus, BusSettings, Relay};
 use dozen_kit::config::{DatabaseSettings, parse_duration, parse_peer_urls};
 use dozen_kit::db::Migrations;
-use dozen_kit::service::AdminTask;
 use dozen_kit::{Context, Service};
 use utoipa_axum::router::OpenApiRouter;
 
@@ -69,6 +67,14 @@ impl Signup {
     }
 }
 
+/// The signup service's admin tasks.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Task {
+    /// Complete (both halves exist) or undo (delete the profile and the credential) every
+    /// signup left unfinished for longer than REPAIR_AFTER.
+    Repair,
+}
+
 impl Service for Signup {
     const NAME: &'static str = "signup";
     const DEFAULT_PORT: u16 = 8081;
@@ -78,20 +84,17 @@ impl Service for Signup {
         Some((&settings.database, SCHEMA))
     }
 
-    async fn routes(context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
+    async fn start(context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
         let mut bus = Bus::connect(&context.settings.bus, Self::NAME, context.database()?.clone()).await?;
         let flow = Self::flow(context, &bus).await?;
         bus.serve(&context.lifecycle, &mut context.readiness).await?;
         Ok(routes::router(flow))
     }
 
-    const TASKS: &'static [AdminTask] = &[AdminTask {
-        name: "repair",
-        about: "Complete or undo every signup left unfinished for longer than REPAIR_AFTER",
-    }];
+    type Task = Task;
 
-    async fn run_task(name: &str, _args: &[OsString], context: Context<Settings>) -> anyhow::Result<()> {
-        anyhow::ensure!(name == "repair", "no task {name}");
+    async fn run_task(task: Task, context: Context<Settings>) -> anyhow::Result<()> {
+        let Task::Repair = task;
         let bus = Bus::connect(&context.settings.bus, Self::NAME, context.database()?.clone()).await?;
         let flow = Self::flow(&context, &bus).await?;
         let before = chrono::Utc::now() - chrono::Duration::from_std(context.settings.repair_after)?;

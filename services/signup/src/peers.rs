@@ -13,9 +13,10 @@ use uuid::Uuid;
 
 /// How a call to a peer went.
 #[derive(Debug)]
-pub enum Outcome {
-    /// Done (created now, or by an earlier try).
-    Done,
+pub enum Outcome<T = ()> {
+    /// Done (created now, or by an earlier try), with what the peer answered that the flow
+    /// needs.
+    Done(T),
     /// The email (or id) is taken by another account.
     Taken,
     /// The peer refused the input; the problem says why, field by field.
@@ -49,15 +50,23 @@ struct ProfileId {
     id: Uuid,
 }
 
+/// The part of a created profile the flow needs.
+#[derive(Debug, Deserialize)]
+struct CreatedProfile {
+    /// As users keeps them (normalised): what `user.signed_up` announces.
+    interests: Vec<String>,
+}
+
 impl Peers {
-    /// Create the profile (idempotent for the same id and email).
+    /// Create the profile (idempotent for the same id and email); done, it gives the
+    /// profile's interests as users keeps them.
     pub async fn create_profile(
         &self,
         user_id: Uuid,
         email: &Email,
         display_name: &str,
         interests: &[String],
-    ) -> Result<Outcome, PeerError> {
+    ) -> Result<Outcome<Vec<String>>, PeerError> {
         let body =
             json!({ "id": user_id, "email": email, "display_name": display_name, "interests": interests });
         let answer = self
@@ -66,7 +75,17 @@ impl Peers {
             .json(&body)
             .send()
             .await;
-        sort(&self.users, answer).await
+        Ok(match sort(&self.users, answer).await? {
+            Outcome::Done(answer) => {
+                let profile = answer
+                    .json::<CreatedProfile>()
+                    .await
+                    .map_err(|e| unavailable(&self.users, e))?;
+                Outcome::Done(profile.interests)
+            }
+            Outcome::Taken => Outcome::Taken,
+            Outcome::Refused(problem) => Outcome::Refused(problem),
+        })
     }
 
     /// The id of the account that owns `email`, if any.
@@ -149,7 +168,7 @@ impl Peers {
     ) -> Result<Outcome, PeerError> {
         let body = json!({ "email": email, "display_name": display_name, "password": password });
         let answer = self.passwords.call(method, path).json(&body).send().await;
-        sort(&self.passwords, answer).await
+        sort(&self.passwords, answer).await.map(Outcome::without_answer)
     }
 
     /// Delete the credential (idempotent).
@@ -163,11 +182,23 @@ impl Peers {
     }
 }
 
-async fn sort(peer: &Upstream, answer: Result<Answer, CallError>) -> Result<Outcome, PeerError> {
+impl Outcome<Answer> {
+    /// The outcome, when the flow needs nothing from the answer.
+    fn without_answer(self) -> Outcome {
+        match self {
+            Self::Done(_) => Outcome::Done(()),
+            Self::Taken => Outcome::Taken,
+            Self::Refused(problem) => Outcome::Refused(problem),
+        }
+    }
+}
+
+/// How a call went, the answer kept when it is a success.
+async fn sort(peer: &Upstream, answer: Result<Answer, CallError>) -> Result<Outcome<Answer>, PeerError> {
     let answer = answer.map_err(|e| unavailable(peer, e))?;
     let status = answer.status();
     if status.is_success() {
-        return Ok(Outcome::Done);
+        return Ok(Outcome::Done(answer));
     }
     if status == StatusCode::CONFLICT {
         return Ok(Outcome::Taken);

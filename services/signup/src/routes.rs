@@ -1,8 +1,8 @@
 //! The signup service's HTTP API: `POST /signups`, routed by the gateway as `/api/signups`.
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use dozen_kit::Json;
 use dozen_kit::{ApiError, Problem};
 use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;

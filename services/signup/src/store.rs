@@ -26,7 +26,7 @@ pub struct SignupRecord {
     pub email: String,
     /// The display name asked for.
     pub display_name: String,
-    /// The interests asked for.
+    /// The interests: as sent, then as the profile keeps them once it exists.
     pub interests: Json<Vec<String>>,
     /// How far it got (see [`SignupRecord::state`]).
     state: String,
@@ -55,8 +55,8 @@ pub async fn record(
     signup: &Signup,
     now: DateTime<Utc>,
 ) -> Result<SignupRecord, sqlx::Error> {
-    // Normalised as users will store them: the signup event carries them as the profile has them.
-    let interests = dozen_kit::interests::normalise(&signup.request.interests);
+    // As sent, until users has made the profile (`profile_created`).
+    let interests = &signup.request.interests;
     with_conn!(tx.conn(), conn => sqlx::query(
         "INSERT INTO signups (idempotency_key, request_hash, user_id, email, display_name, interests, state, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, 'started', $7, $7) ON CONFLICT DO NOTHING",
@@ -66,7 +66,7 @@ pub async fn record(
     .bind(Uuid::now_v7())
     .bind(signup.email.as_str())
     .bind(signup.request.display_name.trim())
-    .bind(Json(&interests))
+    .bind(Json(interests))
     .bind(now)
     .execute(conn)
     .await
@@ -91,6 +91,27 @@ pub async fn advance(
     )
     .bind(key)
     .bind(state.as_str())
+    .bind(now)
+    .execute(conn)
+    .await
+    .map(|done| done.rows_affected() == 1))
+}
+
+/// The profile of the signup under `key` exists, with `interests` as users keeps them; whether
+/// it moved.
+pub async fn profile_created(
+    tx: &mut Tx,
+    key: &str,
+    interests: &[String],
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    with_conn!(tx.conn(), conn => sqlx::query(
+        "UPDATE signups SET state = $2, interests = $3, updated_at = $4
+         WHERE idempotency_key = $1 AND state NOT IN ('completed', 'conflict')",
+    )
+    .bind(key)
+    .bind(SignupState::ProfileCreated.as_str())
+    .bind(Json(interests))
     .bind(now)
     .execute(conn)
     .await

@@ -68,7 +68,7 @@ impl Interests {
         if items.len() > MAX_INTERESTS {
             return Err(format!("lists more than {MAX_INTERESTS} interests"));
         }
-        let interests = dozen_kit::interests::normalise(items);
+        let interests = normalise(items);
         for interest in &interests {
             let length = interest.chars().count();
             if length == 0 || length > MAX_INTEREST_LENGTH || interest.chars().any(char::is_control) {
@@ -84,6 +84,20 @@ impl Interests {
     pub fn as_slice(&self) -> &[String] {
         &self.0
     }
+}
+
+/// Interests as a profile keeps them: trimmed, lower-cased, without repeats, in the order
+/// given, so `Chess` and ` chess` are one interest. Other services take them from the profile
+/// (friends matches people on them), never normalise them again.
+fn normalise(items: &[String]) -> Vec<String> {
+    let mut interests: Vec<String> = Vec::with_capacity(items.len());
+    for item in items {
+        let interest = item.trim().to_lowercase();
+        if !interests.contains(&interest) {
+            interests.push(interest);
+        }
+    }
+    interests
 }
 
 /// A stored profile.
@@ -210,6 +224,13 @@ impl ProfileChangesRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interests_are_trimmed_lower_cased_and_kept_once_in_their_order() {
+        let given = [" Chess", "sailing ", "chess", "Go"].map(String::from);
+        let parsed = Interests::parse(&given).expect("valid");
+        assert_eq!(parsed.as_slice(), ["chess", "sailing", "go"]);
+    }
 
     #[test]
     fn interests_are_normalised_and_deduplicated() {

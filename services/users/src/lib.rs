@@ -3,22 +3,19 @@
 //! `user.profile_updated` whenever a profile changes.
 //!
 //! Layout: [`domain`] (what a profile accepts), [`store`] (its table), [`routes`] (the API),
-//! and here the service's settings and its bus subscription.
+//! [`events`] (what it does on each event it consumes), and here the service's settings.
 
 pub mod domain;
+pub mod events;
 pub mod routes;
 pub mod store;
 
-use chrono::Utc;
-use std::ffi::OsString;
-
 use clap::Args;
-use dozen_bus::contracts::UserEmailVerified;
-use dozen_bus::{Bus, BusSettings, Event as _, handler};
+use dozen_bus::admin::BusTask;
+use dozen_bus::{Bus, BusSettings};
 use dozen_kit::auth::{JwtVerifier, TokenSettings};
 use dozen_kit::config::{DatabaseSettings, parse_peer_urls};
 use dozen_kit::db::Migrations;
-use dozen_kit::service::AdminTask;
 use dozen_kit::{Context, Service};
 use utoipa_axum::router::OpenApiRouter;
 
@@ -56,28 +53,12 @@ impl Service for Users {
         Some((&settings.database, SCHEMA))
     }
 
-    async fn routes(context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
+    async fn start(context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
         let db = context.database()?.clone();
         let mut bus = Bus::connect(&context.settings.bus, Self::NAME, db.clone()).await?;
         let outbox = bus.outbox().clone();
 
-        let publisher = outbox.clone();
-        bus.subscribe(
-            Self::NAME,
-            &[UserEmailVerified::TYPE],
-            handler(move |tx, event| {
-                let publisher = publisher.clone();
-                Box::pin(async move {
-                    let verified: UserEmailVerified = event.decode()?;
-                    if let Some((profile, true)) =
-                        store::mark_verified(tx, verified.user_id, Utc::now()).await?
-                    {
-                        publisher.publish(tx, &routes::profile_updated(&profile)).await?;
-                    }
-                    Ok(())
-                })
-            }),
-        );
+        bus.handle(Self::NAME, events::handlers(outbox.clone()));
         bus.serve(&context.lifecycle, &mut context.readiness).await?;
         let verifier = JwtVerifier::new(
             &context.http,
@@ -87,11 +68,9 @@ impl Service for Users {
         Ok(routes::router(routes::AppState { db, outbox, verifier }))
     }
 
-    const TASKS: &'static [AdminTask] = &dozen_bus::admin::TASKS;
+    type Task = BusTask;
 
-    async fn run_task(name: &str, args: &[OsString], context: Context<Settings>) -> anyhow::Result<()> {
-        dozen_bus::admin::run(name, args, context.database()?, Self::NAME)
-            .await
-            .unwrap_or_else(|| Err(anyhow::anyhow!("no task {name}")))
+    async fn run_task(task: BusTask, context: Context<Settings>) -> anyhow::Result<()> {
+        task.run(context.database()?, Self::NAME).await
     }
 }

@@ -2,13 +2,13 @@
 //! gateway routes `/api/me` here). `/profiles…` is internal (the signup service creates and,
 //! when a signup cannot finish, deletes profiles); the gateway does not route it.
 
-use axum::Json;
 use axum::extract::{FromRef, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use dozen_bus::Outbox;
 use dozen_bus::contracts::UserProfileUpdated;
+use dozen_kit::Json;
 use dozen_kit::auth::{Authenticated, JwtVerifier};
 use dozen_kit::db::{Db, Tx};
 use dozen_kit::email::Email;

@@ -13,29 +13,27 @@
 //!
 //! Layout: [`domain`] (tokens and mail texts), [`store`] (the tables), [`links`] (a token and
 //! its mail, written together), [`mailer`] (folder or SMTP), [`sender`] (the background
-//! delivery), [`routes`] (the API), and here the settings and the bus subscription.
+//! delivery), [`routes`] (the API), [`events`] (what it does on each event it consumes), and here the
+//! settings.
 
 pub mod domain;
+pub mod events;
 pub mod links;
 pub mod mailer;
 pub mod routes;
 pub mod sender;
 pub mod store;
 
-use std::ffi::OsString;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use chrono::Utc;
 use clap::Args;
-use dozen_bus::contracts::{UserSignedUp, UserSignupConflict};
-use dozen_bus::{Bus, BusSettings, Event as _, handler};
+use dozen_bus::admin::BusTask;
+use dozen_bus::{Bus, BusSettings};
 use dozen_kit::auth::{JwtVerifier, TokenSettings};
 use dozen_kit::config::{DatabaseSettings, parse_duration, parse_http_url, parse_peer_urls};
 use dozen_kit::db::Migrations;
-use dozen_kit::email::Email;
-use dozen_kit::service::AdminTask;
 use dozen_kit::{Context, Service};
 use lettre::message::Mailbox;
 use tokio::sync::Notify;
@@ -127,7 +125,7 @@ impl Service for Verification {
         Some((&settings.database, SCHEMA))
     }
 
-    async fn routes(context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
+    async fn start(context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
         let db = context.database()?.clone();
         let settings = context.settings.mail.clone();
         let mailer = Mailer::new(&settings.mail_url, settings.mail_timeout)?;
@@ -145,37 +143,7 @@ impl Service for Verification {
 
         let mut bus = Bus::connect(&context.settings.bus, Self::NAME, db.clone()).await?;
         let outbox = bus.outbox().clone();
-        let issuer = links.clone();
-        bus.subscribe(
-            Self::NAME,
-            &[UserSignedUp::TYPE, UserSignupConflict::TYPE],
-            handler(move |tx, event| {
-                let issuer = issuer.clone();
-                Box::pin(async move {
-                    let now = Utc::now().timestamp_millis();
-                    if event.event_type == UserSignedUp::TYPE {
-                        let signed_up: UserSignedUp = event.decode()?;
-                        let email = Email::parse(&signed_up.email)
-                            .map_err(|e| anyhow::anyhow!("the signed-up email {e}"))?;
-                        // A second event for the same user (the signup announced twice) mails nothing.
-                        if store::create_account(tx, signed_up.user_id, email.as_str(), now).await? {
-                            issuer.issue(tx, signed_up.user_id, email.as_str(), now).await?;
-                        }
-                    } else {
-                        let conflict: UserSignupConflict = event.decode()?;
-                        let email = Email::parse(&conflict.email)
-                            .map_err(|e| anyhow::anyhow!("the conflicting email {e}"))?;
-                        if !issuer
-                            .notify_conflict(tx, email.as_str(), conflict.attempted_at, now)
-                            .await?
-                        {
-                            tracing::info!(user_id = %conflict.user_id, "conflict notice throttled");
-                        }
-                    }
-                    Ok(())
-                })
-            }),
-        );
+        bus.handle(Self::NAME, events::handlers(links.clone()));
         bus.serve(&context.lifecycle, &mut context.readiness)
             .await
             .context("cannot subscribe to the bus (BUS_URL)")?;
@@ -202,11 +170,9 @@ impl Service for Verification {
         }))
     }
 
-    const TASKS: &'static [AdminTask] = &dozen_bus::admin::TASKS;
+    type Task = BusTask;
 
-    async fn run_task(name: &str, args: &[OsString], context: Context<Settings>) -> anyhow::Result<()> {
-        dozen_bus::admin::run(name, args, context.database()?, Self::NAME)
-            .await
-            .unwrap_or_else(|| Err(anyhow::anyhow!("no task {name}")))
+    async fn run_task(task: BusTask, context: Context<Settings>) -> anyhow::Result<()> {
+        task.run(context.database()?, Self::NAME).await
     }
 }

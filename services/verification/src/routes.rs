@@ -4,12 +4,12 @@
 //! mailbox (`GET /mailbox`). The gateway routes them as `/api/verifications/…` and
 //! `/api/dev/mailbox`.
 
-use axum::Json;
 use axum::extract::{FromRef, Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use dozen_bus::Outbox;
 use dozen_bus::contracts::UserEmailVerified;
+use dozen_kit::Json;
 use dozen_kit::auth::{Authenticated, JwtVerifier};
 use dozen_kit::db::{Db, Tx};
 use dozen_kit::email::Email;

@@ -9,6 +9,7 @@ use axum::routing::get;
 use clap::Args;
 use dozen_kit::config::DatabaseSettings;
 use dozen_kit::db::Migrations;
+use dozen_kit::service::NoTasks;
 use dozen_kit::{Context, Service};
 use utoipa_axum::router::OpenApiRouter;
 
@@ -32,7 +33,13 @@ impl Service for Slow {
         None
     }
 
-    async fn routes(context: &mut Context<NoSettings>) -> anyhow::Result<OpenApiRouter> {
+    type Task = NoTasks;
+
+    async fn run_task(task: NoTasks, _: Context<NoSettings>) -> anyhow::Result<()> {
+        match task {}
+    }
+
+    async fn start(context: &mut Context<NoSettings>) -> anyhow::Result<OpenApiRouter> {
         let stopping = context.lifecycle.stopping();
         context.lifecycle.spawn(async move {
             stopping.cancelled().await;

@@ -1,0 +1,40 @@
+//! The events the friends service consumes, one named handler each, registered in
+//! [`handlers`]: they keep its copy of each member (name, interests, verified) current.
+
+use dozen_bus::contracts::{UserEmailVerified, UserProfileUpdated, UserSignedUp};
+use dozen_bus::{EventHandlers, Tx};
+
+use crate::store;
+
+/// Every handler, for the service's one subscription.
+pub fn handlers() -> EventHandlers<()> {
+    EventHandlers::new(())
+        .on(on_signed_up)
+        .on(on_profile_updated)
+        .on(on_email_verified)
+}
+
+/// A new member, not verified yet, with the interests as the users service normalised them.
+pub async fn on_signed_up(tx: &mut Tx, event: UserSignedUp) -> anyhow::Result<()> {
+    store::upsert_member(tx, event.user_id, &event.display_name, &event.interests, false).await?;
+    Ok(())
+}
+
+/// A member's profile as it now is.
+pub async fn on_profile_updated(tx: &mut Tx, event: UserProfileUpdated) -> anyhow::Result<()> {
+    store::upsert_member(
+        tx,
+        event.user_id,
+        &event.display_name,
+        &event.interests,
+        event.verified,
+    )
+    .await?;
+    Ok(())
+}
+
+/// A member who may now be suggested to others.
+pub async fn on_email_verified(tx: &mut Tx, event: UserEmailVerified) -> anyhow::Result<()> {
+    store::mark_verified(tx, event.user_id).await?;
+    Ok(())
+}

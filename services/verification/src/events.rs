@@ -1,0 +1,41 @@
+//! The events the verification service consumes, one named handler each, registered in
+//! [`handlers`]: a new account gets its verification mail, a signup for a taken address a
+//! notice to its owner.
+
+use chrono::Utc;
+use dozen_bus::contracts::{UserSignedUp, UserSignupConflict};
+use dozen_bus::{EventHandlers, Tx};
+use dozen_kit::email::Email;
+
+use crate::links::Links;
+use crate::store;
+
+/// Every handler, for the service's one subscription; they issue tokens and mails through
+/// `links`.
+pub fn handlers(links: Links) -> EventHandlers<Links> {
+    EventHandlers::new(links).on(on_signed_up).on(on_signup_conflict)
+}
+
+/// Record the account and mail its verification link. A second event for the same user (the
+/// signup announced twice) mails nothing.
+pub async fn on_signed_up(tx: &mut Tx, event: UserSignedUp, links: &Links) -> anyhow::Result<()> {
+    let now = Utc::now().timestamp_millis();
+    let email = Email::parse(&event.email).map_err(|e| anyhow::anyhow!("the signed-up email {e}"))?;
+    if store::create_account(tx, event.user_id, email.as_str(), now).await? {
+        links.issue(tx, event.user_id, email.as_str(), now).await?;
+    }
+    Ok(())
+}
+
+/// Tell the owner of an address that someone tried to sign up with it (throttled).
+pub async fn on_signup_conflict(tx: &mut Tx, event: UserSignupConflict, links: &Links) -> anyhow::Result<()> {
+    let now = Utc::now().timestamp_millis();
+    let email = Email::parse(&event.email).map_err(|e| anyhow::anyhow!("the conflicting email {e}"))?;
+    if !links
+        .notify_conflict(tx, email.as_str(), event.attempted_at, now)
+        .await?
+    {
+        tracing::info!(user_id = %event.user_id, "conflict notice throttled");
+    }
+    Ok(())
+}
