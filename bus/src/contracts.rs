@@ -273,6 +273,21 @@ pub fn asyncapi() -> serde_json::Value {
     })
 }
 
+/// `schema` without its descriptions: rewording one changes nothing a consumer reads, so it is
+/// neither a breaking change nor one that needs a new version. (A property named
+/// `description` is an object, and stays.)
+pub fn without_descriptions(schema: &serde_json::Value) -> serde_json::Value {
+    match schema {
+        serde_json::Value::Object(fields) => fields
+            .iter()
+            .filter(|(key, value)| !(key.as_str() == "description" && value.is_string()))
+            .map(|(key, value)| (key.clone(), without_descriptions(value)))
+            .collect(),
+        serde_json::Value::Array(items) => items.iter().map(without_descriptions).collect(),
+        other => other.clone(),
+    }
+}
+
 /// Check that `new` may replace `old` as the schema of one event type: every property of
 /// `old` is still there with the same schema, every field `old` required is still required,
 /// and anything added is optional. The answer lists every violation.
@@ -297,7 +312,7 @@ pub fn check_compatible(old: &serde_json::Value, new: &serde_json::Value) -> Res
     for (name, old_schema) in &old_properties {
         match new_properties.get(name) {
             None => problems.push(format!("field `{name}` was removed")),
-            Some(new_schema) if new_schema != old_schema => {
+            Some(new_schema) if without_descriptions(new_schema) != without_descriptions(old_schema) => {
                 problems.push(format!("field `{name}` changed its schema"))
             }
             Some(_) => {}
