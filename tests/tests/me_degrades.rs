@@ -230,8 +230,11 @@ async fn me_survives(platform: &mut Platform, token: &str, service: &str, absent
         !status.to_string().contains("127.0.0.1"),
         "no internal address in {status}"
     );
-    let gauge = format!("upstream_breaker_state{{upstream=\"{service}\"}} 2");
-    assert!(platform.metrics().await.contains(&gauge), "{gauge} in /metrics");
+    let metrics = platform.metrics().await;
+    assert!(
+        breaker_gauge_is(&metrics, service, 2),
+        "{service}'s breaker open in /metrics:\n{metrics}"
+    );
 
     platform.restart(service, port).await;
     let me = eventually(
@@ -256,8 +259,19 @@ async fn me_survives(platform: &mut Platform, token: &str, service: &str, absent
         },
     )
     .await;
-    let gauge = format!("upstream_breaker_state{{upstream=\"{service}\"}} 0");
-    assert!(platform.metrics().await.contains(&gauge), "{gauge} in /metrics");
+    let metrics = platform.metrics().await;
+    assert!(
+        breaker_gauge_is(&metrics, service, 0),
+        "{service}'s breaker closed in /metrics:\n{metrics}"
+    );
+}
+
+/// Whether the gateway's `/metrics` shows `value` as the breaker state of `service`'s instance.
+fn breaker_gauge_is(metrics: &str, service: &str, value: u8) -> bool {
+    let gauge = format!("upstream_breaker_state{{upstream=\"{service}\",instance=");
+    metrics
+        .lines()
+        .any(|line| line.starts_with(&gauge) && line.ends_with(&format!(" {value}")))
 }
 
 #[tokio::test(flavor = "multi_thread")]
