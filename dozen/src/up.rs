@@ -97,6 +97,11 @@ pub struct UpSettings {
     /// How long each service may take to stop after SIGTERM before it is killed.
     #[arg(long, env = "STOP_TIMEOUT", default_value = "35s", value_parser = parse_duration)]
     pub stop_timeout: Duration,
+
+    /// Processes run for each service, all serving on the service's one socket: the kernel
+    /// spreads connections over them, so the service keeps serving while one restarts.
+    #[arg(long, env = "REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub replicas: u16,
 }
 
 fn parse_postgres_url(text: &str) -> Result<String, String> {
@@ -217,6 +222,7 @@ async fn up(settings: UpSettings, log: &Log) -> anyhow::Result<()> {
         }
         plans.push(Plan {
             service,
+            instance: service.as_str().into(),
             env,
             program: program.clone(),
             socket: socket(service).listener.clone(),
@@ -236,11 +242,17 @@ async fn up(settings: UpSettings, log: &Log) -> anyhow::Result<()> {
     let stopping = CancellationToken::new();
     let mut supervisors = Vec::new();
     for plan in plans {
-        supervisors.push(tokio::spawn(plan.supervise(
-            log.clone(),
-            stopping.clone(),
-            settings.stop_timeout,
-        )));
+        for replica in 1..=settings.replicas {
+            let mut plan = plan.clone();
+            if settings.replicas > 1 {
+                plan.instance = format!("{}-{replica}", plan.service.as_str()).into();
+            }
+            supervisors.push(tokio::spawn(plan.supervise(
+                log.clone(),
+                stopping.clone(),
+                settings.stop_timeout,
+            )));
+        }
     }
 
     let signal = dozen_kit::lifecycle::shutdown_signal();
@@ -357,6 +369,9 @@ impl Socket {
 #[derive(Debug, Clone)]
 struct Plan {
     service: ServiceName,
+    /// The name of this process in the log: the service's, with its replica's number when
+    /// there are several.
+    instance: Arc<str>,
     /// Its environment on top of dozen's own.
     env: BTreeMap<String, String>,
     program: PathBuf,
@@ -423,7 +438,7 @@ impl Plan {
             .migrate_command()
             .spawn()
             .with_context(|| format!("cannot start {name} migrate"))?;
-        let readers = pipe_output(&mut child, name, &log);
+        let readers = pipe_output(&mut child, &self.instance, &log);
         let status = child.wait().await?;
         readers.await;
         if !status.success() {
@@ -438,7 +453,7 @@ impl Plan {
         const FIRST_BACKOFF: Duration = Duration::from_millis(200);
         const MAX_BACKOFF: Duration = Duration::from_secs(10);
         const HEALTHY_RUN: Duration = Duration::from_secs(30);
-        let name = self.service.as_str();
+        let name = &*self.instance;
         let mut backoff = FIRST_BACKOFF;
         loop {
             let mut child = match self.serve_command().spawn() {
@@ -450,7 +465,7 @@ impl Plan {
             };
             let pid = child.id().unwrap_or_default();
             log.line("dozen", &format!("started {name} (pid {pid})"));
-            let readers = pipe_output(&mut child, name, &log);
+            let readers = pipe_output(&mut child, &self.instance, &log);
             let ran_since = Instant::now();
             tokio::select! {
                 status = child.wait() => {
@@ -494,17 +509,17 @@ impl Plan {
 /// once both pipes have closed.
 fn pipe_output(
     child: &mut tokio::process::Child,
-    name: &'static str,
+    name: &Arc<str>,
     log: &Log,
 ) -> impl Future<Output = ()> + use<> {
     let stdout = child
         .stdout
         .take()
-        .map(|pipe| tokio::spawn(copy_lines(pipe, name, log.clone())));
+        .map(|pipe| tokio::spawn(copy_lines(pipe, name.clone(), log.clone())));
     let stderr = child
         .stderr
         .take()
-        .map(|pipe| tokio::spawn(copy_lines(pipe, name, log.clone())));
+        .map(|pipe| tokio::spawn(copy_lines(pipe, name.clone(), log.clone())));
     async move {
         for reader in [stdout, stderr].into_iter().flatten() {
             let _ = reader.await;
@@ -512,10 +527,10 @@ fn pipe_output(
     }
 }
 
-async fn copy_lines(pipe: impl AsyncRead + Unpin, name: &'static str, log: Log) {
+async fn copy_lines(pipe: impl AsyncRead + Unpin, name: Arc<str>, log: Log) {
     let mut lines = BufReader::new(pipe).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        log.line(name, &line);
+        log.line(&name, &line);
     }
 }
 
@@ -592,7 +607,8 @@ impl Log {
     fn line(&self, who: &str, text: &str) {
         let mut out = std::io::stdout().lock();
         let _ = if self.colour {
-            let colour = match who {
+            // A replica's name ends in its number: coloured as its service.
+            let colour = match who.split('-').next().unwrap_or(who) {
                 "gateway" => 36,
                 "signup" => 32,
                 "users" => 33,

@@ -126,10 +126,17 @@ impl Platform {
             .is_ok_and(|response| response.status() == 200)
     }
 
-    /// Ctrl-C, and check that every service stopped and freed its port; the services' last
-    /// pids are returned.
+    /// Ctrl-C, and check that every service stopped and freed its port; the pids of every
+    /// process it started are returned.
     pub async fn stop(mut self) -> Vec<i32> {
-        let pids: Vec<i32> = SERVICES.iter().map(|service| self.pid_of(service)).collect();
+        // Every process dozen started, replicas and restarted ones included.
+        let pids: Vec<i32> = self
+            .up
+            .lines()
+            .iter()
+            .filter(|line| line.contains("| started "))
+            .filter_map(|line| line.rsplit_once("(pid ")?.1.trim_end_matches(')').parse().ok())
+            .collect();
         self.up.signal(Signal::SIGINT);
         let status = self.up.wait(Duration::from_secs(60)).await;
         assert!(

@@ -1,13 +1,17 @@
 //! `dozen up`: every service as its own process on a port of 0, restarted on its port when it
 //! dies, all stopped by one Ctrl-C with nothing left behind — on the embedded defaults and on a
-//! Postgres server; a port in use stops it before anything starts.
+//! Postgres server; a port in use stops it before anything starts; with replicas, killing one
+//! instance costs no request.
 
 use dozen_tests::database::DatabasePrefix;
-use dozen_tests::platform::Platform;
+use dozen_tests::platform::{Platform, SERVICES};
 use dozen_tests::process::run_to_exit;
+use dozen_tests::public_api::PublicApi;
 use dozen_tests::{PATIENCE, eventually};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
 
 fn is_alive(pid: i32) -> bool {
     kill(Pid::from_raw(pid), None).is_ok()
@@ -76,9 +80,48 @@ async fn dozen_up_refuses_a_port_in_use_by_its_setting_before_starting_anything(
     let said = format!("{}{}", up.stdout, up.stderr);
     assert!(
         said.contains(&format!(
-            "cannot listen on 127.0.0.1:{port} for friends (FRIENDS_PORT)"
+            "cannot listen on 127.0.0.1:{port} for friends (FRIENDS_PORT, HOST)"
         )),
         "{said}"
     );
     assert!(!said.contains("started "), "nothing started: {said}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_two_replicas_a_killed_instance_costs_no_request() {
+    let platform = Platform::start(&[("REPLICAS", "2")]).await;
+    for service in SERVICES {
+        for replica in ["1", "2"] {
+            let instance = format!("{service}-{replica}");
+            assert_eq!(platform.started_count(&instance), 1, "{instance} started once");
+        }
+    }
+    let api = PublicApi::of(&platform);
+    let email = "replicas@example.com";
+    let signed_up = api.sign_up("replicas-1", email, "Ada", &["chess"]).await;
+    assert_eq!(signed_up.status(), StatusCode::ACCEPTED);
+    let token = api.verify_and_log_in(email).await;
+
+    // Reads keep working through the kill: the other replica takes every new connection, and a
+    // request on a connection the dead one held is retried.
+    let killed = platform.pid_of("users-1");
+    for round in 0..20 {
+        if round == 5 {
+            kill(Pid::from_raw(killed), Signal::SIGKILL).expect("kill -9 users-1");
+        }
+        let me = api.as_user(&token, Method::GET, "/api/me").await;
+        assert_eq!(me.status(), StatusCode::OK, "round {round}");
+        let me: Value = me.json().await.expect("a JSON body");
+        assert_eq!(me["profile"]["email"], email, "round {round}: {me}");
+    }
+    eventually(PATIENCE, "users-1 is restarted", || async {
+        platform.started_count("users-1") == 2
+    })
+    .await;
+    assert_eq!(
+        platform.started_count("users-2"),
+        1,
+        "the other replica was untouched"
+    );
+    platform.stop().await;
 }
