@@ -160,7 +160,7 @@ pub fn run_from_args<S: Service>(args: impl IntoIterator<Item = OsString>) -> Ex
         }
     };
     // Making the metrics recorder calibrates its clock (quanta's TSC against the system clock):
-    // it spins for 0.5 ms at best, up to 200 ms on a busy machine. Start it now on another core,
+    // it spins for a while, far longer on a busy machine. Start it now on another core,
     // overlapping telemetry and runtime start-up; `Application::build` still waits for the
     // recorder before anything records.
     if matches!(settings.command, None | Some(Command::Serve)) {

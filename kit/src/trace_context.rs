@@ -5,9 +5,9 @@
 //! The trace context of the request or message being handled is a task-local, set by whoever
 //! starts handling it (a [`Handling`]): the HTTP middleware and the bus subscriber.
 //! Outgoing calls, published messages and log lines read it from there. When spans are exported
-//! it is the context of the handler's exported span; otherwise no span is recorded at all (a
-//! span costs a proxied request about a fifth of the gateway's instructions) and the context is
-//! made here: a new span id in the caller's trace, or a new trace.
+//! it is the context of the handler's exported span; otherwise no span is recorded at all
+//! (recording one is a large share of what a proxied request costs, BENCHMARKS.md) and the
+//! context is made here: a new span id in the caller's trace, or a new trace.
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -163,8 +163,8 @@ pub struct Serving {
 /// finish. With `threads` above one, this thread's runtime serves and so do `threads - 1`
 /// more threads, each with a single-threaded runtime of its own accepting from the same
 /// socket: a connection stays on the thread that accepted it, so none of its requests waits
-/// for another thread to wake, as they do in a work-stealing runtime (which cost the gateway
-/// 86 µs of CPU per proxied request against 48 on one thread).
+/// for another thread to wake, as they do in a work-stealing runtime, where the gateway spent
+/// far more CPU per proxied request (BENCHMARKS.md).
 ///
 /// Whatever a request opened on an extra thread (a pooled connection to a peer or to the
 /// database) stays registered with that thread's runtime, so the threads keep running their
@@ -255,8 +255,8 @@ impl Serving {
 ///
 /// hyper's own connection, not `axum::serve`: that serves through hyper-util's protocol
 /// detection and upgrade support (an extension on every request) and a per-connection service
-/// made to add the address, which no service here uses and which cost the gateway about 2% of
-/// its instructions per proxied request.
+/// made to add the address, none of which any service here uses, and all of which cost every
+/// request something (BENCHMARKS.md).
 async fn serve_connections(
     listener: TcpListener,
     router: Router,

@@ -213,8 +213,8 @@ impl Stored {
 }
 
 /// argon2's working memory, kept between hashes. A hash fills `m` KiB; memory mapped afresh
-/// for each one costs a page fault every 4 KiB, about a third of the hash's time on this
-/// project's machines. There are never more buffers than hashes computed at once (the
+/// for each one costs a page fault every 4 KiB, a large share of the hash's time
+/// (BENCHMARKS.md). There are never more buffers than hashes computed at once (the
 /// permits), each as large as the largest cost it has served, and each is made in huge pages
 /// where the kernel gives them ([`new_buffer`]).
 #[derive(Debug, Default)]
@@ -251,11 +251,9 @@ impl Memory {
 /// A buffer of `blocks` zeroed blocks, backed by transparent huge pages where the kernel gives
 /// them on request (its `madvise` mode, Debian's default). argon2 reads a block from anywhere in
 /// its memory for each one it writes, so with 4 KiB pages nearly every read misses the TLB; in
-/// 2 MiB pages the whole buffer fits in a few TLB entries. With `cargo run --release -p
-/// dozen-bench --bin argon2`, in alternating runs on a 2-core VM: a hash about 5% faster on one
-/// core, and about 9% more hashes per second on every core at once. Without huge pages (a
-/// kernel without them, a container that disables them) the buffer is an ordinary one and
-/// hashes come out the same.
+/// 2 MiB pages the whole buffer fits in a few TLB entries (BENCHMARKS.md has the gain). Without
+/// huge pages (a kernel without them, a container that disables them) the buffer is an ordinary
+/// one and hashes come out the same.
 fn new_buffer(blocks: usize) -> Vec<Block> {
     let mut buffer = Vec::with_capacity(blocks);
     // Before the first write: the kernel picks the page size when a page is first touched.
