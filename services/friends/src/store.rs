@@ -227,20 +227,37 @@ pub struct Relation {
     pub since: DateTime<Utc>,
 }
 
-/// A page of the friends of `user`, oldest friendship first; `None` when `page.after` names
-/// none of them.
-pub async fn friends_of(db: &Db, user: Uuid, page: Page) -> Result<Option<Vec<Relation>>, sqlx::Error> {
-    if let Some(after) = page.after {
-        let known: Option<i64> = with_pool!(db, pool => sqlx::query_scalar(
-            "SELECT CAST(1 AS BIGINT) FROM friendships WHERE user_id = $1 AND friend_id = $2",
-        )
+/// Whether the page's cursor, if any, names a row: `exists` finds it by `user` ($1) and the
+/// cursor ($2).
+async fn cursor_is_known(
+    db: &Db,
+    exists: &'static str,
+    user: Uuid,
+    after: Option<Uuid>,
+) -> Result<bool, sqlx::Error> {
+    let Some(after) = after else {
+        return Ok(true);
+    };
+    let known: Option<i64> = with_pool!(db, pool => sqlx::query_scalar(exists)
         .bind(user)
         .bind(after)
         .fetch_optional(pool)
         .await)?;
-        if known.is_none() {
-            return Ok(None);
-        }
+    Ok(known.is_some())
+}
+
+/// A page of the friends of `user`, oldest friendship first; `None` when `page.after` names
+/// none of them.
+pub async fn friends_of(db: &Db, user: Uuid, page: Page) -> Result<Option<Vec<Relation>>, sqlx::Error> {
+    if !cursor_is_known(
+        db,
+        "SELECT CAST(1 AS BIGINT) FROM friendships WHERE user_id = $1 AND friend_id = $2",
+        user,
+        page.after,
+    )
+    .await?
+    {
+        return Ok(None);
     }
     // Rows after the cursor's (since, friend_id), compared with the stored values themselves.
     with_pool!(db, pool => sqlx::query_as(
@@ -262,17 +279,15 @@ pub async fn friends_of(db: &Db, user: Uuid, page: Page) -> Result<Option<Vec<Re
 /// A page of the requests waiting for `user` to answer, oldest first; `None` when
 /// `page.after` names none of them.
 pub async fn requests_to(db: &Db, user: Uuid, page: Page) -> Result<Option<Vec<Relation>>, sqlx::Error> {
-    if let Some(after) = page.after {
-        let known: Option<i64> = with_pool!(db, pool => sqlx::query_scalar(
-            "SELECT CAST(1 AS BIGINT) FROM friend_requests WHERE addressee = $1 AND requester = $2",
-        )
-        .bind(user)
-        .bind(after)
-        .fetch_optional(pool)
-        .await)?;
-        if known.is_none() {
-            return Ok(None);
-        }
+    if !cursor_is_known(
+        db,
+        "SELECT CAST(1 AS BIGINT) FROM friend_requests WHERE addressee = $1 AND requester = $2",
+        user,
+        page.after,
+    )
+    .await?
+    {
+        return Ok(None);
     }
     with_pool!(db, pool => sqlx::query_as(
         "SELECT r.requester AS id, COALESCE(m.display_name, '') AS display_name, r.requested_at AS since
