@@ -201,7 +201,8 @@ pub async fn upsert_member(
     .bind(verified)
     .execute(conn)
     .await
-    .map(drop))
+    .map(drop))?;
+    index_interests(tx, user).await
 }
 
 /// Mark a user verified (known or not yet: the signup event may come later).
@@ -213,7 +214,40 @@ pub async fn mark_verified(tx: &mut Tx, user: Uuid) -> Result<(), sqlx::Error> {
     .bind(user)
     .execute(conn)
     .await
-    .map(drop))
+    .map(drop))?;
+    index_interests(tx, user).await
+}
+
+/// Make `member_interests` agree with the member's row: each interest they list, while they are
+/// verified (only verified members are suggested).
+async fn index_interests(tx: &mut Tx, user: Uuid) -> Result<(), sqlx::Error> {
+    with_conn!(tx.conn(), conn => sqlx::query("DELETE FROM member_interests WHERE user_id = $1")
+        .bind(user)
+        .execute(conn)
+        .await
+        .map(drop))?;
+    let listed: Option<(String, Json<Vec<String>>)> = with_conn!(tx.conn(), conn => sqlx::query_as(
+        "SELECT display_name, interests FROM members WHERE user_id = $1 AND verified",
+    )
+    .bind(user)
+    .fetch_optional(conn)
+    .await)?;
+    let Some((display_name, Json(interests))) = listed else {
+        return Ok(());
+    };
+    for interest in interests {
+        with_conn!(tx.conn(), conn => sqlx::query(
+            "INSERT INTO member_interests (interest, display_name, user_id) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&interest)
+        .bind(&display_name)
+        .bind(user)
+        .execute(conn)
+        .await
+        .map(drop))?;
+    }
+    Ok(())
 }
 
 /// A friend, or a request, with the other user's name.
@@ -317,20 +351,71 @@ pub struct Candidate {
     pub mutual_friends: i64,
 }
 
-/// Everyone `user` might befriend.
-pub async fn candidates_for(db: &Db, user: Uuid) -> Result<Vec<Candidate>, sqlx::Error> {
-    with_pool!(db, pool => sqlx::query_as(
-        "SELECT m.user_id, m.display_name, m.interests, m.verified,
-            (SELECT COUNT(*) FROM friendships mine JOIN friendships theirs ON theirs.user_id = mine.friend_id
-             WHERE mine.user_id = $1 AND theirs.friend_id = m.user_id) AS mutual_friends
-         FROM members m
-         WHERE m.verified AND m.user_id <> $1
-           AND NOT EXISTS (SELECT 1 FROM friendships f WHERE f.user_id = $1 AND f.friend_id = m.user_id)
-           AND NOT EXISTS (SELECT 1 FROM friend_requests r
-                           WHERE (r.requester = $1 AND r.addressee = m.user_id)
-                              OR (r.requester = m.user_id AND r.addressee = $1))",
-    )
+/// The conditions that make member `m` a candidate for `$1`: verified, someone else, and no
+/// friendship or request either way. Each is an index lookup.
+macro_rules! is_candidate {
+    () => {
+        " m.verified AND m.user_id <> $1
+          AND NOT EXISTS (SELECT 1 FROM friendships f WHERE f.user_id = $1 AND f.friend_id = m.user_id)
+          AND NOT EXISTS (SELECT 1 FROM friend_requests r
+                          WHERE (r.requester = $1 AND r.addressee = m.user_id)
+                             OR (r.requester = m.user_id AND r.addressee = $1)) "
+    };
+}
+
+/// The candidates who are friends of `user`'s friends, most friends in common first, at most
+/// `limit`: the work grows with the friends' friends, not with the number of members.
+pub async fn friends_of_friends(db: &Db, user: Uuid, limit: i64) -> Result<Vec<Candidate>, sqlx::Error> {
+    with_pool!(db, pool => sqlx::query_as(concat!(
+        "SELECT m.user_id, m.display_name, m.interests, m.verified, fof.mutual_friends
+         FROM (SELECT theirs.friend_id AS user_id, COUNT(*) AS mutual_friends
+               FROM friendships mine JOIN friendships theirs ON theirs.user_id = mine.friend_id
+               WHERE mine.user_id = $1
+               GROUP BY theirs.friend_id) fof
+         JOIN members m ON m.user_id = fof.user_id
+         WHERE",
+        is_candidate!(),
+        "ORDER BY fof.mutual_friends DESC, m.display_name, m.user_id LIMIT $2",
+    ))
     .bind(user)
+    .bind(limit)
+    .fetch_all(pool)
+    .await)
+}
+
+/// The first `limit` candidates, by name, who list `interest`; friends in common are not
+/// counted here (0).
+pub async fn sharing_interest(
+    db: &Db,
+    user: Uuid,
+    interest: &str,
+    limit: i64,
+) -> Result<Vec<Candidate>, sqlx::Error> {
+    with_pool!(db, pool => sqlx::query_as(concat!(
+        "SELECT m.user_id, m.display_name, m.interests, m.verified, CAST(0 AS BIGINT) AS mutual_friends
+         FROM member_interests listed JOIN members m ON m.user_id = listed.user_id
+         WHERE listed.interest = $2 AND",
+        is_candidate!(),
+        "ORDER BY listed.display_name, listed.user_id LIMIT $3",
+    ))
+    .bind(user)
+    .bind(interest)
+    .bind(limit)
+    .fetch_all(pool)
+    .await)
+}
+
+/// The first `limit` candidates by name; friends in common are not counted here (0).
+pub async fn first_by_name(db: &Db, user: Uuid, limit: i64) -> Result<Vec<Candidate>, sqlx::Error> {
+    with_pool!(db, pool => sqlx::query_as(concat!(
+        "SELECT m.user_id, m.display_name, m.interests, m.verified, CAST(0 AS BIGINT) AS mutual_friends
+         FROM members m
+         WHERE",
+        is_candidate!(),
+        "ORDER BY m.display_name, m.user_id LIMIT $2",
+    ))
+    .bind(user)
+    .bind(limit)
     .fetch_all(pool)
     .await)
 }
