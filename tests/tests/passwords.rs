@@ -503,6 +503,51 @@ async fn the_service_does_not_serve_without_a_signing_key() {
     assert!(errors[0].contains("JWT_SIGNING_KEYS"), "{}", errors[0]);
 }
 
+/// A cost below OWASP's minimum is refused naming the settings, unless explicitly allowed (to
+/// seed benchmarks), and then it hashes at that cost.
+#[tokio::test]
+async fn a_weak_argon2_cost_needs_an_explicit_allowance() {
+    let database = dozen_tests::database::TestDatabase::create(Backend::Sqlite).await;
+    let migrated = run_to_exit(
+        "dozen-passwords",
+        &["migrate"],
+        &[("DATABASE_URL", &database.url)],
+    )
+    .await;
+    assert!(migrated.status.success(), "{migrated:?}");
+    let weak = [
+        ("DATABASE_URL", database.url.as_str()),
+        ("JWT_SIGNING_KEYS", KEY_A),
+        ("ARGON2_MEMORY_KIB", "1024"),
+        ("ARGON2_ITERATIONS", "1"),
+    ];
+    let run = run_to_exit("dozen-passwords", &[], &weak).await;
+    assert_eq!(run.status.code(), Some(1), "{run:?}");
+    let errors: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|line| line.contains("\"ERROR\""))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", run.stdout);
+    assert!(errors[0].contains("ARGON2_ALLOW_WEAK_COST"), "{}", errors[0]);
+
+    let passwords = Passwords::start(
+        Backend::Sqlite,
+        &[
+            ("ARGON2_MEMORY_KIB", "1024"),
+            ("ARGON2_ITERATIONS", "1"),
+            ("ARGON2_ALLOW_WEAK_COST", "true"),
+        ],
+    )
+    .await;
+    let answer = passwords
+        .put_credential(Uuid::new_v4(), "weak-cost@example.com", PASSWORD)
+        .await;
+    assert_eq!(answer.status(), StatusCode::CREATED);
+    let stored: String = passwords.stored_hash("weak-cost@example.com").await;
+    assert!(stored.contains("m=1024,t=1,"), "{stored}");
+}
+
 #[tokio::test]
 async fn a_bad_signing_key_stops_the_service_naming_the_setting_without_showing_it() {
     let database = dozen_tests::database::TestDatabase::create(Backend::Sqlite).await;

@@ -124,18 +124,51 @@ pub struct HashingSettings {
     /// argon2id memory per hash, in KiB (at least OWASP's 19456). Stored hashes below it are
     /// upgraded at the next successful login.
     #[arg(long, env = "ARGON2_MEMORY_KIB", default_value_t = Cost::OWASP_MINIMUM.memory_kib,
-          value_parser = clap::value_parser!(u32).range(19456..=4 * 1024 * 1024))]
+          value_parser = clap::value_parser!(u32).range(8..=4 * 1024 * 1024))]
     pub argon2_memory_kib: u32,
 
     /// argon2id passes over the memory (at least 2).
     #[arg(long, env = "ARGON2_ITERATIONS", default_value_t = Cost::OWASP_MINIMUM.iterations,
-          value_parser = clap::value_parser!(u32).range(2..=100))]
+          value_parser = clap::value_parser!(u32).range(1..=100))]
     pub argon2_iterations: u32,
+
+    /// Accept an argon2id cost below OWASP's minimum (down to 8 KiB and one pass), with a
+    /// warning at start: for seeding benchmarks with many users, never for real passwords.
+    #[arg(long, env = "ARGON2_ALLOW_WEAK_COST", default_value_t = false, action = clap::ArgAction::Set)]
+    pub argon2_allow_weak_cost: bool,
 
     /// Hashes computed at once; each holds ARGON2_MEMORY_KIB of memory and a core. More
     /// logins wait their turn. [default: the number of CPUs]
     #[arg(long, env = "HASH_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..))]
     pub hash_concurrency: Option<u16>,
+}
+
+impl HashingSettings {
+    /// The configured cost; below OWASP's minimum only when explicitly allowed.
+    fn cost(&self) -> anyhow::Result<Cost> {
+        let cost = Cost {
+            memory_kib: self.argon2_memory_kib,
+            iterations: self.argon2_iterations,
+            parallelism: 1,
+        };
+        let minimum = Cost::OWASP_MINIMUM;
+        if cost.memory_kib >= minimum.memory_kib && cost.iterations >= minimum.iterations {
+            return Ok(cost);
+        }
+        anyhow::ensure!(
+            self.argon2_allow_weak_cost,
+            "ARGON2_MEMORY_KIB must be at least {} and ARGON2_ITERATIONS at least {} (OWASP's \
+             minimum), unless ARGON2_ALLOW_WEAK_COST=true (benchmarks only)",
+            minimum.memory_kib,
+            minimum.iterations
+        );
+        tracing::warn!(
+            memory_kib = cost.memory_kib,
+            iterations = cost.iterations,
+            "argon2id cost below OWASP's minimum (ARGON2_ALLOW_WEAK_COST): for benchmarks only"
+        );
+        Ok(cost)
+    }
 }
 
 /// The keys are checked at start-up rather than here: clap's report of a bad value shows the
@@ -177,11 +210,7 @@ impl Service for Passwords {
             Some(count) => usize::from(count),
             None => std::thread::available_parallelism().map_or(1, usize::from),
         };
-        let cost = Cost {
-            memory_kib: settings.hashing.argon2_memory_kib,
-            iterations: settings.hashing.argon2_iterations,
-            parallelism: 1,
-        };
+        let cost = settings.hashing.cost()?;
         let throttle = ThrottlePolicy {
             max_per_account: settings.login.login_max_failures_per_account,
             max_per_address: settings.login.login_max_failures_per_address,
