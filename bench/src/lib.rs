@@ -1,8 +1,11 @@
 //! What the benchmark binaries share: reserved ports, a raw `/readyz` probe (no client library, so
 //! the probe adds nothing to what is measured), percentiles and processes' CPU time.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context, bail};
 
 /// A port held for a program that is told its port (nginx, podman, a service under valgrind):
 /// it listens there while no one else can take it.
@@ -103,4 +106,76 @@ pub async fn hashes_per_second_on_all_cores(hashes_per_core: usize) -> anyhow::R
         worker.await??;
     }
     Ok((cores * hashes_per_core) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The services `dozen up` runs.
+pub const SERVICES: [&str; 6] = [
+    "gateway",
+    "signup",
+    "users",
+    "passwords",
+    "verification",
+    "friends",
+];
+
+/// `dozen up` (the binary next to this one, so a release benchmark runs release services) on
+/// a temporary data folder, every port chosen free; stopped with SIGINT when dropped.
+#[derive(Debug)]
+pub struct Platform {
+    /// The `dozen up` process.
+    pub up: Child,
+    /// The gateway's URL.
+    pub gateway: String,
+    /// The data folder (databases, the dev mailbox).
+    pub data: tempfile::TempDir,
+}
+
+impl Platform {
+    /// Start it with `env` on top of quiet logs, and wait until every service is ready.
+    pub fn start(env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let folder = std::env::current_exe()?
+            .parent()
+            .context("binary folder")?
+            .to_path_buf();
+        let data = tempfile::tempdir()?;
+        let mut command = Command::new(folder.join("dozen"));
+        command
+            .arg("up")
+            .env("DATA_DIR", data.path())
+            .env("LOG_LEVEL", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for service in SERVICES {
+            command.env(format!("{}_PORT", service.to_uppercase()), "0");
+        }
+        let mut up = command.spawn().context("starting dozen up")?;
+        let stdout = up.stdout.take().context("dozen up's output")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let mut gateway = None;
+        loop {
+            let Some(line) = lines.next() else {
+                bail!("dozen up stopped before its services were ready");
+            };
+            let line = line?;
+            if let Some((_, url)) = line.split_once("gateway listens on ") {
+                gateway = Some(url.trim().to_owned());
+            }
+            if line.contains("all 6 services are ready") {
+                break;
+            }
+        }
+        let gateway = gateway.context("dozen up did not say where the gateway listens")?;
+        // Keep reading, so that a full pipe never blocks dozen up.
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok(Self { up, gateway, data })
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.up.id()).unwrap_or(0));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let _ = self.up.wait();
+    }
 }

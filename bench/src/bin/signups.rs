@@ -12,39 +12,13 @@
 //! (optionally `-- <seconds> <concurrency>`, default 15 s and 4 per core). The platform runs on
 //! the embedded defaults, or on whatever `DATABASE_URL`/`BUS_URL` this process is given.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use dozen_bench::{hashes_per_second_on_all_cores, process_ids, process_stat};
+use anyhow::Context;
+use dozen_bench::{Platform, hashes_per_second_on_all_cores, process_ids, process_stat};
 use dozen_passwords::domain::hashing::{Cost, Hasher};
-
-const SERVICES: [&str; 6] = [
-    "gateway",
-    "signup",
-    "users",
-    "passwords",
-    "verification",
-    "friends",
-];
-
-/// `dozen up`, stopped with SIGINT when dropped.
-struct Platform {
-    up: Child,
-    gateway: String,
-    _data: tempfile::TempDir,
-}
-
-impl Drop for Platform {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.up.id()).unwrap_or(0));
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
-        let _ = self.up.wait();
-    }
-}
 
 /// CPU seconds (user and system) spent so far by each service process under `up`, and by this
 /// benchmark (the load generator), by name.
@@ -66,52 +40,6 @@ fn cpu_seconds(up: u32) -> anyhow::Result<Vec<(String, f64)>> {
     let load = process_stat("self").context("this process's CPU time")?;
     found.push(("load generator".to_owned(), load.user + load.system));
     Ok(found)
-}
-
-fn start_platform() -> anyhow::Result<Platform> {
-    let folder = std::env::current_exe()?
-        .parent()
-        .context("binary folder")?
-        .to_path_buf();
-    let data = tempfile::tempdir()?;
-    let mut command = Command::new(folder.join("dozen"));
-    command
-        .arg("up")
-        .env("DATA_DIR", data.path())
-        .env("LOG_LEVEL", "warn")
-        // The capacity of the platform is measured, not the gateway's per-address limit (one
-        // client address sends every signup here).
-        .env("RATE_LIMIT_SIGNUPS", "off")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    // Every port 0: dozen up picks free ones and says where the gateway listens.
-    for service in SERVICES {
-        command.env(format!("{}_PORT", service.to_uppercase()), "0");
-    }
-    let mut up = command.spawn().context("starting dozen up")?;
-    let stdout = up.stdout.take().context("dozen up's output")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let mut gateway = None;
-    loop {
-        let Some(line) = lines.next() else {
-            bail!("dozen up stopped before its services were ready");
-        };
-        let line = line?;
-        if let Some((_, url)) = line.split_once("gateway listens on ") {
-            gateway = Some(url.trim().to_owned());
-        }
-        if line.contains("all 6 services are ready") {
-            break;
-        }
-    }
-    let gateway = gateway.context("dozen up did not say where the gateway listens")?;
-    // Keep reading, so that a full pipe never blocks dozen up.
-    std::thread::spawn(move || lines.for_each(drop));
-    Ok(Platform {
-        up,
-        gateway,
-        _data: data,
-    })
 }
 
 /// The CPU time each of `hashes` argon2id hashes at the services' cost takes, one after another
@@ -139,7 +67,9 @@ async fn main() -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let concurrency: usize = args.next().map(|n| n.parse()).transpose()?.unwrap_or(4 * cores);
 
-    let platform = start_platform()?;
+    // The capacity of the platform is measured, not the gateway's per-address limit (one
+    // client address sends every signup here).
+    let platform = Platform::start(&[("RATE_LIMIT_SIGNUPS", "off")])?;
     let client = reqwest::Client::new();
     let url = format!("{}/api/signups", platform.gateway);
     let sign_up = move |client: reqwest::Client, n: usize| {
