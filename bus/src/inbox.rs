@@ -11,7 +11,7 @@
 //! the handler's transaction.
 
 use chrono::{DateTime, Utc};
-use dozen_kit::db::Db;
+use dozen_kit::db::{Db, write_turn};
 use uuid::Uuid;
 
 use crate::backend::now_ms;
@@ -299,6 +299,7 @@ pub(crate) async fn forget(db: &Db, subscriber: &str, before: i64) -> Result<(),
     const SQL: &str = "DELETE FROM inbox WHERE subscriber = $1 AND received_at < $2";
     match db {
         Db::Sqlite(pool) => {
+            let _turn = write_turn(pool).await;
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
             sqlx::query(SQL)
                 .bind(subscriber)

@@ -22,7 +22,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dozen_kit::db::Db;
+use dozen_kit::db::{Db, write_turn};
 use sqlx::postgres::PgConnection;
 use sqlx::sqlite::{SqliteConnection, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection};
@@ -325,6 +325,12 @@ impl Relay {
         &mut self,
         work: impl for<'w> FnOnce(&'w mut Writer) -> crate::BoxFuture<'w, Result<T, BusError>>,
     ) -> Result<T, BusError> {
+        // The writer is a connection of its own to the service's file: it takes its turn with
+        // the service's transactions.
+        let _turn = match &self.db {
+            Db::Sqlite(pool) => Some(write_turn(pool).await),
+            Db::Postgres(_) => None,
+        };
         let outcome = work(self.writer().await?).await;
         if outcome.is_err() {
             self.writer = None;
@@ -517,6 +523,7 @@ impl Relay {
         metrics::outbox_backlog(backlog, oldest.map(|created| (now - created).max(0)));
         match &self.db {
             Db::Sqlite(pool) => {
+                let _turn = write_turn(pool).await;
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
                 sqlx::query("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1")
                     .bind(cutoff)

@@ -31,6 +31,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dozen_kit::db::write_turn;
 use sqlx::Connection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
@@ -193,6 +194,7 @@ impl EmbeddedBus {
     async fn publish_all(&self, events: &[Envelope]) -> Result<(), BusError> {
         let now = now_ms();
         let mut subscribers = std::collections::BTreeSet::new();
+        let _turn = write_turn(&self.shared.pool).await;
         let mut tx = self.shared.pool.begin_with("BEGIN IMMEDIATE").await?;
         for event in events {
             let text = serde_json::to_string(event)?;
@@ -293,6 +295,7 @@ async fn sweep_messages(pool: &SqlitePool) -> Result<(), sqlx::Error> {
     const SWEEP_BATCH: i64 = 10_000;
     let cutoff = now_ms() - millis(MESSAGE_GRACE);
     loop {
+        let _turn = write_turn(pool).await;
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
         let removed = sqlx::query(
             "DELETE FROM messages WHERE seq IN (
@@ -334,6 +337,7 @@ impl Broker for EmbeddedBus {
                     .fetch_all(&mut *conn)
                     .await?;
             if topics.iter().any(|topic| !existing.contains(topic)) {
+                let _turn = write_turn(&self.shared.pool).await;
                 let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
                 for topic in topics {
                     sqlx::query(
@@ -426,6 +430,7 @@ impl EmbeddedQueue {
             return Ok(Vec::new());
         }
         let lease: Arc<str> = uuid::Uuid::now_v7().to_string().into();
+        let _turn = write_turn(&self.shared.light).await;
         let mut tx = self.shared.light.begin_with("BEGIN IMMEDIATE").await?;
         let mut claimed: Vec<(i64, i64)> = sqlx::query_as(CLAIM)
             .bind(&*lease)
@@ -479,6 +484,7 @@ impl EmbeddedQueue {
         }
         let now = now_ms();
         let mut released = false;
+        let _turn = write_turn(&self.shared.light).await;
         let mut tx = self.shared.light.begin_with("BEGIN IMMEDIATE").await?;
         for (delivery, settlement) in settled {
             let Receipt::Embedded { seq, lease } = delivery.receipt else {

@@ -12,7 +12,9 @@ use sqlx::sqlite::{
 };
 
 mod tx;
+mod write_queue;
 pub use tx::{Tx, TxConn};
+pub use write_queue::{WriteTurn, write_turn};
 
 /// A validated `DATABASE_URL`.
 #[derive(Clone, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::Db;
+use super::{Db, WriteTurn, write_turn};
 use sqlx::{PgConnection, Postgres, Sqlite, SqliteConnection, Transaction};
 use tokio::sync::Notify;
 
@@ -12,6 +12,8 @@ use tokio::sync::Notify;
 #[derive(Debug)]
 pub struct Tx {
     inner: Inner,
+    /// On SQLite, this process's turn to write to the file, held until the transaction ends.
+    _turn: Option<WriteTurn>,
     /// Woken after a commit that wrote to the outbox, so the relay publishes at once.
     after_commit: Option<Arc<Notify>>,
 }
@@ -32,16 +34,24 @@ pub enum TxConn<'t> {
 }
 
 impl Tx {
-    /// Begin a transaction. On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`):
-    /// a deferred transaction that later writes fails with SQLITE_BUSY when another
-    /// connection wrote in between, which the busy timeout cannot cure.
+    /// Begin a transaction. On SQLite it waits for this process's turn to write to the file
+    /// ([`write_turn`]), then takes the write lock at once (`BEGIN IMMEDIATE`): a deferred
+    /// transaction that later writes fails with SQLITE_BUSY when another connection wrote in
+    /// between, which the busy timeout cannot cure.
     pub async fn begin(db: &Db) -> Result<Self, sqlx::Error> {
-        let inner = match db {
-            Db::Sqlite(pool) => Inner::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
-            Db::Postgres(pool) => Inner::Postgres(pool.begin().await?),
+        let (inner, turn) = match db {
+            Db::Sqlite(pool) => {
+                let turn = write_turn(pool).await;
+                (
+                    Inner::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+                    Some(turn),
+                )
+            }
+            Db::Postgres(pool) => (Inner::Postgres(pool.begin().await?), None),
         };
         Ok(Self {
             inner,
+            _turn: turn,
             after_commit: None,
         })
     }
