@@ -98,6 +98,11 @@ pub struct UpSettings {
     #[arg(long, env = "STOP_TIMEOUT", default_value = "35s", value_parser = parse_duration)]
     pub stop_timeout: Duration,
 
+    /// Folder of the services' identity keys, made on the first run and reused after
+    /// (see `dozen keys`) [default: <DATA_DIR>/service-keys].
+    #[arg(long, env = "SERVICE_KEYS_DIR")]
+    pub service_keys_dir: Option<PathBuf>,
+
     /// Processes run for each service, all serving on the service's one socket: the kernel
     /// spreads connections over them, so the service keeps serving while one restarts.
     #[arg(long, env = "REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
@@ -208,9 +213,26 @@ async fn up(settings: UpSettings, log: &Log) -> anyhow::Result<()> {
         shared_env.insert("JWT_SIGNING_KEYS_FILE".to_owned(), key.display().to_string());
     }
 
+    // Each service's identity: its own key, and every service's public keys to check callers.
+    let keys_dir = std::path::absolute(
+        settings
+            .service_keys_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("service-keys")),
+    )?;
+    crate::keys::ensure(&keys_dir, &[]).context("cannot prepare the service keys (SERVICE_KEYS_DIR)")?;
+    shared_env.insert(
+        "SERVICE_KEYS_FILE".to_owned(),
+        keys_dir.join(crate::keys::BUNDLE).display().to_string(),
+    );
+
     let mut plans = Vec::new();
     for service in ServiceName::ALL {
         let mut env = shared_env.clone();
+        env.insert(
+            "SERVICE_SIGNING_KEYS_FILE".to_owned(),
+            crate::keys::key_file(&keys_dir, service).display().to_string(),
+        );
         // For the record: it serves on the socket handed over, whatever PORT says.
         env.insert("PORT".to_owned(), socket(service).port.to_string());
         if service.has_database() {
@@ -412,6 +434,10 @@ impl Plan {
             .arg(self.service.as_str())
             .arg(subcommand)
             .envs(&self.env)
+            // Each service's own key comes from its file: one in dozen's environment would
+            // give every service the same identity.
+            .env_remove("SERVICE_SIGNING_KEYS")
+            .env_remove("SERVICE_KEYS")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
