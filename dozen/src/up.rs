@@ -1,6 +1,8 @@
 //! `dozen up`: the whole platform on one machine, as separate OS processes.
 //!
-//! It binds every service's port itself (a port of 0 gets a free one), migrates every
+//! It binds every service's port itself (a port of 0 gets a free one), makes every service's
+//! identity key and the trust bundle on the first run (`crate::keys`, kept under DATA_DIR and
+//! reused after), migrates every
 //! service's database (one-off `migrate` processes), starts each service on its socket (handed
 //! over as in systemd's socket activation, see `dozen_kit::listener`) with its peers' real
 //! URLs, merges their output into one stream prefixed by service name, restarts a service that
