@@ -5,6 +5,8 @@
 //!   migrations first, crashed services restarted ([`up`]).
 //! - `dozen run <service> [serve|migrate]` runs one service exactly as its own binary would
 //!   ([`services`]).
+//! - `dozen keys [folder]` makes each service's identity key and the trust bundle of them
+//!   all, for a deployment ([`keys`]).
 //! - `dozen load --url <gateway>` sends an open-loop load of a realistic mix to any dozen
 //!   deployment and reports each endpoint's latency ([`load`]).
 
@@ -14,6 +16,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use dozen_kit::config::{self, Parsed};
 
+pub mod keys;
 pub mod load;
 pub mod services;
 pub mod up;
@@ -42,6 +45,10 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Make each service's identity key (`<service>.pem`, its SERVICE_SIGNING_KEYS) in a
+    /// folder, unless there, and the trust bundle of them all (`service-keys.json`, everyone's
+    /// SERVICE_KEYS).
+    Keys(keys::KeysSettings),
     /// Load any dozen deployment at a fixed arrival rate with a realistic mix of requests, and
     /// report each endpoint's latency (`dozen load --url http://127.0.0.1:8080 --rate 200`).
     Load(load::LoadSettings),
@@ -63,6 +70,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Run { service, args } => service.run(args),
         Command::Up(settings) => up::main(settings),
+        Command::Keys(settings) => keys::main(settings),
         Command::Load(settings) => load::main(settings),
     }
 }

@@ -1,6 +1,8 @@
 //! `dozen up`: the whole platform on one machine, as separate OS processes.
 //!
-//! It binds every service's port itself (a port of 0 gets a free one), migrates every
+//! It binds every service's port itself (a port of 0 gets a free one), makes every service's
+//! identity key and the trust bundle on the first run (`crate::keys`, kept under DATA_DIR and
+//! reused after), migrates every
 //! service's database (one-off `migrate` processes), starts each service on its socket (handed
 //! over as in systemd's socket activation, see `dozen_kit::listener`) with its peers' real
 //! URLs, merges their output into one stream prefixed by service name, restarts a service that
@@ -97,6 +99,11 @@ pub struct UpSettings {
     /// How long each service may take to stop after SIGTERM before it is killed.
     #[arg(long, env = "STOP_TIMEOUT", default_value = "35s", value_parser = parse_duration)]
     pub stop_timeout: Duration,
+
+    /// Folder of the services' identity keys, made on the first run and reused after
+    /// (see `dozen keys`) [default: <DATA_DIR>/service-keys].
+    #[arg(long, env = "SERVICE_KEYS_DIR")]
+    pub service_keys_dir: Option<PathBuf>,
 
     /// Processes run for each service, all serving on the service's one socket: the kernel
     /// spreads connections over them, so the service keeps serving while one restarts.
@@ -208,9 +215,26 @@ async fn up(settings: UpSettings, log: &Log) -> anyhow::Result<()> {
         shared_env.insert("JWT_SIGNING_KEYS_FILE".to_owned(), key.display().to_string());
     }
 
+    // Each service's identity: its own key, and every service's public keys to check callers.
+    let keys_dir = std::path::absolute(
+        settings
+            .service_keys_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("service-keys")),
+    )?;
+    crate::keys::ensure(&keys_dir, &[]).context("cannot prepare the service keys (SERVICE_KEYS_DIR)")?;
+    shared_env.insert(
+        "SERVICE_KEYS_FILE".to_owned(),
+        keys_dir.join(crate::keys::BUNDLE).display().to_string(),
+    );
+
     let mut plans = Vec::new();
     for service in ServiceName::ALL {
         let mut env = shared_env.clone();
+        env.insert(
+            "SERVICE_SIGNING_KEYS_FILE".to_owned(),
+            crate::keys::key_file(&keys_dir, service).display().to_string(),
+        );
         // For the record: it serves on the socket handed over, whatever PORT says.
         env.insert("PORT".to_owned(), socket(service).port.to_string());
         if service.has_database() {
@@ -412,6 +436,10 @@ impl Plan {
             .arg(self.service.as_str())
             .arg(subcommand)
             .envs(&self.env)
+            // Each service's own key comes from its file: one in dozen's environment would
+            // give every service the same identity.
+            .env_remove("SERVICE_SIGNING_KEYS")
+            .env_remove("SERVICE_KEYS")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

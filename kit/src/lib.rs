@@ -5,6 +5,8 @@
 //!   W3C trace context across HTTP and the bus.
 //! - [`http`]: the server stack with `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, the
 //!   client for calls between services, and [`Json`], the extractor of every JSON body.
+//! - [`keys`] and [`identity`]: Ed25519 signing keys, and the identity every service proves
+//!   on its calls to another (checked by the routes only services may call).
 //! - [`db`]: the service's own database (IV), SQLite or Postgres, with migrations.
 //! - [`email`] and [`problem`]: the shared value types: a normalised email address, and the
 //!   RFC 9457 body of every error.
@@ -20,6 +22,8 @@ pub mod config;
 pub mod db;
 pub mod email;
 pub mod http;
+pub mod identity;
+pub mod keys;
 pub mod lifecycle;
 pub mod listener;
 pub mod metrics;

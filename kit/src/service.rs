@@ -17,6 +17,7 @@ use crate::config::{self, DatabaseSettings, Parsed, ServerSettings, TelemetrySet
 use crate::db::{DatabaseUrl, Db, Migrations};
 use crate::http::client::HttpClient;
 use crate::http::server::{self, Readiness};
+use crate::identity::{Identity, IdentitySettings};
 use crate::lifecycle::{self, Lifecycle};
 use crate::{metrics, telemetry};
 
@@ -80,12 +81,23 @@ pub struct Context<S> {
     pub lifecycle: Lifecycle,
     /// What `/readyz` checks.
     pub readiness: Readiness,
+    /// The service's identity: its calls carry it, and `identity.callers(&[…])` guards the
+    /// routes only other services may call. Always there when serving; for an admin task only
+    /// when its settings are given.
+    pub identity: Option<Identity>,
 }
 
 impl<S> Context<S> {
     /// The database, for a service that declares one.
     pub fn database(&self) -> anyhow::Result<&Db> {
         self.db.as_ref().context("this service has no database")
+    }
+
+    /// The service's identity (always there when serving).
+    pub fn identity(&self) -> anyhow::Result<&Identity> {
+        self.identity
+            .as_ref()
+            .context("missing required setting SERVICE_SIGNING_KEYS (this service's identity)")
     }
 }
 
@@ -102,6 +114,8 @@ pub struct Cli<S: Args, T: Subcommand> {
     pub upstream: UpstreamSettings,
     #[command(flatten)]
     pub telemetry: TelemetrySettings,
+    #[command(flatten)]
+    pub identity: IdentitySettings,
     #[command(flatten)]
     pub service: S,
 }
@@ -236,7 +250,14 @@ async fn migrate<S: Service>(settings: &S::Settings) -> anyhow::Result<()> {
 
 /// An admin task: the same context a serving process gets, then the task, then exit.
 async fn run_task<S: Service>(task: S::Task, settings: Settings<S>) -> anyhow::Result<()> {
-    let context = Context::connect::<S>(settings.service, &settings.server, &settings.upstream).await?;
+    let context = Context::connect::<S>(
+        settings.service,
+        &settings.server,
+        &settings.upstream,
+        &settings.identity,
+        false,
+    )
+    .await?;
     let lifecycle = context.lifecycle.clone();
     let outcome = S::run_task(task, context).await;
     lifecycle.stop();
@@ -246,11 +267,15 @@ async fn run_task<S: Service>(task: S::Task, settings: Settings<S>) -> anyhow::R
 
 impl<S: Clone> Context<S> {
     /// Connect what service `T` depends on: its database (schema checked, and checked by
-    /// `/readyz`) and the client for its peers.
+    /// `/readyz`) and the client for its peers, which carries its identity. Serving requires
+    /// the identity; an admin task gets one when its settings are given (a task that calls
+    /// other services, such as signup's `repair`, needs it).
     async fn connect<T: Service<Settings = S>>(
         settings: S,
         server: &ServerSettings,
         upstream: &UpstreamSettings,
+        identity: &IdentitySettings,
+        identity_required: bool,
     ) -> anyhow::Result<Self> {
         let mut readiness = Readiness::default();
         let db = match T::database(&settings) {
@@ -277,12 +302,23 @@ impl<S: Clone> Context<S> {
                 Some(db)
             }
         };
+        let given = identity.service_signing_keys.is_some() || identity.service_keys.is_some();
+        let identity = if identity_required || given {
+            Some(Identity::from_settings(T::NAME, identity)?)
+        } else {
+            None
+        };
+        let mut http = HttpClient::with_policy(server.upstream_timeout, upstream.clone());
+        if let Some(identity) = &identity {
+            http = http.with_identity(identity.signer());
+        }
         Ok(Self {
             settings,
             db,
-            http: HttpClient::with_policy(server.upstream_timeout, upstream.clone()),
+            http,
             lifecycle: Lifecycle::new(),
             readiness,
+            identity,
         })
     }
 }
@@ -302,8 +338,14 @@ impl Application {
     pub async fn build<S: Service>(settings: Settings<S>, started: Instant) -> anyhow::Result<Self> {
         // Installed before anything records.
         metrics::recorder();
-        let mut context =
-            Context::connect::<S>(settings.service, &settings.server, &settings.upstream).await?;
+        let mut context = Context::connect::<S>(
+            settings.service,
+            &settings.server,
+            &settings.upstream,
+            &settings.identity,
+            true,
+        )
+        .await?;
         let lifecycle = context.lifecycle.clone();
         let db = context.db.clone();
         let api = S::start(&mut context).await?;

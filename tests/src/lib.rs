@@ -6,6 +6,7 @@
 
 pub mod database;
 pub mod fault_proxy;
+pub mod identity;
 pub mod nats;
 pub mod platform;
 pub mod process;

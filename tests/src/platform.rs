@@ -78,6 +78,17 @@ impl Platform {
         self.data.path()
     }
 
+    /// The folder of the services' identity keys `dozen up` made.
+    pub fn keys_dir(&self) -> std::path::PathBuf {
+        self.data.path().join("service-keys")
+    }
+
+    /// A fresh `Service-Authorization` value of `caller` for `callee`, signed with the key
+    /// `dozen up` made for `caller`.
+    pub fn service_authorization(&self, caller: &str, callee: &str) -> String {
+        crate::identity::header_from_folder(&self.keys_dir(), caller, callee)
+    }
+
     /// The port of `service`.
     pub fn port(&self, service: &str) -> u16 {
         self.ports

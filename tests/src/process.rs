@@ -208,10 +208,19 @@ impl Service {
     }
 
     /// Start binary `program` on `port` (0: any free port) with `env`, and wait for its
-    /// "ready" line; e.g. to bring a stopped service back where its callers expect it.
+    /// "ready" line; e.g. to bring a stopped service back where its callers expect it. Unless
+    /// `env` gives it an identity, the service gets its own from
+    /// [`crate::identity::identities`].
     pub async fn start_on(program: &str, env: &[(&str, &str)], port: u16) -> Self {
         let port = port.to_string();
         let mut env = env.to_vec();
+        if !env
+            .iter()
+            .any(|(name, _)| name.starts_with("SERVICE_SIGNING_KEYS"))
+        {
+            let service = program.trim_start_matches("dozen-");
+            env.extend(crate::identity::identities().env(service));
+        }
         env.push(("PORT", &port));
         env.push(("HOST", "127.0.0.1"));
         let mut process = Running::start(program, &[], &env);

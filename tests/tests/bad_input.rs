@@ -6,6 +6,7 @@
 
 use base64::Engine as _;
 use dozen_tests::database::DatabasePrefix;
+use dozen_tests::identity;
 use dozen_tests::nats::StreamNamespace;
 use dozen_tests::platform::Platform;
 use dozen_tests::public_api::{PASSWORD, PublicApi, subject_of};
@@ -323,10 +324,12 @@ async fn bad_input_gets_a_problem_and_changes_nothing(extra_env: &[(&str, &str)]
     // Nothing changed.
     let users_find = |email: &'static str| {
         let url = platform.url("users", "/profiles");
+        let signup = platform.service_authorization("signup", "users");
         let client = api.client.clone();
         async move {
             client
                 .get(url)
+                .header(identity::HEADER, signup)
                 .query(&[("email", email)])
                 .send()
                 .await

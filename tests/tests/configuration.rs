@@ -2,6 +2,7 @@
 //! line naming the variable.
 
 use dozen_tests::database::{Backend, TestDatabase};
+use dozen_tests::identity::identities;
 use dozen_tests::process::{SERVICES, Service, run_to_exit};
 
 fn assert_one_clear_line(stderr: &str, variable: &str) {
@@ -160,7 +161,9 @@ async fn a_service_refuses_to_start_on_a_database_without_its_schema() {
 async fn a_listen_fds_without_one_socket_handed_over_is_named() {
     // Nothing is handed over here: descriptor 3 is not open in the service.
     for value in ["1", "2"] {
-        let run = run_to_exit("dozen-gateway", &[], &[("LISTEN_FDS", value), ("PORT", "0")]).await;
+        let [signing, trust] = identities().env("gateway");
+        let env = [("LISTEN_FDS", value), ("PORT", "0"), signing, trust];
+        let run = run_to_exit("dozen-gateway", &[], &env).await;
         assert!(!run.status.success(), "LISTEN_FDS={value}: {run:?}");
         let said = format!("{}{}", run.stdout, run.stderr);
         assert!(said.contains(&format!("LISTEN_FDS={value}")), "{said}");
@@ -178,6 +181,14 @@ async fn help_never_shows_a_secret_given_as_a_value_or_in_a_file() {
         ),
         ("MAIL_URL", "smtp://mailer:s3cret-mail@smtp.example.com:587"),
         ("BUS_URL", "sns+sqs://AKIDEXAMPLE:s3cret-aws@eu-west-1"),
+        (
+            "SERVICE_SIGNING_KEYS",
+            "-----BEGIN PRIVATE KEY-----s3cret-service-key-----END PRIVATE KEY-----",
+        ),
+        (
+            "SERVICE_KEYS",
+            r#"{"signup": {"keys": [{"x": "s3cret-bundle"}]}}"#,
+        ),
     ];
     let folder = tempfile::tempdir().expect("temporary folder");
     let files: Vec<(String, String)> = secrets
@@ -204,5 +215,74 @@ async fn help_never_shows_a_secret_given_as_a_value_or_in_a_file() {
                 "{program} {args:?} shows a secret:\n{output}"
             );
         }
+    }
+}
+
+/// ASVS 5.0 V13.3.1 (secrets are managed and kept out of sight): each service's identity key
+/// is required to serve, and a missing or bad one stops it with one line naming the setting,
+/// never showing the key.
+#[tokio::test]
+async fn a_missing_or_bad_service_identity_stops_the_service_naming_the_setting() {
+    let database = TestDatabase::create(Backend::Sqlite).await;
+    let migrated = run_to_exit("dozen-users", &["migrate"], &[("DATABASE_URL", &database.url)]).await;
+    assert!(
+        migrated.status.success(),
+        "migrating needs no identity: {migrated:?}"
+    );
+    let fixture = identities();
+    let not_ed25519 = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIDVcY0yew5otD1Pm03l3A1/VuTwr\n-----END PRIVATE KEY-----\n";
+    let cases: [(&str, Vec<(&str, &str)>); 6] = [
+        ("SERVICE_SIGNING_KEYS", vec![("SERVICE_KEYS", fixture.bundle())]),
+        (
+            "SERVICE_KEYS",
+            vec![("SERVICE_SIGNING_KEYS", fixture.pem("users"))],
+        ),
+        (
+            "SERVICE_SIGNING_KEYS",
+            vec![
+                ("SERVICE_SIGNING_KEYS", "s3cret-not-a-key"),
+                ("SERVICE_KEYS", fixture.bundle()),
+            ],
+        ),
+        (
+            "SERVICE_SIGNING_KEYS",
+            vec![
+                ("SERVICE_SIGNING_KEYS", not_ed25519),
+                ("SERVICE_KEYS", fixture.bundle()),
+            ],
+        ),
+        (
+            "SERVICE_KEYS",
+            vec![
+                ("SERVICE_SIGNING_KEYS", fixture.pem("users")),
+                ("SERVICE_KEYS", "{not json"),
+            ],
+        ),
+        // A key that the bundle says is another service's: users cannot pose as signup.
+        (
+            "SERVICE_SIGNING_KEYS",
+            vec![
+                ("SERVICE_SIGNING_KEYS", fixture.pem("signup")),
+                ("SERVICE_KEYS", fixture.bundle()),
+            ],
+        ),
+    ];
+    for (variable, identity) in cases {
+        let mut env = vec![("DATABASE_URL", database.url.as_str())];
+        env.extend(identity);
+        let run = run_to_exit("dozen-users", &[], &env).await;
+        assert_eq!(run.status.code(), Some(1), "{variable}: {run:?}");
+        let errors: Vec<&str> = run
+            .stdout
+            .lines()
+            .filter(|line| line.contains("\"ERROR\""))
+            .collect();
+        assert_eq!(errors.len(), 1, "{}", run.stdout);
+        assert!(errors[0].contains(variable), "{variable}: {}", errors[0]);
+        let output = format!("{}{}", run.stdout, run.stderr);
+        assert!(
+            !output.contains("s3cret") && !output.contains("MC4C"),
+            "a key leaked: {output}"
+        );
     }
 }

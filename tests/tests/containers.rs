@@ -288,6 +288,9 @@ async fn the_images_run_the_platform_a_signup_completes_and_every_container_stop
         if let Some((_, database)) = databases.iter().find(|(name, _)| *name == service) {
             env.push(("DATABASE_URL".into(), database.url.clone()));
         }
+        for (name, value) in dozen_tests::identity::identities().env(service) {
+            env.push((name.into(), value.into()));
+        }
         match service {
             "passwords" => {
                 env.push(("JWT_SIGNING_KEYS".into(), signing_key.clone()));

@@ -5,6 +5,7 @@
 use dozen_bus::contracts::UserEmailVerified;
 use dozen_bus::{BusSettings, BusUrl, Envelope};
 use dozen_tests::database::{Backend, TestDatabase};
+use dozen_tests::identity::{self, identities};
 use dozen_tests::process::{Service, run_to_exit};
 use dozen_tests::{PATIENCE, eventually};
 use serde_json::{Value, json};
@@ -52,6 +53,7 @@ async fn a_poison_event_is_dead_lettered_listed_and_replayed_while_others_flow()
     let client = reqwest::Client::new();
     let created = client
         .post(users.url("/profiles"))
+        .header(identity::HEADER, identities().header("signup", "users"))
         .json(&json!({ "id": ANN, "email": "ann@example.com", "display_name": "Ann" }))
         .send()
         .await
@@ -78,6 +80,7 @@ async fn a_poison_event_is_dead_lettered_listed_and_replayed_while_others_flow()
         || async {
             let profile: Value = client
                 .get(users.url(&format!("/profiles/{ANN}")))
+                .header(identity::HEADER, identities().header("signup", "users"))
                 .send()
                 .await
                 .expect("get")

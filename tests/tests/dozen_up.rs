@@ -114,8 +114,16 @@ async fn with_two_replicas_a_killed_instance_costs_no_request() {
         let me: Value = me.json().await.expect("a JSON body");
         assert_eq!(me["profile"]["email"], email, "round {round}: {me}");
     }
-    eventually(PATIENCE, "users-1 is restarted", || async {
-        platform.started_count("users-1") == 2
+    // Ready, not only started: a process stopped before it has set up its signal handling
+    // dies of the signal, and the stop below would not be clean.
+    eventually(PATIENCE, "users-1 is restarted and ready", || async {
+        let ready = platform
+            .up
+            .lines()
+            .iter()
+            .filter(|line| line.starts_with("users-1 ") && line.contains("\"message\":\"ready\""))
+            .count();
+        platform.started_count("users-1") == 2 && ready == 2
     })
     .await;
     assert_eq!(

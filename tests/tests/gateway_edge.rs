@@ -9,6 +9,7 @@ mod passwords_support;
 use std::time::{Duration, Instant};
 
 use dozen_tests::database::Backend;
+use dozen_tests::identity;
 use dozen_tests::platform::Platform;
 use dozen_tests::process::{Service, closed_port, run_to_exit};
 use nix::sys::signal::Signal;
@@ -494,6 +495,10 @@ async fn an_oversized_body_is_refused_with_413_and_creates_nothing() {
     let profile = || {
         client
             .get(platform.url("users", "/profiles"))
+            .header(
+                identity::HEADER,
+                platform.service_authorization("signup", "users"),
+            )
             .query(&[("email", "huge@example.com")])
             .send()
     };

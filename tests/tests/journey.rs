@@ -7,6 +7,7 @@
 //! emulator).
 
 use dozen_tests::database::DatabasePrefix;
+use dozen_tests::identity;
 use dozen_tests::nats::StreamNamespace;
 use dozen_tests::platform::Platform;
 use dozen_tests::process::run_to_exit;
@@ -167,6 +168,10 @@ async fn the_signup_journey(extra_env: &[(&str, &str)], friends_database: Friend
     let found = journey
         .client
         .get(platform.url("users", "/profiles"))
+        .header(
+            identity::HEADER,
+            platform.service_authorization("signup", "users"),
+        )
         .query(&[("email", "cem@example.com")])
         .send()
         .await

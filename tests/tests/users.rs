@@ -2,6 +2,7 @@
 //! once, retries are harmless, conflicts and bad input change nothing.
 
 use dozen_tests::database::{Backend, TestDatabase};
+use dozen_tests::identity::{self, identities};
 use dozen_tests::on_both_backends;
 use dozen_tests::process::{Service, run_to_exit};
 use serde_json::{Value, json};
@@ -36,6 +37,7 @@ impl Users {
     async fn create(&self, body: &Value) -> reqwest::Response {
         self.client
             .post(self.service.url("/profiles"))
+            .header(identity::HEADER, identities().header("signup", "users"))
             .json(body)
             .send()
             .await
@@ -45,6 +47,7 @@ impl Users {
     async fn get(&self, id: &str) -> reqwest::Response {
         self.client
             .get(self.service.url(&format!("/profiles/{id}")))
+            .header(identity::HEADER, identities().header("signup", "users"))
             .send()
             .await
             .expect("GET /profiles/{id}")
@@ -88,6 +91,7 @@ async fn a_profile_is_created_once_and_a_retry_is_harmless(backend: Backend) {
     let by_email = users
         .client
         .get(users.service.url("/profiles"))
+        .header(identity::HEADER, identities().header("signup", "users"))
         .query(&[("email", "ANN@example.com")])
         .send()
         .await
@@ -150,6 +154,7 @@ async fn bad_input_gets_a_problem_and_changes_nothing(backend: Backend) {
     let malformed = users
         .client
         .post(users.service.url("/profiles"))
+        .header(identity::HEADER, identities().header("signup", "users"))
         .header("content-type", "application/json")
         .body("{\"id\": ")
         .send()
@@ -159,6 +164,7 @@ async fn bad_input_gets_a_problem_and_changes_nothing(backend: Backend) {
     let not_json = users
         .client
         .post(users.service.url("/profiles"))
+        .header(identity::HEADER, identities().header("signup", "users"))
         .body("id=1")
         .send()
         .await
@@ -168,6 +174,7 @@ async fn bad_input_gets_a_problem_and_changes_nothing(backend: Backend) {
     // its own.
     let huge = reqwest::Client::new()
         .post(users.service.url("/profiles"))
+        .header(identity::HEADER, identities().header("signup", "users"))
         .header("content-type", "application/json")
         .body(format!(
             "{{\"id\":\"{ANN}\",\"email\":\"ann@example.com\",\"display_name\":\"{}\"}}",
@@ -199,6 +206,7 @@ async fn deleting_a_profile_can_be_retried(backend: Backend) {
         let deleted = users
             .client
             .delete(users.service.url(&format!("/profiles/{ANN}")))
+            .header(identity::HEADER, identities().header("signup", "users"))
             .send()
             .await
             .expect("DELETE");

@@ -103,7 +103,8 @@ fn main() -> anyhow::Result<()> {
             .env("RATE_LIMIT_READS", "off")
             .env("FRIENDS_URL", &upstream_url)
             .env("USERS_URL", &upstream_url)
-            .env("VERIFICATION_URL", &upstream_url),
+            .env("VERIFICATION_URL", &upstream_url)
+            .envs(dozen_tests::identity::identities().env("gateway")),
     )?;
     wait_answering(gateway_port, "/readyz")?;
 

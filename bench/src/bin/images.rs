@@ -50,6 +50,9 @@ fn main() -> anyhow::Result<()> {
         std::fs::set_permissions(data.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
         let volume = format!("{}:/data", data.path().display());
         let key = format!("JWT_SIGNING_KEYS={signing_key}");
+        let [(signing_name, signing), (trust_name, trust)] = dozen_tests::identity::identities().env(service);
+        let identity_key = format!("{signing_name}={signing}");
+        let identity_trust = format!("{trust_name}={trust}");
         let base = |name: &str, port: u16| -> Vec<String> {
             let port_env = format!("PORT={port}");
             [
@@ -69,6 +72,10 @@ fn main() -> anyhow::Result<()> {
                 volume.as_str(),
                 "--env",
                 key.as_str(),
+                "--env",
+                identity_key.as_str(),
+                "--env",
+                identity_trust.as_str(),
                 "--env",
                 port_env.as_str(),
                 "--env",

@@ -53,6 +53,11 @@ fn main() -> anyhow::Result<()> {
             ("BUS_URL".to_owned(), bus_url.clone()),
             ("JWT_SIGNING_KEYS".to_owned(), signing_key.clone()),
         ];
+        env.extend(
+            dozen_tests::identity::identities()
+                .env(service)
+                .map(|(name, value)| (name.to_owned(), value.to_owned())),
+        );
         if has_database {
             let url = format!("sqlite://{}", data.path().join(format!("{service}.db")).display());
             env.push(("DATABASE_URL".to_owned(), url));

@@ -1,7 +1,7 @@
 //! The one way a service calls another: hyper's HTTP/1 connections, kept open per upstream and
 //! thread ([`super::pool`]), over TLS for `https://` peers, no redirect ever followed; every
-//! request carrying the caller's trace context and request id, and around every call the policy
-//! of [`UpstreamSettings`]:
+//! request carrying the caller's trace context, request id and (from a service) its identity
+//! token ([`crate::identity`]), and around every call the policy of [`UpstreamSettings`]:
 //!
 //! - a timeout per attempt (`UPSTREAM_TIMEOUT`, or less when the call has a deadline of its own,
 //!   [`Call::timeout`]);
@@ -49,6 +49,7 @@ use crate::config::UpstreamSettings;
 use crate::http::breaker::{Admission, Breaker, BreakerHealth, BreakerSettings, BreakerState, Refused};
 use crate::http::pool::{ConnectionError, Connections, NotSent};
 use crate::http::request_id;
+use crate::identity::{self, Signer, TokenCache};
 use crate::trace_context;
 
 /// How long a deposit counts in a retry budget.
@@ -69,6 +70,9 @@ pub struct HttpClient {
     /// The guards of the upstreams made so far, by name: two upstreams with one name share
     /// their breakers and budget, as they share the service behind them.
     guards: Arc<Mutex<HashMap<&'static str, Arc<Guard>>>>,
+    /// What signs the identity token every call carries ([`crate::identity`]); none for a
+    /// client that is not a service's.
+    identity: Option<Arc<Signer>>,
 }
 
 impl HttpClient {
@@ -86,7 +90,14 @@ impl HttpClient {
             policy,
             connector: Arc::default(),
             guards: Arc::default(),
+            identity: None,
         }
+    }
+
+    /// The same client, its every call carrying an identity token signed by `signer`.
+    pub fn with_identity(mut self, signer: Arc<Signer>) -> Self {
+        self.identity = Some(signer);
+        self
     }
 
     /// What opens connections; the TLS set-up is shared by all upstreams and threads.
@@ -165,6 +176,8 @@ struct Guard {
     budget: TpsBudget,
     backoff: ExponentialBackoffMaker,
     max_attempts: u32,
+    /// The identity token for calls to this upstream, shared by its clones.
+    token: TokenCache,
 }
 
 impl Guard {
@@ -195,6 +208,7 @@ impl Guard {
             backoff: ExponentialBackoffMaker::new(first.min(ceiling), ceiling, 1.0, HasherRng::default())
                 .unwrap_or_default(),
             max_attempts: policy.upstream_max_attempts,
+            token: TokenCache::default(),
         }
     }
 }
@@ -382,6 +396,12 @@ impl Upstream {
             headers.insert(request_id::HEADER, id);
         }
         headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+        // The upstream's name is the audience: the name the callee knows itself by.
+        if let Some(signer) = &self.0.http.identity
+            && let Some(token) = self.0.guard.token.header(signer, self.0.name)
+        {
+            headers.insert(identity::HEADER, token);
+        }
         let target = match &self.0.instances {
             Err(url) => Err(Invalid::BaseUrl(url.clone())),
             Ok(_) if !(path.is_empty() || path.starts_with('/')) => Err(Invalid::Path(path.to_owned())),

@@ -28,9 +28,10 @@ pub mod routes;
 pub mod store;
 
 use domain::hashing::{Cost, Hasher};
-pub use domain::keys::generate_signing_key_pem;
-use domain::keys::{SecretPem, SigningKeys, TokenPolicy};
+use domain::keys::TokenPolicy;
 use domain::throttle::{self, ThrottlePolicy};
+pub use dozen_kit::keys::generate_signing_key_pem;
+use dozen_kit::keys::{SecretPem, SigningKeys, parse_secret_pem};
 
 /// The passwords service's own schema, one set of migrations per backend.
 pub static MIGRATIONS: Migrations = dozen_kit::migrations!();
@@ -171,12 +172,6 @@ impl HashingSettings {
     }
 }
 
-/// The keys are checked at start-up rather than here: clap's report of a bad value shows the
-/// value (a multi-line PEM), which must not reach a log.
-fn parse_secret_pem(text: &str) -> Result<SecretPem, String> {
-    Ok(SecretPem(text.to_owned()))
-}
-
 /// A positive duration.
 fn parse_ttl(text: &str) -> Result<Duration, String> {
     match parse_duration(text)? {
@@ -266,7 +261,7 @@ impl Service for Passwords {
         context
             .lifecycle
             .spawn(purge_throttle(db, throttle, context.lifecycle.stopping()));
-        Ok(routes::router(state))
+        Ok(routes::router(state, context.identity()?))
     }
 
     type Task = BusTask;

@@ -1,9 +1,9 @@
 //! The passwords service's HTTP API, and how each outcome maps to a status:
 //!
-//! - `PUT /credentials/{user_id}`, `DELETE /credentials/{user_id}`,
-//!   `POST /credentials/{user_id}/verified`: internal, called by signup (and for now by tests
-//!   in place of the `user.email_verified` event).
-//! - `POST /password-checks`, `POST /password-hashes`: internal, called by signup to check a
+//! - `PUT /credentials/{user_id}`, `DELETE /credentials/{user_id}`: internal, signup's alone
+//!   (its service identity is required, see `dozen_kit::identity`). A credential becomes
+//!   verified only by the `user.email_verified` event.
+//! - `POST /password-checks`, `POST /password-hashes`: internal, signup's alone, to check a
 //!   password before it creates anything, and to spend a credential's hash where the email is
 //!   taken.
 //! - `POST /sessions`: login, answering an access token.
@@ -22,6 +22,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use dozen_kit::db::Db;
 use dozen_kit::email::Email;
+use dozen_kit::identity::Identity;
 use dozen_kit::{ApiError, Json, Problem};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -30,10 +31,11 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::domain::hashing::{Hasher, HashingError};
-use crate::domain::keys::{SigningKeys, TokenPolicy};
+use crate::domain::keys::{self, TokenPolicy};
 use crate::domain::password::{MAX_CHARS, Password, PasswordError};
 use crate::domain::throttle::{self, Subject, ThrottlePolicy};
 use crate::store;
+use dozen_kit::keys::SigningKeys;
 
 /// Everything the handlers share.
 #[derive(Debug, Clone)]
@@ -52,13 +54,16 @@ pub struct AppState {
     pub trust_forwarded_for: bool,
 }
 
-/// The service's routes.
-pub fn router(state: AppState) -> OpenApiRouter {
-    OpenApiRouter::new()
+/// The service's routes. Credentials and password checks are signup's alone; login and the
+/// JWKS are public (the JWKS is fetched by every service that checks access tokens).
+pub fn router(state: AppState, identity: &Identity) -> OpenApiRouter {
+    let internal = OpenApiRouter::new()
         .routes(routes!(put_credential, delete_credential))
         .routes(routes!(check_password))
         .routes(routes!(hash_and_discard))
-        .routes(routes!(mark_verified))
+        .route_layer(identity.callers(&["signup"]));
+    OpenApiRouter::new()
+        .merge(internal)
         .routes(routes!(create_session))
         .routes(routes!(jwks))
         .with_state(state)
@@ -257,33 +262,6 @@ async fn delete_credential(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Allow a user to log in: their email is verified. Stands in for the `user.email_verified`
-/// event until the bus delivers it.
-#[utoipa::path(
-    post,
-    path = "/credentials/{user_id}/verified",
-    params(("user_id" = Uuid, Path, description = "The user's id")),
-    responses(
-        (status = 204, description = "Verified (also when it already was)"),
-        (status = 404, description = "No such credential", body = Problem),
-        (status = 422, body = Problem),
-    )
-)]
-async fn mark_verified(
-    State(state): State<AppState>,
-    Path(user_id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    let mut errors = BTreeMap::new();
-    let Some(user_id) = parse_user_id(&user_id, &mut errors) else {
-        return Err(Problem::validation(errors).into());
-    };
-    if store::mark_verified_now(&state.db, user_id).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(Problem::new(StatusCode::NOT_FOUND, "this user has no credential").into())
-    }
-}
-
 /// Log in: an access token for a correct email and password of a verified account.
 #[utoipa::path(
     post,
@@ -367,9 +345,7 @@ async fn create_session(
         )
         .into());
     }
-    let token = state
-        .keys
-        .issue(credential.user_id, &state.tokens)
+    let token = keys::issue(&state.keys, credential.user_id, &state.tokens)
         .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("signing the access token")))?;
     metrics::counter!("passwords_logins_total", "outcome" => "ok").increment(1);
     let mut response = Json(SessionView {

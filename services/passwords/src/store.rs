@@ -185,14 +185,6 @@ pub async fn mark_verified(tx: &mut Tx, user_id: Uuid) -> Result<bool, sqlx::Err
     Ok(done > 0)
 }
 
-/// [`mark_verified`] in a transaction of its own.
-pub async fn mark_verified_now(db: &Db, user_id: Uuid) -> Result<bool, sqlx::Error> {
-    let mut tx = Tx::begin(db).await?;
-    let found = mark_verified(&mut tx, user_id).await?;
-    tx.commit().await?;
-    Ok(found)
-}
-
 /// Count a login attempt against each of `subjects` before its password is hashed: allowed
 /// when none is locked, and then counted against all of them; refused with the latest lockout
 /// end otherwise, counting nothing. One transaction holding the subjects' rows (Postgres: row

@@ -5,6 +5,7 @@ use chrono::Utc;
 use dozen_bus::contracts::UserEmailVerified;
 use dozen_bus::{BusSettings, BusUrl, Envelope};
 use dozen_tests::database::{Backend, TestDatabase};
+use dozen_tests::identity::{self, identities};
 use dozen_tests::process::{Service, run_to_exit};
 use dozen_tests::{PATIENCE, eventually, on_both_backends};
 use serde_json::json;
@@ -46,6 +47,7 @@ async fn login_opens_when_the_email_verified_event_arrives(backend: Backend) {
     let user_id = Uuid::new_v4();
     let created = client
         .put(service.url(&format!("/credentials/{user_id}")))
+        .header(identity::HEADER, identities().header("signup", "passwords"))
         .json(&json!({ "email": "ann@example.com", "password": PASSWORD }))
         .send()
         .await

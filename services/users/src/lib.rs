@@ -65,7 +65,10 @@ impl Service for Users {
             &context.settings.passwords_url,
             &context.settings.tokens,
         );
-        Ok(routes::router(routes::AppState { db, outbox, verifier }))
+        Ok(routes::router(
+            routes::AppState { db, outbox, verifier },
+            context.identity()?,
+        ))
     }
 
     type Task = BusTask;

@@ -1,6 +1,7 @@
 //! The users service's HTTP API. `/me` acts for the caller named by their access token (the
-//! gateway routes `/api/me` here). `/profiles…` is internal (the signup service creates and,
-//! when a signup cannot finish, deletes profiles); the gateway does not route it.
+//! gateway routes `/api/me` here). `/profiles…` is internal: only the signup service may call
+//! it (its service identity is required, see `dozen_kit::identity`); it creates and, when a
+//! signup cannot finish, deletes profiles. The gateway does not route it.
 
 use axum::extract::{FromRef, Path, Query, State};
 use axum::http::StatusCode;
@@ -12,6 +13,7 @@ use dozen_kit::Json;
 use dozen_kit::auth::{Authenticated, JwtVerifier};
 use dozen_kit::db::{Db, Tx};
 use dozen_kit::email::Email;
+use dozen_kit::identity::Identity;
 use dozen_kit::{ApiError, Problem};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -37,11 +39,15 @@ impl FromRef<AppState> for JwtVerifier {
     }
 }
 
-/// The service's routes.
-pub fn router(state: AppState) -> OpenApiRouter {
-    OpenApiRouter::new()
+/// The service's routes. `/profiles…` is signup's alone; `/me` acts for the user whose
+/// access token it is given.
+pub fn router(state: AppState, identity: &Identity) -> OpenApiRouter {
+    let internal = OpenApiRouter::new()
         .routes(routes!(create_profile, find_profile))
         .routes(routes!(get_profile, delete_profile))
+        .route_layer(identity.callers(&["signup"]));
+    OpenApiRouter::new()
+        .merge(internal)
         .routes(routes!(get_me, update_me))
         .with_state(state)
 }

@@ -5,10 +5,15 @@
 
 use std::time::Duration;
 
+use chrono::Utc;
+use dozen_bus::contracts::UserEmailVerified;
+use dozen_bus::{BusSettings, BusUrl, Envelope};
 use dozen_kit::auth::{JwtVerifier, VerifierOptions};
 use dozen_kit::http::client::HttpClient;
 use dozen_tests::database::{Backend, TestDatabase};
+use dozen_tests::identity::{self, identities};
 use dozen_tests::process::{Service, run_to_exit};
+use dozen_tests::{PATIENCE, eventually};
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -32,6 +37,8 @@ pub struct Passwords {
     pub service: Service,
     pub database: TestDatabase,
     pub client: reqwest::Client,
+    /// The embedded bus it consumes events from.
+    bus_url: String,
     /// Holds the embedded bus's file.
     _bus: tempfile::TempDir,
 }
@@ -47,6 +54,8 @@ impl Passwords {
             ("DATABASE_URL", database.url.as_str()),
             ("BUS_URL", bus_url.as_str()),
             ("JWT_SIGNING_KEYS", KEY_A),
+            // Verification events arrive on it (see `mark_verified`).
+            ("BUS_POLL_INTERVAL", "100ms"),
         ];
         all.extend_from_slice(env);
         let migrated = run_to_exit("dozen-passwords", &["migrate"], &all).await;
@@ -56,6 +65,7 @@ impl Passwords {
             service,
             database,
             client: reqwest::Client::new(),
+            bus_url,
             _bus: bus,
         }
     }
@@ -64,25 +74,54 @@ impl Passwords {
         self.service.url(path)
     }
 
-    /// `PUT /credentials/{user_id}`.
+    /// `PUT /credentials/{user_id}`, as signup calls it (with its service identity).
     pub async fn put_credential(&self, user_id: Uuid, email: &str, password: &str) -> Response {
         self.client
             .put(self.url(&format!("/credentials/{user_id}")))
+            .header(identity::HEADER, identities().header("signup", "passwords"))
             .json(&json!({ "email": email, "password": password }))
             .send()
             .await
             .expect("PUT /credentials answers")
     }
 
-    /// `POST /credentials/{user_id}/verified`, expecting 204.
-    pub async fn mark_verified(&self, user_id: Uuid) {
-        let answer = self
-            .client
-            .post(self.url(&format!("/credentials/{user_id}/verified")))
+    /// `DELETE /credentials/{user_id}`, as signup calls it.
+    pub async fn delete_credential(&self, user_id: Uuid) -> Response {
+        self.client
+            .delete(self.url(&format!("/credentials/{user_id}")))
+            .header(identity::HEADER, identities().header("signup", "passwords"))
             .send()
             .await
-            .expect("POST verified answers");
-        assert_eq!(answer.status(), StatusCode::NO_CONTENT);
+            .expect("DELETE /credentials answers")
+    }
+
+    /// Publish `user.email_verified` for `user_id` on the service's bus, as verification does,
+    /// and wait until the credential is verified.
+    pub async fn mark_verified(&self, user_id: Uuid) {
+        let settings = BusSettings::new(BusUrl::parse(&self.bus_url).expect("a bus URL"));
+        let broker = dozen_bus::backend::connect(&settings)
+            .await
+            .expect("connect to the bus");
+        let event = UserEmailVerified {
+            user_id,
+            email: String::new(),
+            verified_at: Utc::now(),
+        };
+        let envelope = Envelope::new("verification", &event).expect("an envelope");
+        broker
+            .publish(std::slice::from_ref(&envelope))
+            .await
+            .expect("publish on the bus");
+        let user = user_id.to_string();
+        eventually(PATIENCE, "the credential is verified", || async {
+            self.fetch_strings(
+                "SELECT CASE WHEN verified THEN 'yes' ELSE 'no' END FROM credentials WHERE CAST(user_id AS TEXT) = $1",
+                &[&user],
+            )
+            .await
+                == ["yes"]
+        })
+        .await;
     }
 
     /// A new verified user with `email` and [`PASSWORD`].

@@ -1,153 +1,12 @@
-//! The JWT signing keys and the tokens they sign. Keys are Ed25519 (EdDSA), given as PEM
-//! (PKCS#8) in `JWT_SIGNING_KEYS`; several may be given for rotation: the first signs, every
-//! one is published in the JWKS so tokens signed by a retiring key still verify until they
-//! expire. A key's id is its RFC 7638 thumbprint, so it is the same on every instance and
-//! after every restart without being configured.
+//! Access tokens: what passwords signs for a user at login. The keys themselves
+//! (`JWT_SIGNING_KEYS`: PEM parsing, key ids, the published JWKS) are the kit's
+//! [`SigningKeys`], shared with the services' own identity keys.
 
 use std::time::Duration;
 
-use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
-use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use jsonwebtoken::jwk::{
-    AlgorithmParameters, CommonParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, OctetKeyPairParameters,
-    OctetKeyPairType, PublicKeyUse, ThumbprintHash,
-};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use dozen_kit::keys::SigningKeys;
 use serde::Serialize;
 use uuid::Uuid;
-
-const PEM_BEGIN: &str = "-----BEGIN PRIVATE KEY-----";
-const PEM_END: &str = "-----END PRIVATE KEY-----";
-
-/// Private key material as configured; its `Debug` never shows it.
-#[derive(Clone)]
-pub struct SecretPem(pub String);
-
-impl SecretPem {
-    /// The PEM text.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for SecretPem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SecretPem(hidden)")
-    }
-}
-
-/// One signing key: the private half to sign, the public half to publish.
-#[derive(Clone)]
-struct SigningKey {
-    kid: String,
-    encoding: EncodingKey,
-    jwk: Jwk,
-}
-
-/// The configured keys, first one signing. Its `Debug` shows key ids only.
-#[derive(Clone)]
-pub struct SigningKeys {
-    keys: Vec<SigningKey>,
-}
-
-impl std::fmt::Debug for SigningKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kids: Vec<&str> = self.keys.iter().map(|key| key.kid.as_str()).collect();
-        f.debug_struct("SigningKeys").field("kids", &kids).finish()
-    }
-}
-
-impl SigningKeys {
-    /// Read one or more PEM `PRIVATE KEY` blocks (Ed25519, PKCS#8 v1 or v2). The message of an
-    /// error never contains key material.
-    pub fn parse(pem: &str) -> Result<Self, String> {
-        let mut keys = Vec::new();
-        let mut rest = pem;
-        while let Some(start) = rest.find(PEM_BEGIN) {
-            let body_start = start + PEM_BEGIN.len();
-            let Some(length) = rest[body_start..].find(PEM_END) else {
-                return Err(format!("key {} has no END line", keys.len() + 1));
-            };
-            let body: String = rest[body_start..body_start + length]
-                .chars()
-                .filter(|c| !c.is_whitespace())
-                .collect();
-            let der = STANDARD
-                .decode(body)
-                .map_err(|_| format!("key {} is not valid base64", keys.len() + 1))?;
-            keys.push(SigningKey::from_pkcs8(&der).map_err(|e| format!("key {}: {e}", keys.len() + 1))?);
-            rest = &rest[body_start + length + PEM_END.len()..];
-        }
-        if keys.is_empty() {
-            return Err("expected one or more PEM blocks '-----BEGIN PRIVATE KEY-----' (Ed25519)".to_owned());
-        }
-        Ok(Self { keys })
-    }
-
-    /// The id of the key that signs.
-    pub fn signing_kid(&self) -> &str {
-        &self.keys[0].kid
-    }
-
-    /// Every public key, as published at `/.well-known/jwks.json`.
-    pub fn jwks(&self) -> JwkSet {
-        JwkSet {
-            keys: self.keys.iter().map(|key| key.jwk.clone()).collect(),
-        }
-    }
-
-    /// Sign an access token for `user_id`.
-    pub fn issue(
-        &self,
-        user_id: Uuid,
-        policy: &TokenPolicy,
-    ) -> Result<AccessToken, jsonwebtoken::errors::Error> {
-        let key = &self.keys[0];
-        let now = jsonwebtoken::get_current_timestamp();
-        let claims = Claims {
-            sub: user_id,
-            iss: &policy.issuer,
-            aud: &policy.audience,
-            iat: now,
-            exp: now + policy.ttl.as_secs(),
-        };
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(key.kid.clone());
-        Ok(AccessToken {
-            token: jsonwebtoken::encode(&header, &claims, &key.encoding)?,
-            expires_in: policy.ttl.as_secs(),
-        })
-    }
-}
-
-impl SigningKey {
-    fn from_pkcs8(der: &[u8]) -> Result<Self, String> {
-        let pair = Ed25519KeyPair::from_pkcs8(der)
-            .map_err(|_| "not an Ed25519 private key in PKCS#8 form".to_owned())?;
-        let mut jwk = Jwk {
-            common: CommonParameters {
-                public_key_use: Some(PublicKeyUse::Signature),
-                key_algorithm: Some(KeyAlgorithm::EdDSA),
-                ..CommonParameters::default()
-            },
-            algorithm: AlgorithmParameters::OctetKeyPair(OctetKeyPairParameters {
-                key_type: OctetKeyPairType::OctetKeyPair,
-                curve: EllipticCurve::Ed25519,
-                x: URL_SAFE_NO_PAD.encode(pair.public_key().as_ref()),
-            }),
-        };
-        let kid = jwk
-            .thumbprint(ThumbprintHash::SHA256)
-            .map_err(|e| format!("cannot compute the key id: {e}"))?;
-        jwk.common.key_id = Some(kid.clone());
-        Ok(Self {
-            kid,
-            encoding: EncodingKey::from_ed_der(der),
-            jwk,
-        })
-    }
-}
 
 /// What every token says besides its subject.
 #[derive(Debug, Clone)]
@@ -178,73 +37,46 @@ pub struct AccessToken {
     pub expires_in: u64,
 }
 
-/// A new Ed25519 signing key as a PEM `PRIVATE KEY` block (PKCS#8 v1, as `openssl genpkey
-/// -algorithm ed25519` writes it), for `JWT_SIGNING_KEYS`. `dozen up` makes the development
-/// key with it.
-pub fn generate_signing_key_pem() -> String {
-    // Key generation fails only if the system's random source does: nothing can go on then.
-    let pair = Ed25519KeyPair::generate().expect("the system random source works");
-    let der = pair.to_pkcs8v1().expect("a fresh key encodes");
-    let body = STANDARD.encode(der.as_ref());
-    let mut pem = format!("{PEM_BEGIN}\n");
-    for line in body.as_bytes().chunks(64) {
-        pem.push_str(&String::from_utf8_lossy(line));
-        pem.push('\n');
-    }
-    pem.push_str(PEM_END);
-    pem.push('\n');
-    pem
+/// Sign an access token for `user_id` with the first of `keys`.
+pub fn issue(
+    keys: &SigningKeys,
+    user_id: Uuid,
+    policy: &TokenPolicy,
+) -> Result<AccessToken, jsonwebtoken::errors::Error> {
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = Claims {
+        sub: user_id,
+        iss: &policy.issuer,
+        aud: &policy.audience,
+        iat: now,
+        exp: now + policy.ttl.as_secs(),
+    };
+    Ok(AccessToken {
+        token: keys.sign(&claims)?,
+        expires_in: policy.ttl.as_secs(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use dozen_kit::keys::generate_signing_key_pem;
+    use jsonwebtoken::Algorithm;
+
     use super::*;
 
-    fn policy() -> TokenPolicy {
-        TokenPolicy {
+    #[test]
+    fn an_access_token_names_its_user_and_the_signing_key() {
+        let keys = SigningKeys::parse(&generate_signing_key_pem()).expect("parses");
+        let policy = TokenPolicy {
             issuer: "dozen".to_owned(),
             audience: "dozen".to_owned(),
             ttl: Duration::from_secs(900),
-        }
-    }
-
-    #[test]
-    fn a_generated_key_parses_and_its_id_is_stable() {
-        let pem = generate_signing_key_pem();
-        let once = SigningKeys::parse(&pem).expect("parses");
-        let again = SigningKeys::parse(&pem).expect("parses");
-        assert_eq!(once.signing_kid(), again.signing_kid());
-        assert_eq!(once.signing_kid().len(), 43, "a base64url SHA-256 thumbprint");
-    }
-
-    #[test]
-    fn several_keys_are_all_published_and_the_first_signs() {
-        let (first, second) = (generate_signing_key_pem(), generate_signing_key_pem());
-        let keys = SigningKeys::parse(&format!("{first}\n{second}")).expect("parses");
-        let jwks = keys.jwks();
-        assert_eq!(jwks.keys.len(), 2);
-        let kid = SigningKeys::parse(&first)
-            .expect("parses")
-            .signing_kid()
-            .to_owned();
-        assert_eq!(keys.signing_kid(), kid);
-        let token = keys.issue(Uuid::new_v4(), &policy()).expect("signs");
+        };
+        let user = Uuid::new_v4();
+        let token = issue(&keys, user, &policy).expect("signs");
+        assert_eq!(token.expires_in, 900);
         let header = jsonwebtoken::decode_header(&token.token).expect("a JWT");
-        assert_eq!(header.kid.as_deref(), Some(kid.as_str()));
+        assert_eq!(header.kid.as_deref(), Some(keys.signing_kid()));
         assert_eq!(header.alg, Algorithm::EdDSA);
-    }
-
-    #[test]
-    fn bad_keys_are_refused_without_echoing_them() {
-        for bad in [
-            "",
-            "not a key",
-            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----",
-            "-----BEGIN PRIVATE KEY-----\n!!!!\n-----END PRIVATE KEY-----",
-            "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA",
-        ] {
-            let error = SigningKeys::parse(bad).expect_err(bad);
-            assert!(!error.contains("AAAA") && !error.contains("MC4C"), "{error}");
-        }
     }
 }
