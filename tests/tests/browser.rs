@@ -729,7 +729,7 @@ async fn without_a_dev_mailbox_the_ui_hides_it_and_its_page_says_so() {
         .await;
     page.open("/#/check-mail/ann%40example.com").await;
     page.wait_for_heading("Check your mail").await;
-    page.find(css("nav[data-dev-mailbox='false']")).await;
+    page.find(css("#nav[data-dev-mailbox='false']")).await;
     let nav = page.text_now(css("nav")).await;
     assert!(nav.contains("Status") && !nav.contains("Mailbox"), "{nav}");
     let note = page.text_now(css("#dev-mailbox-note")).await;

@@ -31,11 +31,6 @@ function go(route, message = null) {
   flash = message;
   const hash = `#/${route}`;
   if (location.hash === hash) render();
-devMailbox.then((on) => {
-  showMailbox = on;
-  nav.dataset.devMailbox = String(on); // what the page learned, for anyone looking
-  renderNav(current().name);
-});
   else location.hash = hash;
 }
 
