@@ -1,6 +1,7 @@
 //! The bus's settings, read from the environment like the kit's (`dozen_kit::config`): a
 //! service flattens [`BusSettings`] into its own settings and `--help` lists them.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -151,9 +152,10 @@ impl std::fmt::Debug for BusUrl {
 #[command(next_help_heading = "Event bus")]
 pub struct BusSettings {
     /// The broker: `sqlite://<path>` (the embedded bus, shared by every process on this host),
-    /// `nats://host:port` (NATS JetStream) or `sns+sqs://<region>` (Amazon SNS and SQS; add
+    /// `nats://[user:password@]host:port` (NATS JetStream; TLS when the server requires it),
+    /// `tls://…` (NATS, always over TLS) or `sns+sqs://<region>` (Amazon SNS and SQS; add
     /// `?endpoint=<url>` for an emulator, and `KEY:SECRET@` before the region for static
-    /// credentials).
+    /// credentials). Give it in BUS_URL_FILE when it holds a password.
     #[arg(long, env = "BUS_URL", default_value = "sqlite://data/bus.db", hide_env_values = true, value_parser = BusUrl::parse)]
     pub bus_url: BusUrl,
 
@@ -190,6 +192,15 @@ pub struct BusSettings {
     /// longer than any redelivery can take.
     #[arg(long, env = "BUS_RETENTION", default_value = "7days", value_parser = parse_duration)]
     pub bus_retention: Duration,
+
+    /// NATS: a credentials file (`.creds`: the user's JWT and NKey seed) to log in with.
+    #[arg(long, env = "NATS_CREDS_FILE")]
+    pub nats_creds_file: Option<PathBuf>,
+
+    /// NATS: a PEM file of the certificate authorities that sign the server's certificate
+    /// (a private CA); without it, the system's.
+    #[arg(long, env = "NATS_CA_FILE")]
+    pub nats_ca_file: Option<PathBuf>,
 }
 
 fn parse_namespace(text: &str) -> Result<String, String> {
@@ -217,6 +228,8 @@ impl BusSettings {
             bus_ack_wait: Duration::from_secs(30),
             bus_poll_interval: Duration::from_secs(1),
             bus_retention: Duration::from_secs(7 * 24 * 3600),
+            nats_creds_file: None,
+            nats_ca_file: None,
         }
     }
 

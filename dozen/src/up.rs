@@ -63,7 +63,8 @@ pub struct UpSettings {
     #[arg(long, env = "BUS_URL", hide_env_values = true)]
     pub bus_url: Option<String>,
 
-    /// Where verification sends mail [default: file://<DATA_DIR>/mailbox, the dev mailbox].
+    /// Where verification sends mail [default: file://<DATA_DIR>/mailbox, the dev mailbox,
+    /// which the gateway then serves at /api/dev/mailbox].
     #[arg(long, env = "MAIL_URL", hide_env_values = true)]
     pub mail_url: Option<String>,
 
@@ -131,6 +132,13 @@ fn parse_postgres_url(text: &str) -> Result<String, String> {
 }
 
 impl UpSettings {
+    /// Whether mail goes to the dev mailbox: unless `MAIL_URL` names an SMTP server.
+    fn dev_mailbox(&self) -> bool {
+        self.mail_url
+            .as_ref()
+            .is_none_or(|url| url.starts_with("file://"))
+    }
+
     /// The port asked for (0: any free port).
     fn port(&self, service: ServiceName) -> u16 {
         match service {
@@ -202,6 +210,8 @@ async fn up(settings: UpSettings, log: &Log) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("file://{}/mailbox", data_dir.display()));
     shared_env.insert("MAIL_URL".to_owned(), mail_url);
+    // The gateway serves the dev mailbox only when mail goes to it.
+    shared_env.insert("DEV_MAILBOX".to_owned(), settings.dev_mailbox().to_string());
     let public_url = settings
         .public_url
         .clone()
@@ -284,6 +294,7 @@ async fn up(settings: UpSettings, log: &Log) -> anyhow::Result<()> {
     tokio::select! {
         () = wait_until_ready(&settings, &sockets, log, started) => {}
         () = &mut signal => stopping.cancel(),
+        () = stopping.cancelled() => {}
     }
     if !stopping.is_cancelled() {
         signal.await;
@@ -498,6 +509,13 @@ impl Plan {
             tokio::select! {
                 status = child.wait() => {
                     readers.await;
+                    // Status 2 is a configuration error (its line is above): a restart would
+                    // only repeat it, so the whole platform stops.
+                    if status.as_ref().is_ok_and(|status| status.code() == Some(2)) {
+                        log.line("dozen", &format!("{name} refused its configuration: stopping every service"));
+                        stopping.cancel();
+                        return false;
+                    }
                     let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
                     if ran_since.elapsed() > HEALTHY_RUN {
                         backoff = FIRST_BACKOFF;
@@ -600,10 +618,16 @@ async fn wait_until_ready(
                 ServiceName::ALL.len()
             ),
         );
-        log.line(
-            "dozen",
-            &format!("web UI and API: {}/", sockets[ServiceName::Gateway.as_str()].url),
-        );
+        let gateway = &sockets[ServiceName::Gateway.as_str()].url;
+        log.line("dozen", &format!("web UI and API: {gateway}/"));
+        if settings.dev_mailbox() {
+            log.line(
+                "dozen",
+                &format!(
+                    "mail goes to the dev mailbox: read it at {gateway}/#/mailbox (GET /api/dev/mailbox)"
+                ),
+            );
+        }
         log.line("dozen", "press Ctrl-C to stop");
     } else {
         let names: Vec<_> = waiting.iter().map(|service| service.as_str()).collect();

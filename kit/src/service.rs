@@ -37,6 +37,14 @@ pub trait Service: Sized + 'static {
     /// stateless service.
     fn database(settings: &Self::Settings) -> Option<(&DatabaseSettings, &'static [&'static Migrations])>;
 
+    /// Refuse settings that are each valid but wrong together, before serving: the error is
+    /// one line naming the settings, reported as a configuration error (exit status 2).
+    /// Admin processes do not serve, so they are not checked.
+    fn check_serving(settings: &Self::Settings) -> Result<(), String> {
+        let _ = settings;
+        Ok(())
+    }
+
     /// Start the service: connect what it needs beyond the kit (the bus, its consumers), spawn
     /// its background work on `context.lifecycle`, add the dependencies `/readyz` must check to
     /// `context.readiness`, and return its API routes for the kit to serve.
@@ -173,6 +181,12 @@ pub fn run_from_args<S: Service>(args: impl IntoIterator<Item = OsString>) -> Ex
             return ExitCode::from(2);
         }
     };
+    if matches!(settings.command, None | Some(Command::Serve))
+        && let Err(error) = S::check_serving(&settings.service)
+    {
+        eprintln!("dozen-{}: configuration error: {error}", S::NAME);
+        return ExitCode::from(2);
+    }
     // Making the metrics recorder calibrates its clock (quanta's TSC against the system clock):
     // it spins for a while, far longer on a busy machine. Start it now on another core,
     // overlapping telemetry and runtime start-up; `Application::build` still waits for the

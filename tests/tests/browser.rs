@@ -7,8 +7,8 @@
 //! themselves; Ann finds Bob in her suggestions and asks him, Bob accepts, and each lists the
 //! other as a friend; the status page shows all six services ready; an expired session and a
 //! logout both lead back to the login page; with the platform stopped, the page says the
-//! server cannot be reached. Also: with mail over SMTP the mailbox page says there is none,
-//! and the gateway serves the UI's files with their types and ETags.
+//! server cannot be reached. Also: with mail over SMTP the UI links to no dev mailbox and its
+//! page says there is none, and the gateway serves the UI's files with their types and ETags.
 //!
 //! Every step checks that no JavaScript value leaked into the page's text and saves a
 //! screenshot under `<target>/test-artifacts/browser/<test>/`; at the end, any script error or
@@ -507,6 +507,8 @@ async fn the_signup_journey_clicked_through_the_web_ui() {
     ann.wait_for_heading("Check your mail").await;
     ann.wait_for_text(css("#check-mail-text"), "ann@example.com", None)
         .await;
+    ann.wait_for_text(css("#dev-mailbox-note"), "dev mailbox", None)
+        .await;
     assert_eq!(
         ann.find(css("#resend-email"))
             .await
@@ -713,9 +715,10 @@ async fn the_signup_journey_clicked_through_the_web_ui() {
     println!("screenshots: {}", folder.display());
 }
 
-/// When mail goes over SMTP there is no dev mailbox, and the mailbox page says so.
+/// When mail goes over SMTP there is no dev mailbox: the gateway answers 404 there, the UI
+/// links to it nowhere, and its page (opened by its address) says so.
 #[tokio::test(flavor = "multi_thread")]
-async fn the_mailbox_page_says_when_mail_goes_over_smtp() {
+async fn without_a_dev_mailbox_the_ui_hides_it_and_its_page_says_so() {
     let folder = artifacts_folder("smtp");
     // Nothing listens there: no mail is sent in this test, only the mailbox is asked for.
     let smtp = format!("smtp://127.0.0.1:{}", closed_port());
@@ -724,16 +727,23 @@ async fn the_mailbox_page_says_when_mail_goes_over_smtp() {
     let page = driver
         .open("visitor", 1280, 900, &platform.url("gateway", ""), &shots)
         .await;
+    page.open("/#/check-mail/ann%40example.com").await;
+    page.wait_for_heading("Check your mail").await;
+    page.find(css("#nav[data-dev-mailbox='false']")).await;
+    let nav = page.text_now(css("nav")).await;
+    assert!(nav.contains("Status") && !nav.contains("Mailbox"), "{nav}");
+    let note = page.text_now(css("#dev-mailbox-note")).await;
+    assert!(note.is_empty(), "no word of a dev mailbox: {note}");
+    page.shot("check-mail-without-mailbox").await;
+
     page.open("/#/mailbox").await;
     page.wait_for_heading("Dev mailbox").await;
     page.wait_for_text(
         css("#mailbox-message"),
-        "Look for your mail in the real inbox",
+        "This platform has no dev mailbox: mail goes to real inboxes",
         None,
     )
     .await;
-    let note = page.text_now(css("#mailbox-message")).await;
-    assert!(note.contains("SMTP"), "the API's reason is shown: {note}");
     page.shot("no-mailbox").await;
     page.close().await;
     platform.stop().await;

@@ -298,9 +298,12 @@ async fn the_images_run_the_platform_a_signup_completes_and_every_container_stop
             }
             "verification" => {
                 // The dev mailbox on the container's writable /data; the gateway reads it back.
+                // On NATS (and Postgres) it must be allowed: only a test platform does that.
                 env.push(("MAIL_URL".into(), "file:///data/mailbox".into()));
+                env.push(("DEV_MAILBOX_ALLOW_PRODUCTION_BACKENDS".into(), "true".into()));
                 env.push(("PUBLIC_URL".into(), gateway.clone()));
             }
+            "gateway" => env.push(("DEV_MAILBOX".into(), "true".into())),
             _ => {}
         }
         env

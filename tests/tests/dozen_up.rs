@@ -40,9 +40,90 @@ async fn dozen_up_runs_every_service_restarts_a_killed_one_and_stops_them_all() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn dozen_up_says_mail_goes_to_the_dev_mailbox_and_the_gateway_serves_it() {
+    let platform = Platform::start(&[]).await;
+    let gateway = platform.url("gateway", "");
+    let said = platform.up.lines().join("\n");
+    assert!(
+        said.contains(&format!(
+            "mail goes to the dev mailbox: read it at {gateway}/#/mailbox (GET /api/dev/mailbox)"
+        )),
+        "{said}"
+    );
+    let mailbox = reqwest::get(platform.url("gateway", "/api/dev/mailbox"))
+        .await
+        .expect("GET /api/dev/mailbox");
+    assert_eq!(mailbox.status(), 200);
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_mail_over_smtp_dozen_up_keeps_the_dev_mailbox_off() {
+    // Nothing listens there: no mail is sent in this test.
+    let smtp = format!("smtp://127.0.0.1:{}", dozen_tests::process::closed_port());
+    let platform = Platform::start(&[("MAIL_URL", &smtp)]).await;
+    let said = platform.up.lines().join("\n");
+    assert!(!said.contains("dev mailbox"), "{said}");
+    let mailbox = reqwest::get(platform.url("gateway", "/api/dev/mailbox"))
+        .await
+        .expect("GET /api/dev/mailbox");
+    assert_eq!(mailbox.status(), 404);
+    assert_eq!(mailbox.headers()["content-type"], "application/problem+json");
+    platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dozen_up_on_postgres_stops_at_the_dev_mailbox_unless_it_is_allowed() {
+    let databases = DatabasePrefix::new("dozen_up_mailbox");
+    let data = tempfile::tempdir().expect("data folder");
+    let data_dir = data.path().to_string_lossy().into_owned();
+    let mut env = vec![
+        ("DATA_DIR", data_dir.as_str()),
+        ("DATABASE_URL", databases.url.as_str()),
+    ];
+    let ports: Vec<String> = SERVICES
+        .iter()
+        .map(|name| format!("{}_PORT", name.to_uppercase()))
+        .collect();
+    env.extend(ports.iter().map(|port| (port.as_str(), "0")));
+    let up = run_to_exit("dozen", &["up"], &env).await;
+    assert_eq!(up.status.code(), Some(1), "{up:?}");
+    let said = format!("{}{}", up.stdout, up.stderr);
+    let refusals: Vec<&str> = said
+        .lines()
+        .filter(|line| line.contains("configuration error"))
+        .collect();
+    assert_eq!(refusals.len(), 1, "one line says why:\n{said}");
+    for setting in [
+        "MAIL_URL",
+        "DATABASE_URL",
+        "DEV_MAILBOX_ALLOW_PRODUCTION_BACKENDS",
+    ] {
+        assert!(
+            refusals[0].contains(setting),
+            "it names {setting}: {}",
+            refusals[0]
+        );
+    }
+    assert!(
+        said.contains("verification refused its configuration: stopping every service"),
+        "{said}"
+    );
+    assert_eq!(
+        said.matches("started verification").count(),
+        1,
+        "not restarted: {said}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn dozen_up_gives_each_service_its_own_database_on_a_postgres_server() {
     let databases = DatabasePrefix::new("dozen_up");
-    let platform = Platform::start(&[("DATABASE_URL", &databases.url)]).await;
+    let platform = Platform::start(&[
+        ("DATABASE_URL", &databases.url),
+        ("DEV_MAILBOX_ALLOW_PRODUCTION_BACKENDS", "true"),
+    ])
+    .await;
     for (name, port) in &platform.ports {
         assert!(platform.is_ready(*port).await, "{name} is ready on Postgres");
     }

@@ -64,7 +64,8 @@ impl Verification {
 }
 
 /// A gateway whose verification peer is `verification` (or nothing) and passwords peer is
-/// `passwords` (or nothing), every other peer a closed port, with `env` on top.
+/// `passwords` (or nothing), every other peer a closed port, serving the dev mailbox, with
+/// `env` on top.
 async fn gateway(
     verification: Option<&Service>,
     passwords: Option<&Service>,
@@ -80,6 +81,7 @@ async fn gateway(
         ("SIGNUP_URL", closed.as_str()),
         ("USERS_URL", closed.as_str()),
         ("FRIENDS_URL", closed.as_str()),
+        ("DEV_MAILBOX", "true"),
     ];
     all.extend_from_slice(env);
     Service::start("dozen-gateway", &all).await
@@ -408,6 +410,40 @@ async fn every_answer_carries_the_security_headers() {
         }
         assert_security_headers(&answer, what);
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_dev_mailbox_the_gateway_answers_404_on_every_dev_path() {
+    let verification = Verification::start().await;
+    // The same verification, which keeps a mailbox, behind a gateway that serves it and one
+    // left at its default.
+    let serving = gateway(Some(&verification.service), None, &[]).await;
+    let verification_url = verification.service.url("");
+    let off = Service::start("dozen-gateway", &[("VERIFICATION_URL", &verification_url)]).await;
+    let client = reqwest::Client::new();
+    let answer = client
+        .get(serving.url("/api/dev/mailbox"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(answer.status(), 200, "the gateway that serves it");
+    for path in [
+        "/api/dev/mailbox",
+        "/api/dev/mailbox?limit=1",
+        "/api/dev/mailbox/",
+        "/api/dev/",
+        "/api/dev/anything",
+    ] {
+        let answer = client.get(off.url(path)).send().await.expect("GET");
+        assert_eq!(answer.status(), 404, "{path}");
+        assert_eq!(problem_type(answer).await, "about:blank", "{path}");
+    }
+    let head = client
+        .head(off.url("/api/dev/mailbox"))
+        .send()
+        .await
+        .expect("HEAD");
+    assert_eq!(head.status(), 404);
 }
 
 /// A CORS preflight for a login from `origin`.

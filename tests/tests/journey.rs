@@ -238,6 +238,7 @@ async fn the_signup_journey_on_postgres_and_nats() {
             ("DATABASE_URL", &databases.url),
             ("BUS_URL", &dozen_tests::nats::nats_url()),
             ("BUS_NAMESPACE", &streams.namespace),
+            ("DEV_MAILBOX_ALLOW_PRODUCTION_BACKENDS", "true"),
         ],
         FriendsDatabase::Postgres(&databases),
     )
@@ -254,6 +255,7 @@ async fn the_signup_journey_on_postgres_and_sns_sqs() {
             ("DATABASE_URL", &databases.url),
             ("BUS_URL", &topics_and_queues.bus_url),
             ("BUS_NAMESPACE", &topics_and_queues.namespace),
+            ("DEV_MAILBOX_ALLOW_PRODUCTION_BACKENDS", "true"),
         ],
         FriendsDatabase::Postgres(&databases),
     )

@@ -53,6 +53,8 @@ impl Platform {
                 "MAIL_URL".to_owned(),
                 format!("file://{}", folder.join("mailbox").display()),
             ),
+            // The gateway serves the dev mailbox, read to verify the user.
+            ("DEV_MAILBOX".to_owned(), "true".to_owned()),
         ];
         for (peer, port) in peers {
             env.push((

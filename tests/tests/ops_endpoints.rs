@@ -14,7 +14,13 @@ async fn every_service_serves_the_ops_endpoints(backend: Backend) {
         let program = format!("dozen-{name}");
         let database = TestDatabase::create(backend).await;
         let signing_key = dozen_passwords::generate_signing_key_pem();
-        let mut env = vec![("LOG_LEVEL", "info"), ("JWT_SIGNING_KEYS", signing_key.as_str())];
+        // Verification must be told where mail goes: an SMTP port nothing listens on, as this
+        // test sends no mail.
+        let mut env = vec![
+            ("LOG_LEVEL", "info"),
+            ("JWT_SIGNING_KEYS", signing_key.as_str()),
+            ("MAIL_URL", "smtp://127.0.0.1:9"),
+        ];
         if has_database {
             env.push(("DATABASE_URL", &database.url));
             let migrated = run_to_exit(&program, &["migrate"], &env).await;

@@ -51,15 +51,73 @@ pub struct NatsBus {
     streams: Mutex<HashSet<String>>,
 }
 
+/// How to log in to NATS, from the URL.
+enum Login {
+    /// `nats://user:password@host`.
+    UserAndPassword(String, String),
+    /// `nats://token@host`.
+    Token(String),
+}
+
+/// The server's URL without its login, and the login: the NATS client reads no credentials
+/// from a URL itself.
+fn split_login(text: &str) -> Result<(url::Url, Option<Login>), BusError> {
+    // The parser's own message may quote the URL: only say that it is not one.
+    let mut url = url::Url::parse(text)
+        .map_err(|_| BusError::Broker("BUS_URL is not a valid nats:// or tls:// URL".to_owned()))?;
+    let decode = |part: &str| {
+        percent_encoding::percent_decode_str(part)
+            .decode_utf8()
+            .map(|part| part.into_owned())
+            .map_err(|_| {
+                BusError::Broker("BUS_URL: the login is not valid UTF-8 once percent-decoded".to_owned())
+            })
+    };
+    let login = match (url.username(), url.password()) {
+        ("", None) => None,
+        (user, Some(password)) => Some(Login::UserAndPassword(decode(user)?, decode(password)?)),
+        (token, None) => Some(Login::Token(decode(token)?)),
+    };
+    if login.is_some() {
+        let cleared = url.set_username("").is_ok() && url.set_password(None).is_ok();
+        if !cleared {
+            return Err(BusError::Broker("BUS_URL: a login needs a host".to_owned()));
+        }
+    }
+    Ok((url, login))
+}
+
 impl NatsBus {
-    /// Connect to the server named by a `nats://` URL.
+    /// Connect to the server named by a `nats://` or `tls://` URL, with the credentials file
+    /// and certificate authorities of `settings`. An error names the settings to check and
+    /// never repeats the URL, which may hold a password.
     pub async fn connect(url: &str, settings: &BusSettings) -> Result<Self, BusError> {
-        let client = async_nats::ConnectOptions::new()
+        let mut options = async_nats::ConnectOptions::new()
             .name("dozen-bus")
-            .connection_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await
-            .map_err(BusError::broker)?;
+            .connection_timeout(Duration::from_secs(5));
+        if let Some(ca) = &settings.nats_ca_file {
+            // Read here, so that a missing or unreadable file is named as such.
+            std::fs::metadata(ca)
+                .map_err(|e| BusError::Broker(format!("NATS_CA_FILE {}: {e}", ca.display())))?;
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let Some(creds) = &settings.nats_creds_file {
+            options = options
+                .credentials_file(creds)
+                .await
+                .map_err(|e| BusError::Broker(format!("NATS_CREDS_FILE {}: {e}", creds.display())))?;
+        }
+        let (url, login) = split_login(url)?;
+        options = match login {
+            Some(Login::UserAndPassword(user, password)) => options.user_and_password(user, password),
+            Some(Login::Token(token)) => options.token(token),
+            None => options,
+        };
+        let client = options.connect(url.as_str()).await.map_err(|e| {
+            BusError::Broker(format!(
+                "cannot connect to NATS (check BUS_URL, NATS_CREDS_FILE and NATS_CA_FILE): {e}"
+            ))
+        })?;
         Ok(Self {
             jetstream: jetstream::new(client.clone()),
             client,
@@ -339,5 +397,26 @@ impl Queue for NatsQueue {
 
     fn label(&self) -> &str {
         &self.topic
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_login_is_taken_out_of_the_url() {
+        let (url, login) =
+            split_login("tls://dozen:p%40ss@nats.example:4222").unwrap_or_else(|_| panic!("a URL"));
+        assert_eq!(url.as_str(), "tls://nats.example:4222");
+        assert!(
+            matches!(login, Some(Login::UserAndPassword(user, password)) if user == "dozen" && password == "p@ss")
+        );
+        let (url, login) = split_login("nats://s3cret-token@nats:4222").unwrap_or_else(|_| panic!("a URL"));
+        assert_eq!(url.as_str(), "nats://nats:4222");
+        assert!(matches!(login, Some(Login::Token(token)) if token == "s3cret-token"));
+        let (url, login) = split_login("nats://127.0.0.1:4222").unwrap_or_else(|_| panic!("a URL"));
+        assert_eq!(url.as_str(), "nats://127.0.0.1:4222");
+        assert!(login.is_none());
     }
 }

@@ -110,7 +110,7 @@ impl Workload {
             if !workload.mailbox {
                 bail!(
                     "the dev mailbox is off at {} (GET /api/dev/mailbox answers 404), so no user can be verified: \
-                     give a mix of signups only (--mix signup=1) or run the platform with the file mailbox (MAIL_URL=file://…)",
+                     give a mix of signups only (--mix signup=1) or run the platform with the dev mailbox (dozen up does)",
                     workload.base
                 );
             }

@@ -50,6 +50,11 @@ pub struct Settings {
     /// How long `/api/me` waits for the services it aggregates before answering without them.
     #[arg(long, env = "ME_DEADLINE", default_value = "800ms", value_parser = parse_duration)]
     pub me_deadline: Duration,
+    /// Serve the dev mailbox (`/api/dev/mailbox`, passed on to verification). Off: every
+    /// `/api/dev/` path is a 404, so a deployment never shows anyone's mail. `dozen up` turns
+    /// it on with the file mailbox.
+    #[arg(long, env = "DEV_MAILBOX", default_value_t = false, action = clap::ArgAction::Set)]
+    pub dev_mailbox: bool,
     #[command(flatten)]
     pub edge: EdgeSettings,
 }
@@ -134,7 +139,11 @@ impl Service for Gateway {
         context
             .lifecycle
             .spawn(limits.clone().forget_idle_until(context.lifecycle.stopping()));
-        Ok(OpenApiRouter::from(routes::router(peers, &limits)))
+        Ok(OpenApiRouter::from(routes::router(
+            peers,
+            &limits,
+            settings.dev_mailbox,
+        )))
     }
 
     type Task = NoTasks;

@@ -16,10 +16,16 @@ use crate::limits::RateLimits;
 use crate::proxy::{self, Outgoing};
 use crate::{Peers, me, ops};
 
-/// The gateway's routes, those that invite abuse behind their rate limits.
-pub fn router(peers: Peers, limits: &RateLimits) -> Router {
+/// The gateway's routes, those that invite abuse behind their rate limits; the dev mailbox
+/// only when `dev_mailbox` is on (otherwise `/api/dev/mailbox` is an unknown path: 404).
+pub fn router(peers: Peers, limits: &RateLimits, dev_mailbox: bool) -> Router {
     let status_page = Arc::new(ops::StatusPage::new(&peers));
-    Router::new()
+    let router = if dev_mailbox {
+        Router::new().route("/api/dev/mailbox", get(mailbox))
+    } else {
+        Router::new()
+    };
+    router
         .merge(crate::ui::router())
         .route("/api/signups", limits.signups.guard(post(signups)))
         .route(
@@ -37,7 +43,6 @@ pub fn router(peers: Peers, limits: &RateLimits) -> Router {
         .route("/api/friends/requests", limits.reads.guard(get(friends)))
         .route("/api/friends/{user_id}", post(friends).delete(friends))
         .route("/api/friends/{user_id}/accept", post(friends))
-        .route("/api/dev/mailbox", get(mailbox))
         .route(
             "/ops/status",
             get(move || async move { status_page.response().await }),

@@ -115,3 +115,12 @@ export function newIdempotencyKey() {
   const bytes = crypto.getRandomValues(new Uint8Array(16));
   return `ui-${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
 }
+
+/**
+ * Whether this platform has a dev mailbox: the gateway answers 404 on /api/dev/ when it has
+ * none (a deployment), and then the UI never mentions it. Asked once per page load.
+ */
+export const devMailbox = fetch("/api/dev/mailbox?limit=1", { headers: { Accept: "application/json" } }).then(
+  (response) => response.ok,
+  () => false,
+);

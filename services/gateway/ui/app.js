@@ -2,7 +2,7 @@
 // one-time message carried across a route change. The verification mail links to
 // /verify?token=…, which the gateway serves as this page; it becomes #/verify/<token> here.
 
-import { session } from "./api.js";
+import { devMailbox, session } from "./api.js";
 import { h, say, setChildren } from "./dom.js";
 import * as views from "./views.js";
 
@@ -23,6 +23,8 @@ const main = document.getElementById("view");
 const nav = document.getElementById("nav");
 let flash = null;
 let leaving = null;
+/** Whether the navigation shows the dev mailbox: only once the gateway said it has one. */
+let showMailbox = false;
 
 /** Move to `route` (e.g. "me"), showing `message` once on arrival. */
 function go(route, message = null) {
@@ -79,7 +81,7 @@ function renderNav(active) {
     ...(loggedIn
       ? [link("me", "Me"), link("suggestions", "Suggestions"), link("friends", "Friends")]
       : [link("signup", "Sign up"), link("login", "Log in")]),
-    link("mailbox", "Mailbox"),
+    ...(showMailbox ? [link("mailbox", "Mailbox")] : []),
     link("ops", "Status"),
     ...(loggedIn ? [h("li", {}, logout)] : []),
   );
@@ -102,3 +104,8 @@ window.addEventListener("dozen:session-ended", () => {
   else renderNav(current().name);
 });
 render();
+devMailbox.then((on) => {
+  showMailbox = on;
+  nav.dataset.devMailbox = String(on); // what the page learned, for anyone looking
+  renderNav(current().name);
+});

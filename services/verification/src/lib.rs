@@ -71,11 +71,17 @@ pub struct Settings {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Mail and links")]
 pub struct MailSettings {
-    /// Where mail goes: `file://<folder>` (the embedded mailbox, one JSON file per message,
-    /// listed at GET /mailbox), `smtp://[user:pass@]host[:port]` (add `?tls=required` for
-    /// STARTTLS) or `smtps://user:pass@host[:port]` (TLS).
-    #[arg(long, env = "MAIL_URL", default_value = "file://data/mailbox", hide_env_values = true, value_parser = MailUrl::parse)]
-    pub mail_url: MailUrl,
+    /// Where mail goes, required to serve: `smtp://[user:pass@]host[:port]` (add
+    /// `?tls=required` for STARTTLS), `smtps://user:pass@host[:port]` (TLS), or, for
+    /// development, `file://<folder>`: the dev mailbox, one JSON file per message, listed at
+    /// GET /mailbox to anyone who can reach it.
+    #[arg(long, env = "MAIL_URL", hide_env_values = true, value_parser = MailUrl::parse)]
+    pub mail_url: Option<MailUrl>,
+
+    /// Allow the dev mailbox (`MAIL_URL=file://…`) on Postgres or a real broker (NATS,
+    /// SNS/SQS), which otherwise refuse it as the sign of a deployment: for test platforms.
+    #[arg(long, env = "DEV_MAILBOX_ALLOW_PRODUCTION_BACKENDS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub dev_mailbox_allow_production_backends: bool,
 
     /// The sender of every mail.
     #[arg(long, env = "MAIL_FROM", default_value = "dozen <no-reply@dozen.local>", value_parser = mailer::parse_from)]
@@ -105,6 +111,35 @@ pub struct MailSettings {
     pub resend_daily_limit: u32,
 }
 
+impl Settings {
+    /// Where mail goes. No `MAIL_URL` at all is refused rather than defaulting to the dev
+    /// mailbox, and so is the dev mailbox on production backends unless allowed: it shows
+    /// every verification link to whoever reaches the platform.
+    pub fn mail_url(&self) -> Result<&MailUrl, String> {
+        let Some(url) = &self.mail.mail_url else {
+            return Err("MAIL_URL is not set: give smtp://… or smtps://… to send mail, or file://<folder> for the dev mailbox (development only)".to_owned());
+        };
+        if matches!(url, MailUrl::Folder(_)) && !self.mail.dev_mailbox_allow_production_backends {
+            let mut production = Vec::new();
+            if let Some(database) = &self.database.database_url
+                && database.backend() == "postgres"
+            {
+                production.push("DATABASE_URL is Postgres".to_owned());
+            }
+            if self.bus.bus_url.backend() != "embedded" {
+                production.push(format!("BUS_URL is {}", self.bus.bus_url.backend()));
+            }
+            if !production.is_empty() {
+                return Err(format!(
+                    "the dev mailbox (MAIL_URL=file://…) lets anyone read every verification link, and {}: send mail over SMTP (MAIL_URL=smtp://…), or set DEV_MAILBOX_ALLOW_PRODUCTION_BACKENDS=true on a test platform",
+                    production.join(" and ")
+                ));
+            }
+        }
+        Ok(url)
+    }
+}
+
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     match parse_duration(text)? {
         duration if duration.is_zero() => Err("must be longer than zero".to_owned()),
@@ -125,11 +160,16 @@ impl Service for Verification {
         Some((&settings.database, SCHEMA))
     }
 
+    fn check_serving(settings: &Settings) -> Result<(), String> {
+        settings.mail_url().map(|_| ())
+    }
+
     async fn start(context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
         let db = context.database()?.clone();
+        let mail_url = context.settings.mail_url().map_err(anyhow::Error::msg)?;
         let settings = context.settings.mail.clone();
-        let mailer = Mailer::new(&settings.mail_url, settings.mail_timeout)?;
-        tracing::info!(mail = settings.mail_url.kind(), "mail transport ready");
+        let mailer = Mailer::new(mail_url, settings.mail_timeout)?;
+        tracing::info!(mail = mail_url.kind(), "mail transport ready");
         let mail_queued = Arc::new(Notify::new());
         let links = Links {
             public_url: settings.public_url.clone(),

@@ -1,4 +1,4 @@
-//! Where mail goes, chosen by `MAIL_URL`: a folder (the embedded default, one JSON file per
+//! Where mail goes, chosen by `MAIL_URL`: a folder (the dev mailbox, one JSON file per
 //! message, listed by `GET /mailbox`) or an SMTP server. This module delivers one message; it
 //! does not know which mails are due (that is [`crate::sender`]).
 //!

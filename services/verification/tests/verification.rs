@@ -56,6 +56,8 @@ impl Verification {
             ("BUS_POLL_INTERVAL".into(), "100ms".into()),
             ("MAIL_TIMEOUT".into(), "2s".into()),
             ("MAIL_URL".into(), format!("file://{}", mailbox.display())),
+            // The dev mailbox is read on Postgres too: a test platform.
+            ("DEV_MAILBOX_ALLOW_PRODUCTION_BACKENDS".into(), "true".into()),
             ("PUBLIC_URL".into(), PUBLIC_URL.into()),
         ];
         for (name, value) in extra {
@@ -713,12 +715,81 @@ async fn bad_mail_settings_stop_the_service_with_one_line_naming_the_variable() 
     }
 }
 
+/// `dozen-verification` serving with `env`, expected to refuse with one line naming `names`
+/// (exit status 2), and never showing `secret`.
+async fn assert_refused(env: &[(&str, &str)], names: &[&str], secret: &str) {
+    let finished = run_to_exit("dozen-verification", &[], env).await;
+    assert_eq!(finished.status.code(), Some(2), "{env:?}: {finished:?}");
+    let stderr = finished.stderr.trim();
+    assert_eq!(stderr.lines().count(), 1, "{env:?}: one line: {stderr}");
+    for name in names {
+        assert!(stderr.contains(name), "{env:?}: names {name}: {stderr}");
+    }
+    assert!(!stderr.contains(secret), "a secret is shown: {stderr}");
+}
+
+#[tokio::test]
+async fn without_mail_url_or_with_the_dev_mailbox_on_production_backends_it_refuses_to_serve() {
+    let folder = tempfile::tempdir().expect("a temporary folder");
+    let mailbox = format!("file://{}", folder.path().join("mailbox").display());
+    let postgres = "postgres://dozen:pg-secret@127.0.0.1:5432/nowhere";
+    let nats = "nats://dozen:nats-secret@127.0.0.1:4222";
+    assert_refused(&[], &["MAIL_URL", "smtp://", "file://"], "secret").await;
+    assert_refused(
+        &[("MAIL_URL", &mailbox), ("DATABASE_URL", postgres)],
+        &[
+            "MAIL_URL",
+            "DATABASE_URL",
+            "DEV_MAILBOX_ALLOW_PRODUCTION_BACKENDS",
+        ],
+        "pg-secret",
+    )
+    .await;
+    assert_refused(
+        &[("MAIL_URL", &mailbox), ("BUS_URL", nats)],
+        &[
+            "MAIL_URL",
+            "BUS_URL is nats",
+            "DEV_MAILBOX_ALLOW_PRODUCTION_BACKENDS",
+        ],
+        "nats-secret",
+    )
+    .await;
+    assert_refused(
+        &[
+            ("MAIL_URL", &mailbox),
+            ("BUS_URL", nats),
+            ("DEV_MAILBOX_ALLOW_PRODUCTION_BACKENDS", "maybe"),
+        ],
+        &["DEV_MAILBOX_ALLOW_PRODUCTION_BACKENDS"],
+        "nats-secret",
+    )
+    .await;
+    // The refusal changed nothing: no mailbox folder was made.
+    assert!(!folder.path().join("mailbox").exists());
+}
+
+/// With the allowance, the dev mailbox works on Postgres (the other tests here run so); an
+/// admin process, which sends no mail, needs no mail setting at all.
+#[tokio::test]
+async fn admin_processes_need_no_mail_setting() {
+    let database = TestDatabase::create(Backend::Postgres).await;
+    let migrated = run_to_exit(
+        "dozen-verification",
+        &["migrate"],
+        &[("DATABASE_URL", &database.url)],
+    )
+    .await;
+    assert!(migrated.status.success(), "{migrated:?}");
+}
+
 #[tokio::test]
 async fn help_lists_every_mail_setting() {
     let help = run_to_exit("dozen-verification", &["--help"], &[]).await;
     assert!(help.status.success(), "{help:?}");
     for name in [
         "MAIL_URL",
+        "DEV_MAILBOX_ALLOW_PRODUCTION_BACKENDS",
         "MAIL_FROM",
         "MAIL_TIMEOUT",
         "PUBLIC_URL",
