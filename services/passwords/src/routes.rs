@@ -54,6 +54,15 @@ pub struct AppState {
 
 /// The service's routes.
 pub fn router(state: AppState) -> OpenApiRouter {
+    routes().with_state(state)
+}
+
+/// The service's API as OpenAPI, which the gateway's document of the public API is built from.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
+fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(put_credential, delete_credential))
         .routes(routes!(check_password))
@@ -61,7 +70,6 @@ pub fn router(state: AppState) -> OpenApiRouter {
         .routes(routes!(mark_verified))
         .routes(routes!(create_session))
         .routes(routes!(jwks))
-        .with_state(state)
 }
 
 /// A hashing failure is ours, never the caller's: 500.

@@ -39,11 +39,19 @@ impl FromRef<AppState> for JwtVerifier {
 
 /// The service's routes.
 pub fn router(state: AppState) -> OpenApiRouter {
+    routes().with_state(state)
+}
+
+/// The service's API as OpenAPI, which the gateway's document of the public API is built from.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
+fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_profile, find_profile))
         .routes(routes!(get_profile, delete_profile))
         .routes(routes!(get_me, update_me))
-        .with_state(state)
 }
 
 /// The event that tells others what a profile now is.
