@@ -31,7 +31,7 @@ impl Platform {
     /// Start `dozen up` with `extra_env`, and wait until it says every service is ready.
     ///
     /// The gateway's rate limits are raised (`extra_env` may set them again): every test client
-    /// calls from 127.0.0.1, faster than any person would. `gateway_edge.rs` tests the limits.
+    /// calls from 127.0.0.1, faster than any person would. `security_edge.rs` tests the limits.
     pub async fn start(extra_env: &[(&str, &str)]) -> Self {
         let data = tempfile::tempdir().expect("data folder");
         let port_vars: Vec<String> = SERVICES

@@ -2,7 +2,8 @@
 //! OWASP ASVS 5.0 requirement it checks: login throttling that holds under concurrent guesses
 //! and cannot be turned against an account's owner (V6.3.1, V6.1.1), password strength
 //! (V6.2.4, V6.2.9, V6.2.11), and a signup whose time does not tell which emails have accounts
-//! (V6.3.8).
+//! (V6.3.8). The tests of the whole platform run on the embedded defaults and on Postgres +
+//! NATS JetStream (`on_both_platforms!`).
 
 mod passwords_support;
 
@@ -15,6 +16,32 @@ use dozen_tests::public_api::PublicApi;
 use passwords_support::{PASSWORD, Passwords};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+
+/// A whole-platform test `$name(backing)` run on the embedded defaults (`$name::on_embedded_defaults`)
+/// and on Postgres + NATS JetStream (`$name::on_postgres_and_nats`), as production runs.
+macro_rules! on_both_platforms {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn on_embedded_defaults() {
+                super::$name(&[]).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn on_postgres_and_nats() {
+                // Both are cleaned up whether the test passes or not.
+                let databases = dozen_tests::database::DatabasePrefix::new("asvs");
+                let streams = dozen_tests::nats::StreamNamespace::new("asvs");
+                super::$name(&[
+                    ("DATABASE_URL", &databases.url),
+                    ("BUS_URL", &dozen_tests::nats::nats_url()),
+                    ("BUS_NAMESPACE", &streams.namespace),
+                ])
+                .await;
+            }
+        }
+    };
+}
 
 /// How many answers of each status `answers` holds: (401s, 429s); any other status fails.
 fn unauthorized_and_throttled(answers: &[StatusCode]) -> (usize, usize) {
@@ -212,9 +239,10 @@ async fn password_error(answer: reqwest::Response) -> String {
 /// V6.2.4, V6.2.11 and V6.2.9: a common password, the user's own email or name are refused at
 /// signup saying why, before anything is created; a 128-character password is taken whole
 /// (logging in with its first 127 characters fails).
-#[tokio::test(flavor = "multi_thread")]
-async fn v6_2_4_guessable_passwords_are_refused_saying_why_and_long_ones_kept_whole() {
-    let platform = Platform::start(&[]).await;
+async fn v6_2_4_guessable_passwords_are_refused_saying_why_and_long_ones_kept_whole(
+    backing: &[(&str, &str)],
+) {
+    let platform = Platform::start(backing).await;
     let api = PublicApi::of(&platform);
 
     let common = password_error(sign_up_with(&api, "weak-1", "grace@example.com", "password123").await).await;
@@ -282,6 +310,8 @@ async fn v6_2_4_guessable_passwords_are_refused_saying_why_and_long_ones_kept_wh
     platform.stop().await;
 }
 
+on_both_platforms!(v6_2_4_guessable_passwords_are_refused_saying_why_and_long_ones_kept_whole);
+
 /// The median of `durations`.
 fn median(mut durations: Vec<Duration>) -> Duration {
     durations.sort();
@@ -305,11 +335,12 @@ async fn argon2_operations(platform: &Platform) -> f64 {
 /// V6.3.8: a signup for a registered email does the work of one for a new email — one
 /// password hash each — and takes as long, so the time of the 202 does not tell which emails
 /// have accounts. Interleaved, 30 of each, compared by their hashes and their medians.
-#[tokio::test(flavor = "multi_thread")]
-async fn v6_3_8_a_signup_takes_as_long_for_a_registered_email_as_for_a_new_one() {
+async fn v6_3_8_a_signup_takes_as_long_for_a_registered_email_as_for_a_new_one(backing: &[(&str, &str)]) {
     // A costlier hash than the default, so that it stands out of a debug build's other work
     // as it does in a release build.
-    let platform = Platform::start(&[("ARGON2_ITERATIONS", "16")]).await;
+    let mut env = vec![("ARGON2_ITERATIONS", "16")];
+    env.extend_from_slice(backing);
+    let platform = Platform::start(&env).await;
     let api = PublicApi::of(&platform);
     // The time of one signup, and the hashes it cost.
     let timed = |key: String, email: String| {
@@ -353,3 +384,5 @@ async fn v6_3_8_a_signup_takes_as_long_for_a_registered_email_as_for_a_new_one()
 
     platform.stop().await;
 }
+
+on_both_platforms!(v6_3_8_a_signup_takes_as_long_for_a_registered_email_as_for_a_new_one);

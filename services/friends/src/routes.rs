@@ -39,13 +39,21 @@ impl FromRef<AppState> for JwtVerifier {
 
 /// The service's routes.
 pub fn router(state: AppState) -> OpenApiRouter {
+    routes().with_state(state)
+}
+
+/// The service's API as OpenAPI, which the gateway's document of the public API is built from.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
+fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_friends))
         .routes(routes!(list_requests))
         .routes(routes!(request_friend, remove_friend))
         .routes(routes!(accept_friend))
         .routes(routes!(list_suggestions))
-        .with_state(state)
 }
 
 /// Where a pair stands, as the API says it.
@@ -93,6 +101,7 @@ impl From<store::Relation> for Relation {
     params(("user_id" = Uuid, Path, description = "Whom to ask")),
     responses(
         (status = 200, body = PairStatus),
+        (status = 400, description = "The id is not a UUID", body = Problem),
         (status = 401, body = Problem),
         (status = 404, description = "No such user", body = Problem),
         (status = 422, description = "Yourself", body = Problem),
@@ -119,9 +128,11 @@ async fn request_friend(
     params(("user_id" = Uuid, Path, description = "Whose request")),
     responses(
         (status = 200, body = PairStatus),
+        (status = 400, description = "The id is not a UUID", body = Problem),
         (status = 401, body = Problem),
         (status = 404, description = "No such user", body = Problem),
         (status = 409, description = "No request from that user", body = Problem),
+        (status = 422, description = "Yourself", body = Problem),
     ),
     security(("bearer" = []))
 )]
@@ -143,7 +154,13 @@ async fn accept_friend(
     delete,
     path = "/friends/{user_id}",
     params(("user_id" = Uuid, Path, description = "The other user")),
-    responses((status = 204, description = "Nothing between you now"), (status = 401, body = Problem), (status = 404, body = Problem)),
+    responses(
+        (status = 204, description = "Nothing between you now"),
+        (status = 400, description = "The id is not a UUID", body = Problem),
+        (status = 401, body = Problem),
+        (status = 404, description = "No such user", body = Problem),
+        (status = 422, description = "Yourself", body = Problem),
+    ),
     security(("bearer" = []))
 )]
 async fn remove_friend(
@@ -160,7 +177,7 @@ async fn remove_friend(
     get,
     path = "/friends",
     params(
-        ("limit" = Option<u32>, Query, description = "Page size, 1 to 200 (default 50)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "Page size, 1 to 200 (default 50)"),
         ("after" = Option<Uuid>, Query, description = "The id of the previous page's last friend"),
     ),
     responses((status = 200, body = [Relation]), (status = 400, body = Problem), (status = 401, body = Problem)),
@@ -182,7 +199,7 @@ async fn list_friends(
     get,
     path = "/friends/requests",
     params(
-        ("limit" = Option<u32>, Query, description = "Page size, 1 to 200 (default 50)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "Page size, 1 to 200 (default 50)"),
         ("after" = Option<Uuid>, Query, description = "The id of the previous page's last requester"),
     ),
     responses((status = 200, body = [Relation]), (status = 400, body = Problem), (status = 401, body = Problem)),

@@ -2,7 +2,7 @@
 //! services that own each route, aggregates `/api/me`, and reports every service's state at
 //! `/ops/status`. It is stateless and holds no database.
 //!
-//! Layout: [`routes`] (the public routes), [`proxy`] (passing a request on), [`me`] (the
+//! Layout: [`routes`] (the public routes), [`openapi`] (their description), [`proxy`] (passing a request on), [`me`] (the
 //! aggregate), [`ops`] (the status page's data), [`ui`] (the web UI's files); at the edge, [`client_address`] (who is
 //! calling), [`limits`] (rate limits per client) and [`headers`] (security headers and CORS).
 
@@ -10,6 +10,7 @@ pub mod client_address;
 pub mod headers;
 pub mod limits;
 pub mod me;
+pub mod openapi;
 pub mod ops;
 pub mod proxy;
 pub mod routes;
@@ -139,11 +140,7 @@ impl Service for Gateway {
         context
             .lifecycle
             .spawn(limits.clone().forget_idle_until(context.lifecycle.stopping()));
-        Ok(OpenApiRouter::from(routes::router(
-            peers,
-            &limits,
-            settings.dev_mailbox,
-        )))
+        Ok(routes::router(peers, &limits, settings.dev_mailbox))
     }
 
     type Task = NoTasks;

@@ -20,19 +20,20 @@ use crate::Peers;
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Me {
     /// The profile (from users); null when users did not answer.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<dozen_users::domain::Profile>)]
     pub profile: Option<Value>,
     /// People the caller may know (from friends); null when friends did not answer.
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(value_type = Option<Vec<dozen_friends::suggestions::Suggestion>>)]
     pub suggestions: Option<Value>,
     /// The caller's friends (from friends); null when friends did not answer.
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(value_type = Option<Vec<dozen_friends::routes::Relation>>)]
     pub friends: Option<Value>,
     /// Whether the caller's address is verified, and when the last link was mailed (from
     /// verification); null when verification did not answer or does not know the caller yet.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<dozen_verification::routes::VerificationStatus>)]
     pub verification: Option<Value>,
     /// The services that did not answer in time (down, slow, or behind an open breaker).
+    #[schema(value_type = Vec<String>)]
     pub missing: Vec<&'static str>,
 }
 

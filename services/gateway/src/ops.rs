@@ -31,10 +31,18 @@ const READINESS_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long one round of probes answers `/ops/status`.
 const FRESH_FOR: Duration = Duration::from_secs(1);
 
+/// The page: every service's state, the gateway's first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Status {
+    /// The gateway, then each service behind it.
+    pub services: Vec<ServiceStatus>,
+}
+
 /// One service's state, as the public sees it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ServiceStatus {
     /// Its name.
+    #[schema(value_type = String)]
     pub name: &'static str,
     /// Whether its `/readyz` answered 200.
     pub ready: bool,
@@ -44,7 +52,7 @@ pub struct ServiceStatus {
 }
 
 /// A circuit breaker, as the public sees it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Breaker {
     /// Closed, open or half-open.
     pub state: BreakerState,
@@ -108,9 +116,10 @@ impl StatusPage {
             readiness(verification),
             readiness(friends),
         );
-        let services = [gateway, signup, users, passwords, verification, friends];
-        let body = serde_json::json!({ "services": services });
-        Bytes::from(body.to_string())
+        let status = Status {
+            services: vec![gateway, signup, users, passwords, verification, friends],
+        };
+        Bytes::from(serde_json::to_string(&status).unwrap_or_default())
     }
 }
 

@@ -1,54 +1,117 @@
 //! The public API: each route passed on to the service that owns it (see ARCHITECTURE.md,
 //! "The public API"). Internal service routes are not reachable from here: only these are.
+//!
+//! Each route is registered with its description, so `/openapi.json` lists exactly the routes
+//! served here ([`crate::openapi`]). Adding a route passed on to a service is one line below,
+//! naming the service's route; one the gateway answers itself is a handler with
+//! `#[utoipa::path]`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{OriginalUri, Path, State};
+use axum::extract::{FromRef, OriginalUri, Path, State};
 use axum::http::{HeaderMap, Method};
 use axum::response::Response;
-use axum::routing::{get, post};
+use dozen_kit::Problem;
+use utoipa::openapi::HttpMethod::{Delete, Get, Patch, Post};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::client_address::ClientAddress;
 use crate::limits::RateLimits;
+use crate::openapi::{self, Documents, Forwarded};
 use crate::proxy::{self, Outgoing};
 use crate::{Peers, me, ops};
 
-/// The gateway's routes, those that invite abuse behind their rate limits; the dev mailbox
-/// only when `dev_mailbox` is on (otherwise `/api/dev/mailbox` is an unknown path: 404).
-pub fn router(peers: Peers, limits: &RateLimits, dev_mailbox: bool) -> Router {
-    let status_page = Arc::new(ops::StatusPage::new(&peers));
-    let router = if dev_mailbox {
-        Router::new().route("/api/dev/mailbox", get(mailbox))
-    } else {
-        Router::new()
+/// The gateway's routes, those that invite abuse behind their rate limits, and their
+/// description; the dev mailbox only when `dev_mailbox` is on (otherwise `/api/dev/mailbox` is
+/// an unknown path: 404).
+pub fn router(peers: Peers, limits: &RateLimits, dev_mailbox: bool) -> OpenApiRouter {
+    let services = Documents::of_services();
+    let (signup, users, passwords) = (&services.signup, &services.users, &services.passwords);
+    let (verification, friends) = (&services.verification, &services.friends);
+    let state = Shared {
+        status_page: Arc::new(ops::StatusPage::new(&peers)),
+        peers: Arc::new(peers),
     };
-    router
-        .merge(crate::ui::router())
-        .route("/api/signups", limits.signups.guard(post(signups)))
-        .route(
+    let api = OpenApiRouter::with_openapi(openapi::base())
+        .routes(Forwarded::to(signup, Post, "/signups").at("/api/signups", signups, Some(&limits.signups)))
+        .routes(Forwarded::to(verification, Post, "/verifications/resend").at(
             "/api/verifications/resend",
-            limits.verifications.guard(post(verification_resend)),
-        )
-        .route(
+            verification_resend,
+            Some(&limits.verifications),
+        ))
+        .routes(Forwarded::to(verification, Post, "/verifications/{token}").at(
             "/api/verifications/{token}",
-            limits.verifications.guard(post(verifications)),
-        )
-        .route("/api/sessions", limits.sessions.guard(post(sessions)))
-        .route("/api/me", limits.reads.guard(get(me_aggregate)).patch(me_update))
-        .route("/api/suggestions", limits.reads.guard(get(friends)))
-        .route("/api/friends", limits.reads.guard(get(friends)))
-        .route("/api/friends/requests", limits.reads.guard(get(friends)))
-        .route("/api/friends/{user_id}", post(friends).delete(friends))
-        .route("/api/friends/{user_id}/accept", post(friends))
-        .route(
-            "/ops/status",
-            get(move || async move { status_page.response().await }),
-        )
-        // Shared, not copied: axum clones the state for every request.
-        .with_state(Arc::new(peers))
+            verifications,
+            Some(&limits.verifications),
+        ))
+        .routes(Forwarded::to(passwords, Post, "/sessions").at(
+            "/api/sessions",
+            sessions,
+            Some(&limits.sessions),
+        ))
+        .routes(openapi::own(routes!(me_aggregate), Some(&limits.reads)))
+        .routes(Forwarded::to(users, Patch, "/me").at("/api/me", me_update, None))
+        .routes(Forwarded::to(friends, Get, "/suggestions").at(
+            "/api/suggestions",
+            forward_to_friends,
+            Some(&limits.reads),
+        ))
+        .routes(Forwarded::to(friends, Get, "/friends").at(
+            "/api/friends",
+            forward_to_friends,
+            Some(&limits.reads),
+        ))
+        .routes(Forwarded::to(friends, Get, "/friends/requests").at(
+            "/api/friends/requests",
+            forward_to_friends,
+            Some(&limits.reads),
+        ))
+        .routes(Forwarded::to(friends, Post, "/friends/{user_id}").at(
+            "/api/friends/{user_id}",
+            forward_to_friends,
+            None,
+        ))
+        .routes(Forwarded::to(friends, Delete, "/friends/{user_id}").at(
+            "/api/friends/{user_id}",
+            forward_to_friends,
+            None,
+        ))
+        .routes(Forwarded::to(friends, Post, "/friends/{user_id}/accept").at(
+            "/api/friends/{user_id}/accept",
+            forward_to_friends,
+            None,
+        ))
+        .routes(openapi::own(routes!(ops_status), None));
+    let api = if dev_mailbox {
+        api.routes(Forwarded::to(verification, Get, "/mailbox").at("/api/dev/mailbox", mailbox, None))
+    } else {
+        api
+    };
+    api.with_state(state)
+        .merge(OpenApiRouter::from(crate::ui::router()))
+}
+
+/// What the handlers share; each takes its part. Shared, not copied: axum clones the state for
+/// every request.
+#[derive(Clone)]
+struct Shared {
+    peers: Arc<Peers>,
+    status_page: Arc<ops::StatusPage>,
+}
+
+impl FromRef<Shared> for Arc<Peers> {
+    fn from_ref(shared: &Shared) -> Self {
+        shared.peers.clone()
+    }
+}
+
+impl FromRef<Shared> for Arc<ops::StatusPage> {
+    fn from_ref(shared: &Shared) -> Self {
+        shared.status_page.clone()
+    }
 }
 
 /// The parts of a public request that are passed on.
@@ -129,6 +192,18 @@ async fn sessions(State(peers): State<Arc<Peers>>, public: Public) -> Response {
     proxy::forward(&peers.passwords, public.to("/sessions".to_owned())).await
 }
 
+/// The caller's profile, suggestions, friends and verification state in one body; a part whose
+/// service did not answer in time is null and named in `missing`.
+#[utoipa::path(
+    get,
+    path = "/api/me",
+    tag = "gateway",
+    responses(
+        (status = 200, body = me::Me),
+        (status = 401, description = "No access token, or one that is not valid", body = Problem),
+    ),
+    security(("bearer" = []))
+)]
 async fn me_aggregate(State(peers): State<Arc<Peers>>, headers: HeaderMap) -> Response {
     me::aggregate(&peers, &headers).await
 }
@@ -137,7 +212,7 @@ async fn me_update(State(peers): State<Arc<Peers>>, public: Public) -> Response 
     proxy::forward(&peers.users, public.to("/me".to_owned())).await
 }
 
-async fn friends(State(peers): State<Arc<Peers>>, uri: OriginalUri, public: Public) -> Response {
+async fn forward_to_friends(State(peers): State<Arc<Peers>>, uri: OriginalUri, public: Public) -> Response {
     proxy::forward(&peers.friends, public.to(service_path(&uri))).await
 }
 
@@ -148,6 +223,17 @@ async fn mailbox(State(peers): State<Arc<Peers>>, uri: OriginalUri, public: Publ
         .query()
         .map_or_else(String::new, |query| format!("?{query}"));
     proxy::forward(&peers.verification, public.to(format!("/mailbox{query}"))).await
+}
+
+/// Every service's readiness and the gateway's circuit breaker for it, nothing more.
+#[utoipa::path(
+    get,
+    path = "/ops/status",
+    tag = "gateway",
+    responses((status = 200, body = ops::Status))
+)]
+async fn ops_status(State(status_page): State<Arc<ops::StatusPage>>) -> Response {
+    status_page.response().await
 }
 
 /// Percent-encode everything but unreserved characters (RFC 3986), for one path segment.

@@ -57,16 +57,29 @@ pub struct AppState {
 /// The service's routes. Credentials and password checks are signup's alone; login and the
 /// JWKS are public (the JWKS is fetched by every service that checks access tokens).
 pub fn router(state: AppState, identity: &Identity) -> OpenApiRouter {
+    let (internal, public) = routes();
+    internal
+        .route_layer(identity.callers(&["signup"]))
+        .merge(public)
+        .with_state(state)
+}
+
+/// The service's API as OpenAPI, which the gateway's document of the public API is built from.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (internal, public) = routes();
+    internal.merge(public).into_openapi()
+}
+
+/// The routes signup alone may call, and the rest.
+fn routes() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
     let internal = OpenApiRouter::new()
         .routes(routes!(put_credential, delete_credential))
         .routes(routes!(check_password))
-        .routes(routes!(hash_and_discard))
-        .route_layer(identity.callers(&["signup"]));
-    OpenApiRouter::new()
-        .merge(internal)
+        .routes(routes!(hash_and_discard));
+    let public = OpenApiRouter::new()
         .routes(routes!(create_session))
-        .routes(routes!(jwks))
-        .with_state(state)
+        .routes(routes!(jwks));
+    (internal, public)
 }
 
 /// A hashing failure is ours, never the caller's: 500.

@@ -20,9 +20,16 @@ pub struct Accepted {
 
 /// The service's routes.
 pub fn router(flow: Flow) -> OpenApiRouter {
-    OpenApiRouter::new()
-        .routes(routes!(create_signup))
-        .with_state(flow)
+    routes().with_state(flow)
+}
+
+/// The service's API as OpenAPI, which the gateway's document of the public API is built from.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
+fn routes() -> OpenApiRouter<Flow> {
+    OpenApiRouter::new().routes(routes!(create_signup))
 }
 
 /// Sign up. The answer is the same for a new and an already-registered email; the owner of a

@@ -42,14 +42,27 @@ impl FromRef<AppState> for JwtVerifier {
 /// The service's routes. `/profiles…` is signup's alone; `/me` acts for the user whose
 /// access token it is given.
 pub fn router(state: AppState, identity: &Identity) -> OpenApiRouter {
+    let (internal, public) = routes();
+    internal
+        .route_layer(identity.callers(&["signup"]))
+        .merge(public)
+        .with_state(state)
+}
+
+/// The service's API as OpenAPI, which the gateway's document of the public API is built from.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (internal, public) = routes();
+    internal.merge(public).into_openapi()
+}
+
+/// The routes signup alone may call, and the rest.
+fn routes() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
     let internal = OpenApiRouter::new()
         .routes(routes!(create_profile, find_profile))
-        .routes(routes!(get_profile, delete_profile))
-        .route_layer(identity.callers(&["signup"]));
-    OpenApiRouter::new()
-        .merge(internal)
-        .routes(routes!(get_me, update_me))
-        .with_state(state)
+        .routes(routes!(get_profile, delete_profile));
+    let public = OpenApiRouter::new()
+        .routes(routes!(get_me, update_me));
+    (internal, public)
 }
 
 /// The event that tells others what a profile now is.

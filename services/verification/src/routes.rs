@@ -47,12 +47,20 @@ impl FromRef<AppState> for JwtVerifier {
 
 /// The service's routes.
 pub fn router(state: AppState) -> OpenApiRouter {
+    routes().with_state(state)
+}
+
+/// The service's API as OpenAPI, which the gateway's document of the public API is built from.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
+fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(resend))
         .routes(routes!(status))
         .routes(routes!(verify))
         .routes(routes!(mailbox))
-        .with_state(state)
 }
 
 /// The answer to a followed link.
@@ -211,7 +219,7 @@ async fn resend(
     get,
     path = "/mailbox",
     params(
-        ("limit" = Option<u32>, Query, description = "Page size, 1 to 200 (default 50)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 200, description = "Page size, 1 to 200 (default 50)"),
         ("after" = Option<Uuid>, Query, description = "The id of the previous page's last mail"),
     ),
     responses(

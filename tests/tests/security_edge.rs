@@ -2,7 +2,8 @@
 //! per client address (429 with Retry-After, nothing passed on, recovery after the window),
 //! X-Forwarded-For believed only from trusted proxies (and the address it names being what
 //! passwords throttles), security headers on every answer, CORS only for configured origins,
-//! and oversized bodies refused before any service sees them.
+//! and oversized bodies refused before any service sees them. It belongs to the security suite
+//! with `security_credentials.rs`; tests named after an OWASP ASVS 5.0 requirement check it.
 
 mod passwords_support;
 
@@ -169,7 +170,7 @@ async fn a_limited_route_answers_429_with_retry_after_then_recovers_after_its_wi
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn forwarded_for_makes_separate_buckets_only_from_a_trusted_proxy() {
+async fn v4_1_3_forwarded_addresses_are_believed_only_from_trusted_proxies() {
     let verification = Verification::start().await;
     let limit = [("RATE_LIMIT_VERIFICATIONS", "1/1h")];
     let behind_proxy = gateway(
