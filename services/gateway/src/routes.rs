@@ -9,7 +9,7 @@ use axum::body::Bytes;
 use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, Method};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 
 use crate::client_address::ClientAddress;
 use crate::limits::RateLimits;
@@ -30,7 +30,16 @@ pub fn router(peers: Peers, limits: &RateLimits) -> Router {
             "/api/verifications/{token}",
             limits.verifications.guard(post(verifications)),
         )
-        .route("/api/sessions", limits.sessions.guard(post(sessions)))
+        .route(
+            "/api/sessions",
+            limits
+                .sessions
+                .guard(post(sessions))
+                .merge(limits.reads.guard(get(sessions)))
+                .delete(sessions),
+        )
+        .route("/api/sessions/refresh", limits.sessions.guard(post(sessions)))
+        .route("/api/sessions/current", delete(sessions))
         .route("/api/me", limits.reads.guard(get(me_aggregate)).patch(me_update))
         .route("/api/suggestions", limits.reads.guard(get(friends)))
         .route("/api/friends", limits.reads.guard(get(friends)))
@@ -62,6 +71,15 @@ impl Public {
             headers: &self.headers,
             client: self.client,
             body: self.body.clone(),
+            cookies: false,
+        }
+    }
+
+    /// To the session routes, with the browser's cookies (the refresh token).
+    fn to_sessions(&self, path: &str) -> Outgoing<'_> {
+        Outgoing {
+            cookies: true,
+            ..self.to(path.to_owned())
         }
     }
 }
@@ -120,8 +138,8 @@ async fn verification_resend(State(peers): State<Arc<Peers>>, public: Public) ->
     proxy::forward(&peers.verification, public.to("/verifications/resend".to_owned())).await
 }
 
-async fn sessions(State(peers): State<Arc<Peers>>, public: Public) -> Response {
-    proxy::forward(&peers.passwords, public.to("/sessions".to_owned())).await
+async fn sessions(State(peers): State<Arc<Peers>>, uri: OriginalUri, public: Public) -> Response {
+    proxy::forward(&peers.passwords, public.to_sessions(&service_path(&uri))).await
 }
 
 async fn me_aggregate(State(peers): State<Arc<Peers>>, headers: HeaderMap) -> Response {

@@ -9,12 +9,13 @@ use std::time::Duration;
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use dozen_kit::auth::AuthError;
 use jsonwebtoken::jwk::{
     AlgorithmParameters, CommonParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, OctetKeyPairParameters,
     OctetKeyPairType, PublicKeyUse, ThumbprintHash,
 };
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use serde::Serialize;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 const PEM_BEGIN: &str = "-----BEGIN PRIVATE KEY-----";
@@ -42,6 +43,7 @@ impl std::fmt::Debug for SecretPem {
 struct SigningKey {
     kid: String,
     encoding: EncodingKey,
+    decoding: DecodingKey,
     jwk: Jwk,
 }
 
@@ -97,16 +99,18 @@ impl SigningKeys {
         }
     }
 
-    /// Sign an access token for `user_id`.
+    /// Sign an access token for `user_id` in the session `session_id` (its `sid` claim).
     pub fn issue(
         &self,
         user_id: Uuid,
+        session_id: Uuid,
         policy: &TokenPolicy,
     ) -> Result<AccessToken, jsonwebtoken::errors::Error> {
         let key = &self.keys[0];
         let now = jsonwebtoken::get_current_timestamp();
         let claims = Claims {
             sub: user_id,
+            sid: session_id,
             iss: &policy.issuer,
             aud: &policy.audience,
             iat: now,
@@ -119,6 +123,55 @@ impl SigningKeys {
             expires_in: policy.ttl.as_secs(),
         })
     }
+
+    /// Check one of this service's own access tokens as every other service does (signature
+    /// by a published key, `exp`, `iss`, `aud`), without fetching the key set: the session it
+    /// was issued in, for the routes that act on sessions. A token without a `sid` is invalid.
+    pub fn verify(&self, token: &str, policy: &TokenPolicy) -> Result<SessionCaller, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        let kid = header.kid.ok_or(AuthError::Malformed)?;
+        let key = self
+            .keys
+            .iter()
+            .find(|key| key.kid == kid)
+            .ok_or(AuthError::UnknownKey)?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(AuthError::Invalid);
+        }
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.leeway = LEEWAY_SECS;
+        validation.set_issuer(&[&policy.issuer]);
+        validation.set_audience(&[&policy.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let claims = jsonwebtoken::decode::<SessionClaims>(token, &key.decoding, &validation)
+            .map_err(|error| match error.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                _ => AuthError::Invalid,
+            })?
+            .claims;
+        Ok(SessionCaller {
+            user_id: claims.sub,
+            session_id: claims.sid,
+        })
+    }
+}
+
+/// Clock skew allowed on `exp`, as the kit's verifier allows.
+const LEEWAY_SECS: u64 = 30;
+
+/// Who calls, by an access token of this service: the user and their session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionCaller {
+    /// The user (`sub`).
+    pub user_id: Uuid,
+    /// The session the token was issued in (`sid`).
+    pub session_id: Uuid,
+}
+
+#[derive(Deserialize)]
+struct SessionClaims {
+    sub: Uuid,
+    sid: Uuid,
 }
 
 impl SigningKey {
@@ -141,9 +194,11 @@ impl SigningKey {
             .thumbprint(ThumbprintHash::SHA256)
             .map_err(|e| format!("cannot compute the key id: {e}"))?;
         jwk.common.key_id = Some(kid.clone());
+        let decoding = DecodingKey::from_jwk(&jwk).map_err(|e| format!("cannot read the public key: {e}"))?;
         Ok(Self {
             kid,
             encoding: EncodingKey::from_ed_der(der),
+            decoding,
             jwk,
         })
     }
@@ -163,6 +218,7 @@ pub struct TokenPolicy {
 #[derive(Serialize)]
 struct Claims<'a> {
     sub: Uuid,
+    sid: Uuid,
     iss: &'a str,
     aud: &'a str,
     iat: u64,
@@ -228,10 +284,31 @@ mod tests {
             .signing_kid()
             .to_owned();
         assert_eq!(keys.signing_kid(), kid);
-        let token = keys.issue(Uuid::new_v4(), &policy()).expect("signs");
+        let token = keys
+            .issue(Uuid::new_v4(), Uuid::new_v4(), &policy())
+            .expect("signs");
         let header = jsonwebtoken::decode_header(&token.token).expect("a JWT");
         assert_eq!(header.kid.as_deref(), Some(kid.as_str()));
         assert_eq!(header.alg, Algorithm::EdDSA);
+    }
+
+    #[test]
+    fn a_token_is_checked_against_the_keys_and_names_its_session() {
+        let keys = SigningKeys::parse(&generate_signing_key_pem()).expect("parses");
+        let (user_id, session_id) = (Uuid::new_v4(), Uuid::new_v4());
+        let token = keys.issue(user_id, session_id, &policy()).expect("signs");
+        assert_eq!(
+            keys.verify(&token.token, &policy()),
+            Ok(SessionCaller { user_id, session_id })
+        );
+        let other = SigningKeys::parse(&generate_signing_key_pem()).expect("parses");
+        assert_eq!(other.verify(&token.token, &policy()), Err(AuthError::UnknownKey));
+        let elsewhere = TokenPolicy {
+            audience: "elsewhere".to_owned(),
+            ..policy()
+        };
+        assert_eq!(keys.verify(&token.token, &elsewhere), Err(AuthError::Invalid));
+        assert_eq!(keys.verify("not.a.jwt", &policy()), Err(AuthError::Malformed));
     }
 
     #[test]
