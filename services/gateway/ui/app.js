@@ -2,7 +2,7 @@
 // one-time message carried across a route change. The verification mail links to
 // /verify?token=…, which the gateway serves as this page; it becomes #/verify/<token> here.
 
-import { session } from "./api.js";
+import { logOut, resume, session } from "./api.js";
 import { h, say, setChildren } from "./dom.js";
 import * as views from "./views.js";
 
@@ -70,8 +70,8 @@ function renderNav(active) {
     h("li", {}, h("a", { href: `#/${route}`, "aria-current": route === active ? "page" : null }, label));
   const loggedIn = Boolean(session.token());
   const logout = h("button", { type: "button", id: "logout", class: "link" }, "Log out");
-  logout.addEventListener("click", () => {
-    session.clear();
+  logout.addEventListener("click", async () => {
+    await logOut();
     go("login", "You are logged out.");
   });
   setChildren(
@@ -101,4 +101,6 @@ window.addEventListener("dozen:session-ended", () => {
   if (ROUTES[current().name]?.auth) go("login", "Your session has ended. Log in again.");
   else renderNav(current().name);
 });
+// A reload keeps you logged in: the refresh cookie gives this tab a new access token.
+if (!session.token()) await resume();
 render();
