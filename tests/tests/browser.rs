@@ -6,8 +6,9 @@
 //! each logs in (Ann first with a wrong password), sees the profile verified and renames
 //! themselves; Ann finds Bob in her suggestions and asks him, Bob accepts, and each lists the
 //! other as a friend; the status page shows all six services ready; a refused access token and
-//! a reload are cured by the refresh cookie (still logged in), a logout leads back to the
-//! login page and stays there across a reload; with the platform stopped, the page says the
+//! a reload are cured by the refresh cookie (still logged in), the sessions page lists this
+//! browser, a logout and a logout everywhere lead back to the login page and stay there across
+//! a reload; with the platform stopped, the page says the
 //! server cannot be reached. Also: with mail over SMTP the mailbox page says there is none,
 //! and the gateway serves the UI's files with their types and ETags.
 //!
@@ -702,6 +703,17 @@ async fn the_signup_journey_clicked_through_the_web_ui() {
     ann.client.refresh().await.expect("reload");
     ann.wait_for_heading("Your profile").await;
     ann.shot("session-resumed").await;
+    // The sessions page lists this browser, and logging out everywhere ends every session.
+    ann.navigate("Sessions", "Your sessions").await;
+    ann.wait_for_text(css("#sessions-list"), "(this browser)", None)
+        .await;
+    ann.shot("sessions").await;
+    ann.click(css("#logout-everywhere")).await;
+    ann.wait_for_heading("Log in").await;
+    ann.wait_for_text(css("#flash"), "You are logged out everywhere", None)
+        .await;
+    ann.client.refresh().await.expect("reload");
+    ann.wait_for_heading("Log in").await;
     // Logging out ends the session: the cookie is of no use any more, a reload stays logged out.
     bob.click(css("#logout")).await;
     bob.wait_for_heading("Log in").await;

@@ -16,6 +16,7 @@ const ROUTES = {
   me: { view: views.me, title: "Your profile", auth: true },
   suggestions: { view: views.suggestions, title: "Suggestions", auth: true },
   friends: { view: views.friends, title: "Friends", auth: true },
+  sessions: { view: views.sessions, title: "Your sessions", auth: true },
   ops: { view: views.ops, title: "Platform status", auth: false },
 };
 
@@ -77,7 +78,7 @@ function renderNav(active) {
   setChildren(
     nav,
     ...(loggedIn
-      ? [link("me", "Me"), link("suggestions", "Suggestions"), link("friends", "Friends")]
+      ? [link("me", "Me"), link("suggestions", "Suggestions"), link("friends", "Friends"), link("sessions", "Sessions")]
       : [link("signup", "Sign up"), link("login", "Log in")]),
     link("mailbox", "Mailbox"),
     link("ops", "Status"),
