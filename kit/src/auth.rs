@@ -374,8 +374,8 @@ where
     }
 }
 
-/// The token of an `Authorization: Bearer <token>` header.
-fn bearer_token(parts: &Parts) -> Result<&str, AuthError> {
+/// The token of an `Authorization: Bearer <token>` header (without checking it).
+pub fn bearer_token(parts: &Parts) -> Result<&str, AuthError> {
     let value = parts
         .headers
         .get(header::AUTHORIZATION)

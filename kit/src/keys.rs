@@ -14,7 +14,7 @@ use jsonwebtoken::jwk::{
     AlgorithmParameters, CommonParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, OctetKeyPairParameters,
     OctetKeyPairType, PublicKeyUse, ThumbprintHash,
 };
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use serde::Serialize;
 
 const PEM_BEGIN: &str = "-----BEGIN PRIVATE KEY-----";
@@ -101,6 +101,12 @@ impl SigningKeys {
         JwkSet {
             keys: self.keys.iter().map(|key| key.jwk.clone()).collect(),
         }
+    }
+
+    /// The public half of the key named `kid`, to check a token this service signed itself.
+    pub fn decoding_key(&self, kid: &str) -> Option<DecodingKey> {
+        let key = self.keys.iter().find(|key| key.kid == kid)?;
+        DecodingKey::from_jwk(&key.jwk).ok()
     }
 
     /// Sign `claims` as a compact JWT (EdDSA) with the first key, naming it in `kid`.

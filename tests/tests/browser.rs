@@ -5,10 +5,12 @@
 //! button, Bob by the link in the mail's text); Ann tries her used link again and is refused;
 //! each logs in (Ann first with a wrong password), sees the profile verified and renames
 //! themselves; Ann finds Bob in her suggestions and asks him, Bob accepts, and each lists the
-//! other as a friend; the status page shows all six services ready; an expired session and a
-//! logout both lead back to the login page; with the platform stopped, the page says the
-//! server cannot be reached. Also: with mail over SMTP the UI links to no dev mailbox and its
-//! page says there is none, and the gateway serves the UI's files with their types and ETags.
+//! other as a friend; the status page shows all six services ready; a refused access token and
+//! a reload are cured by the refresh cookie (still logged in), the sessions page lists this
+//! browser, a logout and a logout everywhere lead back to the login page and stay there across
+//! a reload; with the platform stopped, the page says the server cannot be reached. Also: with
+//! mail over SMTP the UI links to no dev mailbox and its page says there is none, and the
+//! gateway serves the UI's files with their types and ETags.
 //!
 //! Every step checks that no JavaScript value leaked into the page's text and saves a
 //! screenshot under `<target>/test-artifacts/browser/<test>/`; at the end, any script error or
@@ -686,7 +688,8 @@ async fn the_signup_journey_clicked_through_the_web_ui() {
     }
     ann.shot("status").await;
 
-    // A session the API no longer accepts leads to the login page; so does logging out.
+    // An access token the API no longer accepts is renewed from the refresh cookie, and so is a
+    // tab that has none (a reload of a new tab): the reader stays logged in.
     ann.client
         .execute(
             "sessionStorage.setItem('dozen.access_token', 'not-a-token')",
@@ -694,13 +697,31 @@ async fn the_signup_journey_clicked_through_the_web_ui() {
         )
         .await
         .expect("script");
-    ann.navigate("Me", "Log in").await;
-    ann.wait_for_text(css("#flash"), "Your session has ended", None)
+    ann.navigate("Me", "Your profile").await;
+    ann.client
+        .execute("sessionStorage.clear()", vec![])
+        .await
+        .expect("script");
+    ann.client.refresh().await.expect("reload");
+    ann.wait_for_heading("Your profile").await;
+    ann.shot("session-resumed").await;
+    // The sessions page lists this browser, and logging out everywhere ends every session.
+    ann.navigate("Sessions", "Your sessions").await;
+    ann.wait_for_text(css("#sessions-list"), "(this browser)", None)
         .await;
-    ann.shot("session-ended").await;
+    ann.shot("sessions").await;
+    ann.click(css("#logout-everywhere")).await;
+    ann.wait_for_heading("Log in").await;
+    ann.wait_for_text(css("#flash"), "You are logged out everywhere", None)
+        .await;
+    ann.client.refresh().await.expect("reload");
+    ann.wait_for_heading("Log in").await;
+    // Logging out ends the session: the cookie is of no use any more, a reload stays logged out.
     bob.click(css("#logout")).await;
     bob.wait_for_heading("Log in").await;
     bob.wait_for_text(css("#flash"), "You are logged out", None).await;
+    bob.client.refresh().await.expect("reload");
+    bob.wait_for_heading("Log in").await;
     bob.shot("logged-out").await;
 
     bob.close().await;

@@ -455,6 +455,13 @@ impl Call {
         self
     }
 
+    /// Set a header, replacing the value the call had (its own `User-Agent`, say): for a
+    /// proxy passing on its client's.
+    pub fn replace_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
     /// Send `body` as JSON.
     pub fn json<T: serde::Serialize + ?Sized>(mut self, body: &T) -> Self {
         match serde_json::to_vec(body) {

@@ -72,14 +72,15 @@ pub struct EdgeSettings {
     /// Signups per client address: N/period (N at once, refilled over the period) or off.
     #[arg(long, env = "RATE_LIMIT_SIGNUPS", default_value = "20/h", value_parser = RateLimit::parse)]
     pub rate_limit_signups: RateLimit,
-    /// Logins (POST /api/sessions) per client address: N/period or off.
+    /// Logins and refreshes (POST /api/sessions, /api/sessions/refresh) per client address:
+    /// N/period or off.
     #[arg(long, env = "RATE_LIMIT_SESSIONS", default_value = "30/min", value_parser = RateLimit::parse)]
     pub rate_limit_sessions: RateLimit,
     /// Verifications and resent verification mails per client address: N/period or off.
     #[arg(long, env = "RATE_LIMIT_VERIFICATIONS", default_value = "30/h", value_parser = RateLimit::parse)]
     pub rate_limit_verifications: RateLimit,
     /// Authenticated reads (GET /api/me, /api/friends, /api/friends/requests,
-    /// /api/suggestions) per Authorization header: N/period or off.
+    /// /api/suggestions, /api/sessions) per Authorization header: N/period or off.
     #[arg(long, env = "RATE_LIMIT_READS", default_value = "600/min", value_parser = RateLimit::parse)]
     pub rate_limit_reads: RateLimit,
     /// Web origins allowed to call the API from a browser (https://app.example.com,…); empty:

@@ -1,5 +1,6 @@
 //! Passing a public request on to the service that owns it: only the headers that service
-//! needs go along (the caller's token, content type, idempotency key), plus the trace
+//! needs go along (the caller's token, content type, idempotency key, user agent; cookies only
+//! where [`Outgoing::cookies`] says so), plus the trace
 //! context, request id and the client's address, which the kit's client and this module add.
 //! The service's answer comes back as it is; an unreachable service (or one whose circuit
 //! breaker is open) is a 503 problem naming it, with `Retry-After`; one that does not answer in
@@ -24,11 +25,14 @@ const FORWARDED_REQUEST_HEADERS: [HeaderName; 4] = [
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// Answer headers passed back.
-const FORWARDED_ANSWER_HEADERS: [HeaderName; 3] = [
+/// Answer headers passed back. Only the session routes' service sets a cookie (the refresh
+/// token's).
+const FORWARDED_ANSWER_HEADERS: [HeaderName; 5] = [
     header::CONTENT_TYPE,
     header::RETRY_AFTER,
     header::WWW_AUTHENTICATE,
+    header::CACHE_CONTROL,
+    header::SET_COOKIE,
 ];
 
 /// A public request, as the gateway passes it on.
@@ -44,6 +48,9 @@ pub struct Outgoing<'a> {
     pub client: Option<IpAddr>,
     /// The body.
     pub body: Bytes,
+    /// Whether the browser's cookies go along: only to the session routes, the one place a
+    /// cookie (the refresh token) is meant for.
+    pub cookies: bool,
 }
 
 /// Send `outgoing` to `upstream` and return its answer.
@@ -52,6 +59,15 @@ pub async fn forward(upstream: &Upstream, outgoing: Outgoing<'_>) -> Response {
     for name in FORWARDED_REQUEST_HEADERS {
         if let Some(value) = outgoing.headers.get(&name) {
             request = request.header(name, value);
+        }
+    }
+    // The client's agent, in place of the gateway's own: the sessions list shows it.
+    if let Some(agent) = outgoing.headers.get(header::USER_AGENT) {
+        request = request.replace_header(header::USER_AGENT, agent.clone());
+    }
+    if outgoing.cookies {
+        for value in outgoing.headers.get_all(header::COOKIE) {
+            request = request.header(header::COOKIE, value);
         }
     }
     if let Some(client) = outgoing.client {

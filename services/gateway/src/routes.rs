@@ -52,6 +52,22 @@ pub fn router(peers: Peers, limits: &RateLimits, dev_mailbox: bool) -> OpenApiRo
             sessions,
             Some(&limits.sessions),
         ))
+        .routes(Forwarded::to(passwords, Get, "/sessions").at(
+            "/api/sessions",
+            sessions,
+            Some(&limits.reads),
+        ))
+        .routes(Forwarded::to(passwords, Delete, "/sessions").at("/api/sessions", sessions, None))
+        .routes(Forwarded::to(passwords, Post, "/sessions/refresh").at(
+            "/api/sessions/refresh",
+            sessions,
+            Some(&limits.sessions),
+        ))
+        .routes(Forwarded::to(passwords, Delete, "/sessions/current").at(
+            "/api/sessions/current",
+            sessions,
+            None,
+        ))
         .routes(openapi::own(routes!(me_aggregate), Some(&limits.reads)))
         .routes(Forwarded::to(users, Patch, "/me").at("/api/me", me_update, None))
         .routes(Forwarded::to(friends, Get, "/suggestions").at(
@@ -130,6 +146,15 @@ impl Public {
             headers: &self.headers,
             client: self.client,
             body: self.body.clone(),
+            cookies: false,
+        }
+    }
+
+    /// To the session routes, with the browser's cookies (the refresh token).
+    fn to_sessions(&self, path: &str) -> Outgoing<'_> {
+        Outgoing {
+            cookies: true,
+            ..self.to(path.to_owned())
         }
     }
 }
@@ -188,8 +213,8 @@ async fn verification_resend(State(peers): State<Arc<Peers>>, public: Public) ->
     proxy::forward(&peers.verification, public.to("/verifications/resend".to_owned())).await
 }
 
-async fn sessions(State(peers): State<Arc<Peers>>, public: Public) -> Response {
-    proxy::forward(&peers.passwords, public.to("/sessions".to_owned())).await
+async fn sessions(State(peers): State<Arc<Peers>>, uri: OriginalUri, public: Public) -> Response {
+    proxy::forward(&peers.passwords, public.to_sessions(&service_path(&uri))).await
 }
 
 /// The caller's profile, suggestions, friends and verification state in one body; a part whose

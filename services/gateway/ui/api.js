@@ -1,6 +1,7 @@
 // Talking to the gateway's public API (ARCHITECTURE.md, "The public API"): JSON in and out,
-// the access token kept for this tab only, and every failure turned into an ApiError whose
-// message can be shown to people as it is.
+// the access token kept for this tab only (a new one comes from the refresh cookie, which
+// scripts cannot read, so a reload keeps you logged in), and every failure turned into an
+// ApiError whose message can be shown to people as it is.
 
 const TOKEN_KEY = "dozen.access_token";
 
@@ -23,8 +24,29 @@ export class ApiError extends Error {
 }
 
 /**
- * Call the API. `auth` sends the access token; a 401 on such a call ends the session and
- * fires `dozen:session-ended` on window (the app then shows the login page).
+ * A new access token for this tab from the refresh cookie (the browser sends it to the session
+ * routes only); whether there is one. The cookie's refresh token is rotated on the way.
+ */
+export async function resume() {
+  try {
+    const response = await fetch("/api/sessions/refresh", {
+      method: "POST",
+      headers: { Accept: "application/json", "Content-Type": "application/json" },
+      body: "{}",
+    });
+    if (!response.ok) return false;
+    const tokens = await response.json();
+    session.save(tokens.access_token);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Call the API. `auth` sends the access token, first renewed from the refresh cookie when it
+ * is missing or refused; a 401 that renewing cannot cure ends the session and fires
+ * `dozen:session-ended` on window (the app then shows the login page).
  */
 export async function call(method, path, { body, auth = false, headers = {} } = {}) {
   const init = { method, headers: { Accept: "application/json", ...headers } };
@@ -32,20 +54,12 @@ export async function call(method, path, { body, auth = false, headers = {} } = 
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
-  if (auth) {
-    const token = session.token();
-    if (!token) {
-      endSession();
-      throw new ApiError("Log in to see this page.", { status: 401 });
-    }
-    init.headers.Authorization = `Bearer ${token}`;
+  if (auth && !session.token() && !(await resume())) {
+    endSession();
+    throw new ApiError("Log in to see this page.", { status: 401 });
   }
-  let response;
-  try {
-    response = await fetch(path, init);
-  } catch {
-    throw new ApiError("Cannot reach the server. Check your connection and try again.");
-  }
+  let response = await send(path, init, auth);
+  if (auth && response.status === 401 && (await resume())) response = await send(path, init, auth);
   if (response.ok) {
     const text = await response.text();
     try {
@@ -57,6 +71,25 @@ export async function call(method, path, { body, auth = false, headers = {} } = 
   const error = await problemOf(response);
   if (auth && response.status === 401) endSession();
   throw error;
+}
+
+async function send(path, init, auth) {
+  if (auth) init.headers.Authorization = `Bearer ${session.token()}`;
+  try {
+    return await fetch(path, init);
+  } catch {
+    throw new ApiError("Cannot reach the server. Check your connection and try again.");
+  }
+}
+
+/** Log out: this session's refresh token stops working, and this tab forgets its token. */
+export async function logOut() {
+  try {
+    await call("DELETE", "/api/sessions/current", { auth: true });
+  } catch {
+    // Ended already, or the server is away: the tab forgets the token all the same.
+  }
+  session.clear();
 }
 
 function endSession() {

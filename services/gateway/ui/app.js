@@ -2,7 +2,7 @@
 // one-time message carried across a route change. The verification mail links to
 // /verify?token=…, which the gateway serves as this page; it becomes #/verify/<token> here.
 
-import { devMailbox, session } from "./api.js";
+import { devMailbox, logOut, resume, session } from "./api.js";
 import { h, say, setChildren } from "./dom.js";
 import * as views from "./views.js";
 
@@ -16,6 +16,7 @@ const ROUTES = {
   me: { view: views.me, title: "Your profile", auth: true },
   suggestions: { view: views.suggestions, title: "Suggestions", auth: true },
   friends: { view: views.friends, title: "Friends", auth: true },
+  sessions: { view: views.sessions, title: "Your sessions", auth: true },
   ops: { view: views.ops, title: "Platform status", auth: false },
 };
 
@@ -72,14 +73,14 @@ function renderNav(active) {
     h("li", {}, h("a", { href: `#/${route}`, "aria-current": route === active ? "page" : null }, label));
   const loggedIn = Boolean(session.token());
   const logout = h("button", { type: "button", id: "logout", class: "link" }, "Log out");
-  logout.addEventListener("click", () => {
-    session.clear();
+  logout.addEventListener("click", async () => {
+    await logOut();
     go("login", "You are logged out.");
   });
   setChildren(
     nav,
     ...(loggedIn
-      ? [link("me", "Me"), link("suggestions", "Suggestions"), link("friends", "Friends")]
+      ? [link("me", "Me"), link("suggestions", "Suggestions"), link("friends", "Friends"), link("sessions", "Sessions")]
       : [link("signup", "Sign up"), link("login", "Log in")]),
     ...(showMailbox ? [link("mailbox", "Mailbox")] : []),
     link("ops", "Status"),
@@ -103,6 +104,8 @@ window.addEventListener("dozen:session-ended", () => {
   if (ROUTES[current().name]?.auth) go("login", "Your session has ended. Log in again.");
   else renderNav(current().name);
 });
+// A reload keeps you logged in: the refresh cookie gives this tab a new access token.
+if (!session.token()) await resume();
 render();
 devMailbox.then((on) => {
   showMailbox = on;

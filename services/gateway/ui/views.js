@@ -647,3 +647,52 @@ function breakerText(breaker) {
   );
   return [h("strong", { class: `breaker-${String(state || "unknown").replace(/[^a-z_-]/gi, "")}` }, state || "unknown"), others.length ? ` (${others.join(", ")})` : ""];
 }
+
+// --- Sessions -------------------------------------------------------------------------------
+
+/** `#/sessions`: where the reader is logged in, and logging out everywhere. */
+export function sessions(ctx) {
+  const line = messageLine("sessions-message");
+  const list = h("ul", { id: "sessions-list", class: "cards" });
+  const load = async () => {
+    try {
+      const mine = await call("GET", "/api/sessions", { auth: true });
+      setChildren(list, ...mine.map(sessionCard));
+    } catch (error) {
+      showError(line, error);
+    }
+  };
+  const everywhere = h("button", { id: "logout-everywhere", type: "button", class: "danger" }, "Log out everywhere");
+  onClick(everywhere, async () => {
+    say(line, "");
+    try {
+      await call("DELETE", "/api/sessions", { auth: true });
+      session.clear();
+      ctx.go("login", "You are logged out everywhere.");
+    } catch (error) {
+      showError(line, error);
+    }
+  });
+  load();
+  return [
+    heading("Your sessions"),
+    h("p", {}, "Each browser or app you logged in with. Logging out everywhere ends all of them."),
+    refreshButton("sessions-refresh", load),
+    line,
+    list,
+    everywhere,
+  ];
+}
+
+function sessionCard(entry) {
+  return h(
+    "li",
+    { class: "card", "data-session-id": entry.id, "data-current": String(entry.current) },
+    h("h3", {}, entry.user_agent || "Unknown browser or app", entry.current ? " (this browser)" : ""),
+    h(
+      "p",
+      { class: "meta" },
+      `From ${entry.client_address}; logged in ${formatDate(entry.created_at)}, last used ${formatDate(entry.last_used_at)}`,
+    ),
+  );
+}

@@ -3,7 +3,7 @@
 //! - [`routes`]: the HTTP API — credentials (called by signup), `POST /sessions` (login), the
 //!   JWKS — and how each answer maps to a status.
 //! - [`domain`]: password and email rules, hashing, keys and tokens, throttling policy.
-//! - [`store`]: the `credentials` and `login_throttle` tables, on SQLite or Postgres.
+//! - [`store`]: the `credentials`, `login_throttle` and session tables, on SQLite or Postgres.
 //! - [`events`]: what it does on each event it consumes.
 //!
 //! It never sees another service's database; it learns that an email is verified from the
@@ -29,6 +29,7 @@ pub mod store;
 
 use domain::hashing::{Cost, Hasher};
 use domain::keys::TokenPolicy;
+use domain::sessions::SessionPolicy;
 use domain::throttle::{self, ThrottlePolicy};
 pub use dozen_kit::keys::generate_signing_key_pem;
 use dozen_kit::keys::{SecretPem, SigningKeys, parse_secret_pem};
@@ -73,9 +74,15 @@ pub struct SigningSettings {
     #[arg(long, env = "JWT_SIGNING_KEYS", hide_env_values = true, value_parser = parse_secret_pem)]
     pub jwt_signing_keys: Option<SecretPem>,
 
-    /// How long an access token is valid.
+    /// How long an access token is valid. A token of a session that ended (logout, a password
+    /// change) still works until it expires: keep it short.
     #[arg(long, env = "JWT_TTL", default_value = "15m", value_parser = parse_ttl)]
     pub jwt_ttl: Duration,
+
+    /// How long a refresh session lasts from its login, however often it is refreshed; then
+    /// the user logs in again.
+    #[arg(long, env = "SESSION_TTL", default_value = "14d", value_parser = parse_ttl)]
+    pub session_ttl: Duration,
 }
 
 /// Login throttling and client addresses.
@@ -255,6 +262,9 @@ impl Service for Passwords {
                 audience: settings.tokens.jwt_audience.clone(),
                 ttl: settings.signing.jwt_ttl,
             }),
+            sessions: SessionPolicy {
+                ttl: settings.signing.session_ttl,
+            },
             throttle,
             trust_forwarded_for: settings.login.trust_forwarded_for,
         };
@@ -271,7 +281,8 @@ impl Service for Passwords {
     }
 }
 
-/// Now and then, forget failed logins that no longer count, so the table stays small.
+/// Now and then, forget failed logins that no longer count and sessions past their lifetime,
+/// so the tables stay small.
 async fn purge_throttle(
     db: dozen_kit::db::Db,
     policy: ThrottlePolicy,
@@ -288,6 +299,9 @@ async fn purge_throttle(
         let quiet_since = throttle::now_millis() - throttle::millis(policy.window);
         if let Err(error) = store::purge_throttle(&db, quiet_since).await {
             tracing::warn!(error = %error, "cannot purge the login throttle table");
+        }
+        if let Err(error) = store::purge_sessions(&db, throttle::now_millis()).await {
+            tracing::warn!(error = %error, "cannot purge the ended sessions");
         }
     }
 }

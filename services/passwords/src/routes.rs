@@ -6,7 +6,8 @@
 //! - `POST /password-checks`, `POST /password-hashes`: internal, signup's alone, to check a
 //!   password before it creates anything, and to spend a credential's hash where the email is
 //!   taken.
-//! - `POST /sessions`: login, answering an access token.
+//! - `POST /sessions`: login, answering an access token and starting a refresh session;
+//!   the other session routes are in [`sessions`].
 //! - `GET /.well-known/jwks.json`: the public keys every service checks tokens with.
 //!
 //! Bodies are read with the kit's [`Json`]; an email and a password that are both invalid are
@@ -18,7 +19,7 @@ use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use dozen_kit::db::Db;
 use dozen_kit::email::Email;
@@ -33,9 +34,12 @@ use uuid::Uuid;
 use crate::domain::hashing::{Hasher, HashingError};
 use crate::domain::keys::{self, TokenPolicy};
 use crate::domain::password::{MAX_CHARS, Password, PasswordError};
+use crate::domain::sessions::SessionPolicy;
 use crate::domain::throttle::{self, Subject, ThrottlePolicy};
 use crate::store;
 use dozen_kit::keys::SigningKeys;
+
+mod sessions;
 
 /// Everything the handlers share.
 #[derive(Debug, Clone)]
@@ -48,6 +52,8 @@ pub struct AppState {
     pub keys: Arc<SigningKeys>,
     /// Issuer, audience and lifetime of access tokens.
     pub tokens: Arc<TokenPolicy>,
+    /// How long refresh sessions last.
+    pub sessions: SessionPolicy,
     /// When failed logins lock an account or address.
     pub throttle: ThrottlePolicy,
     /// Whether the client address comes from `X-Forwarded-For`.
@@ -77,7 +83,9 @@ fn routes() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
         .routes(routes!(check_password))
         .routes(routes!(hash_and_discard));
     let public = OpenApiRouter::new()
-        .routes(routes!(create_session))
+        .routes(routes!(create_session, sessions::list, sessions::end_all))
+        .routes(routes!(sessions::refresh))
+        .routes(routes!(sessions::end_current))
         .routes(routes!(jwks));
     (internal, public)
 }
@@ -105,17 +113,6 @@ struct CredentialView {
     user_id: Uuid,
     email: String,
     verified: bool,
-}
-
-/// A successful login.
-#[derive(Debug, Serialize, ToSchema)]
-struct SessionView {
-    /// A JWT signed by the key named in its header's `kid`.
-    access_token: String,
-    /// Always `Bearer`.
-    token_type: &'static str,
-    /// Seconds until the token expires.
-    expires_in: u64,
 }
 
 /// Set the credential of a user: 201 when created, 200 when the same user already has it for
@@ -275,13 +272,14 @@ async fn delete_credential(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Log in: an access token for a correct email and password of a verified account.
+/// Log in: an access token and a new refresh session for a correct email and password of a
+/// verified account.
 #[utoipa::path(
     post,
     path = "/sessions",
     request_body = EmailAndPassword,
     responses(
-        (status = 200, description = "Logged in", body = SessionView),
+        (status = 200, description = "Logged in; the refresh token is also set as a cookie", body = sessions::SessionView),
         (status = 401, description = "Wrong email or password (the same answer for both)", body = Problem),
         (status = 403, description = "The email is not verified yet", body = Problem),
         (status = 422, description = "Invalid fields", body = Problem),
@@ -291,6 +289,7 @@ async fn delete_credential(
 async fn create_session(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,
+    headers: HeaderMap,
     Json(body): Json<EmailAndPassword>,
 ) -> Result<Response, ApiError> {
     let mut errors = BTreeMap::new();
@@ -358,19 +357,8 @@ async fn create_session(
         )
         .into());
     }
-    let token = keys::issue(&state.keys, credential.user_id, &state.tokens)
-        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("signing the access token")))?;
+    let response = sessions::start(&state, credential.user_id, address, &headers).await?;
     metrics::counter!("passwords_logins_total", "outcome" => "ok").increment(1);
-    let mut response = Json(SessionView {
-        access_token: token.token,
-        token_type: "Bearer",
-        expires_in: token.expires_in,
-    })
-    .into_response();
-    // A token is a credential: no cache may keep it (RFC 6749 §5.1).
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
 }
 

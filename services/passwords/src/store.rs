@@ -1,13 +1,15 @@
-//! The passwords service's tables: `credentials` and `login_throttle` (keyed by
-//! [`Subject::key`]; the rules are the domain's, see `domain::throttle`). One implementation per
+//! The passwords service's tables: `credentials`, `login_throttle` (keyed by
+//! [`Subject::key`]; the rules are the domain's, see `domain::throttle`), and the refresh
+//! sessions, `sessions` and `refresh_tokens`. One implementation per
 //! backend, matching on [`Db`]; nothing else in the crate writes SQL. SQLite keeps user ids as
 //! hyphenated text, Postgres as `UUID`.
 
 use dozen_kit::db::{Db, Tx, TxConn};
-use dozen_kit::with_pool;
+use dozen_kit::{with_conn, with_pool};
 use uuid::Uuid;
 use uuid::fmt::Hyphenated;
 
+use crate::domain::sessions::MAX_SESSIONS_PER_USER;
 use crate::domain::throttle::{Count, Reservation, Subject, ThrottlePolicy};
 
 /// A stored credential.
@@ -287,6 +289,223 @@ pub async fn purge_throttle(db: &Db, quiet_since: i64) -> Result<u64, sqlx::Erro
     Ok(with_pool!(db, pool => {
         sqlx::query("DELETE FROM login_throttle WHERE locked_until < $1 AND window_started_at < $1")
             .bind(quiet_since)
+            .execute(pool)
+            .await?
+            .rows_affected()
+    }))
+}
+
+/// A session to start, with the hash of its first refresh token.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    /// Its id (the `sid` of its access tokens).
+    pub id: Uuid,
+    /// Whose.
+    pub user_id: Uuid,
+    /// Now, in milliseconds since the Unix epoch.
+    pub now: i64,
+    /// When it ends, however often it is refreshed.
+    pub expires_at: i64,
+    /// Who logged in: the client's address.
+    pub client_address: String,
+    /// Who logged in: the client's user agent.
+    pub user_agent: String,
+    /// SHA-256 of its first refresh token.
+    pub token_hash: String,
+}
+
+/// Start a session; the user's least recently used sessions beyond
+/// [`MAX_SESSIONS_PER_USER`] end.
+pub async fn start_session(db: &Db, session: &NewSession) -> Result<(), sqlx::Error> {
+    let (id, user_id) = (session.id.to_string(), session.user_id.to_string());
+    let mut tx = Tx::begin(db).await?;
+    with_conn!(tx.conn(), conn => {
+        sqlx::query(
+            "INSERT INTO sessions (id, user_id, created_at, last_used_at, expires_at, client_address, \
+             user_agent, current_token) VALUES ($1, $2, $3, $3, $4, $5, $6, $7)",
+        )
+        .bind(&id)
+        .bind(&user_id)
+        .bind(session.now)
+        .bind(session.expires_at)
+        .bind(&session.client_address)
+        .bind(&session.user_agent)
+        .bind(&session.token_hash)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id) VALUES ($1, $2)")
+            .bind(&session.token_hash)
+            .bind(&id)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query(
+            "DELETE FROM sessions WHERE user_id = $1 AND id NOT IN \
+             (SELECT id FROM sessions WHERE user_id = $1 ORDER BY last_used_at DESC, id LIMIT $2)",
+        )
+        .bind(&user_id)
+        .bind(MAX_SESSIONS_PER_USER)
+        .execute(&mut *conn)
+        .await?;
+    });
+    tx.commit().await
+}
+
+/// What presenting a refresh token did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refresh {
+    /// It was its session's current token: the session now has the new one.
+    Rotated {
+        /// The session.
+        session_id: Uuid,
+        /// Whose.
+        user_id: Uuid,
+        /// When the session ends.
+        expires_at: i64,
+    },
+    /// It had been rotated already: someone holds a copy, so the session has ended.
+    Reused,
+    /// No live session has it (never issued, or its session ended or expired).
+    Unknown,
+}
+
+/// Present the refresh token hashed `old`: rotate it to `new` if it is its session's current
+/// token, end the session if it is an older one. One transaction holding the session's row,
+/// so that of two concurrent uses of one token exactly one rotates it.
+pub async fn refresh_session(
+    db: &Db,
+    old: &str,
+    new: &str,
+    now: i64,
+    client_address: &str,
+    user_agent: &str,
+) -> Result<Refresh, sqlx::Error> {
+    const FIND: &str = "SELECT s.id, s.user_id, s.current_token, s.expires_at FROM refresh_tokens t \
+                        JOIN sessions s ON s.id = t.session_id WHERE t.token_hash = $1";
+    let mut tx = Tx::begin(db).await?;
+    let found: Option<(String, String, String, i64)> = match tx.conn() {
+        TxConn::Sqlite(conn) => sqlx::query_as(FIND).bind(old).fetch_optional(&mut *conn).await?,
+        TxConn::Postgres(conn) => {
+            let locked = sqlx::AssertSqlSafe(format!("{FIND} FOR UPDATE OF s"));
+            sqlx::query_as(locked)
+                .bind(old)
+                .fetch_optional(&mut *conn)
+                .await?
+        }
+    };
+    let Some((id, user_id, current, expires_at)) = found else {
+        return Ok(Refresh::Unknown);
+    };
+    let (Ok(session_id), Ok(user)) = (Uuid::parse_str(&id), Uuid::parse_str(&user_id)) else {
+        return Err(sqlx::Error::Decode("a session id that is not a UUID".into()));
+    };
+    if current != old || expires_at <= now {
+        with_conn!(tx.conn(), conn => {
+            sqlx::query("DELETE FROM sessions WHERE id = $1").bind(&id).execute(&mut *conn).await?;
+        });
+        tx.commit().await?;
+        return Ok(if current == old {
+            Refresh::Unknown
+        } else {
+            Refresh::Reused
+        });
+    }
+    with_conn!(tx.conn(), conn => {
+        sqlx::query(
+            "UPDATE sessions SET current_token = $2, last_used_at = $3, client_address = $4, \
+             user_agent = $5 WHERE id = $1",
+        )
+        .bind(&id)
+        .bind(new)
+        .bind(now)
+        .bind(client_address)
+        .bind(user_agent)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id) VALUES ($1, $2)")
+            .bind(new)
+            .bind(&id)
+            .execute(&mut *conn)
+            .await?;
+    });
+    tx.commit().await?;
+    Ok(Refresh::Rotated {
+        session_id,
+        user_id: user,
+        expires_at,
+    })
+}
+
+/// End the session `session_id` of `user_id` (logout); `false` if it had ended already.
+pub async fn end_session(db: &Db, user_id: Uuid, session_id: Uuid) -> Result<bool, sqlx::Error> {
+    let done = with_pool!(db, pool => {
+        sqlx::query("DELETE FROM sessions WHERE id = $1 AND user_id = $2")
+            .bind(session_id.to_string())
+            .bind(user_id.to_string())
+            .execute(pool)
+            .await?
+            .rows_affected()
+    });
+    Ok(done > 0)
+}
+
+/// End every session of `user_id` but `except` (when given), inside the caller's transaction.
+pub async fn end_sessions(tx: &mut Tx, user_id: Uuid, except: Option<Uuid>) -> Result<u64, sqlx::Error> {
+    let except = except.map(|id| id.to_string()).unwrap_or_default();
+    Ok(with_conn!(tx.conn(), conn => {
+        sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id <> $2")
+            .bind(user_id.to_string())
+            .bind(&except)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected()
+    }))
+}
+
+/// A live session, as listed to its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    /// Its id.
+    pub id: Uuid,
+    /// When it started (ms).
+    pub created_at: i64,
+    /// When it was last refreshed, or started (ms).
+    pub last_used_at: i64,
+    /// The client's address at its last use.
+    pub client_address: String,
+    /// The client's user agent at its last use.
+    pub user_agent: String,
+}
+
+/// The live sessions of `user_id`, most recently used first.
+pub async fn sessions_of(db: &Db, user_id: Uuid, now: i64) -> Result<Vec<SessionRow>, sqlx::Error> {
+    let rows: Vec<(String, i64, i64, String, String)> = with_pool!(db, pool => {
+        sqlx::query_as(
+            "SELECT id, created_at, last_used_at, client_address, user_agent FROM sessions \
+             WHERE user_id = $1 AND expires_at > $2 ORDER BY last_used_at DESC, id",
+        )
+        .bind(user_id.to_string())
+        .bind(now)
+        .fetch_all(pool)
+        .await?
+    });
+    rows.into_iter()
+        .map(|(id, created_at, last_used_at, client_address, user_agent)| {
+            Ok(SessionRow {
+                id: Uuid::parse_str(&id).map_err(|e| sqlx::Error::Decode(e.into()))?,
+                created_at,
+                last_used_at,
+                client_address,
+                user_agent,
+            })
+        })
+        .collect()
+}
+
+/// Delete the sessions whose lifetime is over. Returns how many went.
+pub async fn purge_sessions(db: &Db, now: i64) -> Result<u64, sqlx::Error> {
+    Ok(with_pool!(db, pool => {
+        sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
+            .bind(now)
             .execute(pool)
             .await?
             .rows_affected()

@@ -5,4 +5,5 @@
 pub mod hashing;
 pub mod keys;
 pub mod password;
+pub mod sessions;
 pub mod throttle;
