@@ -52,11 +52,7 @@ pub fn router(peers: Peers, limits: &RateLimits, dev_mailbox: bool) -> OpenApiRo
             sessions,
             Some(&limits.sessions),
         ))
-        .routes(Forwarded::to(passwords, Get, "/sessions").at(
-            "/api/sessions",
-            sessions,
-            Some(&limits.reads),
-        ))
+        .routes(Forwarded::to(passwords, Get, "/sessions").at("/api/sessions", sessions, Some(&limits.reads)))
         .routes(Forwarded::to(passwords, Delete, "/sessions").at("/api/sessions", sessions, None))
         .routes(Forwarded::to(passwords, Post, "/sessions/refresh").at(
             "/api/sessions/refresh",

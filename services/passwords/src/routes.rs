@@ -32,7 +32,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::domain::hashing::{Hasher, HashingError};
-use crate::domain::keys::{self, TokenPolicy};
+use crate::domain::keys::TokenPolicy;
 use crate::domain::password::{MAX_CHARS, Password, PasswordError};
 use crate::domain::sessions::SessionPolicy;
 use crate::domain::throttle::{self, Subject, ThrottlePolicy};

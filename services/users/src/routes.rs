@@ -60,8 +60,7 @@ fn routes() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
     let internal = OpenApiRouter::new()
         .routes(routes!(create_profile, find_profile))
         .routes(routes!(get_profile, delete_profile));
-    let public = OpenApiRouter::new()
-        .routes(routes!(get_me, update_me));
+    let public = OpenApiRouter::new().routes(routes!(get_me, update_me));
     (internal, public)
 }
 

@@ -85,11 +85,7 @@ struct SessionClaims {
 /// Check one of this service's own access tokens as every other service does (signature by
 /// one of `keys`, `exp`, `iss`, `aud`), without fetching the key set: the session it was
 /// issued in. A token without a `sid` is invalid.
-pub fn verify(
-    keys: &SigningKeys,
-    token: &str,
-    policy: &TokenPolicy,
-) -> Result<SessionCaller, AuthError> {
+pub fn verify(keys: &SigningKeys, token: &str, policy: &TokenPolicy) -> Result<SessionCaller, AuthError> {
     let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
     let kid = header.kid.ok_or(AuthError::Malformed)?;
     let key = keys.decoding_key(&kid).ok_or(AuthError::UnknownKey)?;
@@ -155,13 +151,7 @@ mod tests {
             audience: "elsewhere".to_owned(),
             ..policy()
         };
-        assert_eq!(
-            verify(&keys, &token.token, &elsewhere),
-            Err(AuthError::Invalid)
-        );
-        assert_eq!(
-            verify(&keys, "not.a.jwt", &policy()),
-            Err(AuthError::Malformed)
-        );
+        assert_eq!(verify(&keys, &token.token, &elsewhere), Err(AuthError::Invalid));
+        assert_eq!(verify(&keys, "not.a.jwt", &policy()), Err(AuthError::Malformed));
     }
 }
