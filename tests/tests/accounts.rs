@@ -257,6 +257,7 @@ async fn refresh_sessions_on_postgres_and_nats() {
         ("DATABASE_URL", &databases.url),
         ("BUS_URL", &dozen_tests::nats::nats_url()),
         ("BUS_NAMESPACE", &streams.namespace),
+        ("DEV_MAILBOX_ALLOW_PRODUCTION_BACKENDS", "true"),
     ])
     .await;
 }

@@ -163,6 +163,7 @@ async fn assert_stops_with_one_line(nats: &TlsNats, env: &[(&str, &str)], names:
         ("LOG_LEVEL", "error"),
         ("PORT", "0"),
     ];
+    all.extend(dozen_tests::identity::identities().env("verification"));
     let migrated = run_to_exit("dozen-verification", &["migrate"], &all).await;
     assert!(migrated.status.success(), "{migrated:?}");
     all.extend_from_slice(env);

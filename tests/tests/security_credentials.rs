@@ -36,6 +36,7 @@ macro_rules! on_both_platforms {
                     ("DATABASE_URL", &databases.url),
                     ("BUS_URL", &dozen_tests::nats::nats_url()),
                     ("BUS_NAMESPACE", &streams.namespace),
+                    ("DEV_MAILBOX_ALLOW_PRODUCTION_BACKENDS", "true"),
                 ])
                 .await;
             }

@@ -3,6 +3,8 @@
 //! it does not name (403), while the public and ops routes stay as they were. Tokens are
 //! minted from the key files `dozen up` and `dozen keys` write, as an operator could.
 
+use std::time::Duration;
+
 use dozen_tests::identity::{self, header_from_folder, header_signed_by, now};
 use dozen_tests::platform::Platform;
 use dozen_tests::process::run_to_exit;
@@ -75,7 +77,7 @@ async fn call(
 /// their own, never by being reachable.
 #[tokio::test]
 async fn v13_2_1_internal_routes_refuse_calls_without_a_valid_service_identity() {
-    let platform = Platform::start(&[]).await;
+    let mut platform = Platform::start(&[]).await;
     let keys = platform.keys_dir();
     let signup_pem = std::fs::read_to_string(keys.join("signup.pem")).expect("signup's key");
     let stranger = dozen_kit::keys::generate_signing_key_pem();
@@ -154,12 +156,13 @@ async fn v13_2_1_internal_routes_refuse_calls_without_a_valid_service_identity()
     let expired = header_signed_by(&signup_pem, "signup", "users", now() - 600, now() - 540);
     call(&platform, &find, Some(&expired)).await;
     let token = expired.trim_start_matches("Bearer ");
+    let refusal = platform
+        .up
+        .wait_for_line(Duration::from_secs(10), |line| {
+            line.contains("refused a call between services") && line.contains("expired")
+        })
+        .await;
     let lines = platform.up.lines();
-    let refusal = lines
-        .iter()
-        .rev()
-        .find(|line| line.contains("refused a call between services") && line.contains("expired"))
-        .expect("a warning for the expired token");
     assert!(
         refusal.contains("/profiles") && refusal.contains("signup"),
         "{refusal}"
