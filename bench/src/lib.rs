@@ -108,16 +108,6 @@ pub async fn hashes_per_second_on_all_cores(hashes_per_core: usize) -> anyhow::R
     Ok((cores * hashes_per_core) as f64 / started.elapsed().as_secs_f64())
 }
 
-/// The services `dozen up` runs.
-pub const SERVICES: [&str; 6] = [
-    "gateway",
-    "signup",
-    "users",
-    "passwords",
-    "verification",
-    "friends",
-];
-
 /// `dozen up` (the binary next to this one, so a release benchmark runs release services) on
 /// a temporary data folder, every port chosen free; stopped with SIGINT when dropped.
 #[derive(Debug)]
@@ -146,7 +136,7 @@ impl Platform {
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
-        for service in SERVICES {
+        for service in dozen_tests::platform::SERVICES {
             command.env(format!("{}_PORT", service.to_uppercase()), "0");
         }
         let mut up = command.spawn().context("starting dozen up")?;

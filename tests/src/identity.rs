@@ -8,18 +8,10 @@ use std::sync::LazyLock;
 use dozen_kit::identity;
 use dozen_kit::keys::{SigningKeys, generate_signing_key_pem};
 
+use crate::platform::SERVICES;
+
 /// The header a service's identity travels in.
 pub const HEADER: &str = "service-authorization";
-
-/// Every service that has an identity.
-const SERVICES: [&str; 6] = [
-    "gateway",
-    "signup",
-    "users",
-    "passwords",
-    "verification",
-    "friends",
-];
 
 /// `Bearer <token>` signed by the first key of `pem` as `issuer`, for `audience`, issued and
 /// expiring at these Unix times.
@@ -54,6 +46,7 @@ pub struct Identities {
 /// The test process's identities.
 pub fn identities() -> &'static Identities {
     static IDENTITIES: LazyLock<Identities> = LazyLock::new(|| {
+        // Every service has an identity.
         let keys: BTreeMap<&'static str, String> = SERVICES
             .iter()
             .map(|service| (*service, generate_signing_key_pem()))
