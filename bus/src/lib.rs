@@ -105,6 +105,8 @@ pub struct Bus {
     outbox: Outbox,
     settings: BusSettings,
     subscribers: Vec<Subscriber>,
+    /// The service, to find the event types it publishes.
+    service: String,
 }
 
 impl Bus {
@@ -124,6 +126,7 @@ impl Bus {
             outbox: Outbox::new(service),
             settings: settings.clone(),
             subscribers: Vec::new(),
+            service: service.to_owned(),
         }
     }
 
@@ -163,10 +166,17 @@ impl Bus {
         self.subscribe(name, &topics, handlers.into_handler())
     }
 
-    /// Open every subscriber's queues (failing fast if the broker refuses), then run the
-    /// relay, the consumers and their upkeep as background tasks of `lifecycle`: they stop
-    /// when it stops, handing back unfinished events.
+    /// Check the topics the service publishes (a look-up-only broker stops here on a
+    /// missing one), open every subscriber's queues (failing fast if the broker refuses), then
+    /// run the relay, the consumers and their upkeep as background tasks of `lifecycle`: they
+    /// stop when it stops, handing back unfinished events.
     pub async fn start(&mut self, lifecycle: &Lifecycle) -> Result<(), BusError> {
+        let published: Vec<String> = contracts::all()
+            .into_iter()
+            .filter(|contract| contract.publisher == self.service)
+            .map(|contract| contract.event_type.to_owned())
+            .collect();
+        self.broker.prepare_publishing(&published).await?;
         let relay = Relay::new(self.db.clone(), self.broker.clone(), &self.outbox, &self.settings);
         lifecycle.spawn(relay.run(lifecycle.stopping()));
         for subscriber in self.subscribers.drain(..) {

@@ -164,6 +164,12 @@ pub struct BusSettings {
     #[arg(long, env = "BUS_NAMESPACE", default_value = "dozen", value_parser = parse_namespace)]
     pub bus_namespace: String,
 
+    /// SNS/SQS: make the topics, queues and subscriptions that are missing (`true`), or only
+    /// look them up by name and stop at start when one is missing (`false`: for a stack that
+    /// owns them, so the service needs no right to create or subscribe anything).
+    #[arg(long, env = "BUS_PROVISION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub bus_provision: bool,
+
     /// Deliveries of one event to one subscriber before it moves to the dead-letter queue.
     #[arg(long, env = "BUS_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub bus_max_attempts: u32,
@@ -222,6 +228,7 @@ impl BusSettings {
         Self {
             bus_url: url,
             bus_namespace: "dozen".to_owned(),
+            bus_provision: true,
             bus_max_attempts: 5,
             bus_retry_backoff: Duration::from_millis(500),
             bus_retry_backoff_max: Duration::from_secs(300),

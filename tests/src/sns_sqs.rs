@@ -75,13 +75,61 @@ impl SnsSqsNamespace {
         }
     }
 
-    async fn delete_everything(endpoint: String, prefix: String) -> Result<(), String> {
-        let config = aws_config::defaults(BehaviorVersion::latest())
+    /// Make every topic, queue and subscription the platform uses, as the ECS stack does, so
+    /// that services can run on them with `BUS_PROVISION=false`.
+    pub async fn provision(&self) {
+        let url = dozen_bus::BusUrl::parse(&self.bus_url).expect("an sns+sqs URL");
+        let settings = dozen_bus::BusSettings {
+            bus_namespace: self.namespace.clone(),
+            ..dozen_bus::BusSettings::new(url)
+        };
+        let broker = dozen_bus::backend::connect(&settings)
+            .await
+            .expect("connect to the emulator");
+        let contracts = dozen_bus::contracts::all();
+        // Each subscriber's queue, subscribed to its topics (opening makes those too).
+        let mut topics_of: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+        for contract in &contracts {
+            for subscriber in contract.subscribers {
+                topics_of
+                    .entry(subscriber)
+                    .or_default()
+                    .push(contract.event_type.to_owned());
+            }
+        }
+        for (subscriber, topics) in &topics_of {
+            broker
+                .open(subscriber, topics)
+                .await
+                .unwrap_or_else(|e| panic!("provision {subscriber}'s queue: {e}"));
+        }
+        // The topics no one subscribes to yet.
+        let sns = aws_sdk_sns::Client::new(&Self::sdk_config(self.endpoint.clone()).await);
+        for contract in contracts.iter().filter(|c| c.subscribers.is_empty()) {
+            let name = format!(
+                "{}-{}",
+                self.namespace,
+                contract.event_type.replace(['.', '_'], "-")
+            );
+            sns.create_topic()
+                .name(&name)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("create topic {name}: {e}"));
+        }
+    }
+
+    async fn sdk_config(endpoint: String) -> aws_config::SdkConfig {
+        aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(REGION))
             .endpoint_url(endpoint)
             .credentials_provider(Credentials::new(KEY, KEY, None, None, "test"))
             .load()
-            .await;
+            .await
+    }
+
+    async fn delete_everything(endpoint: String, prefix: String) -> Result<(), String> {
+        let config = Self::sdk_config(endpoint).await;
         let sqs = aws_sdk_sqs::Client::new(&config);
         let sns = aws_sdk_sns::Client::new(&config);
         let queues = sqs

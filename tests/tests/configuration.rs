@@ -66,6 +66,7 @@ async fn bad_durations_levels_and_formats_are_named() {
         ("UPSTREAM_RETRY_BUDGET_MIN_PER_SECOND", "-1"),
         ("BREAKER_FAILURE_THRESHOLD", "0"),
         ("BREAKER_OPEN_FOR", "a while"),
+        ("BUS_PROVISION", "perhaps"),
     ] {
         let run = run_to_exit("dozen-friends", &[], &[(variable, value)]).await;
         assert_eq!(run.status.code(), Some(2), "{variable}={value}: {run:?}");
@@ -285,4 +286,48 @@ async fn a_missing_or_bad_service_identity_stops_the_service_naming_the_setting(
             "a key leaked: {output}"
         );
     }
+}
+
+/// With `BUS_PROVISION=false` (as on ECS, where the stack owns the bus) a service on an SNS/SQS
+/// namespace where nothing was made stops at start with one line naming what is missing and
+/// the setting, having made nothing.
+#[cfg(feature = "sns-sqs")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_look_up_only_service_on_an_unprovisioned_bus_stops_with_one_line_naming_what_is_missing() {
+    let database = TestDatabase::create(Backend::Sqlite).await;
+    let migrated = run_to_exit("dozen-users", &["migrate"], &[("DATABASE_URL", &database.url)]).await;
+    assert!(migrated.status.success(), "{migrated:?}");
+    let bus = dozen_tests::sns_sqs::SnsSqsNamespace::new("bare").await;
+    let [signing, trust] = identities().env("users");
+    let env = [
+        ("DATABASE_URL", database.url.as_str()),
+        ("BUS_URL", bus.bus_url.as_str()),
+        ("BUS_NAMESPACE", bus.namespace.as_str()),
+        ("BUS_PROVISION", "false"),
+        ("LOG_LEVEL", "error"),
+        ("PORT", "0"),
+        signing,
+        trust,
+    ];
+    let run = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        run_to_exit("dozen-users", &[], &env),
+    )
+    .await
+    .expect("it stops rather than hang");
+    assert!(!run.status.success(), "{run:?}");
+    let output = format!("{}{}", run.stdout, run.stderr);
+    let lines: Vec<&str> = output.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line, got:\n{output}");
+    let missing = format!("SNS topic {}-user-profile-updated", bus.namespace);
+    assert!(
+        lines[0].contains(&missing),
+        "{missing} is not named: {}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains("BUS_PROVISION"),
+        "the setting is not named: {}",
+        lines[0]
+    );
 }

@@ -245,6 +245,27 @@ async fn the_signup_journey_on_postgres_and_nats() {
     .await;
 }
 
+/// As on ECS: the stack made every topic, queue and subscription beforehand, and each service
+/// only looks its own up (`BUS_PROVISION=false`).
+#[cfg(feature = "sns-sqs")]
+#[tokio::test(flavor = "multi_thread")]
+async fn the_signup_journey_on_sns_sqs_provisioned_beforehand_and_only_looked_up() {
+    let databases = DatabasePrefix::new("lookup");
+    let topics_and_queues = dozen_tests::sns_sqs::SnsSqsNamespace::new("lookup").await;
+    topics_and_queues.provision().await;
+    the_signup_journey(
+        &[
+            ("DATABASE_URL", &databases.url),
+            ("BUS_URL", &topics_and_queues.bus_url),
+            ("BUS_NAMESPACE", &topics_and_queues.namespace),
+            ("BUS_PROVISION", "false"),
+            ("DEV_MAILBOX_ALLOW_PRODUCTION_BACKENDS", "true"),
+        ],
+        FriendsDatabase::Postgres(&databases),
+    )
+    .await;
+}
+
 #[cfg(feature = "sns-sqs")]
 #[tokio::test(flavor = "multi_thread")]
 async fn the_signup_journey_on_postgres_and_sns_sqs() {

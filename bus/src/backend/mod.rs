@@ -48,6 +48,15 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
         topics: &'a [String],
     ) -> BoxFuture<'a, Result<u64, BusError>>;
 
+    /// Check, before the service serves, that the topics of `event_types` (those it
+    /// publishes) can be published to. Only a broker that looks its topics up rather than
+    /// making them (SNS/SQS with `BUS_PROVISION=false`) has anything to check: elsewhere a
+    /// topic is made on first use, or needs nothing.
+    fn prepare_publishing<'a>(&'a self, event_types: &'a [String]) -> BoxFuture<'a, Result<(), BusError>> {
+        let _ = event_types;
+        Box::pin(async { Ok(()) })
+    }
+
     /// A cheap round trip, for readiness.
     fn ping(&self) -> BoxFuture<'_, Result<(), BusError>>;
 
@@ -131,6 +140,14 @@ pub enum Settlement {
 
 /// Connect the broker named by `settings.bus_url`.
 pub async fn connect(settings: &BusSettings) -> Result<Arc<dyn Broker>, BusError> {
+    // Only the SNS/SQS backend can run without making what it uses: refuse the setting
+    // elsewhere rather than let it promise what it does not do.
+    if !settings.bus_provision && !matches!(settings.bus_url, BusUrl::SnsSqs(_)) {
+        return Err(BusError::Broker(format!(
+            "BUS_PROVISION=false is for an sns+sqs:// BUS_URL only (this one is {}): unset it",
+            settings.bus_url.backend()
+        )));
+    }
     Ok(match &settings.bus_url {
         BusUrl::Embedded(url) => Arc::new(embedded::EmbeddedBus::open(url, settings).await?),
         BusUrl::Nats(url) => Arc::new(nats::NatsBus::connect(url, settings).await?),

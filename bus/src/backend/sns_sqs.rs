@@ -7,10 +7,17 @@
 //! SQS's redrive fills after a few receives more than `BUS_MAX_ATTEMPTS`: the consumer loop
 //! moves an event to our dead-letter queue (in the subscriber's database) at
 //! `BUS_MAX_ATTEMPTS`, so the redrive only catches a consumer that keeps dying on it (what it
-//! moves is not in `dead-letters`: SQS's own tools list it and move it back). Topics,
-//! queues and subscriptions that are missing are created on first use; a queue that exists is
-//! used as it is (a CloudFormation stack may own it: `deploy/ecs`), only subscribed to its
-//! topics, which SNS treats as a no-op when already done.
+//! moves is not in `dead-letters`: SQS's own tools list it and move it back).
+//!
+//! Provisioning (`BUS_PROVISION=true`, the default): topics, queues and subscriptions that are
+//! missing are created on first use; a queue that exists is used as it is, only subscribed to
+//! its topics, which SNS treats as a no-op when already done. Look-up only
+//! (`BUS_PROVISION=false`, for a stack that owns all of it: `deploy/ecs`): nothing is created
+//! or subscribed. At start the service looks up the topics it publishes (their ARNs built from
+//! the account STS names, checked with `GetTopicAttributes`) and its queue (`GetQueueUrl`),
+//! and stops with one line naming the first that is missing; its task role then needs only
+//! `sns:Publish` and `sns:GetTopicAttributes` on its own topics and the consumer's rights on
+//! its own queue. Subscriptions cannot be checked without more rights: the stack makes them.
 //!
 //! Delivery: long polling; SQS's receive count is the attempt; an acknowledgement deletes the
 //! message, a retry sets its visibility timeout to the delay (whole seconds), a hand-back sets
@@ -35,6 +42,7 @@ use aws_sdk_sqs::types::{
     BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
     MessageSystemAttributeName, QueueAttributeName,
 };
+use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 use super::{BoxFuture, Broker, Delivery, Queue, Receipt, Settlement, check_name};
@@ -58,6 +66,12 @@ const MAX_VISIBILITY_SECONDS: u64 = 12 * 3600;
 pub struct SnsSqsBus {
     sns: aws_sdk_sns::Client,
     sqs: aws_sdk_sqs::Client,
+    sts: aws_sdk_sts::Client,
+    /// `BUS_PROVISION`: create what is missing, or only look it up.
+    provision: bool,
+    region: String,
+    /// `arn:<partition>:sns:<region>:<account>`, learnt from STS once (look-up mode).
+    topic_arn_prefix: OnceCell<String>,
     namespace: String,
     visibility_seconds: i32,
     max_receives: u32,
@@ -85,6 +99,14 @@ fn refused(what: &str, failed: &[BatchResultErrorEntry]) -> Result<(), BusError>
     }
 }
 
+/// What a look-up-only service says when something the stack should have made is missing.
+fn missing(what: &str) -> BusError {
+    BusError::Broker(format!(
+        "{what} does not exist, and BUS_PROVISION=false lets this service make nothing: create it \
+         (deploy/ecs/dozen.yaml does, under BUS_NAMESPACE) or set BUS_PROVISION=true"
+    ))
+}
+
 fn seconds(duration: Duration, max: u64) -> i32 {
     let whole = duration.as_millis().div_ceil(1000);
     i32::try_from(u64::try_from(whole).unwrap_or(u64::MAX).min(max)).unwrap_or(i32::MAX)
@@ -100,7 +122,7 @@ impl SnsSqsBus {
             .operation_attempt_timeout(Duration::from_secs(LONG_POLL_SECONDS as u64 + 10))
             .build();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new(address.region))
+            .region(Region::new(address.region.clone()))
             .timeout_config(timeouts);
         if let Some(endpoint) = address.endpoint {
             loader = loader.endpoint_url(endpoint);
@@ -112,6 +134,10 @@ impl SnsSqsBus {
         Ok(Self {
             sns: aws_sdk_sns::Client::new(&config),
             sqs: aws_sdk_sqs::Client::new(&config),
+            sts: aws_sdk_sts::Client::new(&config),
+            provision: settings.bus_provision,
+            region: address.region,
+            topic_arn_prefix: OnceCell::new(),
             namespace: settings.bus_namespace.clone(),
             visibility_seconds: seconds(settings.bus_ack_wait, MAX_VISIBILITY_SECONDS).max(1),
             max_receives: settings.bus_max_attempts + REDRIVE_MARGIN,
@@ -141,12 +167,18 @@ impl SnsSqsBus {
         }
     }
 
-    /// The ARN of `event_type`'s topic, created when missing (creating is idempotent).
+    /// The ARN of `event_type`'s topic: created when missing (creating is idempotent), or in
+    /// look-up mode found.
     async fn topic(&self, event_type: &str) -> Result<String, BusError> {
         if let Some(arn) = Self::cached(&self.topics, event_type) {
             return Ok(arn);
         }
         let name = self.topic_name(event_type);
+        if !self.provision {
+            let arn = self.find_topic(&name).await?;
+            Self::cache(&self.topics, event_type, &arn);
+            return Ok(arn);
+        }
         let created = self
             .sns
             .create_topic()
@@ -159,6 +191,48 @@ impl SnsSqsBus {
             .ok_or_else(|| BusError::Broker(format!("topic {name}: no ARN in the answer")))?;
         Self::cache(&self.topics, event_type, &arn);
         Ok(arn)
+    }
+
+    /// `arn:<partition>:sns:<region>:<account>`. SNS finds a topic by ARN only, and the
+    /// account is the caller's: STS's `GetCallerIdentity` names it and needs no permission.
+    async fn topic_arn_prefix(&self) -> Result<&str, BusError> {
+        self.topic_arn_prefix
+            .get_or_try_init(|| async {
+                let caller = self
+                    .sts
+                    .get_caller_identity()
+                    .send()
+                    .await
+                    .map_err(|e| aws_error("who am I (STS GetCallerIdentity)", e))?;
+                // arn:<partition>:sts::<account>:…
+                let partition = caller.arn().and_then(|arn| arn.split(':').nth(1));
+                match (partition, caller.account()) {
+                    (Some(partition), Some(account)) => {
+                        Ok(format!("arn:{partition}:sns:{}:{account}", self.region))
+                    }
+                    _ => Err(BusError::Broker(
+                        "STS GetCallerIdentity answered without an ARN or account".to_owned(),
+                    )),
+                }
+            })
+            .await
+            .map(String::as_str)
+    }
+
+    /// The ARN of the existing topic `name` (look-up mode), or an error naming it.
+    async fn find_topic(&self, name: &str) -> Result<String, BusError> {
+        let arn = format!("{}:{name}", self.topic_arn_prefix().await?);
+        match self.sns.get_topic_attributes().topic_arn(&arn).send().await {
+            Ok(_) => Ok(arn),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_not_found_exception()) =>
+            {
+                Err(missing(&format!("SNS topic {name}")))
+            }
+            Err(error) => Err(aws_error(&format!("topic {name}"), error)),
+        }
     }
 
     /// The URL of the queue called `name`, if it exists.
@@ -271,6 +345,15 @@ impl SnsSqsBus {
                 "queue name {name:?} is too long for SQS: shorten BUS_NAMESPACE or the subscriber name"
             )));
         }
+        if !self.provision {
+            // The stack made the queue and subscribed it: find it, and change nothing.
+            let url = self
+                .find_queue(&name)
+                .await?
+                .ok_or_else(|| missing(&format!("SQS queue {name}")))?;
+            Self::cache(&self.queues, subscriber, &url);
+            return Ok(url);
+        }
         let url = match self.find_queue(&name).await? {
             Some(url) => url,
             None => self.create_queues(subscriber).await?,
@@ -336,6 +419,39 @@ impl SnsSqsBus {
         Ok(())
     }
 
+    /// Readiness in look-up mode, with only the rights the service has (`ListQueues` cannot
+    /// be limited to one's own queues): its queue, else one of its topics, else STS.
+    async fn ping_what_was_looked_up(&self) -> Result<(), BusError> {
+        let first = |map: &Mutex<HashMap<String, String>>| {
+            map.lock().ok().and_then(|map| map.values().next().cloned())
+        };
+        if let Some(url) = first(&self.queues) {
+            self.sqs
+                .get_queue_attributes()
+                .queue_url(url)
+                .attribute_names(QueueAttributeName::QueueArn)
+                .send()
+                .await
+                .map(drop)
+                .map_err(|e| aws_error("SQS", e))
+        } else if let Some(arn) = first(&self.topics) {
+            self.sns
+                .get_topic_attributes()
+                .topic_arn(arn)
+                .send()
+                .await
+                .map(drop)
+                .map_err(|e| aws_error("SNS", e))
+        } else {
+            self.sts
+                .get_caller_identity()
+                .send()
+                .await
+                .map(drop)
+                .map_err(|e| aws_error("STS", e))
+        }
+    }
+
     async fn depth(&self, subscriber: &str) -> Result<u64, BusError> {
         let url = match Self::cached(&self.queues, subscriber) {
             Some(url) => url,
@@ -396,8 +512,24 @@ impl Broker for SnsSqsBus {
         Box::pin(self.depth(subscriber))
     }
 
+    fn prepare_publishing<'a>(&'a self, event_types: &'a [String]) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            // Provisioning makes a topic on first use; looking up must fail now, not at the
+            // first publish.
+            if !self.provision {
+                for event_type in event_types {
+                    self.topic(event_type).await?;
+                }
+            }
+            Ok(())
+        })
+    }
+
     fn ping(&self) -> BoxFuture<'_, Result<(), BusError>> {
         Box::pin(async move {
+            if !self.provision {
+                return self.ping_what_was_looked_up().await;
+            }
             self.sqs
                 .list_queues()
                 .queue_name_prefix(&self.namespace)
