@@ -153,6 +153,30 @@ impl Event for FriendConnected {
     }
 }
 
+/// A user's password was replaced, by a reset through a mailed link or by a change while
+/// logged in; every refresh session of the account (but the changing one) has ended.
+/// Verification mails the owner a notice and revokes their open reset links.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UserPasswordChanged {
+    /// The user's id.
+    pub user_id: Uuid,
+    /// When the new password took effect.
+    pub occurred_at: DateTime<Utc>,
+    /// How: `reset` (a mailed link) or `change` (the current password was given).
+    pub method: String,
+}
+
+impl Event for UserPasswordChanged {
+    const TYPE: &'static str = "user.password_changed";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str = "A user's password was reset or changed; their other sessions ended.";
+    const PUBLISHER: &'static str = "passwords";
+    const SUBSCRIBERS: &'static [&'static str] = &["verification"];
+    fn subject(&self) -> String {
+        self.user_id.to_string()
+    }
+}
+
 /// One event type as the AsyncAPI document and the compatibility check see it.
 #[derive(Debug, Clone)]
 pub struct Contract {
@@ -191,6 +215,7 @@ pub fn all() -> Vec<Contract> {
         contract::<UserEmailVerified>(),
         contract::<UserProfileUpdated>(),
         contract::<FriendConnected>(),
+        contract::<UserPasswordChanged>(),
     ]
 }
 

@@ -398,6 +398,7 @@ fn every_event_type_is_listed_once_with_a_version() {
         "user.email_verified",
         "user.profile_updated",
         "friend.connected",
+        "user.password_changed",
     ] {
         assert!(types.contains(&expected), "{expected} is missing");
     }

@@ -9,8 +9,9 @@
 //! a reload are cured by the refresh cookie (still logged in), the sessions page lists this
 //! browser, a logout and a logout everywhere lead back to the login page and stay there across
 //! a reload; with the platform stopped, the page says the server cannot be reached. Also: with
-//! mail over SMTP the UI links to no dev mailbox and its page says there is none, and the
-//! gateway serves the UI's files with their types and ETags.
+//! mail over SMTP the UI links to no dev mailbox and its page says there is none, the gateway
+//! serves the UI's files with their types and ETags, and a forgotten password is reset by its
+//! mailed link (a weak one refused first), then changed on the sessions page.
 //!
 //! Every step checks that no JavaScript value leaked into the page's text and saves a
 //! screenshot under `<target>/test-artifacts/browser/<test>/`; at the end, any script error or
@@ -778,6 +779,7 @@ async fn the_ui_files_are_served_with_their_types_and_etags() {
     for (path, content_type) in [
         ("/", "text/html; charset=utf-8"),
         ("/verify?token=abc", "text/html; charset=utf-8"),
+        ("/reset?token=abc", "text/html; charset=utf-8"),
         ("/ui/app.js", "text/javascript; charset=utf-8"),
         ("/ui/style.css", "text/css; charset=utf-8"),
         ("/ui/icon.svg", "image/svg+xml"),
@@ -805,4 +807,104 @@ async fn the_ui_files_are_served_with_their_types_and_etags() {
         .await
         .expect("GET");
     assert_eq!(missing.status(), 404);
+}
+
+/// Forgot your password? → the mailed link (opened as `/reset?token=…`, as from a mail) → a
+/// weak password refused, a strong one set → the login page says so → logged in with it →
+/// the password changed again on the sessions page (a wrong current one refused first).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forgotten_password_is_reset_and_changed_through_the_web_ui() {
+    let folder = artifacts_folder("password-reset");
+    let platform = Platform::start(&[]).await;
+    let api = dozen_tests::public_api::PublicApi::of(&platform);
+    assert_eq!(
+        api.sign_up("cleo-1", "cleo@example.com", "Cleo", &["chess"])
+            .await
+            .status(),
+        202
+    );
+    api.verify_and_log_in("cleo@example.com").await;
+    let (driver, shots) = browsers_for(&folder).await;
+    let cleo = driver
+        .open("cleo", 1280, 900, &platform.url("gateway", ""), &shots)
+        .await;
+
+    cleo.open("/#/login").await;
+    cleo.wait_for_heading("Log in").await;
+    cleo.click(css("#forgot-link")).await;
+    cleo.wait_for_heading("Forgot your password?").await;
+    cleo.fill("#forgot-email", "cleo@example.com").await;
+    cleo.click(css("#forgot-form button[type=submit]")).await;
+    cleo.wait_for_text(
+        css("#forgot-message"),
+        "If an account exists for cleo@example.com",
+        None,
+    )
+    .await;
+    cleo.shot("forgot").await;
+
+    // The mailbox offers the link; the mail's own link, opened as from a mail client, works too.
+    cleo.navigate("Mailbox", "Dev mailbox").await;
+    cleo.find(Locator::XPath(
+        "//li[contains(@class,'mail')][.//*[contains(@class,'mail-to') and contains(., 'cleo@example.com')]]//a[contains(@class,'reset-link')]",
+    ))
+    .await;
+    cleo.shot("mailbox-reset").await;
+    let link = eventually(PATIENCE, "the reset mail", || async {
+        api.mails_to("cleo@example.com").await.iter().find_map(|mail| {
+            let body = mail["body"].as_str()?;
+            let start = body.find("http")?;
+            let link: String = body[start..].chars().take_while(|c| !c.is_whitespace()).collect();
+            link.contains("/reset?token=").then_some(link)
+        })
+    })
+    .await;
+    let path = &link[link.find("/reset").expect("a reset path")..];
+    cleo.open(path).await;
+    cleo.wait_for_heading("Choose a new password").await;
+    cleo.fill("#reset-password", "password1").await;
+    cleo.click(css("#reset-form button[type=submit]")).await;
+    cleo.find(css("#reset-password-error:not([hidden])")).await;
+    cleo.shot("reset-weak-password").await;
+    cleo.fill("#reset-password", "violet tractor hums at midnight")
+        .await;
+    cleo.click(css("#reset-form button[type=submit]")).await;
+    cleo.wait_for_heading("Log in").await;
+    cleo.wait_for_text(css("#flash"), "Your password is changed", None)
+        .await;
+    cleo.shot("reset-done").await;
+    cleo.log_in("cleo@example.com", "violet tractor hums at midnight")
+        .await;
+
+    // The change, on the sessions page.
+    cleo.navigate("Sessions", "Your sessions").await;
+    cleo.fill("#password-current_password", "not my password").await;
+    cleo.fill("#password-new_password", "seven quiet otters juggle plums")
+        .await;
+    cleo.click(css("#password-form button[type=submit]")).await;
+    cleo.wait_for_text(css("#password-current_password-error"), "wrong", None)
+        .await;
+    cleo.shot("change-wrong-password").await;
+    cleo.fill("#password-current_password", "violet tractor hums at midnight")
+        .await;
+    cleo.fill("#password-new_password", "seven quiet otters juggle plums")
+        .await;
+    cleo.click(css("#password-form button[type=submit]")).await;
+    cleo.wait_for_text(css("#password-message"), "Your password is changed", None)
+        .await;
+    cleo.wait_for_text(css("#sessions-list"), "(this browser)", None)
+        .await;
+    cleo.shot("changed").await;
+    assert_eq!(
+        api.client
+            .post(api.url("/api/sessions"))
+            .json(&json!({ "email": "cleo@example.com", "password": "seven quiet otters juggle plums" }))
+            .send()
+            .await
+            .expect("POST /api/sessions")
+            .status(),
+        200
+    );
+    cleo.close().await;
+    platform.stop().await;
 }

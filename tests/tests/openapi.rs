@@ -117,6 +117,7 @@ async fn every_problem_every_token_and_every_page_is_described() {
     let authenticated = [
         ("GET", "/api/me"),
         ("PATCH", "/api/me"),
+        ("PUT", "/api/me/password"),
         ("GET", "/api/suggestions"),
         ("GET", "/api/friends"),
         ("GET", "/api/friends/requests"),
@@ -180,6 +181,9 @@ async fn every_problem_every_token_and_every_page_is_described() {
         ("POST", "/api/sessions"),
         ("POST", "/api/verifications/resend"),
         ("POST", "/api/verifications/{token}"),
+        ("POST", "/api/password-resets"),
+        ("POST", "/api/password-resets/{token}"),
+        ("PUT", "/api/me/password"),
         ("GET", "/api/me"),
         ("GET", "/api/friends"),
     ] {

@@ -72,11 +72,12 @@ pub struct EdgeSettings {
     /// Signups per client address: N/period (N at once, refilled over the period) or off.
     #[arg(long, env = "RATE_LIMIT_SIGNUPS", default_value = "20/h", value_parser = RateLimit::parse)]
     pub rate_limit_signups: RateLimit,
-    /// Logins and refreshes (POST /api/sessions, /api/sessions/refresh) per client address:
-    /// N/period or off.
+    /// Logins, refreshes and password changes (POST /api/sessions, /api/sessions/refresh,
+    /// PUT /api/me/password) per client address: N/period or off.
     #[arg(long, env = "RATE_LIMIT_SESSIONS", default_value = "30/min", value_parser = RateLimit::parse)]
     pub rate_limit_sessions: RateLimit,
-    /// Verifications and resent verification mails per client address: N/period or off.
+    /// Verifications, resent verification mails and password resets (requests and new
+    /// passwords) per client address: N/period or off.
     #[arg(long, env = "RATE_LIMIT_VERIFICATIONS", default_value = "30/h", value_parser = RateLimit::parse)]
     pub rate_limit_verifications: RateLimit,
     /// Authenticated reads (GET /api/me, /api/friends, /api/friends/requests,

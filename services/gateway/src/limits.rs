@@ -187,9 +187,11 @@ impl RouteLimit {
 pub struct RateLimits {
     /// `POST /api/signups`.
     pub signups: RouteLimit,
-    /// `POST /api/sessions` (logins).
+    /// `POST /api/sessions` (logins), `POST /api/sessions/refresh` and `PUT /api/me/password`.
     pub sessions: RouteLimit,
-    /// `POST /api/verifications/{token}` and `POST /api/verifications/resend`.
+    /// `POST /api/verifications/{token}`, `POST /api/verifications/resend` and the password
+    /// resets (`POST /api/password-resets`, `POST /api/password-resets/{token}`): each a token
+    /// lookup or a mail.
     pub verifications: RouteLimit,
     /// The authenticated reads: `GET /api/me`, `/api/friends`, `/api/friends/requests` and
     /// `/api/suggestions`, per credential.

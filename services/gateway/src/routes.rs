@@ -14,7 +14,7 @@ use axum::extract::{FromRef, OriginalUri, Path, State};
 use axum::http::{HeaderMap, Method};
 use axum::response::Response;
 use dozen_kit::Problem;
-use utoipa::openapi::HttpMethod::{Delete, Get, Patch, Post};
+use utoipa::openapi::HttpMethod::{Delete, Get, Patch, Post, Put};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -47,6 +47,16 @@ pub fn router(peers: Peers, limits: &RateLimits, dev_mailbox: bool) -> OpenApiRo
             verifications,
             Some(&limits.verifications),
         ))
+        .routes(Forwarded::to(verification, Post, "/password-resets").at(
+            "/api/password-resets",
+            password_resets,
+            Some(&limits.verifications),
+        ))
+        .routes(Forwarded::to(verification, Post, "/password-resets/{token}").at(
+            "/api/password-resets/{token}",
+            password_reset,
+            Some(&limits.verifications),
+        ))
         .routes(Forwarded::to(passwords, Post, "/sessions").at(
             "/api/sessions",
             sessions,
@@ -66,6 +76,12 @@ pub fn router(peers: Peers, limits: &RateLimits, dev_mailbox: bool) -> OpenApiRo
         ))
         .routes(openapi::own(routes!(me_aggregate), Some(&limits.reads)))
         .routes(Forwarded::to(users, Patch, "/me").at("/api/me", me_update, None))
+        // A password change costs a hash or two and guesses a password, as a login does.
+        .routes(Forwarded::to(passwords, Put, "/me/password").at(
+            "/api/me/password",
+            me_password,
+            Some(&limits.sessions),
+        ))
         .routes(Forwarded::to(friends, Get, "/suggestions").at(
             "/api/suggestions",
             forward_to_friends,
@@ -207,6 +223,27 @@ async fn verifications(
 
 async fn verification_resend(State(peers): State<Arc<Peers>>, public: Public) -> Response {
     proxy::forward(&peers.verification, public.to("/verifications/resend".to_owned())).await
+}
+
+async fn password_resets(State(peers): State<Arc<Peers>>, public: Public) -> Response {
+    proxy::forward(&peers.verification, public.to("/password-resets".to_owned())).await
+}
+
+async fn password_reset(
+    State(peers): State<Arc<Peers>>,
+    Path(token): Path<String>,
+    public: Public,
+) -> Response {
+    let token: String = url_segment(&token);
+    proxy::forward(
+        &peers.verification,
+        public.to(format!("/password-resets/{token}")),
+    )
+    .await
+}
+
+async fn me_password(State(peers): State<Arc<Peers>>, public: Public) -> Response {
+    proxy::forward(&peers.passwords, public.to("/me/password".to_owned())).await
 }
 
 async fn sessions(State(peers): State<Arc<Peers>>, uri: OriginalUri, public: Public) -> Response {

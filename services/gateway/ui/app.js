@@ -1,6 +1,7 @@
 // The UI's entry: hash routes (#/signup, #/me, …) mapped to views, the navigation bar, and a
 // one-time message carried across a route change. The verification mail links to
-// /verify?token=…, which the gateway serves as this page; it becomes #/verify/<token> here.
+// /verify?token=… and the password reset mail to /reset?token=…, which the gateway serves as
+// this page; they become #/verify/<token> and #/reset/<token> here.
 
 import { devMailbox, logOut, resume, session } from "./api.js";
 import { h, say, setChildren } from "./dom.js";
@@ -13,6 +14,8 @@ const ROUTES = {
   mailbox: { view: views.mailbox, title: "Dev mailbox", auth: false },
   verify: { view: views.verify, title: "Verify your address", auth: false },
   login: { view: views.login, title: "Log in", auth: false },
+  forgot: { view: views.forgot, title: "Forgot your password?", auth: false },
+  reset: { view: views.reset, title: "Choose a new password", auth: false },
   me: { view: views.me, title: "Your profile", auth: true },
   suggestions: { view: views.suggestions, title: "Suggestions", auth: true },
   friends: { view: views.friends, title: "Friends", auth: true },
@@ -88,10 +91,13 @@ function renderNav(active) {
   );
 }
 
-// /verify?token=… (the link in the mail) → #/verify/<token>, one route scheme for everything.
-if (location.pathname === "/verify") {
-  const token = new URLSearchParams(location.search).get("token") || "";
-  history.replaceState(null, "", `/#/verify/${encodeURIComponent(token)}`);
+// /verify?token=… and /reset?token=… (the links in mails) → #/verify/<token> and
+// #/reset/<token>, one route scheme for everything.
+for (const linked of ["verify", "reset"]) {
+  if (location.pathname === `/${linked}`) {
+    const token = new URLSearchParams(location.search).get("token") || "";
+    history.replaceState(null, "", `/#/${linked}/${encodeURIComponent(token)}`);
+  }
 }
 
 // The skip link moves focus without touching the hash, which holds the route.

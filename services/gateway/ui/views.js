@@ -169,9 +169,9 @@ function resendForm(email = "") {
 
 // --- Dev mailbox ------------------------------------------------------------------------------
 
-/** The token in a mail's `…/verify?token=<token>` link. */
-function tokenIn(body) {
-  const found = /\/verify\?token=([A-Za-z0-9_.~%-]+)/.exec(body || "");
+/** The token in a mail's `…/<path>?token=<token>` link (`verify` or `reset`). */
+function tokenIn(body, path = "verify") {
+  const found = new RegExp(`/${path}\\?token=([A-Za-z0-9_.~%-]+)`).exec(body || "");
   return found ? decodeURIComponent(found[1]) : null;
 }
 
@@ -220,6 +220,7 @@ export function mailbox(ctx) {
 
 function mailCard(mail) {
   const token = tokenIn(mail.body);
+  const resetToken = tokenIn(mail.body, "reset");
   return h(
     "li",
     { class: "card mail" },
@@ -227,6 +228,9 @@ function mailCard(mail) {
     h("p", { class: "meta" }, "To ", h("span", { class: "mail-to" }, mail.to), ` · ${formatDate(mail.sent_at)}`),
     token
       ? h("p", {}, h("a", { class: "button primary verify-link", href: `#/verify/${encodeURIComponent(token)}` }, "Open the verification link"))
+      : null,
+    resetToken
+      ? h("p", {}, h("a", { class: "button primary reset-link", href: `#/reset/${encodeURIComponent(resetToken)}` }, "Open the password reset link"))
       : null,
     h("details", {}, h("summary", {}, "Show the message"), h("pre", { class: "mail-body" }, mail.body)),
   );
@@ -314,8 +318,90 @@ export function login(ctx) {
     form,
     line,
     help,
+    h("p", {}, h("a", { id: "forgot-link", href: "#/forgot" }, "Forgot your password?")),
     h("p", {}, "New here? ", h("a", { href: "#/signup" }, "Create an account"), "."),
   ];
+}
+
+// --- Password reset ---------------------------------------------------------------------------
+
+/** `#/forgot`: ask for a password reset link. The answer is the same for any address. */
+export function forgot(ctx) {
+  const line = messageLine("forgot-message");
+  const form = h(
+    "form",
+    { id: "forgot-form", novalidate: true },
+    field({ form: "forgot", name: "email", label: "Email", type: "email", autocomplete: "email" }),
+    h("button", { type: "submit", class: "primary" }, "Send me a reset link"),
+  );
+  onSubmit(form, async () => {
+    clearFieldErrors(form);
+    say(line, "");
+    const address = form.elements.email.value.trim();
+    try {
+      await call("POST", "/api/password-resets", { body: { email: address } });
+      say(
+        line,
+        `If an account exists for ${address}, a link to choose a new password is on its way. It works once, for an hour; asking again replaces it.`,
+        "ok",
+      );
+    } catch (error) {
+      showError(line, error, form);
+    }
+  });
+  return [
+    heading("Forgot your password?"),
+    h("p", {}, "Give the email address of your account, and we mail you a link to choose a new password."),
+    form,
+    line,
+    devMailboxNote(),
+    h("p", {}, h("a", { href: "#/login" }, "Back to log in")),
+  ];
+}
+
+/** `#/reset/<token>` (and `/reset?token=…` from a mail): choose a new password. */
+export function reset(ctx) {
+  const token = ctx.arg;
+  const line = messageLine("reset-message");
+  const again = h("p", { id: "reset-again", hidden: true }, h("a", { href: "#/forgot" }, "Ask for a new link"));
+  if (!token) {
+    say(line, "This link has no token in it. Copy the whole link from your mail, or ask for a new one.", "error");
+    again.hidden = false;
+    return [heading("Choose a new password"), line, again];
+  }
+  const form = h(
+    "form",
+    { id: "reset-form", novalidate: true },
+    field({
+      form: "reset",
+      name: "password",
+      label: "New password",
+      type: "password",
+      autocomplete: "new-password",
+      hint: "8 to 256 characters, hard to guess: a few unrelated words work well.",
+    }),
+    h("button", { type: "submit", class: "primary" }, "Set my new password"),
+  );
+  onSubmit(form, async () => {
+    clearFieldErrors(form);
+    say(line, "");
+    again.hidden = true;
+    try {
+      await call("POST", `/api/password-resets/${encodeURIComponent(token)}`, {
+        body: { password: form.elements.password.value },
+      });
+      session.clear();
+      ctx.go("login", "Your password is changed and you were logged out everywhere. Log in with your new password.");
+    } catch (error) {
+      showError(line, error, form);
+      // A refused link (used, replaced or expired) will not work again: offer a new one.
+      if (error.status === 404) {
+        form.hidden = true;
+        again.hidden = false;
+      }
+    }
+  });
+  return [heading("Choose a new password"), form, line, again];
 }
 
 // --- Me ---------------------------------------------------------------------------------------
@@ -681,7 +767,53 @@ export function sessions(ctx) {
     line,
     list,
     everywhere,
+    ...changePasswordForm(load),
   ];
+}
+
+/** Change the password (the current one required); the other sessions end, so `reload` the list. */
+function changePasswordForm(reload) {
+  const line = messageLine("password-message");
+  const form = h(
+    "form",
+    { id: "password-form", novalidate: true },
+    field({
+      form: "password",
+      name: "current_password",
+      label: "Current password",
+      type: "password",
+      autocomplete: "current-password",
+    }),
+    field({
+      form: "password",
+      name: "new_password",
+      label: "New password",
+      type: "password",
+      autocomplete: "new-password",
+      hint: "8 to 256 characters, hard to guess. Your other sessions are logged out.",
+    }),
+    h("button", { type: "submit", class: "primary" }, "Change my password"),
+  );
+  onSubmit(form, async () => {
+    clearFieldErrors(form);
+    say(line, "");
+    try {
+      await call("PUT", "/api/me/password", {
+        auth: true,
+        body: {
+          current_password: form.elements.current_password.value,
+          new_password: form.elements.new_password.value,
+        },
+      });
+      form.reset();
+      say(line, "Your password is changed. Your other sessions are logged out; this one goes on.", "ok");
+      await reload();
+    } catch (error) {
+      if (error.status === 403) error.errors = { current_password: "is wrong", ...error.errors };
+      showError(line, error, form);
+    }
+  });
+  return [h("h2", {}, "Change your password"), form, line];
 }
 
 function sessionCard(entry) {

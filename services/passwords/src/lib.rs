@@ -222,6 +222,7 @@ impl Service for Passwords {
         };
         let db = context.database()?.clone();
         let mut bus = Bus::connect(&settings.bus, Self::NAME, db.clone()).await?;
+        let outbox = bus.outbox().clone();
         bus.handle(Self::NAME, events::handlers());
         bus.serve(&context.lifecycle, &mut context.readiness).await?;
         tracing::info!(
@@ -249,12 +250,17 @@ impl Service for Passwords {
             "Time to compute one argon2id hash or verification, by operation"
         );
         metrics::describe_counter!(
+            "passwords_password_changes_total",
+            "Passwords replaced, by method (reset, change)"
+        );
+        metrics::describe_counter!(
             "passwords_logins_total",
             "Login attempts, by outcome (ok, wrong_credentials, unverified, throttled)"
         );
         let hasher = Hasher::new(cost, concurrency)?;
         let state = routes::AppState {
             db: db.clone(),
+            outbox,
             hasher,
             keys: Arc::new(keys),
             tokens: Arc::new(TokenPolicy {

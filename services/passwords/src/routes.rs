@@ -6,6 +6,8 @@
 //! - `POST /password-checks`, `POST /password-hashes`: internal, signup's alone, to check a
 //!   password before it creates anything, and to spend a credential's hash where the email is
 //!   taken.
+//! - `PUT /credentials/{user_id}/password`: internal, verification's alone: a followed reset
+//!   link sets a new password; `PUT /me/password`: the caller changes theirs (see [`password`]).
 //! - `POST /sessions`: login, answering an access token and starting a refresh session;
 //!   the other session routes are in [`sessions`].
 //! - `GET /.well-known/jwks.json`: the public keys every service checks tokens with.
@@ -39,6 +41,7 @@ use crate::domain::throttle::{self, Subject, ThrottlePolicy};
 use crate::store;
 use dozen_kit::keys::SigningKeys;
 
+mod password;
 mod sessions;
 
 /// Everything the handlers share.
@@ -46,6 +49,8 @@ mod sessions;
 pub struct AppState {
     /// The service's database.
     pub db: Db,
+    /// Where `user.password_changed` is published.
+    pub outbox: dozen_bus::Outbox,
     /// Hashes and verifies passwords, a bounded number at once.
     pub hasher: Hasher,
     /// Signs access tokens; published as the JWKS.
@@ -60,34 +65,59 @@ pub struct AppState {
     pub trust_forwarded_for: bool,
 }
 
-/// The service's routes. Credentials and password checks are signup's alone; login and the
-/// JWKS are public (the JWKS is fetched by every service that checks access tokens).
+/// The service's routes. Credentials and password checks are signup's alone, a reset's new
+/// password verification's alone; login, the caller's own sessions and password, and the JWKS
+/// are public (the JWKS is fetched by every service that checks access tokens).
 pub fn router(state: AppState, identity: &Identity) -> OpenApiRouter {
-    let (internal, public) = routes();
-    internal
+    let Routes {
+        signups,
+        resets,
+        public,
+    } = routes();
+    signups
         .route_layer(identity.callers(&["signup"]))
+        .merge(resets.route_layer(identity.callers(&["verification"])))
         .merge(public)
         .with_state(state)
 }
 
 /// The service's API as OpenAPI, which the gateway's document of the public API is built from.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (internal, public) = routes();
-    internal.merge(public).into_openapi()
+    let Routes {
+        signups,
+        resets,
+        public,
+    } = routes();
+    signups.merge(resets).merge(public).into_openapi()
 }
 
-/// The routes signup alone may call, and the rest.
-fn routes() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
-    let internal = OpenApiRouter::new()
+/// The routes, grouped by who may call them.
+struct Routes {
+    /// Signup's alone.
+    signups: OpenApiRouter<AppState>,
+    /// Verification's alone.
+    resets: OpenApiRouter<AppState>,
+    /// Anyone's (each authenticates its caller itself, or is public by nature).
+    public: OpenApiRouter<AppState>,
+}
+
+fn routes() -> Routes {
+    let signups = OpenApiRouter::new()
         .routes(routes!(put_credential, delete_credential))
         .routes(routes!(check_password))
         .routes(routes!(hash_and_discard));
+    let resets = OpenApiRouter::new().routes(routes!(password::reset));
     let public = OpenApiRouter::new()
         .routes(routes!(create_session, sessions::list, sessions::end_all))
         .routes(routes!(sessions::refresh))
         .routes(routes!(sessions::end_current))
+        .routes(routes!(password::change))
         .routes(routes!(jwks));
-    (internal, public)
+    Routes {
+        signups,
+        resets,
+        public,
+    }
 }
 
 /// A hashing failure is ours, never the caller's: 500.

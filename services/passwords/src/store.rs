@@ -511,3 +511,38 @@ pub async fn purge_sessions(db: &Db, now: i64) -> Result<u64, sqlx::Error> {
             .rows_affected()
     }))
 }
+
+/// Set the hash of `user_id` to `new` inside the caller's transaction (with the session
+/// revocation and the event of a password change). With `expected`, only if the hash is still
+/// that one (a concurrent change wins otherwise). `false` when nothing was replaced.
+pub async fn set_hash(
+    tx: &mut Tx,
+    user_id: Uuid,
+    new: &str,
+    expected: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    // `COALESCE($3, phc_hash)`: without an expected hash the condition always holds.
+    let done = match tx.conn() {
+        TxConn::Sqlite(conn) => sqlx::query(
+            "UPDATE credentials SET phc_hash = $1, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
+             WHERE user_id = $2 AND phc_hash = COALESCE($3, phc_hash)",
+        )
+        .bind(new)
+        .bind(user_id.hyphenated())
+        .bind(expected)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected(),
+        TxConn::Postgres(conn) => sqlx::query(
+            "UPDATE credentials SET phc_hash = $1, updated_at = now() \
+             WHERE user_id = $2 AND phc_hash = COALESCE($3, phc_hash)",
+        )
+        .bind(new)
+        .bind(user_id)
+        .bind(expected)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected(),
+    };
+    Ok(done == 1)
+}

@@ -64,6 +64,10 @@ pub enum MailKind {
     Verification,
     /// Tells an account's owner that someone tried to sign up with their address.
     SignupConflict,
+    /// Carries a password reset link.
+    PasswordReset,
+    /// Tells an account's owner that their password was changed.
+    PasswordChanged,
 }
 
 impl MailKind {
@@ -72,6 +76,8 @@ impl MailKind {
         match self {
             Self::Verification => "verification",
             Self::SignupConflict => "signup_conflict",
+            Self::PasswordReset => "password_reset",
+            Self::PasswordChanged => "password_changed",
         }
     }
 }
@@ -121,6 +127,48 @@ pub fn signup_conflict_mail(to: &str, attempted_at: DateTime<Utc>) -> Mail {
              You already have an account, so nothing was changed.\n\n\
              If this was you, sign in with your existing password. If it was not, you can \
              ignore this mail: your account is safe.\n"
+        ),
+    }
+}
+
+/// The mail that carries a password reset link: `{public_url}/reset?token=<token>`.
+pub fn reset_mail(to: &str, public_url: &str, token: &Token, ttl: Duration) -> Mail {
+    let link = format!("{public_url}/reset?token={}", token.as_str());
+    let valid_for = humanize(ttl);
+    Mail {
+        kind: MailKind::PasswordReset,
+        to: to.to_owned(),
+        subject: "Reset your dozen password".to_owned(),
+        body: format!(
+            "Hello,\n\n\
+             someone asked to reset the password of the dozen account of this address. To choose \
+             a new password, open this link:\n\n\
+             {link}\n\n\
+             The link works once and expires in {valid_for}; a newer request replaces it. If you \
+             did not ask, ignore this mail: your password stays as it is.\n"
+        ),
+    }
+}
+
+/// The notice that an account's password was changed (`method`: `reset` or `change`). It
+/// carries no link: an owner who did not do it resets the password from the login page.
+pub fn password_changed_mail(to: &str, occurred_at: DateTime<Utc>, method: &str) -> Mail {
+    let when = occurred_at.format("%Y-%m-%d %H:%M UTC");
+    let how = if method == "reset" {
+        "through a password reset link"
+    } else {
+        "from your account's settings"
+    };
+    Mail {
+        kind: MailKind::PasswordChanged,
+        to: to.to_owned(),
+        subject: "Your dozen password was changed".to_owned(),
+        body: format!(
+            "Hello,\n\n\
+             your password was changed on {when}, {how}, and you were logged out of your \
+             other sessions.\n\n\
+             If this was you, there is nothing to do. If it was not, choose a new password at \
+             once with \"Forgot your password?\" on the login page.\n"
         ),
     }
 }
@@ -181,6 +229,20 @@ mod tests {
         );
         assert!(mail.body.contains("24 hours"));
         let notice = signup_conflict_mail("ann@example.com", Utc::now());
+        assert!(!notice.body.contains("token"));
+    }
+
+    #[test]
+    fn the_reset_mail_carries_its_link_and_the_notice_none() {
+        let token = Token::generate().expect("random bytes");
+        let mail = reset_mail("ann@example.com", "http://x", &token, Duration::from_secs(3600));
+        assert!(
+            mail.body
+                .contains(&format!("http://x/reset?token={}", token.as_str()))
+        );
+        assert!(mail.body.contains("1 hour"));
+        let notice = password_changed_mail("ann@example.com", Utc::now(), "change");
+        assert!(notice.body.contains("password was changed"));
         assert!(!notice.body.contains("token"));
     }
 

@@ -1,9 +1,9 @@
 //! The events the verification service consumes, one named handler each, registered in
 //! [`handlers`]: a new account gets its verification mail, a signup for a taken address a
-//! notice to its owner.
+//! notice to its owner, a changed password a notice too.
 
 use chrono::Utc;
-use dozen_bus::contracts::{UserSignedUp, UserSignupConflict};
+use dozen_bus::contracts::{UserPasswordChanged, UserSignedUp, UserSignupConflict};
 use dozen_bus::{EventHandlers, Tx};
 use dozen_kit::email::Email;
 
@@ -13,7 +13,10 @@ use crate::store;
 /// Every handler, for the service's one subscription; they issue tokens and mails through
 /// `links`.
 pub fn handlers(links: Links) -> EventHandlers<Links> {
-    EventHandlers::new(links).on(on_signed_up).on(on_signup_conflict)
+    EventHandlers::new(links)
+        .on(on_signed_up)
+        .on(on_signup_conflict)
+        .on(on_password_changed)
 }
 
 /// Record the account and mail its verification link. A second event for the same user (the
@@ -36,6 +39,23 @@ pub async fn on_signup_conflict(tx: &mut Tx, event: UserSignupConflict, links: &
         .await?
     {
         tracing::info!(user_id = %event.user_id, "conflict notice throttled");
+    }
+    Ok(())
+}
+
+/// Tell the owner that their password was changed (by a reset or from their settings), and
+/// revoke the reset links still open.
+pub async fn on_password_changed(
+    tx: &mut Tx,
+    event: UserPasswordChanged,
+    links: &Links,
+) -> anyhow::Result<()> {
+    let now = Utc::now().timestamp_millis();
+    if !links
+        .notify_password_changed(tx, event.user_id, event.occurred_at, &event.method, now)
+        .await?
+    {
+        tracing::info!(user_id = %event.user_id, "password changed for an account unknown here");
     }
     Ok(())
 }

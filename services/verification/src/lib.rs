@@ -5,7 +5,9 @@
 //! and queues a mail with the link `{PUBLIC_URL}/verify?token=…`; on `user.signup_conflict` it
 //! queues a notice to the address's owner instead. Following the link
 //! (`POST /verifications/{token}`) verifies the address once and publishes
-//! `user.email_verified`.
+//! `user.email_verified`. It also owns password reset links (`{PUBLIC_URL}/reset?token=…`,
+//! mailed only to verified addresses), asking passwords to set the new password, and mails a
+//! notice on `user.password_changed`.
 //!
 //! Exactly one mail per signup: the bus's inbox drops a redelivered event, the account insert
 //! drops a second event for the same user, and the mail is a row written in the handler's
@@ -61,8 +63,8 @@ pub struct Settings {
     pub mail: MailSettings,
     #[command(flatten)]
     pub tokens: TokenSettings,
-    /// Base URL of the passwords service (whose keys sign access tokens), or several
-    /// comma-separated (its instances).
+    /// Base URL of the passwords service (whose keys sign access tokens, and which sets the
+    /// new password of a reset), or several comma-separated (its instances).
     #[arg(long, env = "PASSWORDS_URL", default_value = "http://127.0.0.1:8083", value_parser = parse_peer_urls)]
     pub passwords_url: String,
 }
@@ -101,12 +103,17 @@ pub struct MailSettings {
     #[arg(long, env = "TOKEN_TTL", default_value = "24h", value_parser = parse_positive_duration)]
     pub token_ttl: Duration,
 
-    /// Least time between two mails to one address (resent links, and conflict notices).
+    /// How long a password reset link works.
+    #[arg(long, env = "RESET_TOKEN_TTL", default_value = "1h", value_parser = parse_positive_duration)]
+    pub reset_token_ttl: Duration,
+
+    /// Least time between two mails to one address (resent links, conflict notices, and
+    /// password reset links, each kind counted alone).
     #[arg(long, env = "RESEND_INTERVAL", default_value = "1m", value_parser = parse_duration)]
     pub resend_interval: Duration,
 
     /// Most verification mails to one account in a day, the first one included (and most
-    /// conflict notices to one address).
+    /// conflict notices, and most reset links, to one address).
     #[arg(long, env = "RESEND_DAILY_LIMIT", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub resend_daily_limit: u32,
 }
@@ -174,6 +181,7 @@ impl Service for Verification {
         let links = Links {
             public_url: settings.public_url.clone(),
             ttl: settings.token_ttl,
+            reset_ttl: settings.reset_token_ttl,
             throttle: Throttle {
                 interval_ms: i64::try_from(settings.resend_interval.as_millis()).unwrap_or(i64::MAX),
                 daily_limit: i64::from(settings.resend_daily_limit),
@@ -207,6 +215,10 @@ impl Service for Verification {
             links,
             mailer,
             verifier,
+            passwords: context
+                .http
+                .upstream("passwords", &context.settings.passwords_url),
+            lifecycle: context.lifecycle.clone(),
         }))
     }
 

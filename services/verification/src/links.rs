@@ -1,4 +1,4 @@
-//! Issuing verification links and notices: the one place where a token and the mail that
+//! Issuing verification and password reset links, and notices: the one place where a token and the mail that
 //! carries it are written, together, in the caller's transaction (an event handler's or a
 //! resend request's). The mail leaves only if the transaction commits.
 
@@ -20,6 +20,8 @@ pub struct Links {
     pub public_url: String,
     /// How long a token works (`TOKEN_TTL`).
     pub ttl: Duration,
+    /// How long a password reset token works (`RESET_TOKEN_TTL`).
+    pub reset_ttl: Duration,
     /// The resend throttle, also applied to conflict notices.
     pub throttle: Throttle,
     /// Woken after a commit that queued a mail, so the sender needs no fast polling.
@@ -38,6 +40,61 @@ impl Links {
         Ok(())
     }
 
+    /// Issue a password reset token for `user_id` (revoking the open ones) and queue its mail
+    /// to `email`, unless the throttle says enough reset mails went there lately (someone may
+    /// be trying to flood the owner). Whether one was queued.
+    pub async fn issue_reset(
+        &self,
+        tx: &mut Tx,
+        user_id: Uuid,
+        email: &str,
+        now: i64,
+    ) -> anyhow::Result<bool> {
+        if !self.mail_allowed(tx, email, MailKind::PasswordReset, now).await? {
+            return Ok(false);
+        }
+        let token = Token::generate()?;
+        let expires_at = now.saturating_add(i64::try_from(self.reset_ttl.as_millis()).unwrap_or(i64::MAX));
+        store::issue_reset_token(tx, user_id, &token.hash(), now, expires_at).await?;
+        let mail = domain::reset_mail(email, &self.public_url, &token, self.reset_ttl);
+        store::queue_mail(tx, &mail, now).await?;
+        tx.wake_after_commit(self.mail_queued.clone());
+        Ok(true)
+    }
+
+    /// Tell `user_id`'s owner that their password was changed, and revoke their open reset
+    /// links. Never throttled: the owner must hear of every change. Whether the account is
+    /// known here.
+    pub async fn notify_password_changed(
+        &self,
+        tx: &mut Tx,
+        user_id: Uuid,
+        occurred_at: DateTime<Utc>,
+        method: &str,
+        now: i64,
+    ) -> anyhow::Result<bool> {
+        let Some(email) = store::email_of(tx, user_id).await? else {
+            return Ok(false);
+        };
+        store::revoke_reset_tokens(tx, user_id, now).await?;
+        store::queue_mail(
+            tx,
+            &domain::password_changed_mail(&email, occurred_at, method),
+            now,
+        )
+        .await?;
+        tx.wake_after_commit(self.mail_queued.clone());
+        Ok(true)
+    }
+
+    /// Whether the throttle (`RESEND_INTERVAL`, `RESEND_DAILY_LIMIT`) allows one more mail of
+    /// `kind` to `email` now.
+    async fn mail_allowed(&self, tx: &mut Tx, email: &str, kind: MailKind, now: i64) -> anyhow::Result<bool> {
+        let (count, last) = store::recent_mails(tx, email, kind, now - DAY_MS).await?;
+        let too_soon = last.is_some_and(|last| last > now - self.throttle.interval_ms);
+        Ok(!too_soon && count < self.throttle.daily_limit)
+    }
+
     /// Queue the notice for an attempt to sign up again with `email`, unless the throttle
     /// says enough notices went there lately (someone may be trying to flood the owner).
     /// Whether one was queued.
@@ -48,9 +105,10 @@ impl Links {
         attempted_at: DateTime<Utc>,
         now: i64,
     ) -> anyhow::Result<bool> {
-        let (count, last) = store::recent_mails(tx, email, MailKind::SignupConflict, now - DAY_MS).await?;
-        let too_soon = last.is_some_and(|last| last > now - self.throttle.interval_ms);
-        if too_soon || count >= self.throttle.daily_limit {
+        if !self
+            .mail_allowed(tx, email, MailKind::SignupConflict, now)
+            .await?
+        {
             return Ok(false);
         }
         store::queue_mail(tx, &domain::signup_conflict_mail(email, attempted_at), now).await?;

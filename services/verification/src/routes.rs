@@ -2,7 +2,8 @@
 //! asking for a new one (`POST /verifications/resend`), the caller's own state
 //! (`GET /verifications/status`, which the gateway's `/api/me` aggregates), and the dev
 //! mailbox (`GET /mailbox`). The gateway routes them as `/api/verifications/…` and
-//! `/api/dev/mailbox`.
+//! `/api/dev/mailbox`. Password resets (`POST /password-resets`, `POST /password-resets/{token}`)
+//! are in [`resets`].
 
 use axum::extract::{FromRef, Path, State};
 use axum::http::StatusCode;
@@ -24,6 +25,8 @@ use crate::links::Links;
 use crate::mailer::{Mailer, StoredMessage};
 use crate::store;
 
+mod resets;
+
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -37,6 +40,10 @@ pub struct AppState {
     pub mailer: Mailer,
     /// Checks callers' access tokens.
     pub verifier: JwtVerifier,
+    /// The passwords service, which sets a reset's new password.
+    pub passwords: dozen_kit::http::client::Upstream,
+    /// Runs the work of a reset request after its answer.
+    pub lifecycle: dozen_kit::lifecycle::Lifecycle,
 }
 
 impl FromRef<AppState> for JwtVerifier {
@@ -61,6 +68,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(status))
         .routes(routes!(verify))
         .routes(routes!(mailbox))
+        .routes(routes!(resets::request))
+        .routes(routes!(resets::reset))
 }
 
 /// The answer to a followed link.

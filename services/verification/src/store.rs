@@ -1,5 +1,5 @@
 //! The verification service's tables: accounts (address, verified, resend throttle), tokens
-//! (hashes only) and outgoing mail. Each statement is written once and runs on SQLite or
+//! of verification and of password reset (hashes only) and outgoing mail. Each statement is written once and runs on SQLite or
 //! Postgres (`with_conn!`, `with_pool!`); times are milliseconds since the epoch on both.
 
 use dozen_kit::db::{Db, Tx, TxConn};
@@ -367,6 +367,105 @@ pub async fn forget_before(db: &Db, cutoff: i64) -> Result<(), sqlx::Error> {
         "DELETE FROM verification_tokens WHERE expires_at < $1",
     )
     .bind(cutoff)
+    .execute(conn)
+    .await
+    .map(drop))?;
+    with_conn!(tx.conn(), conn => sqlx::query(
+        "DELETE FROM password_reset_tokens WHERE expires_at < $1",
+    )
+    .bind(cutoff)
+    .execute(conn)
+    .await
+    .map(drop))?;
+    tx.commit().await
+}
+
+/// The account whose verified address is `email`, if any: only a proven address may get a
+/// reset link.
+pub async fn verified_account(tx: &mut Tx, email: &str) -> Result<Option<Uuid>, sqlx::Error> {
+    let row: Option<(Uuid,)> = with_conn!(tx.conn(), conn => sqlx::query_as(
+        "SELECT user_id FROM accounts WHERE email = $1 AND verified_at IS NOT NULL
+         ORDER BY verified_at DESC LIMIT 1",
+    )
+    .bind(email)
+    .fetch_optional(conn)
+    .await)?;
+    Ok(row.map(|(id,)| id))
+}
+
+/// The address of `user_id`'s account, if known.
+pub async fn email_of(tx: &mut Tx, user_id: Uuid) -> Result<Option<String>, sqlx::Error> {
+    let row: Option<(String,)> = with_conn!(tx.conn(), conn => sqlx::query_as(
+        "SELECT email FROM accounts WHERE user_id = $1",
+    )
+    .bind(user_id)
+    .fetch_optional(conn)
+    .await)?;
+    Ok(row.map(|(email,)| email))
+}
+
+/// Revoke every open reset token of `user_id`: a newer link replaces them, and a changed
+/// password makes them pointless.
+pub async fn revoke_reset_tokens(tx: &mut Tx, user_id: Uuid, now: i64) -> Result<(), sqlx::Error> {
+    with_conn!(tx.conn(), conn => sqlx::query(
+        "UPDATE password_reset_tokens SET revoked_at = $2
+         WHERE user_id = $1 AND used_at IS NULL AND revoked_at IS NULL",
+    )
+    .bind(user_id)
+    .bind(now)
+    .execute(conn)
+    .await
+    .map(drop))
+}
+
+/// Store a reset token's hash for `user_id`, after revoking the user's open ones.
+pub async fn issue_reset_token(
+    tx: &mut Tx,
+    user_id: Uuid,
+    hash: &TokenHash,
+    now: i64,
+    expires_at: i64,
+) -> Result<(), sqlx::Error> {
+    revoke_reset_tokens(tx, user_id, now).await?;
+    with_conn!(tx.conn(), conn => sqlx::query(
+        "INSERT INTO password_reset_tokens (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(hash.0.as_slice())
+    .bind(user_id)
+    .bind(now)
+    .bind(expires_at)
+    .execute(conn)
+    .await
+    .map(drop))
+}
+
+/// Take the open reset token with `hash` (not used, revoked or expired) for a reset: marked
+/// used at `now`, its user returned. One conditional update, committed at once, so of two
+/// concurrent uses exactly one gets it. `None`, with nothing changed, otherwise.
+pub async fn claim_reset_token(db: &Db, hash: &TokenHash, now: i64) -> Result<Option<Uuid>, sqlx::Error> {
+    let mut tx = Tx::begin(db).await?;
+    let claimed: Option<(Uuid,)> = with_conn!(tx.conn(), conn => sqlx::query_as(
+        "UPDATE password_reset_tokens SET used_at = $2
+         WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $2
+         RETURNING user_id",
+    )
+    .bind(hash.0.as_slice())
+    .bind(now)
+    .fetch_optional(conn)
+    .await)?;
+    tx.commit().await?;
+    Ok(claimed.map(|(id,)| id))
+}
+
+/// Give back a token taken at `claimed_at` whose reset did not happen (the new password was
+/// refused, or passwords was out of reach), so that the link still works.
+pub async fn release_reset_token(db: &Db, hash: &TokenHash, claimed_at: i64) -> Result<(), sqlx::Error> {
+    let mut tx = Tx::begin(db).await?;
+    with_conn!(tx.conn(), conn => sqlx::query(
+        "UPDATE password_reset_tokens SET used_at = NULL WHERE token_hash = $1 AND used_at = $2",
+    )
+    .bind(hash.0.as_slice())
+    .bind(claimed_at)
     .execute(conn)
     .await
     .map(drop))?;

@@ -9,13 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use dozen_bus::contracts::{UserEmailVerified, UserSignedUp, UserSignupConflict};
+use dozen_bus::contracts::{UserEmailVerified, UserPasswordChanged, UserSignedUp, UserSignupConflict};
 use dozen_bus::{Broker, BusSettings, BusUrl, Envelope, Event, Subscriber, handler};
 use dozen_kit::db::{DatabaseUrl, Db};
 use dozen_kit::lifecycle::Lifecycle;
 use dozen_kit::with_pool;
 use dozen_tests::database::{Backend, TestDatabase};
-use dozen_tests::process::{ReservedPort, Service, run_to_exit};
+use dozen_tests::process::{ReservedPort, Service, closed_port, run_to_exit};
 use dozen_tests::{eventually, on_both_backends};
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -783,6 +783,158 @@ async fn admin_processes_need_no_mail_setting() {
     assert!(migrated.status.success(), "{migrated:?}");
 }
 
+/// The token in a password reset mail's link, if it has one.
+fn reset_token_in(mail: &Value) -> Option<String> {
+    let body = mail["body"].as_str()?;
+    let prefix = format!("{PUBLIC_URL}/reset?token=");
+    let start = body.find(&prefix)? + prefix.len();
+    Some(
+        body[start..]
+            .chars()
+            .take_while(char::is_ascii_alphanumeric)
+            .collect(),
+    )
+}
+
+impl Verification {
+    async fn request_reset(&self, email: &str) -> Value {
+        let answer = self
+            .client
+            .post(self.service.url("/password-resets"))
+            .json(&serde_json::json!({ "email": email }))
+            .send()
+            .await
+            .expect("POST /password-resets");
+        assert_eq!(answer.status(), 202, "{email}");
+        answer.json().await.expect("JSON")
+    }
+
+    async fn reset(&self, token: &str) -> reqwest::Response {
+        self.client
+            .post(self.service.url(&format!("/password-resets/{token}")))
+            .json(&serde_json::json!({ "password": "violet tractor hums at midnight" }))
+            .send()
+            .await
+            .expect("POST /password-resets/{token}")
+    }
+
+    /// The reset links mailed to `email`, newest first.
+    async fn reset_tokens(&self, email: &str) -> Vec<String> {
+        self.mails_to(email)
+            .await
+            .iter()
+            .filter_map(reset_token_in)
+            .collect()
+    }
+}
+
+/// Reset links go to verified addresses only, the newest replacing the older, throttled per
+/// address; a link is given back when passwords cannot set the password; a changed password
+/// (the event) revokes the open links and mails a notice. passwords is not running here: its
+/// address is a closed port.
+async fn reset_links_go_to_verified_addresses_and_are_replaced_throttled_and_revoked(backend: Backend) {
+    let passwords = format!("http://127.0.0.1:{}", closed_port());
+    let verification = Verification::start(
+        backend,
+        &[
+            ("RESEND_INTERVAL", "0s"),
+            ("RESEND_DAILY_LIMIT", "2"),
+            ("PASSWORDS_URL", &passwords),
+            ("UPSTREAM_MAX_ATTEMPTS", "1"),
+        ],
+    )
+    .await;
+    let ann = Uuid::now_v7();
+    verification.sign_up(ann, "ann@example.com").await;
+    verification.sign_up(Uuid::now_v7(), "carl@example.com").await;
+    let token = token_in(&verification.wait_for_mails("ann@example.com", 1).await[0]);
+    assert_eq!(verification.verify(&token).await.status(), 200);
+    verification.wait_for_mails("carl@example.com", 1).await;
+
+    // The same answer for a verified, an unverified and an unknown address.
+    let answer = verification.request_reset(" Ann@Example.com ").await;
+    assert_eq!(verification.request_reset("carl@example.com").await, answer);
+    assert_eq!(verification.request_reset("nobody@example.com").await, answer);
+    let first = eventually(DEADLINE, "a reset link to Ann", || async {
+        verification
+            .reset_tokens("ann@example.com")
+            .await
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert!(
+        verification.mails_to("ann@example.com").await[0]["body"]
+            .as_str()
+            .is_some_and(|body| body.contains("expires in 1 hour"))
+    );
+
+    // A newer link replaces the first; a third request is over the daily limit (2).
+    verification.request_reset("ann@example.com").await;
+    let second = eventually(DEADLINE, "a second reset link", || async {
+        let tokens = verification.reset_tokens("ann@example.com").await;
+        (tokens.len() == 2).then(|| tokens[0].clone())
+    })
+    .await;
+    assert_ne!(first, second);
+    verification.request_reset("ann@example.com").await;
+    // A later mail to someone else shows the work queued before it was done.
+    verification.sign_up(Uuid::now_v7(), "bob@example.com").await;
+    verification.wait_for_mails("bob@example.com", 1).await;
+    verification.wait_for_mail_sent().await;
+    assert_eq!(
+        verification.reset_tokens("ann@example.com").await.len(),
+        2,
+        "throttled"
+    );
+    assert!(verification.reset_tokens("carl@example.com").await.is_empty());
+    assert!(verification.mails_to("nobody@example.com").await.is_empty());
+
+    let replaced = verification.reset(&first).await;
+    assert_eq!(replaced.status(), 404, "the first link was replaced");
+    let replaced: Value = replaced.json().await.expect("a problem");
+    assert_eq!(replaced["type"], "/problems/invalid-reset-link");
+    for bad in ["0".repeat(64), "A".repeat(64), "nope".to_owned()] {
+        let answer = verification.reset(&bad).await;
+        assert_eq!(answer.status(), 404, "{bad}");
+        assert_eq!(answer.json::<Value>().await.expect("a problem"), replaced);
+    }
+    // passwords is away: 503, and the link still works afterwards.
+    assert_eq!(verification.reset(&second).await.status(), 503);
+    let (open,): (i64,) = with_pool!(&verification.db, pool => sqlx::query_as(
+        "SELECT COUNT(*) FROM password_reset_tokens WHERE used_at IS NULL AND revoked_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await)
+    .expect("count open reset tokens");
+    assert_eq!(open, 1, "the second link was given back");
+
+    // A changed password revokes the open link and mails a notice.
+    let changed = UserPasswordChanged {
+        user_id: ann,
+        occurred_at: Utc::now(),
+        method: "change".to_owned(),
+    };
+    verification
+        .publish(&Envelope::new("passwords", &changed).expect("an envelope"))
+        .await;
+    let notice = eventually(DEADLINE, "a notice to Ann", || async {
+        verification
+            .mails_to("ann@example.com")
+            .await
+            .into_iter()
+            .find(|mail| {
+                mail["subject"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("password was changed"))
+            })
+    })
+    .await;
+    assert!(reset_token_in(&notice).is_none(), "a notice carries no link");
+    assert_eq!(verification.reset(&second).await.status(), 404, "revoked");
+}
+on_both_backends!(reset_links_go_to_verified_addresses_and_are_replaced_throttled_and_revoked);
+
 #[tokio::test]
 async fn help_lists_every_mail_setting() {
     let help = run_to_exit("dozen-verification", &["--help"], &[]).await;
@@ -794,6 +946,7 @@ async fn help_lists_every_mail_setting() {
         "MAIL_TIMEOUT",
         "PUBLIC_URL",
         "TOKEN_TTL",
+        "RESET_TOKEN_TTL",
         "RESEND_INTERVAL",
         "RESEND_DAILY_LIMIT",
         "BUS_URL",
