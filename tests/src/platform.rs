@@ -162,3 +162,34 @@ impl Platform {
         pids
     }
 }
+
+/// A platform's backing services on the test Postgres and NATS: databases and streams of its
+/// own, both removed when this is dropped, whether the test passed or not.
+#[derive(Debug)]
+pub struct PostgresAndNats {
+    /// The platform's databases.
+    pub databases: crate::database::DatabasePrefix,
+    streams: crate::nats::StreamNamespace,
+    nats_url: String,
+}
+
+impl PostgresAndNats {
+    /// New databases and streams, named after `purpose`.
+    pub fn new(purpose: &str) -> Self {
+        Self {
+            databases: crate::database::DatabasePrefix::new(purpose),
+            streams: crate::nats::StreamNamespace::new(purpose),
+            nats_url: crate::nats::nats_url(),
+        }
+    }
+
+    /// The settings that put `dozen up` on them, keeping the dev mailbox (tests read it).
+    pub fn env(&self) -> [(&str, &str); 4] {
+        [
+            ("DATABASE_URL", &self.databases.url),
+            ("BUS_URL", &self.nats_url),
+            ("BUS_NAMESPACE", &self.streams.namespace),
+            ("DEV_MAILBOX_ALLOW_PRODUCTION_BACKENDS", "true"),
+        ]
+    }
+}

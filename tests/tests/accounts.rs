@@ -3,9 +3,7 @@
 //! cookie), the sessions list, logout and logout everywhere. On the embedded defaults and on
 //! Postgres + NATS JetStream.
 
-use dozen_tests::database::DatabasePrefix;
-use dozen_tests::nats::StreamNamespace;
-use dozen_tests::platform::Platform;
+use dozen_tests::platform::{Platform, PostgresAndNats};
 use dozen_tests::public_api::{PASSWORD, PublicApi, subject_of};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -251,13 +249,6 @@ async fn refresh_sessions_on_the_embedded_defaults() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn refresh_sessions_on_postgres_and_nats() {
-    let databases = DatabasePrefix::new("accounts");
-    let streams = StreamNamespace::new("accounts");
-    refresh_sessions(&[
-        ("DATABASE_URL", &databases.url),
-        ("BUS_URL", &dozen_tests::nats::nats_url()),
-        ("BUS_NAMESPACE", &streams.namespace),
-        ("DEV_MAILBOX_ALLOW_PRODUCTION_BACKENDS", "true"),
-    ])
-    .await;
+    let backing = PostgresAndNats::new("accounts");
+    refresh_sessions(&backing.env()).await;
 }

@@ -5,10 +5,8 @@
 //! embedded defaults, and again on Postgres + NATS JetStream.
 
 use base64::Engine as _;
-use dozen_tests::database::DatabasePrefix;
 use dozen_tests::identity;
-use dozen_tests::nats::StreamNamespace;
-use dozen_tests::platform::Platform;
+use dozen_tests::platform::{Platform, PostgresAndNats};
 use dozen_tests::public_api::{PASSWORD, PublicApi, subject_of};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -459,13 +457,6 @@ async fn bad_input_on_the_embedded_defaults() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_on_postgres_and_nats() {
-    let databases = DatabasePrefix::new("bad_input");
-    let streams = StreamNamespace::new("bad_input");
-    bad_input_gets_a_problem_and_changes_nothing(&[
-        ("DATABASE_URL", &databases.url),
-        ("BUS_URL", &dozen_tests::nats::nats_url()),
-        ("BUS_NAMESPACE", &streams.namespace),
-        ("DEV_MAILBOX_ALLOW_PRODUCTION_BACKENDS", "true"),
-    ])
-    .await;
+    let backing = PostgresAndNats::new("bad_input");
+    bad_input_gets_a_problem_and_changes_nothing(&backing.env()).await;
 }

@@ -8,8 +8,7 @@
 
 use dozen_tests::database::DatabasePrefix;
 use dozen_tests::identity;
-use dozen_tests::nats::StreamNamespace;
-use dozen_tests::platform::Platform;
+use dozen_tests::platform::{Platform, PostgresAndNats};
 use dozen_tests::process::run_to_exit;
 use dozen_tests::public_api::{PublicApi, subject_of, token_in};
 use dozen_tests::{PATIENCE, eventually};
@@ -230,19 +229,8 @@ async fn the_signup_journey_on_the_embedded_defaults() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_signup_journey_on_postgres_and_nats() {
-    // Both are cleaned up whether the journey passes or not.
-    let databases = DatabasePrefix::new("journey");
-    let streams = StreamNamespace::new("journey");
-    the_signup_journey(
-        &[
-            ("DATABASE_URL", &databases.url),
-            ("BUS_URL", &dozen_tests::nats::nats_url()),
-            ("BUS_NAMESPACE", &streams.namespace),
-            ("DEV_MAILBOX_ALLOW_PRODUCTION_BACKENDS", "true"),
-        ],
-        FriendsDatabase::Postgres(&databases),
-    )
-    .await;
+    let backing = PostgresAndNats::new("journey");
+    the_signup_journey(&backing.env(), FriendsDatabase::Postgres(&backing.databases)).await;
 }
 
 /// As on ECS: the stack made every topic, queue and subscription beforehand, and each service

@@ -4,9 +4,7 @@
 //! and the link working once; a change needing the current password, ending every other
 //! session and keeping the caller's. On the embedded defaults and on Postgres + NATS JetStream.
 
-use dozen_tests::database::DatabasePrefix;
-use dozen_tests::nats::StreamNamespace;
-use dozen_tests::platform::Platform;
+use dozen_tests::platform::{Platform, PostgresAndNats};
 use dozen_tests::public_api::{PASSWORD, PublicApi};
 use dozen_tests::{PATIENCE, eventually};
 use reqwest::Method;
@@ -257,13 +255,6 @@ async fn password_reset_and_change_on_the_embedded_defaults() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn password_reset_and_change_on_postgres_and_nats() {
-    let databases = DatabasePrefix::new("password_reset");
-    let streams = StreamNamespace::new("password_reset");
-    reset_and_change(&[
-        ("DATABASE_URL", &databases.url),
-        ("BUS_URL", &dozen_tests::nats::nats_url()),
-        ("BUS_NAMESPACE", &streams.namespace),
-        ("DEV_MAILBOX_ALLOW_PRODUCTION_BACKENDS", "true"),
-    ])
-    .await;
+    let backing = PostgresAndNats::new("password_reset");
+    reset_and_change(&backing.env()).await;
 }

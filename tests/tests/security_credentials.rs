@@ -29,16 +29,8 @@ macro_rules! on_both_platforms {
 
             #[tokio::test(flavor = "multi_thread")]
             async fn on_postgres_and_nats() {
-                // Both are cleaned up whether the test passes or not.
-                let databases = dozen_tests::database::DatabasePrefix::new("asvs");
-                let streams = dozen_tests::nats::StreamNamespace::new("asvs");
-                super::$name(&[
-                    ("DATABASE_URL", &databases.url),
-                    ("BUS_URL", &dozen_tests::nats::nats_url()),
-                    ("BUS_NAMESPACE", &streams.namespace),
-                    ("DEV_MAILBOX_ALLOW_PRODUCTION_BACKENDS", "true"),
-                ])
-                .await;
+                let backing = dozen_tests::platform::PostgresAndNats::new("asvs");
+                super::$name(&backing.env()).await;
             }
         }
     };
