@@ -136,6 +136,77 @@ async fn a_short_load_run_reports_every_endpoint_of_the_mix_without_errors_and_p
     platform.stop().await;
 }
 
+/// Profile writes at a steady rate, each publishing an event, for long enough that the
+/// embedded default used to fall behind (outbox, inbox and bus rows piling up, writers sleeping
+/// in SQLite's busy handler): every write is answered within the timeout, and the last window
+/// answers as many as the first.
+#[tokio::test(flavor = "multi_thread")]
+async fn steady_profile_writes_are_answered_as_well_at_the_end_as_at_the_start() {
+    const WINDOW: u64 = 10;
+    let platform = Platform::start(&[]).await;
+    let output = tempfile::tempdir().expect("a folder for the report");
+    let json = output.path().join("report.json");
+    let url = platform.url("gateway", "");
+    let json_arg = json.to_string_lossy();
+    // A rate a debug build keeps up with on a busy machine: the test is about holding it.
+    let run = run_to_exit(
+        "dozen",
+        &[
+            "load",
+            "--url",
+            &url,
+            "--mix",
+            "profile=1",
+            "--users",
+            "8",
+            "--rate",
+            "50",
+            "--duration",
+            "40s",
+            "--timeout",
+            "2s",
+            "--json",
+            &json_arg,
+        ],
+        &[],
+    )
+    .await;
+    assert!(run.status.success(), "{}\n{}", run.status, run.stderr);
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("the JSON report")).expect("JSON");
+    assert_eq!(
+        report["errors"], 0,
+        "every write answered in time: {}",
+        run.stdout
+    );
+    let profile = report["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .find(|endpoint| endpoint["endpoint"] == "profile")
+        .expect("the profile endpoint");
+    let seconds = report["seconds"].as_f64().expect("seconds") as u64;
+    let answered_between = |from: u64, to: u64| -> u64 {
+        profile["per_second"]
+            .as_array()
+            .expect("per-second figures")
+            .iter()
+            .filter(|second| (from..to).contains(&second["second"].as_u64().expect("second")))
+            .map(|second| second["responses"].as_u64().expect("responses"))
+            .sum()
+    };
+    let (first, last) = (
+        answered_between(0, WINDOW),
+        answered_between(seconds - WINDOW - 1, seconds - 1),
+    );
+    assert!(
+        last * 10 >= first * 9,
+        "the last {WINDOW} s answered {last} writes, the first {first}: {}",
+        run.stdout
+    );
+    platform.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bad_mix_is_refused_with_one_line_and_exit_status_2() {
     let run = run_to_exit("dozen", &["load", "--mix", "me=40,logn=5"], &[]).await;
