@@ -238,6 +238,8 @@ pub fn asyncapi() -> serde_json::Value {
                     contract.publisher,
                     if subscribers.is_empty() { "none yet" } else { &subscribers }
                 ),
+                "x-publisher": contract.publisher,
+                "x-subscribers": contract.subscribers,
                 "subscribe": {
                     "operationId": format!("on_{}", contract.event_type.replace('.', "_")),
                     "message": {
