@@ -162,6 +162,50 @@ async fn with_nothing_provisioned_a_look_up_only_service_stops_naming_what_is_mi
     lifecycle.tasks_finished().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_look_up_only_consumer_whose_queue_misses_a_subscription_stops_naming_it() {
+    let bus = TestBus::new(Kind::SnsSqs).await;
+    let settings = looking_up_only(&bus);
+    let namespace = &settings.bus_namespace;
+    // Passwords' queue exists, subscribed to another topic than the one it consumes, and that
+    // topic exists too (users' queue is subscribed to it).
+    let provisioning = bus.connect().await;
+    provisioning
+        .open("passwords", &topics(&[UserPasswordChanged::TYPE]))
+        .await
+        .expect("provision passwords' queue on another topic");
+    provisioning
+        .open("users", &topics(&[UserEmailVerified::TYPE]))
+        .await
+        .expect("provision the topic passwords consumes");
+
+    let lifecycle = Lifecycle::new();
+    let passwords_db = ServiceDb::create(Backend::Sqlite).await;
+    let mut passwords = Bus::with_broker(
+        connect(&settings).await,
+        &settings,
+        "passwords",
+        passwords_db.db.clone(),
+    );
+    passwords.subscribe(
+        "passwords",
+        &[UserEmailVerified::TYPE],
+        recording("passwords", "only"),
+    );
+    let error = passwords
+        .start(&lifecycle)
+        .await
+        .expect_err("the queue is not subscribed to user.email_verified");
+    assert_one_line_naming(
+        &error,
+        &format!(
+            "subscription of SQS queue {namespace}-passwords to SNS topic {namespace}-user-email-verified"
+        ),
+    );
+    lifecycle.stop();
+    lifecycle.tasks_finished().await;
+}
+
 #[tokio::test]
 async fn look_up_only_on_a_broker_without_it_is_refused_naming_the_setting() {
     let folder = tempfile::tempdir().expect("a temporary folder");

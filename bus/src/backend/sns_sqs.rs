@@ -265,6 +265,27 @@ impl SnsSqsBus {
             .ok_or_else(|| BusError::Broker(format!("queue {url}: no ARN in the answer")))
     }
 
+    /// Whether `queue_arn` is subscribed to `topic_arn` (SNS pages the list).
+    async fn is_subscribed(&self, topic_arn: &str, queue_arn: &str) -> Result<bool, BusError> {
+        let mut pages = self
+            .sns
+            .list_subscriptions_by_topic()
+            .topic_arn(topic_arn)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws_error(&format!("subscriptions of {topic_arn}"), e))?;
+            if page
+                .subscriptions()
+                .iter()
+                .any(|s| s.protocol() == Some("sqs") && s.endpoint() == Some(queue_arn))
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     async fn create_queue(
         &self,
         name: &str,
@@ -346,11 +367,22 @@ impl SnsSqsBus {
             )));
         }
         if !self.provision {
-            // The stack made the queue and subscribed it: find it, and change nothing.
+            // The stack made the queue and subscribed it: find it, check the subscriptions (a
+            // queue subscribed to too little would wait for ever), and change nothing.
             let url = self
                 .find_queue(&name)
                 .await?
                 .ok_or_else(|| missing(&format!("SQS queue {name}")))?;
+            let queue_arn = self.queue_arn(&url).await?;
+            for topic in topics {
+                let topic_arn = self.topic(topic).await?;
+                if !self.is_subscribed(&topic_arn, &queue_arn).await? {
+                    return Err(missing(&format!(
+                        "the subscription of SQS queue {name} to SNS topic {}",
+                        self.topic_name(topic)
+                    )));
+                }
+            }
             Self::cache(&self.queues, subscriber, &url);
             return Ok(url);
         }
