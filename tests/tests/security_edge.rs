@@ -112,7 +112,7 @@ async fn problem_type(answer: Response) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_limited_route_answers_429_with_retry_after_then_recovers_after_its_window() {
+async fn v2_4_1_a_limited_route_answers_429_with_retry_after_then_recovers_after_its_window() {
     let verification = Verification::start().await;
     let gateway = gateway(
         Some(&verification.service),
@@ -205,7 +205,7 @@ async fn v4_1_3_forwarded_addresses_are_believed_only_from_trusted_proxies() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn authenticated_reads_are_limited_per_credential() {
+async fn v2_4_1_authenticated_reads_are_limited_per_credential() {
     let gateway = gateway(None, None, &[("RATE_LIMIT_READS", "2/1h")]).await;
     let read = |path: &str, token: &str| {
         let request = reqwest::Client::new()
@@ -369,7 +369,7 @@ fn assert_security_headers(answer: &Response, what: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn every_answer_carries_the_security_headers() {
+async fn v3_4_every_answer_carries_the_browser_security_headers() {
     let verification = Verification::start().await;
     let gateway = gateway(
         Some(&verification.service),
@@ -414,7 +414,7 @@ async fn every_answer_carries_the_security_headers() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn without_dev_mailbox_the_gateway_answers_404_on_every_dev_path() {
+async fn v13_4_2_without_dev_mailbox_the_gateway_answers_404_on_every_dev_path() {
     let verification = Verification::start().await;
     // The same verification, which keeps a mailbox, behind a gateway that serves it and one
     // left at its default.
@@ -470,7 +470,7 @@ async fn from_origin(gateway: &Service, origin: &str) -> Response {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn cors_is_off_unless_origins_are_configured_and_then_only_for_them() {
+async fn v3_4_2_cors_is_off_unless_origins_are_configured_and_then_only_for_them() {
     let verification = Verification::start().await;
     let default = gateway(Some(&verification.service), None, &[]).await;
     let app = "https://app.example.com";
