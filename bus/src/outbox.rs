@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dozen_kit::db::{Db, write_turn};
+use dozen_kit::trace_context::{self, Handling};
 use sqlx::postgres::PgConnection;
 use sqlx::sqlite::{SqliteConnection, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection};
@@ -250,6 +251,28 @@ impl Relay {
             .iter()
             .map(|row| serde_json::from_str(&row.envelope).map_err(|e| e.to_string()))
             .collect();
+        // Each event leaves in a span of its own, a child of the span that wrote it, and goes
+        // on in that span's trace context, so a trace shows the relay between the writer and
+        // the handlers. The spans end once the batch is out.
+        let (decoded, _publishing): (Vec<_>, Vec<_>) = decoded
+            .into_iter()
+            .map(|decoded| match decoded {
+                Ok(mut envelope) => {
+                    let publishing = Handling::start(
+                        tracing::info_span!(
+                            "bus.publish",
+                            event_type = %envelope.event_type,
+                            event_id = %envelope.id,
+                            backend = self.broker.backend(),
+                        ),
+                        trace_context::extract_from_map(&envelope.trace),
+                    );
+                    envelope.trace = publishing.in_scope(trace_context::inject_into_map);
+                    (Ok(envelope), Some(publishing))
+                }
+                Err(error) => (Err(error), None),
+            })
+            .unzip();
         // The usual case: the whole batch in one round trip.
         if let Ok(envelopes) = decoded.iter().cloned().collect::<Result<Vec<_>, _>>() {
             match self.broker.publish(&envelopes).await {

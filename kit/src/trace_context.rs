@@ -72,6 +72,37 @@ impl Handling {
         Self { span, context }
     }
 
+    /// Pick up in `span` the trace that `stored` names: a `traceparent` kept with something
+    /// that work left behind ([`current_traceparent`]), such as the verification link a signup
+    /// mailed. `span` is a child of the span that stored it, so the trace goes on where that
+    /// work stopped, and it links to the trace handled now (the request that followed the
+    /// link), so each trace leads to the other. Without a readable stored trace, `span`
+    /// continues the current one.
+    pub fn resume(span: tracing::Span, stored: Option<&str>) -> Self {
+        let now = current();
+        let stored = stored
+            .map(|text| {
+                extract_from_map(&HashMap::from([(
+                    TRACEPARENT.as_str().to_owned(),
+                    text.to_owned(),
+                )]))
+            })
+            .filter(|context| context.span().span_context().is_valid());
+        match stored {
+            Some(parent) => {
+                if let Some(now) = now {
+                    span.add_link(now);
+                }
+                Self::start(span, parent)
+            }
+            None => Self::start(
+                span,
+                now.map(|now| Context::new().with_remote_span_context(now))
+                    .unwrap_or_default(),
+            ),
+        }
+    }
+
     /// The span.
     pub fn span(&self) -> &tracing::Span {
         &self.span
@@ -182,6 +213,12 @@ pub fn extract_from_map(map: &HashMap<String, String>) -> Context {
     TraceContextPropagator::new().extract(map)
 }
 
+/// The current trace context as a `traceparent` value, to keep with what carries the work on
+/// later (see [`Handling::resume`]).
+pub fn current_traceparent() -> Option<String> {
+    current().map(|current| String::from_utf8_lossy(&traceparent(&current)).into_owned())
+}
+
 /// The current trace id as 32 hex digits, when a trace is active.
 pub fn current_trace_id() -> Option<String> {
     current().map(|current| current.trace_id().to_string())
@@ -255,6 +292,26 @@ mod tests {
         let second = Handling::start(tracing::Span::none(), Context::new()).context;
         assert!(first.is_valid() && first.is_sampled());
         assert_ne!(first.trace_id(), second.trace_id());
+    }
+
+    /// Work picked up later continues the trace it was stored in, not the one that picked it up.
+    #[test]
+    fn a_resumed_handling_continues_the_stored_trace() {
+        let signup = Handling::start(tracing::Span::none(), Context::new());
+        let stored = signup.in_scope(current_traceparent).expect("a trace");
+        let follow_up = Handling::start(tracing::Span::none(), Context::new());
+        let resumed = follow_up.in_scope(|| Handling::resume(tracing::Span::none(), Some(&stored)));
+        assert_eq!(resumed.context.trace_id(), signup.context.trace_id());
+        assert_ne!(resumed.context.span_id(), signup.context.span_id());
+    }
+
+    #[test]
+    fn without_a_stored_trace_the_current_one_goes_on() {
+        let current = Handling::start(tracing::Span::none(), Context::new());
+        for stored in [None, Some("not a traceparent")] {
+            let resumed = current.in_scope(|| Handling::resume(tracing::Span::none(), stored));
+            assert_eq!(resumed.context.trace_id(), current.context.trace_id());
+        }
     }
 
     #[test]

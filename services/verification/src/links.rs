@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dozen_kit::db::Tx;
+use dozen_kit::trace_context;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -33,7 +34,16 @@ impl Links {
     pub async fn issue(&self, tx: &mut Tx, user_id: Uuid, email: &str, now: i64) -> anyhow::Result<()> {
         let token = Token::generate()?;
         let expires_at = now.saturating_add(i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX));
-        store::issue_token(tx, user_id, &token.hash(), now, expires_at).await?;
+        let trace_parent = trace_context::current_traceparent();
+        store::issue_token(
+            tx,
+            user_id,
+            &token.hash(),
+            now,
+            expires_at,
+            trace_parent.as_deref(),
+        )
+        .await?;
         let mail = domain::verification_mail(email, &self.public_url, &token, self.ttl);
         store::queue_mail(tx, &mail, now).await?;
         tx.wake_after_commit(self.mail_queued.clone());

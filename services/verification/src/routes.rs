@@ -15,6 +15,7 @@ use dozen_kit::auth::{Authenticated, JwtVerifier};
 use dozen_kit::db::{Db, Tx};
 use dozen_kit::email::Email;
 use dozen_kit::paging::{self, Page};
+use dozen_kit::trace_context::Handling;
 use dozen_kit::{ApiError, Problem};
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
@@ -108,9 +109,14 @@ async fn verify(
             email: used.email,
             verified_at: now,
         };
-        state
-            .outbox
-            .publish(&mut tx, &event)
+        // The signup's trace goes on from the handler that issued the link (the link itself
+        // carries nothing of it), linked to this request's trace.
+        let following = Handling::resume(
+            tracing::info_span!("verification.link_followed", user_id = %used.user_id),
+            used.trace_parent.as_deref(),
+        );
+        following
+            .run(state.outbox.publish(&mut tx, &event))
             .await
             .map_err(anyhow::Error::from)?;
     }

@@ -108,13 +108,15 @@ pub async fn take_resend_slot(
 }
 
 /// Store a token's hash for `user_id`, after revoking every token of the user still open:
-/// only the newest link works.
+/// only the newest link works. `trace_parent` is the trace it is issued in, for the link's
+/// use to continue.
 pub async fn issue_token(
     tx: &mut Tx,
     user_id: Uuid,
     hash: &TokenHash,
     now: i64,
     expires_at: i64,
+    trace_parent: Option<&str>,
 ) -> Result<(), sqlx::Error> {
     with_conn!(tx.conn(), conn => sqlx::query(
         "UPDATE verification_tokens SET revoked_at = $2
@@ -126,12 +128,14 @@ pub async fn issue_token(
     .await
     .map(drop))?;
     with_conn!(tx.conn(), conn => sqlx::query(
-        "INSERT INTO verification_tokens (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO verification_tokens (token_hash, user_id, created_at, expires_at, trace_parent)
+         VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(hash.0.as_slice())
     .bind(user_id)
     .bind(now)
     .bind(expires_at)
+    .bind(trace_parent)
     .execute(conn)
     .await
     .map(drop))
@@ -146,6 +150,8 @@ pub struct Used {
     pub email: String,
     /// Whether this use verified the account (false: it was verified before).
     pub newly_verified: bool,
+    /// The trace the token was issued in (a `traceparent`), when one was recorded.
+    pub trace_parent: Option<String>,
 }
 
 /// Use the token with `hash` if it is open (not used, not revoked, not expired): mark it
@@ -153,16 +159,16 @@ pub struct Used {
 /// nothing changed. The first update is conditional, so a token is used at most once even
 /// when two requests race.
 pub async fn use_token(tx: &mut Tx, hash: &TokenHash, now: i64) -> Result<Option<Used>, sqlx::Error> {
-    let used: Option<(Uuid,)> = with_conn!(tx.conn(), conn => sqlx::query_as(
+    let used: Option<(Uuid, Option<String>)> = with_conn!(tx.conn(), conn => sqlx::query_as(
         "UPDATE verification_tokens SET used_at = $2
          WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $2
-         RETURNING user_id",
+         RETURNING user_id, trace_parent",
     )
     .bind(hash.0.as_slice())
     .bind(now)
     .fetch_optional(conn)
     .await)?;
-    let Some((user_id,)) = used else {
+    let Some((user_id, trace_parent)) = used else {
         return Ok(None);
     };
     with_conn!(tx.conn(), conn => sqlx::query(
@@ -192,6 +198,7 @@ pub async fn use_token(tx: &mut Tx, hash: &TokenHash, now: i64) -> Result<Option
         user_id,
         email,
         newly_verified,
+        trace_parent,
     }))
 }
 
