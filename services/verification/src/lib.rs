@@ -105,7 +105,7 @@ pub struct MailSettings {
     #[arg(long, env = "PUBLIC_URL", default_value = "http://127.0.0.1:8080", value_parser = parse_http_url)]
     pub public_url: String,
 
-    /// How long a verification link works.
+    /// How long a verification link works, and an email change link.
     #[arg(long, env = "TOKEN_TTL", default_value = "24h", value_parser = parse_positive_duration)]
     pub token_ttl: Duration,
 
