@@ -4,8 +4,9 @@
 //! old address hears of it without learning the new one; a taken address is answered like a
 //! free one; a wrong password is refused and throttled; a superseded or used link changes
 //! nothing; of two accounts racing for one address exactly one wins. A stranger who signed up
-//! first with someone's address loses the account to the owner's own signup. The journey runs
-//! on the embedded defaults and on Postgres + NATS JetStream, each attacker case on the former.
+//! first with someone's address loses the account to the owner's own signup. The journey and
+//! the replaced signup run on the embedded defaults and on Postgres + NATS JetStream, the
+//! other attacker cases on the former.
 
 use dozen_tests::platform::{Platform, PostgresAndNats};
 use dozen_tests::public_api::{PASSWORD, PublicApi, token_in};
@@ -431,9 +432,10 @@ async fn sign_up_with(api: &PublicApi, key: &str, email: &str, password: &str, n
         .as_u16()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_newer_signup_replaces_an_unverified_one_made_with_someone_elses_address() {
-    let platform = Platform::start(&[("RESEND_INTERVAL", "0s")]).await;
+async fn replaced_signup(extra_env: &[(&str, &str)]) {
+    let mut env = vec![("RESEND_INTERVAL", "0s")];
+    env.extend_from_slice(extra_env);
+    let platform = Platform::start(&env).await;
     let api = PublicApi::of(&platform);
 
     // The attacker signs up first with the victim's address and a password they know, and
@@ -512,4 +514,15 @@ async fn a_newer_signup_replaces_an_unverified_one_made_with_someone_elses_addre
     assert_eq!(log_in(&api, "vic@example.com", ATTACKER_PASSWORD).await, 401);
     assert_eq!(log_in(&api, "vic@example.com", PASSWORD).await, 200);
     platform.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_newer_signup_replaces_an_unverified_one_made_with_someone_elses_address() {
+    replaced_signup(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_newer_signup_replaces_an_unverified_one_on_postgres_and_nats() {
+    let backing = PostgresAndNats::new("replaced_signup");
+    replaced_signup(&backing.env()).await;
 }
