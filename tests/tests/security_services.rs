@@ -13,8 +13,11 @@ use serde_json::{Value, json};
 
 const USER: &str = "0190b3c4-1d2e-7a00-8000-0000000000aa";
 
-/// Every internal route: service, method, path, body.
-fn internal_routes() -> Vec<(&'static str, Method, String, Option<Value>)> {
+/// An internal route: service, method, path, body.
+type Route = (&'static str, Method, String, Option<Value>);
+
+/// Every internal route signup calls.
+fn internal_routes() -> Vec<Route> {
     let profile = json!({ "id": USER, "email": "ivy@example.com", "display_name": "Ivy" });
     let credential = json!({ "email": "ivy@example.com", "password": "violet-harbour-42" });
     vec![
@@ -52,7 +55,7 @@ fn internal_routes() -> Vec<(&'static str, Method, String, Option<Value>)> {
 /// The internal routes one service other than signup calls, each with that service: a
 /// followed reset link's new password and a followed email change link (verification's), an
 /// email change's password (users').
-fn single_caller_routes() -> Vec<(&'static str, (&'static str, Method, String, Option<Value>))> {
+fn single_caller_routes() -> Vec<(&'static str, Route)> {
     vec![
         (
             "verification",
