@@ -6,6 +6,9 @@
 //! replaced, the account's refresh sessions end (all of them after a reset; all but the
 //! caller's after a change) and `user.password_changed` goes to the outbox, so that
 //! verification mails the owner a notice.
+//!
+//! `POST /credentials/{user_id}/password-confirmations`, users' alone, checks the password an
+//! email change is given, under the same login throttle as a change's current password.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
