@@ -177,6 +177,64 @@ impl Event for UserPasswordChanged {
     }
 }
 
+/// A user asked to change their email address, giving their password. Users records the
+/// change as pending (a newer request supersedes it); verification mails a link to the new
+/// address (or, when another account has it, a notice to that account's owner instead) and a
+/// notice to the old one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UserEmailChangeRequested {
+    /// The user's id.
+    pub user_id: Uuid,
+    /// This request's id: only a link for the latest request of a user changes anything.
+    pub change_id: Uuid,
+    /// The address in use now, which gets a notice that does not name the new one.
+    pub old_email: String,
+    /// The normalised address asked for.
+    pub new_email: String,
+    /// Whether another account has the new address: then no link goes out, and its owner
+    /// gets a notice instead (the requester is answered the same either way).
+    pub new_email_taken: bool,
+    /// When the change was asked for.
+    pub requested_at: DateTime<Utc>,
+}
+
+impl Event for UserEmailChangeRequested {
+    const TYPE: &'static str = "user.email_change_requested";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str =
+        "A user asked to change their email address; the new one must be proven by a mailed link.";
+    const PUBLISHER: &'static str = "users";
+    const SUBSCRIBERS: &'static [&'static str] = &["verification"];
+    fn subject(&self) -> String {
+        self.user_id.to_string()
+    }
+}
+
+/// A user's email address changed (the link mailed to the new one was followed): passwords
+/// logs them in with the new one, verification mails and resets to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UserEmailChanged {
+    /// The user's id.
+    pub user_id: Uuid,
+    /// The address before the change.
+    pub old_email: String,
+    /// The normalised address from now on (proven: its link was followed).
+    pub new_email: String,
+    /// When the change took effect.
+    pub changed_at: DateTime<Utc>,
+}
+
+impl Event for UserEmailChanged {
+    const TYPE: &'static str = "user.email_changed";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str = "A user's email address changed, after the new one was proven.";
+    const PUBLISHER: &'static str = "users";
+    const SUBSCRIBERS: &'static [&'static str] = &["passwords", "verification"];
+    fn subject(&self) -> String {
+        self.user_id.to_string()
+    }
+}
+
 /// One event type as the AsyncAPI document and the compatibility check see it.
 #[derive(Debug, Clone)]
 pub struct Contract {
@@ -216,6 +274,8 @@ pub fn all() -> Vec<Contract> {
         contract::<UserProfileUpdated>(),
         contract::<FriendConnected>(),
         contract::<UserPasswordChanged>(),
+        contract::<UserEmailChangeRequested>(),
+        contract::<UserEmailChanged>(),
     ]
 }
 

@@ -6,12 +6,13 @@
 //! each logs in (Ann first with a wrong password), sees the profile verified and renames
 //! themselves; Ann finds Bob in her suggestions and asks him, Bob accepts, and each lists the
 //! other as a friend; the status page shows all six services ready; a refused access token and
-//! a reload are cured by the refresh cookie (still logged in), the sessions page lists this
+//! a reload are cured by the refresh cookie (still logged in), the settings page lists this
 //! browser, a logout and a logout everywhere lead back to the login page and stay there across
 //! a reload; with the platform stopped, the page says the server cannot be reached. Also: with
 //! mail over SMTP the UI links to no dev mailbox and its page says there is none, the gateway
 //! serves the UI's files with their types and ETags, and a forgotten password is reset by its
-//! mailed link (a weak one refused first), then changed on the sessions page.
+//! mailed link (a weak one refused first), then changed on the settings page, where the email
+//! address is changed too, confirmed by the link in the mailbox and logged in with.
 //!
 //! Every step checks that no JavaScript value leaked into the page's text and saves a
 //! screenshot under `<target>/test-artifacts/browser/<test>/`; at the end, any script error or
@@ -706,8 +707,8 @@ async fn the_signup_journey_clicked_through_the_web_ui() {
     ann.client.refresh().await.expect("reload");
     ann.wait_for_heading("Your profile").await;
     ann.shot("session-resumed").await;
-    // The sessions page lists this browser, and logging out everywhere ends every session.
-    ann.navigate("Sessions", "Your sessions").await;
+    // The settings page lists this browser, and logging out everywhere ends every session.
+    ann.navigate("Settings", "Settings").await;
     ann.wait_for_text(css("#sessions-list"), "(this browser)", None)
         .await;
     ann.shot("sessions").await;
@@ -811,7 +812,8 @@ async fn the_ui_files_are_served_with_their_types_and_etags() {
 
 /// Forgot your password? → the mailed link (opened as `/reset?token=…`, as from a mail) → a
 /// weak password refused, a strong one set → the login page says so → logged in with it →
-/// the password changed again on the sessions page (a wrong current one refused first).
+/// the password changed again on the settings page (a wrong current one refused first), then
+/// the email address changed there, confirmed from the mailbox and logged in with.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_forgotten_password_is_reset_and_changed_through_the_web_ui() {
     let folder = artifacts_folder("password-reset");
@@ -876,8 +878,8 @@ async fn a_forgotten_password_is_reset_and_changed_through_the_web_ui() {
     cleo.log_in("cleo@example.com", "violet tractor hums at midnight")
         .await;
 
-    // The change, on the sessions page.
-    cleo.navigate("Sessions", "Your sessions").await;
+    // The change, on the settings page.
+    cleo.navigate("Settings", "Settings").await;
     cleo.fill("#password-current_password", "not my password").await;
     cleo.fill("#password-new_password", "seven quiet otters juggle plums")
         .await;
@@ -905,6 +907,47 @@ async fn a_forgotten_password_is_reset_and_changed_through_the_web_ui() {
             .status(),
         200
     );
+
+    // A new email address, on the same page: a wrong password is refused first, and the
+    // address changes only once the link mailed to it is opened.
+    cleo.fill("#email-email", "cleo.new@example.com").await;
+    cleo.fill("#email-password", "not my password").await;
+    cleo.click(css("#email-form button[type=submit]")).await;
+    cleo.wait_for_text(css("#email-password-error"), "wrong", None)
+        .await;
+    cleo.shot("email-wrong-password").await;
+    cleo.wait_for_heading("Settings").await;
+    cleo.fill("#email-email", "cleo.new@example.com").await;
+    cleo.fill("#email-password", "seven quiet otters juggle plums")
+        .await;
+    cleo.click(css("#email-form button[type=submit]")).await;
+    cleo.wait_for_text(
+        css("#email-message"),
+        "Check the inbox of cleo.new@example.com",
+        None,
+    )
+    .await;
+    cleo.shot("email-requested").await;
+    cleo.navigate("Mailbox", "Dev mailbox").await;
+    let card = "//li[contains(@class,'mail')][.//*[contains(@class,'mail-to') and contains(., 'cleo.new@example.com')]]//a[contains(@class,'confirm-email-link')]";
+    cleo.find(Locator::XPath(card)).await;
+    cleo.click(Locator::XPath(card)).await;
+    cleo.wait_for_heading("Confirm your new email address").await;
+    cleo.click(css("#confirm-email-button")).await;
+    cleo.wait_for_text(
+        css("#confirm-email-message"),
+        "Your email address is changed",
+        None,
+    )
+    .await;
+    cleo.shot("email-changed").await;
+    cleo.click(css("#logout")).await;
+    cleo.wait_for_heading("Log in").await;
+    cleo.log_in("cleo.new@example.com", "seven quiet otters juggle plums")
+        .await;
+    cleo.wait_for_text(css("main"), "cleo.new@example.com", Some("#me-refresh"))
+        .await;
+    cleo.shot("logged-in-with-new-email").await;
     cleo.close().await;
     platform.stop().await;
 }

@@ -13,8 +13,11 @@ use serde_json::{Value, json};
 
 const USER: &str = "0190b3c4-1d2e-7a00-8000-0000000000aa";
 
-/// Every internal route: service, method, path, body.
-fn internal_routes() -> Vec<(&'static str, Method, String, Option<Value>)> {
+/// An internal route: service, method, path, body.
+type Route = (&'static str, Method, String, Option<Value>);
+
+/// Every internal route signup calls.
+fn internal_routes() -> Vec<Route> {
     let profile = json!({ "id": USER, "email": "ivy@example.com", "display_name": "Ivy" });
     let credential = json!({ "email": "ivy@example.com", "password": "violet-harbour-42" });
     vec![
@@ -49,14 +52,39 @@ fn internal_routes() -> Vec<(&'static str, Method, String, Option<Value>)> {
     ]
 }
 
-/// The one internal route verification calls: a followed reset link's new password.
-fn reset_route() -> (&'static str, Method, String, Option<Value>) {
-    (
-        "passwords",
-        Method::PUT,
-        format!("/credentials/{USER}/password"),
-        Some(json!({ "password": "violet-harbour-42" })),
-    )
+/// The internal routes one service other than signup calls, each with that service: a
+/// followed reset link's new password and a followed email change link (verification's), an
+/// email change's password (users').
+fn single_caller_routes() -> Vec<(&'static str, Route)> {
+    vec![
+        (
+            "verification",
+            (
+                "passwords",
+                Method::PUT,
+                format!("/credentials/{USER}/password"),
+                Some(json!({ "password": "violet-harbour-42" })),
+            ),
+        ),
+        (
+            "verification",
+            (
+                "users",
+                Method::PUT,
+                format!("/profiles/{USER}/email"),
+                Some(json!({ "change_id": USER, "email": "ivy.new@example.com" })),
+            ),
+        ),
+        (
+            "users",
+            (
+                "passwords",
+                Method::POST,
+                format!("/credentials/{USER}/password-confirmations"),
+                Some(json!({ "password": "violet-harbour-42" })),
+            ),
+        ),
+    ]
 }
 
 async fn call(
@@ -91,7 +119,10 @@ async fn v13_2_1_internal_routes_refuse_calls_without_a_valid_service_identity()
     let keys = platform.keys_dir();
     let signup_pem = std::fs::read_to_string(keys.join("signup.pem")).expect("signup's key");
     let stranger = dozen_kit::keys::generate_signing_key_pem();
-    for route in internal_routes().into_iter().chain([reset_route()]) {
+    for route in internal_routes()
+        .into_iter()
+        .chain(single_caller_routes().into_iter().map(|(_, route)| route))
+    {
         let callee = route.0;
         let cases = [
             ("no token", None),
@@ -198,18 +229,26 @@ async fn v13_2_2_a_service_may_call_only_the_routes_that_name_it() {
             assert_eq!(problem["type"], "/problems/caller-not-allowed", "{problem}");
         }
     }
-    // A reset's new password is verification's alone (there is no credential yet: 404).
-    for caller in ["gateway", "friends", "signup", "users", "passwords"] {
-        let authorization = header_from_folder(&keys, caller, "passwords");
-        let (status, problem) = call(&platform, &reset_route(), Some(&authorization)).await;
-        assert_eq!(status, StatusCode::FORBIDDEN, "{caller}: the reset route");
-        assert_eq!(problem["type"], "/problems/caller-not-allowed", "{problem}");
+    // Each of these is its one caller's alone (there is no profile or credential yet: 404).
+    for (owner, route) in single_caller_routes() {
+        for caller in [
+            "gateway",
+            "friends",
+            "signup",
+            "users",
+            "passwords",
+            "verification",
+        ] {
+            let authorization = header_from_folder(&keys, caller, route.0);
+            let (status, problem) = call(&platform, &route, Some(&authorization)).await;
+            if caller == owner {
+                assert_eq!(status, StatusCode::NOT_FOUND, "{caller}: {} {}", route.1, route.2);
+            } else {
+                assert_eq!(status, StatusCode::FORBIDDEN, "{caller}: {} {}", route.1, route.2);
+                assert_eq!(problem["type"], "/problems/caller-not-allowed", "{problem}");
+            }
+        }
     }
-    let verification = header_from_folder(&keys, "verification", "passwords");
-    assert_eq!(
-        call(&platform, &reset_route(), Some(&verification)).await.0,
-        StatusCode::NOT_FOUND
-    );
 
     // Signup is allowed: the credential is made, and nothing else verifies it.
     let put = internal_routes()[4].clone();

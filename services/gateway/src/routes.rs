@@ -57,6 +57,11 @@ pub fn router(peers: Peers, limits: &RateLimits, dev_mailbox: bool) -> OpenApiRo
             password_reset,
             Some(&limits.verifications),
         ))
+        .routes(Forwarded::to(verification, Post, "/email-changes/{token}").at(
+            "/api/email-changes/{token}",
+            email_change,
+            Some(&limits.verifications),
+        ))
         .routes(Forwarded::to(passwords, Post, "/sessions").at(
             "/api/sessions",
             sessions,
@@ -82,6 +87,8 @@ pub fn router(peers: Peers, limits: &RateLimits, dev_mailbox: bool) -> OpenApiRo
             me_password,
             Some(&limits.sessions),
         ))
+        // An email change guesses the password too.
+        .routes(Forwarded::to(users, Post, "/me/email").at("/api/me/email", me_email, Some(&limits.sessions)))
         .routes(Forwarded::to(friends, Get, "/suggestions").at(
             "/api/suggestions",
             forward_to_friends,
@@ -240,6 +247,19 @@ async fn password_reset(
         public.to(format!("/password-resets/{token}")),
     )
     .await
+}
+
+async fn email_change(
+    State(peers): State<Arc<Peers>>,
+    Path(token): Path<String>,
+    public: Public,
+) -> Response {
+    let token: String = url_segment(&token);
+    proxy::forward(&peers.verification, public.to(format!("/email-changes/{token}"))).await
+}
+
+async fn me_email(State(peers): State<Arc<Peers>>, public: Public) -> Response {
+    proxy::forward(&peers.users, public.to("/me/email".to_owned())).await
 }
 
 async fn me_password(State(peers): State<Arc<Peers>>, public: Public) -> Response {

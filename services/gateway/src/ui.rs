@@ -78,13 +78,14 @@ static ETAGS: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
         .collect()
 });
 
-/// The UI's routes: the page at `/`, `/verify` and `/reset`, its files at `/ui/{file}`. They need no
+/// The UI's routes: the page at `/`, `/verify`, `/reset` and `/confirm-email`, its files at `/ui/{file}`. They need no
 /// state, so they merge into a router of any state.
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(page))
         .route("/verify", get(page))
         .route("/reset", get(page))
+        .route("/confirm-email", get(page))
         .route("/ui/{file}", get(file))
 }
 

@@ -12,14 +12,18 @@ export const session = {
   clear: () => sessionStorage.removeItem(TOKEN_KEY),
 };
 
-/** A failed call: `message` for people, `errors` (field → message) for forms. */
+/** The problem type of a wrong password given to confirm a change (not a failed session). */
+export const WRONG_PASSWORD = "/problems/wrong-password";
+
+/** A failed call: `message` for people, `errors` (field → message) for forms, `type` the problem's. */
 export class ApiError extends Error {
-  constructor(message, { status = 0, errors = {}, retryAfter = null } = {}) {
+  constructor(message, { status = 0, errors = {}, retryAfter = null, type = null } = {}) {
     super(message);
     this.name = "ApiError";
     this.status = status;
     this.errors = errors;
     this.retryAfter = retryAfter;
+    this.type = type;
   }
 }
 
@@ -59,7 +63,9 @@ export async function call(method, path, { body, auth = false, headers = {} } = 
     throw new ApiError("Log in to see this page.", { status: 401 });
   }
   let response = await send(path, init, auth);
-  if (auth && response.status === 401 && (await resume())) response = await send(path, init, auth);
+  // A wrong password is a 401 too, but of the request's password, not of the session.
+  const sessionRefused = async () => response.status === 401 && (await problemType(response)) !== WRONG_PASSWORD;
+  if (auth && (await sessionRefused()) && (await resume())) response = await send(path, init, auth);
   if (response.ok) {
     const text = await response.text();
     try {
@@ -69,7 +75,7 @@ export async function call(method, path, { body, auth = false, headers = {} } = 
     }
   }
   const error = await problemOf(response);
-  if (auth && response.status === 401) endSession();
+  if (auth && response.status === 401 && error.type !== WRONG_PASSWORD) endSession();
   throw error;
 }
 
@@ -97,6 +103,15 @@ function endSession() {
   window.dispatchEvent(new CustomEvent("dozen:session-ended"));
 }
 
+/** The problem type of an answer, read from a copy (the answer's body stays unread). */
+async function problemType(response) {
+  try {
+    return (await response.clone().json())?.type ?? null;
+  } catch {
+    return null;
+  }
+}
+
 /** An ApiError from an RFC 9457 problem answer (or from the status alone). */
 async function problemOf(response) {
   const status = response.status;
@@ -118,7 +133,7 @@ async function problemOf(response) {
   const detail = problem.detail || problem.title;
   const message = detail ? sentence(detail) : fallbackMessage(status);
   const errors = problem.errors && typeof problem.errors === "object" ? problem.errors : {};
-  return new ApiError(message, { status, errors });
+  return new ApiError(message, { status, errors, type: problem.type || null });
 }
 
 function fallbackMessage(status) {

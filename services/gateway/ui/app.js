@@ -1,7 +1,8 @@
 // The UI's entry: hash routes (#/signup, #/me, …) mapped to views, the navigation bar, and a
 // one-time message carried across a route change. The verification mail links to
-// /verify?token=… and the password reset mail to /reset?token=…, which the gateway serves as
-// this page; they become #/verify/<token> and #/reset/<token> here.
+// /verify?token=…, the password reset mail to /reset?token=… and the email change mail to
+// /confirm-email?token=…, which the gateway serves as this page; they become
+// #/verify/<token>, #/reset/<token> and #/confirm-email/<token> here.
 
 import { devMailbox, logOut, resume, session } from "./api.js";
 import { h, say, setChildren } from "./dom.js";
@@ -19,7 +20,8 @@ const ROUTES = {
   me: { view: views.me, title: "Your profile", auth: true },
   suggestions: { view: views.suggestions, title: "Suggestions", auth: true },
   friends: { view: views.friends, title: "Friends", auth: true },
-  sessions: { view: views.sessions, title: "Your sessions", auth: true },
+  settings: { view: views.settings, title: "Settings", auth: true },
+  "confirm-email": { view: views.confirmEmail, title: "Confirm your new email address", auth: false },
   ops: { view: views.ops, title: "Platform status", auth: false },
 };
 
@@ -83,7 +85,7 @@ function renderNav(active) {
   setChildren(
     nav,
     ...(loggedIn
-      ? [link("me", "Me"), link("suggestions", "Suggestions"), link("friends", "Friends"), link("sessions", "Sessions")]
+      ? [link("me", "Me"), link("suggestions", "Suggestions"), link("friends", "Friends"), link("settings", "Settings")]
       : [link("signup", "Sign up"), link("login", "Log in")]),
     ...(showMailbox ? [link("mailbox", "Mailbox")] : []),
     link("ops", "Status"),
@@ -91,9 +93,9 @@ function renderNav(active) {
   );
 }
 
-// /verify?token=… and /reset?token=… (the links in mails) → #/verify/<token> and
-// #/reset/<token>, one route scheme for everything.
-for (const linked of ["verify", "reset"]) {
+// /verify?token=…, /reset?token=… and /confirm-email?token=… (the links in mails) →
+// #/verify/<token>, #/reset/<token> and #/confirm-email/<token>, one route scheme for everything.
+for (const linked of ["verify", "reset", "confirm-email"]) {
   if (location.pathname === `/${linked}`) {
     const token = new URLSearchParams(location.search).get("token") || "";
     history.replaceState(null, "", `/#/${linked}/${encodeURIComponent(token)}`);

@@ -3,7 +3,7 @@
 // `ctx` carries the route's argument, an AbortSignal that fires when the view is left, and
 // `go(route, flash)` to move to another route with a one-time message.
 
-import { ApiError, call, devMailbox, newIdempotencyKey, session } from "./api.js";
+import { ApiError, WRONG_PASSWORD, call, devMailbox, newIdempotencyKey, session } from "./api.js";
 import {
   clearFieldErrors,
   field,
@@ -169,7 +169,7 @@ function resendForm(email = "") {
 
 // --- Dev mailbox ------------------------------------------------------------------------------
 
-/** The token in a mail's `…/<path>?token=<token>` link (`verify` or `reset`). */
+/** The token in a mail's `…/<path>?token=<token>` link (`verify`, `reset` or `confirm-email`). */
 function tokenIn(body, path = "verify") {
   const found = new RegExp(`/${path}\\?token=([A-Za-z0-9_.~%-]+)`).exec(body || "");
   return found ? decodeURIComponent(found[1]) : null;
@@ -221,6 +221,7 @@ export function mailbox(ctx) {
 function mailCard(mail) {
   const token = tokenIn(mail.body);
   const resetToken = tokenIn(mail.body, "reset");
+  const emailToken = tokenIn(mail.body, "confirm-email");
   return h(
     "li",
     { class: "card mail" },
@@ -231,6 +232,9 @@ function mailCard(mail) {
       : null,
     resetToken
       ? h("p", {}, h("a", { class: "button primary reset-link", href: `#/reset/${encodeURIComponent(resetToken)}` }, "Open the password reset link"))
+      : null,
+    emailToken
+      ? h("p", {}, h("a", { class: "button primary confirm-email-link", href: `#/confirm-email/${encodeURIComponent(emailToken)}` }, "Open the email change link"))
       : null,
     h("details", {}, h("summary", {}, "Show the message"), h("pre", { class: "mail-body" }, mail.body)),
   );
@@ -734,13 +738,27 @@ function breakerText(breaker) {
   return [h("strong", { class: `breaker-${String(state || "unknown").replace(/[^a-z_-]/gi, "")}` }, state || "unknown"), others.length ? ` (${others.join(", ")})` : ""];
 }
 
-// --- Sessions -------------------------------------------------------------------------------
+// --- Settings -------------------------------------------------------------------------------
 
-/** `#/sessions`: where the reader is logged in, and logging out everywhere. */
-export function sessions(ctx) {
+/**
+ * `#/settings`: change the password, change the email address, and the sessions (where the
+ * reader is logged in, and logging out everywhere). Each section is a function of its own.
+ */
+export function settings(ctx) {
+  const sessionsPart = sessionsSection(ctx);
+  return [
+    heading("Settings"),
+    ...changePasswordForm(sessionsPart.reload),
+    ...changeEmailForm(),
+    ...sessionsPart.elements,
+  ];
+}
+
+/** Where the reader is logged in, and logging out everywhere; `reload` lists them again. */
+function sessionsSection(ctx) {
   const line = messageLine("sessions-message");
   const list = h("ul", { id: "sessions-list", class: "cards" });
-  const load = async () => {
+  const reload = async () => {
     try {
       const mine = await call("GET", "/api/sessions", { auth: true });
       setChildren(list, ...mine.map(sessionCard));
@@ -759,15 +777,85 @@ export function sessions(ctx) {
       showError(line, error);
     }
   });
-  load();
+  reload();
+  return {
+    reload,
+    elements: [
+      h("h2", {}, "Your sessions"),
+      h("p", {}, "Each browser or app you logged in with. Logging out everywhere ends all of them."),
+      refreshButton("sessions-refresh", reload),
+      line,
+      list,
+      everywhere,
+    ],
+  };
+}
+
+/**
+ * Change the email address (the password required). Nothing changes until the link mailed to
+ * the new address is opened; the answer is the same whether or not the address is free.
+ */
+function changeEmailForm() {
+  const line = messageLine("email-message");
+  const form = h(
+    "form",
+    { id: "email-form", novalidate: true },
+    field({ form: "email", name: "email", label: "New email address", type: "email", autocomplete: "email" }),
+    field({ form: "email", name: "password", label: "Your password", type: "password", autocomplete: "current-password" }),
+    h("button", { type: "submit", class: "primary" }, "Change my email address"),
+  );
+  onSubmit(form, async () => {
+    clearFieldErrors(form);
+    say(line, "");
+    const address = form.elements.email.value.trim();
+    try {
+      await call("POST", "/api/me/email", {
+        auth: true,
+        body: { email: address, password: form.elements.password.value },
+      });
+      form.reset();
+      say(
+        line,
+        `Check the inbox of ${address}: open the link we mailed there to make it your address. Until then your address stays as it is.`,
+        "ok",
+      );
+    } catch (error) {
+      if (error.type === WRONG_PASSWORD) error.errors = { password: "is wrong", ...error.errors };
+      showError(line, error, form);
+    }
+  });
+  return [h("h2", {}, "Change your email address"), form, line];
+}
+
+/** `#/confirm-email/<token>` (and `/confirm-email?token=…` from a mail): take the new address. */
+export function confirmEmail(ctx) {
+  const token = ctx.arg;
+  const line = messageLine("confirm-email-message");
+  if (!token) {
+    say(line, "This link has no token in it. Copy the whole link from your mail.", "error");
+    return [heading("Confirm your new email address"), line];
+  }
+  const button = h("button", { id: "confirm-email-button", type: "button", class: "primary" }, "Use this address");
+  const next = h("p", { id: "confirm-email-next", hidden: true }, h("a", { class: "button primary", href: "#/login" }, "Log in"));
+  onClick(button, async () => {
+    say(line, "");
+    try {
+      await call("POST", `/api/email-changes/${encodeURIComponent(token)}`);
+      say(line, "Your email address is changed. Log in with it from now on.", "ok");
+      button.hidden = true;
+      next.hidden = Boolean(session.token());
+    } catch (error) {
+      showError(line, error);
+      // A refused link (used, replaced, expired, or the address taken) will not work again.
+      if (error.status >= 400 && error.status < 500 && error.status !== 429) button.hidden = true;
+    }
+  });
   return [
-    heading("Your sessions"),
-    h("p", {}, "Each browser or app you logged in with. Logging out everywhere ends all of them."),
-    refreshButton("sessions-refresh", load),
+    heading("Confirm your new email address"),
+    h("p", {}, "Make the address this link was sent to the one you log in with."),
+    button,
     line,
-    list,
-    everywhere,
-    ...changePasswordForm(load),
+    next,
   ];
 }
 
@@ -809,7 +897,7 @@ function changePasswordForm(reload) {
       say(line, "Your password is changed. Your other sessions are logged out; this one goes on.", "ok");
       await reload();
     } catch (error) {
-      if (error.status === 403) error.errors = { current_password: "is wrong", ...error.errors };
+      if (error.type === WRONG_PASSWORD) error.errors = { current_password: "is wrong", ...error.errors };
       showError(line, error, form);
     }
   });

@@ -7,7 +7,9 @@
 //!   password before it creates anything, and to spend a credential's hash where the email is
 //!   taken.
 //! - `PUT /credentials/{user_id}/password`: internal, verification's alone: a followed reset
-//!   link sets a new password; `PUT /me/password`: the caller changes theirs (see [`password`]).
+//!   link sets a new password; `PUT /me/password`: the caller changes theirs;
+//!   `POST /credentials/{user_id}/password-confirmations`: internal, users' alone, the password
+//!   an email change must be given (see [`password`]).
 //! - `POST /sessions`: login, answering an access token and starting a refresh session;
 //!   the other session routes are in [`sessions`].
 //! - `GET /.well-known/jwks.json`: the public keys every service checks tokens with.
@@ -19,7 +21,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -66,17 +68,19 @@ pub struct AppState {
 }
 
 /// The service's routes. Credentials and password checks are signup's alone, a reset's new
-/// password verification's alone; login, the caller's own sessions and password, and the JWKS
+/// password verification's alone, confirming a password for an email change users' alone; login, the caller's own sessions and password, and the JWKS
 /// are public (the JWKS is fetched by every service that checks access tokens).
 pub fn router(state: AppState, identity: &Identity) -> OpenApiRouter {
     let Routes {
         signups,
         resets,
+        confirmations,
         public,
     } = routes();
     signups
         .route_layer(identity.callers(&["signup"]))
         .merge(resets.route_layer(identity.callers(&["verification"])))
+        .merge(confirmations.route_layer(identity.callers(&["users"])))
         .merge(public)
         .with_state(state)
 }
@@ -86,9 +90,14 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let Routes {
         signups,
         resets,
+        confirmations,
         public,
     } = routes();
-    signups.merge(resets).merge(public).into_openapi()
+    signups
+        .merge(resets)
+        .merge(confirmations)
+        .merge(public)
+        .into_openapi()
 }
 
 /// The routes, grouped by who may call them.
@@ -97,6 +106,8 @@ struct Routes {
     signups: OpenApiRouter<AppState>,
     /// Verification's alone.
     resets: OpenApiRouter<AppState>,
+    /// Users' alone.
+    confirmations: OpenApiRouter<AppState>,
     /// Anyone's (each authenticates its caller itself, or is public by nature).
     public: OpenApiRouter<AppState>,
 }
@@ -107,6 +118,7 @@ fn routes() -> Routes {
         .routes(routes!(check_password))
         .routes(routes!(hash_and_discard));
     let resets = OpenApiRouter::new().routes(routes!(password::reset));
+    let confirmations = OpenApiRouter::new().routes(routes!(password::confirm));
     let public = OpenApiRouter::new()
         .routes(routes!(create_session, sessions::list, sessions::end_all))
         .routes(routes!(sessions::refresh))
@@ -116,6 +128,7 @@ fn routes() -> Routes {
     Routes {
         signups,
         resets,
+        confirmations,
         public,
     }
 }
@@ -283,23 +296,46 @@ fn conflict(detail: &str) -> Problem {
     Problem::typed(StatusCode::CONFLICT, "credential-conflict", "Conflict", detail)
 }
 
+/// Which credentials a delete may remove.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+struct DeleteQuery {
+    /// Only an existing, unverified one (a newer signup replacing it): none is a 404, a
+    /// verified one a 409.
+    #[serde(default)]
+    unverified_only: bool,
+}
+
 /// Remove the credential of a user (signup's compensation); 204 whether or not it existed.
+/// With `unverified_only`, a newer signup for the address replaces an account never verified.
 #[utoipa::path(
     delete,
     path = "/credentials/{user_id}",
-    params(("user_id" = Uuid, Path, description = "The user's id")),
-    responses((status = 204, description = "Gone (or never there)"), (status = 422, body = Problem))
+    params(("user_id" = Uuid, Path, description = "The user's id"), DeleteQuery),
+    responses(
+        (status = 204, description = "Gone (or never there)"),
+        (status = 404, description = "None, and `unverified_only` was asked", body = Problem),
+        (status = 409, description = "Verified, and `unverified_only` was asked: nothing changed", body = Problem),
+        (status = 422, body = Problem),
+    )
 )]
 async fn delete_credential(
     State(state): State<AppState>,
     Path(user_id): Path<String>,
+    Query(query): Query<DeleteQuery>,
 ) -> Result<StatusCode, ApiError> {
     let mut errors = BTreeMap::new();
     let Some(user_id) = parse_user_id(&user_id, &mut errors) else {
         return Err(Problem::validation(errors).into());
     };
-    store::delete(&state.db, user_id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    if !query.unverified_only {
+        store::delete(&state.db, user_id).await?;
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    match store::delete_unverified(&state.db, user_id).await? {
+        Some(true) => Ok(StatusCode::NO_CONTENT),
+        Some(false) => Err(Problem::new(StatusCode::NOT_FOUND, "no credential for this user").into()),
+        None => Err(conflict("the credential is verified: it is not replaced").into()),
+    }
 }
 
 /// Log in: an access token and a new refresh session for a correct email and password of a

@@ -135,6 +135,31 @@ pub async fn delete(db: &Db, user_id: Uuid) -> Result<bool, sqlx::Error> {
     Ok(done > 0)
 }
 
+/// Remove the credential of `user_id` only while it is unverified: `Some(true)` when
+/// removed, `Some(false)` when there is none, `None` when it is verified (nothing changed).
+pub async fn delete_unverified(db: &Db, user_id: Uuid) -> Result<Option<bool>, sqlx::Error> {
+    const DELETE: &str = "DELETE FROM credentials WHERE user_id = $1 AND NOT verified";
+    let done = match db {
+        Db::Sqlite(pool) => sqlx::query(DELETE)
+            .bind(user_id.hyphenated())
+            .execute(pool)
+            .await?
+            .rows_affected(),
+        Db::Postgres(pool) => sqlx::query(DELETE)
+            .bind(user_id)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+    };
+    if done > 0 {
+        return Ok(Some(true));
+    }
+    Ok(match find_by_user(db, user_id).await? {
+        Some(_) => None,
+        None => Some(false),
+    })
+}
+
 /// Replace the hash of `user_id` by `new`, only if it is still `old` (another instance may
 /// have upgraded it, or the password changed, meanwhile).
 pub async fn replace_hash(db: &Db, user_id: Uuid, old: &str, new: &str) -> Result<bool, sqlx::Error> {
@@ -178,6 +203,31 @@ pub async fn mark_verified(tx: &mut Tx, user_id: Uuid) -> Result<bool, sqlx::Err
         .rows_affected(),
         TxConn::Postgres(conn) => {
             sqlx::query("UPDATE credentials SET verified = TRUE, updated_at = now() WHERE user_id = $1")
+                .bind(user_id)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+        }
+    };
+    Ok(done > 0)
+}
+
+/// Log `user_id` in with `email` from now on (their address changed). Runs inside the
+/// `user.email_changed` handler's transaction; `false` when the user has no credential.
+pub async fn set_email(tx: &mut Tx, user_id: Uuid, email: &str) -> Result<bool, sqlx::Error> {
+    let done = match tx.conn() {
+        TxConn::Sqlite(conn) => sqlx::query(
+            "UPDATE credentials SET email = $1, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
+             WHERE user_id = $2",
+        )
+        .bind(email)
+        .bind(user_id.hyphenated())
+        .execute(&mut *conn)
+        .await?
+        .rows_affected(),
+        TxConn::Postgres(conn) => {
+            sqlx::query("UPDATE credentials SET email = $1, updated_at = now() WHERE user_id = $2")
+                .bind(email)
                 .bind(user_id)
                 .execute(&mut *conn)
                 .await?

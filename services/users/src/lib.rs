@@ -1,6 +1,7 @@
 //! The users service: profiles (id, normalised unique email, display name, interests,
-//! verified). It marks a profile verified on `user.email_verified` and publishes
-//! `user.profile_updated` whenever a profile changes.
+//! verified). It marks a profile verified on `user.email_verified`, publishes
+//! `user.profile_updated` whenever a profile changes, and owns email changes (requested with
+//! the password, applied once the link mailed to the new address is followed).
 //!
 //! Layout: [`domain`] (what a profile accepts), [`store`] (its table), [`routes`] (the API),
 //! [`events`] (what it does on each event it consumes), and here the service's settings.
@@ -34,8 +35,8 @@ pub struct Settings {
     pub bus: BusSettings,
     #[command(flatten)]
     pub tokens: TokenSettings,
-    /// Base URL of the passwords service (whose keys sign access tokens), or several
-    /// comma-separated (its instances).
+    /// Base URL of the passwords service (whose keys sign access tokens, and which confirms
+    /// the password of an email change), or several comma-separated (its instances).
     #[arg(long, env = "PASSWORDS_URL", default_value = "http://127.0.0.1:8083", value_parser = parse_peer_urls)]
     pub passwords_url: String,
 }
@@ -65,8 +66,16 @@ impl Service for Users {
             &context.settings.passwords_url,
             &context.settings.tokens,
         );
+        let passwords = context
+            .http
+            .upstream("passwords", &context.settings.passwords_url);
         Ok(routes::router(
-            routes::AppState { db, outbox, verifier },
+            routes::AppState {
+                db,
+                outbox,
+                verifier,
+                passwords,
+            },
             context.identity()?,
         ))
     }

@@ -1,7 +1,9 @@
 //! The users service's HTTP API. `/me` acts for the caller named by their access token (the
 //! gateway routes `/api/me` here). `/profiles…` is internal: only the signup service may call
 //! it (its service identity is required, see `dozen_kit::identity`); it creates and, when a
-//! signup cannot finish, deletes profiles. The gateway does not route it.
+//! signup cannot finish or a newer signup replaces an unverified one, deletes profiles.
+//! `PUT /profiles/{id}/email` is the verification service's alone: a followed email change
+//! link applies the change (see [`email`]). The gateway routes none of them.
 
 use axum::extract::{FromRef, Path, Query, State};
 use axum::http::StatusCode;
@@ -22,6 +24,8 @@ use uuid::Uuid;
 use crate::domain::{NewProfileRequest, Profile, ProfileChangesRequest};
 use crate::store::{self, Created};
 
+mod email;
+
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -31,6 +35,8 @@ pub struct AppState {
     pub outbox: Outbox,
     /// Checks callers' access tokens.
     pub verifier: JwtVerifier,
+    /// The passwords service, which confirms the password an email change is given.
+    pub passwords: dozen_kit::http::client::Upstream,
 }
 
 impl FromRef<AppState> for JwtVerifier {
@@ -39,29 +45,54 @@ impl FromRef<AppState> for JwtVerifier {
     }
 }
 
-/// The service's routes. `/profiles…` is signup's alone; `/me` acts for the user whose
-/// access token it is given.
+/// The service's routes. `/profiles…` is signup's alone, but a followed email change link,
+/// verification's alone; `/me` acts for the user whose access token it is given.
 pub fn router(state: AppState, identity: &Identity) -> OpenApiRouter {
-    let (internal, public) = routes();
-    internal
+    let Routes {
+        signups,
+        email_changes,
+        public,
+    } = routes();
+    signups
         .route_layer(identity.callers(&["signup"]))
+        .merge(email_changes.route_layer(identity.callers(&["verification"])))
         .merge(public)
         .with_state(state)
 }
 
 /// The service's API as OpenAPI, which the gateway's document of the public API is built from.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (internal, public) = routes();
-    internal.merge(public).into_openapi()
+    let Routes {
+        signups,
+        email_changes,
+        public,
+    } = routes();
+    signups.merge(email_changes).merge(public).into_openapi()
 }
 
-/// The routes signup alone may call, and the rest.
-fn routes() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
-    let internal = OpenApiRouter::new()
+/// The routes, grouped by who may call them.
+struct Routes {
+    /// Signup's alone.
+    signups: OpenApiRouter<AppState>,
+    /// Verification's alone.
+    email_changes: OpenApiRouter<AppState>,
+    /// Anyone's (each authenticates its caller itself).
+    public: OpenApiRouter<AppState>,
+}
+
+fn routes() -> Routes {
+    let signups = OpenApiRouter::new()
         .routes(routes!(create_profile, find_profile))
         .routes(routes!(get_profile, delete_profile));
-    let public = OpenApiRouter::new().routes(routes!(get_me, update_me));
-    (internal, public)
+    let email_changes = OpenApiRouter::new().routes(routes!(email::apply));
+    let public = OpenApiRouter::new()
+        .routes(routes!(get_me, update_me))
+        .routes(routes!(email::request));
+    Routes {
+        signups,
+        email_changes,
+        public,
+    }
 }
 
 /// The event that tells others what a profile now is.
@@ -150,17 +181,45 @@ async fn get_profile(State(state): State<AppState>, Path(id): Path<Uuid>) -> Res
         .ok_or_else(|| not_found().into())
 }
 
-/// Delete a profile (internal: undoing a signup that could not finish). Deleting one that
-/// is not there is not an error, so the undo can be retried.
+/// Which profiles a delete may remove.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+struct DeleteQuery {
+    /// Only an unverified one (a newer signup replacing it): a verified profile answers 409.
+    #[serde(default)]
+    unverified_only: bool,
+}
+
+/// Delete a profile (internal: undoing a signup that could not finish, or replacing an
+/// unverified account by a newer signup for its address). Deleting one that is not there is
+/// not an error, so the undo can be retried.
 #[utoipa::path(
     delete,
     path = "/profiles/{id}",
-    params(("id" = Uuid, Path, description = "The user's id")),
-    responses((status = 204, description = "Gone"))
+    params(("id" = Uuid, Path, description = "The user's id"), DeleteQuery),
+    responses(
+        (status = 204, description = "Gone"),
+        (status = 409, description = "Verified, and `unverified_only` was asked: nothing changed", body = Problem),
+    )
 )]
-async fn delete_profile(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<StatusCode, ApiError> {
+async fn delete_profile(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    Query(query): Query<DeleteQuery>,
+) -> Result<StatusCode, ApiError> {
     let mut tx = Tx::begin(&state.db).await?;
-    store::delete(&mut tx, id).await?;
+    if query.unverified_only {
+        if store::delete_unverified(&mut tx, id).await?.is_none() {
+            return Err(Problem::typed(
+                StatusCode::CONFLICT,
+                "profile-verified",
+                "Profile verified",
+                "the profile is verified: it is not replaced",
+            )
+            .into());
+        }
+    } else {
+        store::delete(&mut tx, id).await?;
+    }
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -212,6 +271,6 @@ async fn update_me(
     Ok(Json(profile))
 }
 
-fn not_found() -> Problem {
+pub(crate) fn not_found() -> Problem {
     Problem::new(StatusCode::NOT_FOUND, "no such profile")
 }

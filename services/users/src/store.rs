@@ -153,3 +153,103 @@ pub async fn delete(tx: &mut Tx, id: Uuid) -> Result<bool, sqlx::Error> {
         .await
         .map(|done| done.rows_affected() == 1))
 }
+
+/// Delete the profile of `id` only while it is unverified (a newer signup for its address
+/// replaces it). `Some(true)` when deleted, `Some(false)` when there was none, `None` when it
+/// is verified (nothing changed).
+pub async fn delete_unverified(tx: &mut Tx, id: Uuid) -> Result<Option<bool>, sqlx::Error> {
+    let deleted = with_conn!(tx.conn(), conn => sqlx::query("DELETE FROM profiles WHERE id = $1 AND NOT verified")
+        .bind(id)
+        .execute(conn)
+        .await
+        .map(|done| done.rows_affected() == 1))?;
+    if deleted {
+        return Ok(Some(true));
+    }
+    Ok(match find_in(tx, id).await? {
+        Some(_) => None,
+        None => Some(false),
+    })
+}
+
+/// Record `change_id` as `id`'s pending email change to `new_email`, replacing any earlier one.
+pub async fn request_email_change(
+    tx: &mut Tx,
+    id: Uuid,
+    change_id: Uuid,
+    new_email: &Email,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    with_conn!(tx.conn(), conn => sqlx::query(
+        "INSERT INTO email_changes (user_id, change_id, new_email, requested_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (user_id) DO UPDATE
+         SET change_id = excluded.change_id, new_email = excluded.new_email, requested_at = excluded.requested_at",
+    )
+    .bind(id)
+    .bind(change_id)
+    .bind(new_email.as_str())
+    .bind(now)
+    .execute(conn)
+    .await
+    .map(drop))
+}
+
+/// Forget `id`'s pending email change, if any: a newer request supersedes it.
+pub async fn drop_email_change(tx: &mut Tx, id: Uuid) -> Result<(), sqlx::Error> {
+    with_conn!(tx.conn(), conn => sqlx::query("DELETE FROM email_changes WHERE user_id = $1")
+        .bind(id)
+        .execute(conn)
+        .await
+        .map(drop))
+}
+
+/// What applying an email change came to.
+#[derive(Debug)]
+pub enum EmailChange {
+    /// The profile has the new address; the old one is given.
+    Applied { old_email: Email, profile: Profile },
+    /// The change is not `id`'s pending one (superseded, or applied already): nothing changed.
+    NotPending,
+    /// Another profile has the address: nothing changed.
+    Taken,
+}
+
+/// Give `id` the address of its pending change `change_id`, and forget the change. Of two
+/// profiles racing for one address the unique email lets one win; the other gets `Taken`.
+pub async fn apply_email_change(
+    tx: &mut Tx,
+    id: Uuid,
+    change_id: Uuid,
+    new_email: &Email,
+    now: DateTime<Utc>,
+) -> Result<EmailChange, sqlx::Error> {
+    let pending = with_conn!(tx.conn(), conn => sqlx::query(
+        "DELETE FROM email_changes WHERE user_id = $1 AND change_id = $2 AND new_email = $3",
+    )
+    .bind(id)
+    .bind(change_id)
+    .bind(new_email.as_str())
+    .execute(conn)
+    .await
+    .map(|done| done.rows_affected() == 1))?;
+    let Some(mut profile) = find_in(tx, id).await?.filter(|_| pending) else {
+        return Ok(EmailChange::NotPending);
+    };
+    let updated = with_conn!(tx.conn(), conn => sqlx::query(
+        "UPDATE profiles SET email = $2, updated_at = $3 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(new_email.as_str())
+    .bind(now)
+    .execute(conn)
+    .await
+    .map(drop));
+    match updated {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => return Ok(EmailChange::Taken),
+        Err(error) => return Err(error),
+    }
+    let old_email = std::mem::replace(&mut profile.email, new_email.clone());
+    profile.updated_at = now;
+    Ok(EmailChange::Applied { old_email, profile })
+}

@@ -68,6 +68,12 @@ pub enum MailKind {
     PasswordReset,
     /// Tells an account's owner that their password was changed.
     PasswordChanged,
+    /// Carries an email change link, to the new address.
+    EmailChange,
+    /// Tells an account's owner, at the old address, that a change of address was asked for.
+    EmailChangeRequested,
+    /// Tells an account's owner that someone asked to move another account to their address.
+    EmailChangeConflict,
 }
 
 impl MailKind {
@@ -78,6 +84,9 @@ impl MailKind {
             Self::SignupConflict => "signup_conflict",
             Self::PasswordReset => "password_reset",
             Self::PasswordChanged => "password_changed",
+            Self::EmailChange => "email_change",
+            Self::EmailChangeRequested => "email_change_requested",
+            Self::EmailChangeConflict => "email_change_conflict",
         }
     }
 }
@@ -169,6 +178,63 @@ pub fn password_changed_mail(to: &str, occurred_at: DateTime<Utc>, method: &str)
              other sessions.\n\n\
              If this was you, there is nothing to do. If it was not, choose a new password at \
              once with \"Forgot your password?\" on the login page.\n"
+        ),
+    }
+}
+
+/// The mail that carries an email change link to the new address:
+/// `{public_url}/confirm-email?token=<token>`.
+pub fn email_change_mail(to: &str, public_url: &str, token: &Token, ttl: Duration) -> Mail {
+    let link = format!("{public_url}/confirm-email?token={}", token.as_str());
+    let valid_for = humanize(ttl);
+    Mail {
+        kind: MailKind::EmailChange,
+        to: to.to_owned(),
+        subject: "Confirm your new email address for dozen".to_owned(),
+        body: format!(
+            "Hello,\n\n\
+             someone asked to use this address for their dozen account. If it was you, confirm \
+             it by opening this link:\n\n\
+             {link}\n\n\
+             The link works once and expires in {valid_for}; a newer request replaces it. If it \
+             was not you, ignore this mail: nothing changes without the link.\n"
+        ),
+    }
+}
+
+/// The notice to the address in use that a change of address was asked for. It does not
+/// name the new address: whoever reads the old mailbox need not learn it.
+pub fn email_change_requested_mail(to: &str, requested_at: DateTime<Utc>) -> Mail {
+    let when = requested_at.format("%Y-%m-%d %H:%M UTC");
+    Mail {
+        kind: MailKind::EmailChangeRequested,
+        to: to.to_owned(),
+        subject: "A change of your dozen email address was asked for".to_owned(),
+        body: format!(
+            "Hello,\n\n\
+             on {when} someone who knew your password asked to move your dozen account to \
+             another email address. The change happens only when the link mailed to that \
+             address is followed.\n\n\
+             If this was you, there is nothing to do here. If it was not, change your password at \
+             once (\"Forgot your password?\" on the login page).\n"
+        ),
+    }
+}
+
+/// The notice to an account's owner that someone asked to move another account to their
+/// address. It carries no link: nothing changes.
+pub fn email_change_conflict_mail(to: &str, requested_at: DateTime<Utc>) -> Mail {
+    let when = requested_at.format("%Y-%m-%d %H:%M UTC");
+    Mail {
+        kind: MailKind::EmailChangeConflict,
+        to: to.to_owned(),
+        subject: "Someone tried to use your address for another account".to_owned(),
+        body: format!(
+            "Hello,\n\n\
+             on {when} someone asked to move another dozen account to this email address. You \
+             already have an account with it, so nothing was changed.\n\n\
+             If this was you, sign in with your existing account. If it was not, you can ignore \
+             this mail: your account is safe.\n"
         ),
     }
 }

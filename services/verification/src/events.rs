@@ -1,9 +1,12 @@
 //! The events the verification service consumes, one named handler each, registered in
 //! [`handlers`]: a new account gets its verification mail, a signup for a taken address a
-//! notice to its owner, a changed password a notice too.
+//! notice to its owner, a changed password a notice too; a requested email change a link to
+//! the new address and a notice to the old, and a changed email is mailed at from then on.
 
 use chrono::Utc;
-use dozen_bus::contracts::{UserPasswordChanged, UserSignedUp, UserSignupConflict};
+use dozen_bus::contracts::{
+    UserEmailChangeRequested, UserEmailChanged, UserPasswordChanged, UserSignedUp, UserSignupConflict,
+};
 use dozen_bus::{EventHandlers, Tx};
 use dozen_kit::email::Email;
 
@@ -17,15 +20,23 @@ pub fn handlers(links: Links) -> EventHandlers<Links> {
         .on(on_signed_up)
         .on(on_signup_conflict)
         .on(on_password_changed)
+        .on(on_email_change_requested)
+        .on(on_email_changed)
 }
 
 /// Record the account and mail its verification link. A second event for the same user (the
-/// signup announced twice) mails nothing.
+/// signup announced twice) mails nothing. Signup lets a newer signup for an address through
+/// only when the earlier account was never verified, replacing it: the earlier account's
+/// links stop working, and an account already replaced when its event arrives gets none.
 pub async fn on_signed_up(tx: &mut Tx, event: UserSignedUp, links: &Links) -> anyhow::Result<()> {
     let now = Utc::now().timestamp_millis();
     let email = Email::parse(&event.email).map_err(|e| anyhow::anyhow!("the signed-up email {e}"))?;
     if store::create_account(tx, event.user_id, email.as_str(), now).await? {
-        links.issue(tx, event.user_id, email.as_str(), now).await?;
+        if store::replace_older_accounts(tx, email.as_str(), event.user_id, now).await? {
+            tracing::info!(user_id = %event.user_id, "a replaced account gets no verification link");
+        } else {
+            links.issue(tx, event.user_id, email.as_str(), now).await?;
+        }
     }
     Ok(())
 }
@@ -56,6 +67,50 @@ pub async fn on_password_changed(
         .await?
     {
         tracing::info!(user_id = %event.user_id, "password changed for an account unknown here");
+    }
+    Ok(())
+}
+
+/// Mail the new address its link (or, when another account has it, that account's owner a
+/// notice instead) and the old address a notice that does not name the new one. Either way
+/// the user's earlier change links stop working: this request replaced them.
+pub async fn on_email_change_requested(
+    tx: &mut Tx,
+    event: UserEmailChangeRequested,
+    links: &Links,
+) -> anyhow::Result<()> {
+    let now = Utc::now().timestamp_millis();
+    let new_email = Email::parse(&event.new_email).map_err(|e| anyhow::anyhow!("the requested email {e}"))?;
+    links
+        .notify_email_change_requested(tx, &event.old_email, event.requested_at, now)
+        .await?;
+    if event.new_email_taken {
+        store::revoke_email_change_tokens(tx, event.user_id, now).await?;
+        if !links
+            .notify_email_change_conflict(tx, new_email.as_str(), event.requested_at, now)
+            .await?
+        {
+            tracing::info!(user_id = %event.user_id, "email change conflict notice throttled");
+        }
+        return Ok(());
+    }
+    let claim = store::EmailChangeClaim {
+        user_id: event.user_id,
+        change_id: event.change_id,
+        new_email: new_email.as_str().to_owned(),
+    };
+    if !links.issue_email_change(tx, &claim, now).await? {
+        tracing::info!(user_id = %event.user_id, "email change link throttled");
+    }
+    Ok(())
+}
+
+/// Mail the user at their new address from now on; following its link proved it.
+pub async fn on_email_changed(tx: &mut Tx, event: UserEmailChanged) -> anyhow::Result<()> {
+    let email = Email::parse(&event.new_email).map_err(|e| anyhow::anyhow!("the changed email {e}"))?;
+    let now = Utc::now().timestamp_millis();
+    if !store::change_account_email(tx, event.user_id, email.as_str(), now).await? {
+        tracing::info!(user_id = %event.user_id, "email changed for an account unknown here");
     }
     Ok(())
 }

@@ -7,7 +7,9 @@
 //! (`POST /verifications/{token}`) verifies the address once and publishes
 //! `user.email_verified`. It also owns password reset links (`{PUBLIC_URL}/reset?token=…`,
 //! mailed only to verified addresses), asking passwords to set the new password, and mails a
-//! notice on `user.password_changed`.
+//! notice on `user.password_changed`. On `user.email_change_requested` it mails a link to the
+//! new address (`{PUBLIC_URL}/confirm-email?token=…`) and a notice to the old; following it
+//! (`POST /email-changes/{token}`) asks users to apply the change.
 //!
 //! Exactly one mail per signup: the bus's inbox drops a redelivered event, the account insert
 //! drops a second event for the same user, and the mail is a row written in the handler's
@@ -67,6 +69,10 @@ pub struct Settings {
     /// new password of a reset), or several comma-separated (its instances).
     #[arg(long, env = "PASSWORDS_URL", default_value = "http://127.0.0.1:8083", value_parser = parse_peer_urls)]
     pub passwords_url: String,
+    /// Base URL of the users service (which applies an email change whose link was
+    /// followed), or several comma-separated (its instances).
+    #[arg(long, env = "USERS_URL", default_value = "http://127.0.0.1:8082", value_parser = parse_peer_urls)]
+    pub users_url: String,
 }
 
 /// Mail and links.
@@ -99,7 +105,7 @@ pub struct MailSettings {
     #[arg(long, env = "PUBLIC_URL", default_value = "http://127.0.0.1:8080", value_parser = parse_http_url)]
     pub public_url: String,
 
-    /// How long a verification link works.
+    /// How long a verification link works, and an email change link.
     #[arg(long, env = "TOKEN_TTL", default_value = "24h", value_parser = parse_positive_duration)]
     pub token_ttl: Duration,
 
@@ -218,6 +224,7 @@ impl Service for Verification {
             passwords: context
                 .http
                 .upstream("passwords", &context.settings.passwords_url),
+            users: context.http.upstream("users", &context.settings.users_url),
             lifecycle: context.lifecycle.clone(),
         }))
     }

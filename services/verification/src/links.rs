@@ -1,4 +1,4 @@
-//! Issuing verification and password reset links, and notices: the one place where a token and the mail that
+//! Issuing verification, password reset and email change links, and notices: the one place where a token and the mail that
 //! carries it are written, together, in the caller's transaction (an event handler's or a
 //! resend request's). The mail leaves only if the transaction commits.
 
@@ -122,6 +122,66 @@ impl Links {
             return Ok(false);
         }
         store::queue_mail(tx, &domain::signup_conflict_mail(email, attempted_at), now).await?;
+        tx.wake_after_commit(self.mail_queued.clone());
+        Ok(true)
+    }
+
+    /// Issue an email change token for `claim` (revoking the user's open ones) and queue its
+    /// mail to the new address, unless the throttle says enough such mails went there lately
+    /// (someone may be trying to flood its owner). Whether one was queued.
+    pub async fn issue_email_change(
+        &self,
+        tx: &mut Tx,
+        claim: &store::EmailChangeClaim,
+        now: i64,
+    ) -> anyhow::Result<bool> {
+        store::revoke_email_change_tokens(tx, claim.user_id, now).await?;
+        if !self
+            .mail_allowed(tx, &claim.new_email, MailKind::EmailChange, now)
+            .await?
+        {
+            return Ok(false);
+        }
+        let token = Token::generate()?;
+        let expires_at = now.saturating_add(i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX));
+        store::issue_email_change_token(tx, claim, &token.hash(), now, expires_at).await?;
+        let mail = domain::email_change_mail(&claim.new_email, &self.public_url, &token, self.ttl);
+        store::queue_mail(tx, &mail, now).await?;
+        tx.wake_after_commit(self.mail_queued.clone());
+        Ok(true)
+    }
+
+    /// Tell the owner, at the address in use, that a change of address was asked for. Never
+    /// throttled: asking needs the password, and the owner must hear of every request.
+    pub async fn notify_email_change_requested(
+        &self,
+        tx: &mut Tx,
+        old_email: &str,
+        requested_at: DateTime<Utc>,
+        now: i64,
+    ) -> anyhow::Result<()> {
+        let mail = domain::email_change_requested_mail(old_email, requested_at);
+        store::queue_mail(tx, &mail, now).await?;
+        tx.wake_after_commit(self.mail_queued.clone());
+        Ok(())
+    }
+
+    /// Tell the owner of `email` that someone asked to move another account to it, unless
+    /// the throttle says enough such notices went there lately. Whether one was queued.
+    pub async fn notify_email_change_conflict(
+        &self,
+        tx: &mut Tx,
+        email: &str,
+        requested_at: DateTime<Utc>,
+        now: i64,
+    ) -> anyhow::Result<bool> {
+        if !self
+            .mail_allowed(tx, email, MailKind::EmailChangeConflict, now)
+            .await?
+        {
+            return Ok(false);
+        }
+        store::queue_mail(tx, &domain::email_change_conflict_mail(email, requested_at), now).await?;
         tx.wake_after_commit(self.mail_queued.clone());
         Ok(true)
     }

@@ -3,7 +3,8 @@
 //! (`GET /verifications/status`, which the gateway's `/api/me` aggregates), and the dev
 //! mailbox (`GET /mailbox`). The gateway routes them as `/api/verifications/…` and
 //! `/api/dev/mailbox`. Password resets (`POST /password-resets`, `POST /password-resets/{token}`)
-//! are in [`resets`].
+//! are in [`resets`], following an email change link (`POST /email-changes/{token}`) in
+//! [`email_changes`].
 
 use axum::extract::{FromRef, Path, State};
 use axum::http::StatusCode;
@@ -26,6 +27,7 @@ use crate::links::Links;
 use crate::mailer::{Mailer, StoredMessage};
 use crate::store;
 
+mod email_changes;
 mod resets;
 
 /// What the handlers share.
@@ -43,6 +45,8 @@ pub struct AppState {
     pub verifier: JwtVerifier,
     /// The passwords service, which sets a reset's new password.
     pub passwords: dozen_kit::http::client::Upstream,
+    /// The users service, which applies an email change whose link was followed.
+    pub users: dozen_kit::http::client::Upstream,
     /// Runs the work of a reset request after its answer.
     pub lifecycle: dozen_kit::lifecycle::Lifecycle,
 }
@@ -71,6 +75,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(mailbox))
         .routes(routes!(resets::request))
         .routes(routes!(resets::reset))
+        .routes(routes!(email_changes::confirm))
 }
 
 /// The answer to a followed link.

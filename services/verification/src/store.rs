@@ -1,5 +1,5 @@
 //! The verification service's tables: accounts (address, verified, resend throttle), tokens
-//! of verification and of password reset (hashes only) and outgoing mail. Each statement is written once and runs on SQLite or
+//! of verification, of password reset and of email change (hashes only) and outgoing mail. Each statement is written once and runs on SQLite or
 //! Postgres (`with_conn!`, `with_pool!`); times are milliseconds since the epoch on both.
 
 use dozen_kit::db::{Db, Tx, TxConn};
@@ -26,16 +26,16 @@ pub async fn create_account(tx: &mut Tx, user_id: Uuid, email: &str, now: i64) -
     .map(|done| done.rows_affected() == 1))
 }
 
-/// The most recent unverified account with `email`.
+/// The newest account with `email` (user ids are UUIDv7: the latest signup, which replaced
+/// any earlier unverified one), if it is unverified.
 pub async fn unverified_account(tx: &mut Tx, email: &str) -> Result<Option<Uuid>, sqlx::Error> {
-    let row: Option<(Uuid,)> = with_conn!(tx.conn(), conn => sqlx::query_as(
-        "SELECT user_id FROM accounts WHERE email = $1 AND verified_at IS NULL
-         ORDER BY signed_up_at DESC LIMIT 1",
+    let row: Option<(Uuid, Option<i64>)> = with_conn!(tx.conn(), conn => sqlx::query_as(
+        "SELECT user_id, verified_at FROM accounts WHERE email = $1 ORDER BY user_id DESC LIMIT 1",
     )
     .bind(email)
     .fetch_optional(conn)
     .await)?;
-    Ok(row.map(|(id,)| id))
+    Ok(row.and_then(|(id, verified_at)| verified_at.is_none().then_some(id)))
 }
 
 /// What an account's owner may see of its verification.
@@ -384,6 +384,13 @@ pub async fn forget_before(db: &Db, cutoff: i64) -> Result<(), sqlx::Error> {
     .execute(conn)
     .await
     .map(drop))?;
+    with_conn!(tx.conn(), conn => sqlx::query(
+        "DELETE FROM email_change_tokens WHERE expires_at < $1",
+    )
+    .bind(cutoff)
+    .execute(conn)
+    .await
+    .map(drop))?;
     tx.commit().await
 }
 
@@ -477,4 +484,147 @@ pub async fn release_reset_token(db: &Db, hash: &TokenHash, claimed_at: i64) -> 
     .await
     .map(drop))?;
     tx.commit().await
+}
+
+/// Revoke every open verification link of the accounts of `email` older than `user_id`: a
+/// newer signup replaced them (a stranger may have signed up first with someone's address).
+/// User ids are UUIDv7, so they sort by signup time. Whether an account newer than `user_id`
+/// holds the address: then `user_id` is the replaced one, and gets no link.
+pub async fn replace_older_accounts(
+    tx: &mut Tx,
+    email: &str,
+    user_id: Uuid,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    with_conn!(tx.conn(), conn => sqlx::query(
+        "UPDATE verification_tokens SET revoked_at = $3
+         WHERE used_at IS NULL AND revoked_at IS NULL
+           AND user_id IN (SELECT user_id FROM accounts WHERE email = $1 AND user_id < $2)",
+    )
+    .bind(email)
+    .bind(user_id)
+    .bind(now)
+    .execute(conn)
+    .await
+    .map(drop))?;
+    let (newer,): (i64,) = with_conn!(tx.conn(), conn => sqlx::query_as(
+        "SELECT COUNT(*) FROM accounts WHERE email = $1 AND user_id > $2",
+    )
+    .bind(email)
+    .bind(user_id)
+    .fetch_one(conn)
+    .await)?;
+    Ok(newer > 0)
+}
+
+/// Revoke every open email change token of `user_id`: a newer request replaces them.
+pub async fn revoke_email_change_tokens(tx: &mut Tx, user_id: Uuid, now: i64) -> Result<(), sqlx::Error> {
+    with_conn!(tx.conn(), conn => sqlx::query(
+        "UPDATE email_change_tokens SET revoked_at = $2
+         WHERE user_id = $1 AND used_at IS NULL AND revoked_at IS NULL",
+    )
+    .bind(user_id)
+    .bind(now)
+    .execute(conn)
+    .await
+    .map(drop))
+}
+
+/// An email change a token proves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailChangeClaim {
+    /// Whose change it is.
+    pub user_id: Uuid,
+    /// Which request of theirs.
+    pub change_id: Uuid,
+    /// The address the link was mailed to.
+    pub new_email: String,
+}
+
+/// Store an email change token's hash, after revoking the user's open ones.
+pub async fn issue_email_change_token(
+    tx: &mut Tx,
+    claim: &EmailChangeClaim,
+    hash: &TokenHash,
+    now: i64,
+    expires_at: i64,
+) -> Result<(), sqlx::Error> {
+    revoke_email_change_tokens(tx, claim.user_id, now).await?;
+    with_conn!(tx.conn(), conn => sqlx::query(
+        "INSERT INTO email_change_tokens (token_hash, user_id, change_id, new_email, created_at, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(hash.0.as_slice())
+    .bind(claim.user_id)
+    .bind(claim.change_id)
+    .bind(&claim.new_email)
+    .bind(now)
+    .bind(expires_at)
+    .execute(conn)
+    .await
+    .map(drop))
+}
+
+/// Take the open email change token with `hash` (not used, revoked or expired): marked used
+/// at `now`. One conditional update, committed at once, so of two concurrent uses exactly one
+/// gets it. `None`, with nothing changed, otherwise.
+pub async fn claim_email_change_token(
+    db: &Db,
+    hash: &TokenHash,
+    now: i64,
+) -> Result<Option<EmailChangeClaim>, sqlx::Error> {
+    let mut tx = Tx::begin(db).await?;
+    let claimed: Option<(Uuid, Uuid, String)> = with_conn!(tx.conn(), conn => sqlx::query_as(
+        "UPDATE email_change_tokens SET used_at = $2
+         WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $2
+         RETURNING user_id, change_id, new_email",
+    )
+    .bind(hash.0.as_slice())
+    .bind(now)
+    .fetch_optional(conn)
+    .await)?;
+    tx.commit().await?;
+    Ok(claimed.map(|(user_id, change_id, new_email)| EmailChangeClaim {
+        user_id,
+        change_id,
+        new_email,
+    }))
+}
+
+/// Give back an email change token taken at `claimed_at` whose change could not be asked
+/// for (users was out of reach), so that the link still works.
+pub async fn release_email_change_token(
+    db: &Db,
+    hash: &TokenHash,
+    claimed_at: i64,
+) -> Result<(), sqlx::Error> {
+    let mut tx = Tx::begin(db).await?;
+    with_conn!(tx.conn(), conn => sqlx::query(
+        "UPDATE email_change_tokens SET used_at = NULL WHERE token_hash = $1 AND used_at = $2",
+    )
+    .bind(hash.0.as_slice())
+    .bind(claimed_at)
+    .execute(conn)
+    .await
+    .map(drop))?;
+    tx.commit().await
+}
+
+/// Mail `user_id` at `email` from now on: their address changed, and following the link
+/// mailed there proved it. `false` when the account is unknown here.
+pub async fn change_account_email(
+    tx: &mut Tx,
+    user_id: Uuid,
+    email: &str,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    with_conn!(tx.conn(), conn => sqlx::query(
+        "UPDATE accounts SET email = $2, verified_at = COALESCE(verified_at, $3) WHERE user_id = $1",
+    )
+    .bind(user_id)
+    .bind(email)
+    .bind(now)
+    .execute(conn)
+    .await
+    .map(|done| done.rows_affected() == 1))
 }

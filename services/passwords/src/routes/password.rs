@@ -6,6 +6,9 @@
 //! replaced, the account's refresh sessions end (all of them after a reset; all but the
 //! caller's after a change) and `user.password_changed` goes to the outbox, so that
 //! verification mails the owner a notice.
+//!
+//! `POST /credentials/{user_id}/password-confirmations`, users' alone, checks the password an
+//! email change is given, under the same login throttle as a change's current password.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -120,29 +123,11 @@ pub async fn change(
         return Err(Problem::validation(errors).into());
     };
 
-    // The same throttle as a login: guessing the current password here is no cheaper.
-    let client = address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    let subjects = Subject::of_login(&credential.email, client);
-    let now = throttle::now_millis();
-    if let Err(locked_until) = store::reserve(&state.db, &subjects, now, &state.throttle).await? {
-        return Ok(too_many_failures(throttle::retry_after_secs(locked_until, now)));
+    match check_current(&state, &credential, &body.current_password, address).await? {
+        Current::Right => {}
+        Current::Throttled(response) => return Ok(response),
+        Current::Wrong => return Err(wrong_password(StatusCode::FORBIDDEN).into()),
     }
-    let matches = state
-        .hasher
-        .verify(&body.current_password, &credential.phc_hash)
-        .await
-        .map_err(hashing_failed)?;
-    if !matches {
-        // The reservation counted it as a failure already.
-        return Err(Problem::typed(
-            StatusCode::FORBIDDEN,
-            "wrong-password",
-            "Wrong password",
-            "the current password is wrong",
-        )
-        .into());
-    }
-    store::release(&state.db, &subjects, &state.throttle).await?;
 
     let phc_hash = state.hasher.hash(new.expose()).await.map_err(hashing_failed)?;
     let replaced = replace(
@@ -164,6 +149,102 @@ pub async fn change(
     }
     tracing::info!(user_id = %caller.user_id, "password changed");
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// What the password given as the current one came to.
+enum Current {
+    Right,
+    Wrong,
+    /// Too many wrong ones: the 429 to answer, nothing hashed.
+    Throttled(Response),
+}
+
+/// Check `password` against the credential under the login throttle: guessing it here is no
+/// cheaper than at login, and a wrong one counts as a failed login.
+async fn check_current(
+    state: &AppState,
+    credential: &store::Credential,
+    password: &str,
+    address: Option<IpAddr>,
+) -> Result<Current, ApiError> {
+    let client = address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let subjects = Subject::of_login(&credential.email, client);
+    let now = throttle::now_millis();
+    if let Err(locked_until) = store::reserve(&state.db, &subjects, now, &state.throttle).await? {
+        return Ok(Current::Throttled(too_many_failures(throttle::retry_after_secs(
+            locked_until,
+            now,
+        ))));
+    }
+    let matches = state
+        .hasher
+        .verify(password, &credential.phc_hash)
+        .await
+        .map_err(hashing_failed)?;
+    if !matches {
+        // The reservation counted it as a failure already.
+        return Ok(Current::Wrong);
+    }
+    store::release(&state.db, &subjects, &state.throttle).await?;
+    Ok(Current::Right)
+}
+
+fn wrong_password(status: StatusCode) -> Problem {
+    Problem::typed(
+        status,
+        "wrong-password",
+        "Wrong password",
+        "the password is wrong",
+    )
+}
+
+/// The body of a password confirmation. No `Debug`: it holds a password.
+#[derive(Deserialize, ToSchema)]
+pub struct PasswordConfirmation {
+    /// The password the user gave as theirs.
+    password: String,
+}
+
+/// Confirm that `password` is `user_id`'s (internal, users' alone: an email change needs the
+/// password). A wrong one counts as a failed login from the client address that users passes
+/// on (`X-Forwarded-For`), and is throttled alike.
+#[utoipa::path(
+    post,
+    path = "/credentials/{user_id}/password-confirmations",
+    params(("user_id" = Uuid, Path, description = "The user's id")),
+    request_body = PasswordConfirmation,
+    responses(
+        (status = 204, description = "It is the user's password"),
+        (status = 401, description = "The password is wrong", body = Problem),
+        (status = 404, description = "No credential for the user", body = Problem),
+        (status = 422, description = "The password is empty or too long", body = Problem),
+        (status = 429, description = "Too many wrong passwords; see Retry-After", body = Problem),
+    )
+)]
+pub async fn confirm(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+    ClientAddress(address): ClientAddress,
+    Json(body): Json<PasswordConfirmation>,
+) -> Result<Response, ApiError> {
+    let mut errors = BTreeMap::new();
+    let user_id = parse_user_id(&user_id, &mut errors);
+    if body.password.is_empty() {
+        errors.insert("password".to_owned(), "must not be empty".to_owned());
+    } else if body.password.chars().count() > MAX_CHARS {
+        errors.insert("password".to_owned(), PasswordError::TooLong.to_string());
+    }
+    let (Some(user_id), true) = (user_id, errors.is_empty()) else {
+        return Err(Problem::validation(errors).into());
+    };
+    let credential = store::find_by_user(&state.db, user_id)
+        .await?
+        .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "no credential for this user"))?;
+    match check_current(&state, &credential, &body.password, address).await? {
+        Current::Right => Ok(StatusCode::NO_CONTENT.into_response()),
+        Current::Throttled(response) => Ok(response),
+        Current::Wrong => Err(wrong_password(StatusCode::UNAUTHORIZED).into()),
+    }
 }
 
 /// A password under the signup rules (knowing the account's email), or a 422 naming `field`.
