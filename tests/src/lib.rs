@@ -11,6 +11,7 @@ pub mod nats;
 pub mod platform;
 pub mod process;
 pub mod public_api;
+pub mod steady_load;
 #[cfg(feature = "sns-sqs")]
 pub mod sns_sqs;
 
