@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use reqwest::Method;
@@ -78,6 +79,8 @@ impl Outcome {
 #[derive(Debug)]
 pub struct SteadyLoad {
     sender: tokio::task::JoinHandle<Vec<Outcome>>,
+    sent: Arc<AtomicU64>,
+    rate: u32,
 }
 
 impl SteadyLoad {
@@ -85,6 +88,8 @@ impl SteadyLoad {
     /// new addresses under `label`.
     pub fn start(api: Arc<PublicApi>, members: Vec<Member>, label: &str, rate: u32, duration: Duration) -> Self {
         let label = label.to_owned();
+        let sent = Arc::new(AtomicU64::new(0));
+        let counter = sent.clone();
         let sender = tokio::spawn(async move {
             let total = u64::from(rate) * duration.as_secs();
             let interval = Duration::from_secs(1) / rate;
@@ -93,6 +98,7 @@ impl SteadyLoad {
             for k in 0..total {
                 let due = start + interval * u32::try_from(k).expect("a modest count");
                 tokio::time::sleep_until(due).await;
+                counter.store(k + 1, Ordering::SeqCst);
                 let kind = match k % 10 {
                     0 => Kind::Signup,
                     3 | 7 => Kind::Write,
@@ -113,7 +119,19 @@ impl SteadyLoad {
             }
             requests.join_all().await
         });
-        Self { sender }
+        Self { sender, sent, rate }
+    }
+
+    /// Wait until the load has run for `seconds`, by the requests it has sent: a fault
+    /// scheduled this way strikes at the same point of the load however busy the machine.
+    pub async fn reached(&self, seconds: u32) {
+        let wanted = u64::from(self.rate) * u64::from(seconds);
+        crate::eventually(
+            crate::PATIENCE,
+            &format!("the load has run {seconds} s"),
+            || async { self.sent.load(Ordering::SeqCst) >= wanted },
+        )
+        .await;
     }
 
     /// Wait for the last request's answer; every request's outcome.
