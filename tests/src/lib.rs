@@ -9,6 +9,7 @@ pub mod fault_proxy;
 pub mod identity;
 pub mod nats;
 pub mod platform;
+pub mod private_servers;
 pub mod process;
 pub mod public_api;
 pub mod steady_load;

@@ -62,6 +62,8 @@ pub struct Outcome {
     pub kind: Kind,
     /// Its status, or why there was none (`timeout`, `connection`, …).
     pub answer: Result<u16, String>,
+    /// When it was due, from the start of the load.
+    pub due: Duration,
     /// From when it was due to its answer.
     pub latency: Duration,
     /// A signup's address.
@@ -112,6 +114,7 @@ impl SteadyLoad {
                     Outcome {
                         kind,
                         answer,
+                        due: due - start,
                         latency: due.elapsed(),
                         email,
                     }

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use dozen_tests::nats::StreamNamespace;
 use dozen_tests::platform::{Platform, SERVICES};
+use dozen_tests::private_servers::PrivatePostgres;
 use dozen_tests::public_api::PublicApi;
 use dozen_tests::steady_load::{self, SteadyLoad, Stores, Tally};
 use dozen_tests::{PATIENCE, eventually};
@@ -125,6 +127,80 @@ async fn kill_9_loops_of_every_service_lose_no_signup_and_double_no_event() {
     let outcomes = load.finish().await;
     let tally = Stores::embedded(&platform).tally(&api, &outcomes, PATIENCE).await;
     tally.print("kill -9 loops, 1 replica");
+    assert_nothing_lost_or_doubled(&tally, &platform);
+    platform.stop().await;
+}
+
+/// The platform on a PostgreSQL cluster of the test's own (and the shared NATS), the cluster
+/// stopped for a while under the load and started again: meanwhile requests that need it fail
+/// fast with a 503 problem, readiness drops and comes back, and afterwards everything flows
+/// again — no accepted signup lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_stopped_and_started_mid_load_fails_fast_and_loses_nothing() {
+    const DOWN_AT: u32 = 8;
+    const UP_AT: u32 = 16;
+    let mut postgres = PrivatePostgres::start().await;
+    let streams = StreamNamespace::new("faults-postgres");
+    let nats = dozen_tests::nats::nats_url();
+    let database = postgres.url("faults");
+    let bus = [("BUS_URL", nats.as_str()), ("BUS_NAMESPACE", streams.namespace.as_str())];
+    let mut env = vec![
+        ("DATABASE_URL", database.as_str()),
+        ("DEV_MAILBOX_ALLOW_PRODUCTION_BACKENDS", "true"),
+    ];
+    env.extend(bus);
+    let platform = Platform::start(&env).await;
+    let (api, members) = prepare(&platform, "postgres").await;
+    let load = SteadyLoad::start(api.clone(), members, "postgres", RATE, Duration::from_secs(30));
+
+    load.reached(DOWN_AT).await;
+    postgres.stop().await;
+    eventually(PATIENCE, "users is no longer ready", || async {
+        !platform.is_ready(platform.port("users")).await
+    })
+    .await;
+    load.reached(UP_AT).await;
+    postgres.start_again().await;
+    let restarted = tokio::time::Instant::now();
+    eventually(PATIENCE, "every service is ready again", || async {
+        for (_, port) in &platform.ports {
+            if !platform.is_ready(*port).await {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    println!(
+        "fault suite | postgres restart: every service ready {:?} after PostgreSQL was back",
+        restarted.elapsed()
+    );
+    let outcomes = load.finish().await;
+
+    let stores = Stores {
+        databases: dozen_tests::process::SERVICES
+            .iter()
+            .filter(|(_, has_database)| *has_database)
+            .map(|(name, _)| (*name, postgres.url(&format!("faults_{name}"))))
+            .collect(),
+        repair_env: Stores::repair_env(&platform, &bus),
+    };
+    let tally = stores.tally(&api, &outcomes, PATIENCE).await;
+    tally.print("postgres stopped for 8 s");
+    // Failing fast: each failure is a 503 problem, none waited for a timeout.
+    for outcome in outcomes.iter().filter(|outcome| !outcome.succeeded()) {
+        assert!(
+            matches!(outcome.answer, Ok(503) | Err(_)) && outcome.answer != Err("timeout".to_owned()),
+            "a failure while PostgreSQL is away is a 503: {outcome:?}"
+        );
+        assert!(outcome.latency < Duration::from_secs(5), "failed fast: {outcome:?}");
+    }
+    // Back within seconds: the load's last stretch is whole.
+    let late_failures: Vec<_> = outcomes
+        .iter()
+        .filter(|outcome| outcome.due > Duration::from_secs(u64::from(UP_AT) + 6) && !outcome.succeeded())
+        .collect();
+    assert!(late_failures.is_empty(), "all well again: {late_failures:?}\n{}", warnings(&platform));
     assert_nothing_lost_or_doubled(&tally, &platform);
     platform.stop().await;
 }
