@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use dozen_tests::nats::StreamNamespace;
 use dozen_tests::platform::{Platform, SERVICES};
-use dozen_tests::private_servers::PrivatePostgres;
+use dozen_tests::private_servers::{PrivateNats, PrivatePostgres};
 use dozen_tests::public_api::PublicApi;
 use dozen_tests::steady_load::{self, SteadyLoad, Stores, Tally};
 use dozen_tests::{PATIENCE, eventually};
@@ -201,6 +201,45 @@ async fn postgres_stopped_and_started_mid_load_fails_fast_and_loses_nothing() {
         .filter(|outcome| outcome.due > Duration::from_secs(u64::from(UP_AT) + 6) && !outcome.succeeded())
         .collect();
     assert!(late_failures.is_empty(), "all well again: {late_failures:?}\n{}", warnings(&platform));
+    assert_nothing_lost_or_doubled(&tally, &platform);
+    platform.stop().await;
+}
+
+/// The platform on a NATS server of the test's own, the server stopped for a while under the
+/// load and started again on its store: requests never needed it (events wait in the
+/// outboxes), and afterwards the backlog drains — every accepted signup mailed once.
+#[tokio::test(flavor = "multi_thread")]
+async fn nats_stopped_and_started_mid_load_costs_no_request_and_the_backlog_drains() {
+    const DOWN_AT: u32 = 8;
+    const UP_AT: u32 = 16;
+    let mut nats = PrivateNats::start().await;
+    let url = nats.url();
+    let bus = [("BUS_URL", url.as_str())];
+    let platform = Platform::start(&[
+        ("BUS_URL", url.as_str()),
+        ("DEV_MAILBOX_ALLOW_PRODUCTION_BACKENDS", "true"),
+    ])
+    .await;
+    let (api, members) = prepare(&platform, "nats").await;
+    let load = SteadyLoad::start(api.clone(), members, "nats", RATE, Duration::from_secs(30));
+    load.reached(DOWN_AT).await;
+    nats.stop().await;
+    load.reached(UP_AT).await;
+    nats.start_again().await;
+    let outcomes = load.finish().await;
+
+    let stores = Stores {
+        repair_env: Stores::repair_env(&platform, &bus),
+        ..Stores::embedded(&platform)
+    };
+    let tally = stores.tally(&api, &outcomes, PATIENCE).await;
+    tally.print("nats stopped for 8 s");
+    assert_eq!(
+        tally.failures(),
+        0,
+        "no request needs the broker: {tally:?}\n{}",
+        warnings(&platform)
+    );
     assert_nothing_lost_or_doubled(&tally, &platform);
     platform.stop().await;
 }
