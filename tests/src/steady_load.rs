@@ -320,7 +320,7 @@ impl Stores {
 
         let mut dead_letters = 0;
         for url in self.databases.values() {
-            dead_letters += self::dead_letters(url).await;
+            dead_letters += count(url, "SELECT count(*) FROM dead_letters").await;
         }
 
         let mut latencies: Vec<Duration> = outcomes.iter().map(|outcome| outcome.latency).collect();
@@ -385,15 +385,14 @@ async fn emails(url: &str, table: &str) -> BTreeSet<String> {
     emails.expect("the addresses").into_iter().collect()
 }
 
-/// How many dead letters the database at `url` holds.
-async fn dead_letters(url: &str) -> usize {
-    const SQL: &str = "SELECT count(*) FROM dead_letters";
+/// The count `sql` answers on the database at `url`.
+pub async fn count(url: &str, sql: &'static str) -> usize {
     let count: Result<i64, _> = if url.starts_with("sqlite:") {
         let mut connection = sqlx::SqliteConnection::connect(url).await.expect("the SQLite database");
-        sqlx::query_scalar(SQL).fetch_one(&mut connection).await
+        sqlx::query_scalar(sql).fetch_one(&mut connection).await
     } else {
         let mut connection = sqlx::PgConnection::connect(url).await.expect("the Postgres database");
-        sqlx::query_scalar(SQL).fetch_one(&mut connection).await
+        sqlx::query_scalar(sql).fetch_one(&mut connection).await
     };
     usize::try_from(count.expect("a count")).expect("a count")
 }

@@ -10,10 +10,12 @@ use dozen_tests::nats::StreamNamespace;
 use dozen_tests::platform::{Platform, SERVICES};
 use dozen_tests::private_servers::{PrivateNats, PrivatePostgres};
 use dozen_tests::public_api::PublicApi;
-use dozen_tests::steady_load::{self, SteadyLoad, Stores, Tally};
+use dozen_tests::process::run_to_exit;
+use dozen_tests::steady_load::{self, SteadyLoad, Stores, Tally, count};
 use dozen_tests::{PATIENCE, eventually};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use sqlx::Connection as _;
 
 /// The load every scenario runs: modest, for a debug build on a shared 2-core machine.
 const RATE: u32 = 20;
@@ -240,6 +242,67 @@ async fn nats_stopped_and_started_mid_load_costs_no_request_and_the_backlog_drai
         "no request needs the broker: {tally:?}\n{}",
         warnings(&platform)
     );
+    assert_nothing_lost_or_doubled(&tally, &platform);
+    platform.stop().await;
+}
+
+/// One signup's event fails in one subscriber (friends, through a trigger an operator could
+/// have left in its database, refusing the member "Poison"): after `BUS_MAX_ATTEMPTS` it is a
+/// dead letter, and every other event flows on meanwhile; once the trigger is gone, `replay`
+/// delivers it, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poison_event_is_dead_lettered_the_rest_flow_and_replay_delivers_it_once() {
+    let platform = Platform::start(&[
+        ("BUS_MAX_ATTEMPTS", "3"),
+        ("BUS_RETRY_BACKOFF", "100ms"),
+    ])
+    .await;
+    let stores = Stores::embedded(&platform);
+    let friends = stores.databases["friends"].clone();
+    let mut connection = sqlx::SqliteConnection::connect(&friends).await.expect("friends' database");
+    sqlx::query(
+        "CREATE TRIGGER poison BEFORE INSERT ON members WHEN NEW.display_name = 'Poison' \
+         BEGIN SELECT RAISE(ABORT, 'no member may be called Poison'); END",
+    )
+    .execute(&mut connection)
+    .await
+    .expect("the trigger");
+
+    let (api, members) = prepare(&platform, "poison").await;
+    let load = SteadyLoad::start(api.clone(), members, "poison", RATE, Duration::from_secs(20));
+    load.reached(5).await;
+    let poisoned = api.sign_up("poison", "poison@example.com", "Poison", &["chess"]).await;
+    assert_eq!(poisoned.status(), 202);
+    eventually(PATIENCE, "the poison event is a dead letter after 3 attempts", || async {
+        count(&friends, "SELECT count(*) FROM dead_letters WHERE attempts = 3").await == 1
+    })
+    .await;
+    let outcomes = load.finish().await;
+    // The rest flowed on: every other profile has its member.
+    let profiles = count(&stores.databases["users"], "SELECT count(*) FROM profiles").await;
+    eventually(PATIENCE, "every other signup reached friends", || async {
+        count(&friends, "SELECT count(*) FROM members").await == profiles - 1
+    })
+    .await;
+
+    sqlx::query("DROP TRIGGER poison")
+        .execute(&mut connection)
+        .await
+        .expect("the fix");
+    let bus = format!("sqlite://{}", platform.data_dir().join("bus.db").display());
+    let admin_env = [("DATABASE_URL", friends.as_str()), ("BUS_URL", bus.as_str())];
+    let replayed = run_to_exit("dozen-friends", &["replay"], &admin_env).await;
+    assert!(replayed.status.success(), "{replayed:?}");
+    eventually(PATIENCE, "the replayed event is handled", || async {
+        count(&friends, "SELECT count(*) FROM dead_letters").await == 0
+            && count(&friends, "SELECT count(*) FROM members WHERE display_name = 'Poison'").await == 1
+    })
+    .await;
+    assert_eq!(count(&friends, "SELECT count(*) FROM members").await, profiles);
+
+    let tally = stores.tally(&api, &outcomes, PATIENCE).await;
+    tally.print("poison event, dead-lettered and replayed");
+    assert_eq!(tally.failures(), 0, "the poison event costs no request: {tally:?}");
     assert_nothing_lost_or_doubled(&tally, &platform);
     platform.stop().await;
 }
