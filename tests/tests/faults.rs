@@ -10,7 +10,8 @@ use dozen_tests::nats::StreamNamespace;
 use dozen_tests::platform::{Platform, SERVICES};
 use dozen_tests::private_servers::{PrivateNats, PrivatePostgres};
 use dozen_tests::public_api::PublicApi;
-use dozen_tests::process::run_to_exit;
+use dozen_tests::fault_proxy::FaultProxy;
+use dozen_tests::process::{Service, run_to_exit};
 use dozen_tests::steady_load::{self, SteadyLoad, Stores, Tally, count};
 use dozen_tests::{PATIENCE, eventually};
 use nix::sys::signal::{Signal, kill};
@@ -304,5 +305,106 @@ async fn a_poison_event_is_dead_lettered_the_rest_flow_and_replay_delivers_it_on
     tally.print("poison event, dead-lettered and replayed");
     assert_eq!(tally.failures(), 0, "the poison event costs no request: {tally:?}");
     assert_nothing_lost_or_doubled(&tally, &platform);
+    platform.stop().await;
+}
+
+/// The state of the breaker of `service` at the gateway at `gateway` (its base URL).
+async fn breaker_state(gateway: &str, service: &str) -> String {
+    let status: serde_json::Value = reqwest::get(format!("{gateway}/ops/status"))
+        .await
+        .expect("GET /ops/status")
+        .json()
+        .await
+        .expect("JSON");
+    status["services"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|entry| entry["name"] == service)
+        .and_then(|entry| entry["breaker"]["state"].as_str())
+        .expect("the service's breaker")
+        .to_owned()
+}
+
+/// Between a gateway and friends, a network that turns slow (latency past `/api/me`'s
+/// deadline), then drops everything (a black hole), then heals: `/api/me` answers 200 within
+/// its deadline throughout, without friends' parts meanwhile; the breaker opens, and closes
+/// once the network is whole; nothing else is touched.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_then_black_holed_link_to_friends_degrades_me_within_its_deadline() {
+    const ME_DEADLINE: Duration = Duration::from_millis(800);
+    let platform = Platform::start(&[]).await;
+    // A gateway of the test's own, reaching friends through the proxy.
+    let link = FaultProxy::start(&platform.url("friends", "")).await;
+    let keys = platform.keys_dir();
+    let urls: Vec<(String, String)> = ["signup", "users", "passwords", "verification"]
+        .iter()
+        .map(|service| (format!("{}_URL", service.to_uppercase()), platform.url(service, "")))
+        .collect();
+    let (signing, trust) = (
+        keys.join("gateway.pem").display().to_string(),
+        keys.join("service-keys.json").display().to_string(),
+    );
+    let mut env: Vec<(&str, &str)> = urls.iter().map(|(name, url)| (name.as_str(), url.as_str())).collect();
+    env.extend([
+        ("FRIENDS_URL", link.url()),
+        ("SERVICE_SIGNING_KEYS_FILE", signing.as_str()),
+        ("SERVICE_KEYS_FILE", trust.as_str()),
+        ("DEV_MAILBOX", "true"),
+        ("ME_DEADLINE", "800ms"),
+        ("BREAKER_OPEN_FOR", "2s"),
+        ("RATE_LIMIT_SIGNUPS", "10000/min"),
+        ("RATE_LIMIT_SESSIONS", "10000/min"),
+        ("RATE_LIMIT_VERIFICATIONS", "10000/min"),
+        ("RATE_LIMIT_READS", "10000/min"),
+    ]);
+    let gateway = Service::start_on("dozen-gateway", &env, 0).await;
+    let gateway_url = gateway.url("");
+    let api = Arc::new(PublicApi::new(gateway_url.clone()));
+    let members = steady_load::members(&api, "network", MEMBERS).await;
+    let load = SteadyLoad::start(api.clone(), members, "network", RATE, Duration::from_secs(30));
+
+    load.reached(6).await;
+    link.add_latency(Duration::from_secs(2));
+    load.reached(12).await;
+    link.black_hole();
+    eventually(PATIENCE, "friends' breaker opens", || async {
+        breaker_state(&gateway_url, "friends").await == "open"
+    })
+    .await;
+    load.reached(18).await;
+    link.heal();
+    eventually(PATIENCE, "friends' breaker closes", || async {
+        breaker_state(&gateway_url, "friends").await == "closed"
+    })
+    .await;
+    let outcomes = load.finish().await;
+
+    let tally = Stores::embedded(&platform).tally(&api, &outcomes, PATIENCE).await;
+    tally.print("slow, then black-holed link gateway to friends");
+    let reads = || outcomes.iter().filter(|outcome| outcome.kind == steady_load::Kind::Read);
+    let degraded = reads().filter(|outcome| outcome.answer == Err("degraded".to_owned())).count();
+    println!("fault suite | slow, then black-holed link: {degraded} reads answered without friends");
+    assert!(degraded > 0, "the fault was felt: {tally:?}");
+    for outcome in &outcomes {
+        assert!(
+            outcome.succeeded() || outcome.answer == Err("degraded".to_owned()),
+            "every request is answered, /api/me without friends at worst: {outcome:?}"
+        );
+        if outcome.kind == steady_load::Kind::Read {
+            // The deadline, and room for a busy machine: nowhere near the link's delay.
+            assert!(
+                outcome.latency < ME_DEADLINE + Duration::from_millis(1200),
+                "no read waits past its deadline: {outcome:?}"
+            );
+        }
+    }
+    let late: Vec<_> = outcomes
+        .iter()
+        .filter(|outcome| outcome.due > Duration::from_secs(25) && !outcome.succeeded())
+        .collect();
+    assert!(late.is_empty(), "whole again once the link heals: {late:?}");
+    assert_nothing_lost_or_doubled(&tally, &platform);
+    drop(gateway);
     platform.stop().await;
 }
