@@ -12,9 +12,9 @@ pub mod platform;
 pub mod private_servers;
 pub mod process;
 pub mod public_api;
-pub mod steady_load;
 #[cfg(feature = "sns-sqs")]
 pub mod sns_sqs;
+pub mod steady_load;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -21,7 +21,9 @@ fn postgres_binaries() -> PathBuf {
         .filter(|bin| bin.join("postgres").exists())
         .collect();
     versions.sort();
-    versions.pop().expect("a PostgreSQL version with a postgres binary")
+    versions
+        .pop()
+        .expect("a PostgreSQL version with a postgres binary")
 }
 
 /// The user PostgreSQL runs as: itself, unless that is root, which PostgreSQL refuses.
@@ -47,7 +49,8 @@ impl PrivatePostgres {
     pub async fn start() -> Self {
         let folder = tempfile::tempdir().expect("a folder for the cluster");
         if let Some(user) = postgres_user() {
-            nix::unistd::chown(folder.path(), Some(user.uid), Some(user.gid)).expect("hand the folder to postgres");
+            nix::unistd::chown(folder.path(), Some(user.uid), Some(user.gid))
+                .expect("hand the folder to postgres");
         }
         let data = folder.path().join("data");
         let mut initdb = Self::command("initdb");
@@ -92,10 +95,18 @@ impl PrivatePostgres {
             .arg(self.folder.path().join("data"))
             .arg("-k")
             .arg(self.socket_folder())
-            .args(["-c", "listen_addresses=", "-c", "fsync=off", "-c", "max_connections=200"]);
+            .args([
+                "-c",
+                "listen_addresses=",
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=200",
+            ]);
         let working = tempfile::tempdir().expect("a working folder");
         if let Some(user) = postgres_user() {
-            nix::unistd::chown(working.path(), Some(user.uid), Some(user.gid)).expect("hand the folder to postgres");
+            nix::unistd::chown(working.path(), Some(user.uid), Some(user.gid))
+                .expect("hand the folder to postgres");
         }
         command.current_dir(working.path());
         self.server = Some(Running::spawn(command, working));
@@ -111,7 +122,11 @@ impl PrivatePostgres {
         let mut server = self.server.take().expect("the server is running");
         server.signal(Signal::SIGINT);
         let status = server.wait(PATIENCE).await;
-        assert!(status.success(), "PostgreSQL stops cleanly: {status}\n{}", server.lines().join("\n"));
+        assert!(
+            status.success(),
+            "PostgreSQL stops cleanly: {status}\n{}",
+            server.lines().join("\n")
+        );
     }
 }
 

@@ -35,7 +35,9 @@ pub async fn members(api: &PublicApi, label: &str, count: usize) -> Vec<Member> 
     let mut members = Vec::new();
     for n in 0..count {
         let email = format!("{label}-member-{n}@example.com");
-        let answer = api.sign_up(&format!("{label}-member-{n}"), &email, "Member", &["chess"]).await;
+        let answer = api
+            .sign_up(&format!("{label}-member-{n}"), &email, "Member", &["chess"])
+            .await;
         assert_eq!(answer.status(), 202, "signing up {email}");
         members.push(Member {
             token: api.verify_and_log_in(&email).await,
@@ -88,7 +90,13 @@ pub struct SteadyLoad {
 impl SteadyLoad {
     /// Start `rate` requests a second for `duration` through `api` as `members`, signing up
     /// new addresses under `label`.
-    pub fn start(api: Arc<PublicApi>, members: Vec<Member>, label: &str, rate: u32, duration: Duration) -> Self {
+    pub fn start(
+        api: Arc<PublicApi>,
+        members: Vec<Member>,
+        label: &str,
+        rate: u32,
+        duration: Duration,
+    ) -> Self {
         let label = label.to_owned();
         let sent = Arc::new(AtomicU64::new(0));
         let counter = sent.clone();
@@ -143,12 +151,21 @@ impl SteadyLoad {
     }
 }
 
-async fn send(api: &PublicApi, kind: Kind, member: &Member, email: Option<&str>, k: u64) -> Result<u16, String> {
+async fn send(
+    api: &PublicApi,
+    kind: Kind,
+    member: &Member,
+    email: Option<&str>,
+    k: u64,
+) -> Result<u16, String> {
     let request = match kind {
         Kind::Signup => api
             .client
             .post(api.url("/api/signups"))
-            .header("Idempotency-Key", format!("load-{k}-{}", email.unwrap_or_default()))
+            .header(
+                "Idempotency-Key",
+                format!("load-{k}-{}", email.unwrap_or_default()),
+            )
             .json(&json!({
                 "email": email,
                 "password": crate::public_api::PASSWORD,
@@ -245,7 +262,12 @@ impl Stores {
         let databases = crate::process::SERVICES
             .iter()
             .filter(|(_, has_database)| *has_database)
-            .map(|(name, _)| (*name, format!("sqlite://{}", data.join(format!("{name}.db")).display())))
+            .map(|(name, _)| {
+                (
+                    *name,
+                    format!("sqlite://{}", data.join(format!("{name}.db")).display()),
+                )
+            })
             .collect();
         let bus = format!("sqlite://{}", data.join("bus.db").display());
         Self {
@@ -255,7 +277,10 @@ impl Stores {
     }
 
     /// The environment of `repair` for `platform` on the bus `bus_env` names.
-    pub fn repair_env(platform: &crate::platform::Platform, bus_env: &[(&str, &str)]) -> Vec<(String, String)> {
+    pub fn repair_env(
+        platform: &crate::platform::Platform,
+        bus_env: &[(&str, &str)],
+    ) -> Vec<(String, String)> {
         let keys = platform.keys_dir();
         let mut env: Vec<(String, String)> = bus_env
             .iter()
@@ -286,14 +311,18 @@ impl Stores {
             .filter(|outcome| outcome.kind == Kind::Signup && outcome.answer == Ok(202))
             .filter_map(|outcome| outcome.email.clone())
             .collect();
-        let signed_up: BTreeSet<String> = outcomes.iter().filter_map(|outcome| outcome.email.clone()).collect();
+        let signed_up: BTreeSet<String> = outcomes
+            .iter()
+            .filter_map(|outcome| outcome.email.clone())
+            .collect();
 
         // Mails come after the answer, through the bus: wait for them, but count rather than
         // fail when some never come.
         let give_up = tokio::time::Instant::now() + patience;
         loop {
             let mails = verification_mails(api, &signed_up).await;
-            if accepted.iter().all(|email| mails.contains_key(email)) || tokio::time::Instant::now() > give_up {
+            if accepted.iter().all(|email| mails.contains_key(email)) || tokio::time::Instant::now() > give_up
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -363,10 +392,10 @@ async fn verification_mails(api: &PublicApi, emails: &BTreeSet<String>) -> BTree
         if token_in(&mail).is_none() {
             continue;
         }
-        if let Some(to) = mail["to"].as_str() {
-            if let Some(email) = emails.iter().find(|email| to.contains(email.as_str())) {
-                *counts.entry(email.clone()).or_insert(0) += 1;
-            }
+        if let Some(to) = mail["to"].as_str()
+            && let Some(email) = emails.iter().find(|email| to.contains(email.as_str()))
+        {
+            *counts.entry(email.clone()).or_insert(0) += 1;
         }
     }
     counts
@@ -376,11 +405,19 @@ async fn verification_mails(api: &PublicApi, emails: &BTreeSet<String>) -> BTree
 async fn emails(url: &str, table: &str) -> BTreeSet<String> {
     let sql = format!("SELECT email FROM {table}");
     let emails = if url.starts_with("sqlite:") {
-        let mut connection = sqlx::SqliteConnection::connect(url).await.expect("the SQLite database");
-        sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_all(&mut connection).await
+        let mut connection = sqlx::SqliteConnection::connect(url)
+            .await
+            .expect("the SQLite database");
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut connection)
+            .await
     } else {
-        let mut connection = sqlx::PgConnection::connect(url).await.expect("the Postgres database");
-        sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_all(&mut connection).await
+        let mut connection = sqlx::PgConnection::connect(url)
+            .await
+            .expect("the Postgres database");
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut connection)
+            .await
     };
     emails.expect("the addresses").into_iter().collect()
 }
@@ -388,10 +425,14 @@ async fn emails(url: &str, table: &str) -> BTreeSet<String> {
 /// The count `sql` answers on the database at `url`.
 pub async fn count(url: &str, sql: &'static str) -> usize {
     let count: Result<i64, _> = if url.starts_with("sqlite:") {
-        let mut connection = sqlx::SqliteConnection::connect(url).await.expect("the SQLite database");
+        let mut connection = sqlx::SqliteConnection::connect(url)
+            .await
+            .expect("the SQLite database");
         sqlx::query_scalar(sql).fetch_one(&mut connection).await
     } else {
-        let mut connection = sqlx::PgConnection::connect(url).await.expect("the Postgres database");
+        let mut connection = sqlx::PgConnection::connect(url)
+            .await
+            .expect("the Postgres database");
         sqlx::query_scalar(sql).fetch_one(&mut connection).await
     };
     usize::try_from(count.expect("a count")).expect("a count")

@@ -6,12 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use dozen_tests::fault_proxy::FaultProxy;
 use dozen_tests::nats::StreamNamespace;
 use dozen_tests::platform::{Platform, SERVICES};
 use dozen_tests::private_servers::{PrivateNats, PrivatePostgres};
-use dozen_tests::public_api::PublicApi;
-use dozen_tests::fault_proxy::FaultProxy;
 use dozen_tests::process::{Service, run_to_exit};
+use dozen_tests::public_api::PublicApi;
 use dozen_tests::steady_load::{self, SteadyLoad, Stores, Tally, count};
 use dozen_tests::{PATIENCE, eventually};
 use nix::sys::signal::{Signal, kill};
@@ -69,8 +69,16 @@ fn assert_nothing_lost_or_doubled(tally: &Tally, platform: &Platform) {
     assert!(tally.accepted > 0, "signups were accepted: {tally:?}");
     assert_eq!(tally.lost, 0, "no accepted signup is lost: {tally:?}\n{}", log());
     assert_eq!(tally.duplicated, 0, "no signup is mailed twice: {tally:?}");
-    assert_eq!(tally.orphaned, 0, "no half-made account is left after repair: {tally:?}");
-    assert_eq!(tally.dead_letters, 0, "every event was handled: {tally:?}\n{}", log());
+    assert_eq!(
+        tally.orphaned, 0,
+        "no half-made account is left after repair: {tally:?}"
+    );
+    assert_eq!(
+        tally.dead_letters,
+        0,
+        "every event was handled: {tally:?}\n{}",
+        log()
+    );
 }
 
 /// Every instance of every service, two replicas each, stopped (SIGTERM) and started again
@@ -146,7 +154,10 @@ async fn postgres_stopped_and_started_mid_load_fails_fast_and_loses_nothing() {
     let streams = StreamNamespace::new("faults-postgres");
     let nats = dozen_tests::nats::nats_url();
     let database = postgres.url("faults");
-    let bus = [("BUS_URL", nats.as_str()), ("BUS_NAMESPACE", streams.namespace.as_str())];
+    let bus = [
+        ("BUS_URL", nats.as_str()),
+        ("BUS_NAMESPACE", streams.namespace.as_str()),
+    ];
     let mut env = vec![
         ("DATABASE_URL", database.as_str()),
         ("DEV_MAILBOX_ALLOW_PRODUCTION_BACKENDS", "true"),
@@ -196,14 +207,21 @@ async fn postgres_stopped_and_started_mid_load_fails_fast_and_loses_nothing() {
             matches!(outcome.answer, Ok(503) | Err(_)) && outcome.answer != Err("timeout".to_owned()),
             "a failure while PostgreSQL is away is a 503: {outcome:?}"
         );
-        assert!(outcome.latency < Duration::from_secs(5), "failed fast: {outcome:?}");
+        assert!(
+            outcome.latency < Duration::from_secs(5),
+            "failed fast: {outcome:?}"
+        );
     }
     // Back within seconds: the load's last stretch is whole.
     let late_failures: Vec<_> = outcomes
         .iter()
         .filter(|outcome| outcome.due > Duration::from_secs(u64::from(UP_AT) + 6) && !outcome.succeeded())
         .collect();
-    assert!(late_failures.is_empty(), "all well again: {late_failures:?}\n{}", warnings(&platform));
+    assert!(
+        late_failures.is_empty(),
+        "all well again: {late_failures:?}\n{}",
+        warnings(&platform)
+    );
     assert_nothing_lost_or_doubled(&tally, &platform);
     platform.stop().await;
 }
@@ -253,14 +271,12 @@ async fn nats_stopped_and_started_mid_load_costs_no_request_and_the_backlog_drai
 /// delivers it, once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_poison_event_is_dead_lettered_the_rest_flow_and_replay_delivers_it_once() {
-    let platform = Platform::start(&[
-        ("BUS_MAX_ATTEMPTS", "3"),
-        ("BUS_RETRY_BACKOFF", "100ms"),
-    ])
-    .await;
+    let platform = Platform::start(&[("BUS_MAX_ATTEMPTS", "3"), ("BUS_RETRY_BACKOFF", "100ms")]).await;
     let stores = Stores::embedded(&platform);
     let friends = stores.databases["friends"].clone();
-    let mut connection = sqlx::SqliteConnection::connect(&friends).await.expect("friends' database");
+    let mut connection = sqlx::SqliteConnection::connect(&friends)
+        .await
+        .expect("friends' database");
     sqlx::query(
         "CREATE TRIGGER poison BEFORE INSERT ON members WHEN NEW.display_name = 'Poison' \
          BEGIN SELECT RAISE(ABORT, 'no member may be called Poison'); END",
@@ -272,11 +288,15 @@ async fn a_poison_event_is_dead_lettered_the_rest_flow_and_replay_delivers_it_on
     let (api, members) = prepare(&platform, "poison").await;
     let load = SteadyLoad::start(api.clone(), members, "poison", RATE, Duration::from_secs(20));
     load.reached(5).await;
-    let poisoned = api.sign_up("poison", "poison@example.com", "Poison", &["chess"]).await;
+    let poisoned = api
+        .sign_up("poison", "poison@example.com", "Poison", &["chess"])
+        .await;
     assert_eq!(poisoned.status(), 202);
-    eventually(PATIENCE, "the poison event is a dead letter after 3 attempts", || async {
-        count(&friends, "SELECT count(*) FROM dead_letters WHERE attempts = 3").await == 1
-    })
+    eventually(
+        PATIENCE,
+        "the poison event is a dead letter after 3 attempts",
+        || async { count(&friends, "SELECT count(*) FROM dead_letters WHERE attempts = 3").await == 1 },
+    )
     .await;
     let outcomes = load.finish().await;
     // The rest flowed on: every other profile has its member.
@@ -296,14 +316,23 @@ async fn a_poison_event_is_dead_lettered_the_rest_flow_and_replay_delivers_it_on
     assert!(replayed.status.success(), "{replayed:?}");
     eventually(PATIENCE, "the replayed event is handled", || async {
         count(&friends, "SELECT count(*) FROM dead_letters").await == 0
-            && count(&friends, "SELECT count(*) FROM members WHERE display_name = 'Poison'").await == 1
+            && count(
+                &friends,
+                "SELECT count(*) FROM members WHERE display_name = 'Poison'",
+            )
+            .await
+                == 1
     })
     .await;
     assert_eq!(count(&friends, "SELECT count(*) FROM members").await, profiles);
 
     let tally = stores.tally(&api, &outcomes, PATIENCE).await;
     tally.print("poison event, dead-lettered and replayed");
-    assert_eq!(tally.failures(), 0, "the poison event costs no request: {tally:?}");
+    assert_eq!(
+        tally.failures(),
+        0,
+        "the poison event costs no request: {tally:?}"
+    );
     assert_nothing_lost_or_doubled(&tally, &platform);
     platform.stop().await;
 }
@@ -339,13 +368,21 @@ async fn a_slow_then_black_holed_link_to_friends_degrades_me_within_its_deadline
     let keys = platform.keys_dir();
     let urls: Vec<(String, String)> = ["signup", "users", "passwords", "verification"]
         .iter()
-        .map(|service| (format!("{}_URL", service.to_uppercase()), platform.url(service, "")))
+        .map(|service| {
+            (
+                format!("{}_URL", service.to_uppercase()),
+                platform.url(service, ""),
+            )
+        })
         .collect();
     let (signing, trust) = (
         keys.join("gateway.pem").display().to_string(),
         keys.join("service-keys.json").display().to_string(),
     );
-    let mut env: Vec<(&str, &str)> = urls.iter().map(|(name, url)| (name.as_str(), url.as_str())).collect();
+    let mut env: Vec<(&str, &str)> = urls
+        .iter()
+        .map(|(name, url)| (name.as_str(), url.as_str()))
+        .collect();
     env.extend([
         ("FRIENDS_URL", link.url()),
         ("SERVICE_SIGNING_KEYS_FILE", signing.as_str()),
@@ -382,8 +419,14 @@ async fn a_slow_then_black_holed_link_to_friends_degrades_me_within_its_deadline
 
     let tally = Stores::embedded(&platform).tally(&api, &outcomes, PATIENCE).await;
     tally.print("slow, then black-holed link gateway to friends");
-    let reads = || outcomes.iter().filter(|outcome| outcome.kind == steady_load::Kind::Read);
-    let degraded = reads().filter(|outcome| outcome.answer == Err("degraded".to_owned())).count();
+    let reads = || {
+        outcomes
+            .iter()
+            .filter(|outcome| outcome.kind == steady_load::Kind::Read)
+    };
+    let degraded = reads()
+        .filter(|outcome| outcome.answer == Err("degraded".to_owned()))
+        .count();
     println!("fault suite | slow, then black-holed link: {degraded} reads answered without friends");
     assert!(degraded > 0, "the fault was felt: {tally:?}");
     for outcome in &outcomes {

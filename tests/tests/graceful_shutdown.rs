@@ -54,7 +54,11 @@ async fn an_in_flight_request_completes_while_readiness_turns_false() {
     assert_eq!(ready.headers()["content-type"], "application/problem+json");
     // Told to, a client reconnects (to another instance) instead of reusing the connection
     // just as the service closes it.
-    assert_eq!(ready.headers()["connection"], "close", "answers while draining close");
+    assert_eq!(
+        ready.headers()["connection"],
+        "close",
+        "answers while draining close"
+    );
 
     answered_done(slow).await;
     let status = service.process.wait(Duration::from_secs(10)).await;
