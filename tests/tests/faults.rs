@@ -451,3 +451,92 @@ async fn a_slow_then_black_holed_link_to_friends_degrades_me_within_its_deadline
     drop(gateway);
     platform.stop().await;
 }
+
+/// A tmpfs of `size` mounted for one test (the tests run as root, as `scripts/test` does),
+/// unmounted when dropped.
+struct SmallDisk {
+    mount_point: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    async fn mount(size: &str) -> Self {
+        let mount_point = tempfile::tempdir().expect("a mount point");
+        let mounted = tokio::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(mount_point.path())
+            .status()
+            .await
+            .expect("mount runs");
+        assert!(mounted.success(), "mount -t tmpfs (the fault suite runs as root)");
+        Self { mount_point }
+    }
+
+    /// Fill what is left of it; the file that did, to remove to give the space back.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write as _;
+        let filler = self.mount_point.path().join("filler");
+        let mut file = std::fs::File::create(&filler).expect("the filler");
+        let block = vec![0_u8; 64 * 1024];
+        while file.write_all(&block).is_ok() {}
+        // The last bytes that fit, in smaller writes.
+        while file.write_all(&block[..512]).is_ok() {}
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        // Lazily: a process still holding a file there must not keep the mount.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.mount_point.path())
+            .status();
+    }
+}
+
+/// The embedded defaults on a small disk that fills up under the load, then gets its space
+/// back: meanwhile writes fail with 503 problems (never a 500 or a hang), reads go on; after,
+/// everything flows again, no accepted signup is lost and every database is intact.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_fails_writes_with_503_and_recovers_when_space_returns() {
+    let disk = SmallDisk::mount("64m").await;
+    let data = tempfile::tempdir_in(disk.mount_point.path()).expect("a data folder on the disk");
+    let platform = Platform::start_in(data, &[]).await;
+    let (api, members) = prepare(&platform, "disk").await;
+    let load = SteadyLoad::start(api.clone(), members, "disk", RATE, Duration::from_secs(24));
+    load.reached(6).await;
+    let filler = disk.fill();
+    load.reached(12).await;
+    std::fs::remove_file(&filler).expect("space back");
+    let outcomes = load.finish().await;
+
+    let stores = Stores::embedded(&platform);
+    let tally = stores.tally(&api, &outcomes, PATIENCE).await;
+    tally.print("disk full for 6 s");
+    for outcome in outcomes.iter().filter(|outcome| !outcome.succeeded()) {
+        assert!(
+            outcome.answer == Ok(503) || outcome.answer == Err("degraded".to_owned()),
+            "a full disk is a 503 problem: {outcome:?}\n{}",
+            warnings(&platform)
+        );
+        assert!(
+            outcome.latency < Duration::from_secs(5),
+            "failed fast: {outcome:?}"
+        );
+    }
+    let late: Vec<_> = outcomes
+        .iter()
+        .filter(|outcome| outcome.due > Duration::from_secs(18) && !outcome.succeeded())
+        .collect();
+    assert!(late.is_empty(), "all well once the space is back: {late:?}");
+    for (service, url) in &stores.databases {
+        let mut connection = sqlx::SqliteConnection::connect(url).await.expect("the database");
+        let verdict: String = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_one(&mut connection)
+            .await
+            .expect("an integrity check");
+        assert_eq!(verdict, "ok", "{service}'s database is intact");
+    }
+    assert_nothing_lost_or_doubled(&tally, &platform);
+    platform.stop().await;
+}
