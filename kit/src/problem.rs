@@ -105,8 +105,31 @@ impl From<sqlx::Error> for ApiError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_) => Self::Unavailable(error.into()),
+            sqlx::Error::Database(ref database) if is_transient(database.as_ref()) => {
+                Self::Unavailable(error.into())
+            }
             other => Self::Internal(other.into()),
         }
+    }
+}
+
+/// Whether a database refused for want of resources or because it is going away, not for
+/// anything in the request: a full disk, an I/O error, a server shutting down or out of
+/// connections. The request may succeed once the operator has acted, so it is a 503.
+fn is_transient(error: &dyn sqlx::error::DatabaseError) -> bool {
+    let Some(code) = error.code() else {
+        return false;
+    };
+    if error.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        // SQLite's extended result code; its low byte is the primary one.
+        const SQLITE_IOERR: i32 = 10;
+        const SQLITE_FULL: i32 = 13;
+        code.parse::<i32>()
+            .is_ok_and(|code| matches!(code & 0xff, SQLITE_IOERR | SQLITE_FULL))
+    } else {
+        // Postgres SQLSTATE classes: 08 connection exception, 53 insufficient resources (disk
+        // full, out of memory, too many connections), 57P operator intervention (shutdown).
+        ["08", "53", "57P"].iter().any(|class| code.starts_with(class))
     }
 }
 

@@ -1,6 +1,8 @@
 //! A proxy in front of a real service that can be told to lose the answers to some requests,
 //! as a crash or a network cut after the service acted would: the request reaches the service,
-//! and the caller gets 502 instead of its answer. Everything else passes through unchanged.
+//! and the caller gets 502 instead of its answer; to add latency to every request, as a slow
+//! network does; or to answer nothing at all, as a black hole (a dropped route, a firewall
+//! dropping packets) does. Everything else passes through unchanged.
 
 use std::sync::{Arc, Mutex};
 
@@ -13,6 +15,8 @@ use axum::response::{IntoResponse, Response};
 #[derive(Debug, Clone, Default)]
 struct Fault {
     lose_answers_to: Option<(Method, String)>,
+    latency: std::time::Duration,
+    black_hole: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +65,16 @@ impl FaultProxy {
         self.fault.lock().expect("fault").lose_answers_to = Some((method, path_prefix.to_owned()));
     }
 
+    /// From now on, every request waits `latency` before it is passed on.
+    pub fn add_latency(&self, latency: std::time::Duration) {
+        self.fault.lock().expect("fault").latency = latency;
+    }
+
+    /// From now on, no request is passed on or answered: each waits until its caller gives up.
+    pub fn black_hole(&self) {
+        self.fault.lock().expect("fault").black_hole = true;
+    }
+
     /// From now on, every answer reaches its caller.
     pub fn heal(&self) {
         *self.fault.lock().expect("fault") = Fault::default();
@@ -76,7 +90,12 @@ impl Drop for FaultProxy {
 async fn pass_on(State(link): State<Link>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-    let lose_answer = match &link.fault.lock().expect("fault").lose_answers_to {
+    let fault = link.fault.lock().expect("fault").clone();
+    if fault.black_hole {
+        return std::future::pending().await;
+    }
+    tokio::time::sleep(fault.latency).await;
+    let lose_answer = match &fault.lose_answers_to {
         Some((method, prefix)) => *method == parts.method && path.starts_with(prefix.as_str()),
         None => false,
     };

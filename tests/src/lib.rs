@@ -9,10 +9,12 @@ pub mod fault_proxy;
 pub mod identity;
 pub mod nats;
 pub mod platform;
+pub mod private_servers;
 pub mod process;
 pub mod public_api;
 #[cfg(feature = "sns-sqs")]
 pub mod sns_sqs;
+pub mod steady_load;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -33,7 +33,11 @@ impl Platform {
     /// The gateway's rate limits are raised (`extra_env` may set them again): every test client
     /// calls from 127.0.0.1, faster than any person would. `security_edge.rs` tests the limits.
     pub async fn start(extra_env: &[(&str, &str)]) -> Self {
-        let data = tempfile::tempdir().expect("data folder");
+        Self::start_in(tempfile::tempdir().expect("data folder"), extra_env).await
+    }
+
+    /// [`Platform::start`] with its data in `data` (a folder on a small disk, say).
+    pub async fn start_in(data: tempfile::TempDir, extra_env: &[(&str, &str)]) -> Self {
         let port_vars: Vec<String> = SERVICES
             .iter()
             .map(|name| format!("{}_PORT", name.to_uppercase()))

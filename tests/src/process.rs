@@ -98,7 +98,13 @@ pub struct Running {
 impl Running {
     /// Start `program` with only `env` (plus PATH) as its environment.
     pub fn start(program: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let (mut command, folder) = command(program, args, env);
+        let (command, folder) = command(program, args, env);
+        Self::spawn(command, folder)
+    }
+
+    /// Start a program from outside the workspace (a database server, a broker), prepared
+    /// by the caller, in `folder`.
+    pub fn spawn(mut command: Command, folder: tempfile::TempDir) -> Self {
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -1,6 +1,6 @@
-//! SIGTERM: readiness turns false at once, the listener closes after DRAIN_DELAY, in-flight
-//! requests and background work finish, and the process exits 0 — or 1 when work had to be
-//! cut off at SHUTDOWN_TIMEOUT.
+//! SIGTERM: readiness turns false at once and answers tell clients to close their connections,
+//! the listener closes after DRAIN_DELAY, in-flight requests and background work finish, and
+//! the process exits 0 — or 1 when work had to be cut off at SHUTDOWN_TIMEOUT.
 
 use std::time::Duration;
 
@@ -33,6 +33,11 @@ async fn answered_done(request: tokio::task::JoinHandle<reqwest::Result<reqwest:
 #[tokio::test(flavor = "multi_thread")]
 async fn an_in_flight_request_completes_while_readiness_turns_false() {
     let mut service = Service::start(FIXTURE, &[("DRAIN_DELAY", "3s")]).await;
+    let alive = reqwest::get(service.url("/healthz")).await.expect("healthz");
+    assert!(
+        alive.headers().get("connection").is_none(),
+        "connections are kept alive before the signal"
+    );
     let slow = tokio::spawn(reqwest::get(service.url("/slow?ms=2000")));
     in_flight(&mut service).await;
 
@@ -47,6 +52,13 @@ async fn an_in_flight_request_completes_while_readiness_turns_false() {
     .await;
     assert_eq!(ready.status(), 503);
     assert_eq!(ready.headers()["content-type"], "application/problem+json");
+    // Told to, a client reconnects (to another instance) instead of reusing the connection
+    // just as the service closes it.
+    assert_eq!(
+        ready.headers()["connection"],
+        "close",
+        "answers while draining close"
+    );
 
     answered_done(slow).await;
     let status = service.process.wait(Duration::from_secs(10)).await;

@@ -150,6 +150,14 @@ impl Db {
                     // A local file does not drop connections: the liveness ping sqlx sends
                     // before handing one out would only add a round trip to every transaction.
                     .test_before_acquire(false)
+                    // A COMMIT that fails (SQLITE_FULL: a full disk) leaves sqlx counting the
+                    // connection as inside a transaction SQLite already rolled back, so every
+                    // later BEGIN on it fails: such a connection is closed, not reused.
+                    .before_acquire(|connection, _| {
+                        Box::pin(std::future::ready(Ok(!sqlx::Connection::is_in_transaction(
+                            connection,
+                        ))))
+                    })
                     .acquire_timeout(Duration::from_secs(5))
                     .connect_with(options)
                     .await?;

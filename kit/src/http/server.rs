@@ -92,7 +92,7 @@ pub fn router(
         .description(Some(format!("The HTTP API of dozen's {service} service.")))
         .build();
     let ops = Ops {
-        lifecycle,
+        lifecycle: lifecycle.clone(),
         readiness,
         openapi: Arc::new(openapi.to_pretty_json().unwrap_or_else(|_| "{}".to_owned())),
     };
@@ -107,6 +107,10 @@ pub fn router(
     // separately. The first layer here is the outermost.
     let middleware = ServiceBuilder::new()
         .layer(RequestLayer)
+        .layer(axum::middleware::map_response_with_state(
+            lifecycle,
+            close_while_draining,
+        ))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             settings.request_timeout,
@@ -115,6 +119,22 @@ pub fn router(
     api.merge(ops_routes)
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(middleware)
+}
+
+/// While the service drains, every answer tells its client to close the connection: a client
+/// that reused it after the answer could otherwise send its next request just as the service
+/// closes it, and see the connection reset instead of an answer. Told so, it opens a new one,
+/// which another instance accepts.
+async fn close_while_draining(
+    axum::extract::State(lifecycle): axum::extract::State<Lifecycle>,
+    mut response: Response,
+) -> Response {
+    if lifecycle.is_draining() {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 async fn healthz() -> impl IntoResponse {
