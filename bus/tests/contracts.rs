@@ -399,6 +399,7 @@ fn every_event_type_is_listed_once_with_a_version() {
         "user.profile_updated",
         "friend.connected",
         "user.password_changed",
+        "user.deleted",
     ] {
         assert!(types.contains(&expected), "{expected} is missing");
     }

@@ -736,7 +736,7 @@ function breakerText(breaker) {
 
 // --- Sessions -------------------------------------------------------------------------------
 
-/** `#/sessions`: where the reader is logged in, and logging out everywhere. */
+/** `#/sessions`: where the reader is logged in, logging out everywhere, the password and the account. */
 export function sessions(ctx) {
   const line = messageLine("sessions-message");
   const list = h("ul", { id: "sessions-list", class: "cards" });
@@ -768,6 +768,7 @@ export function sessions(ctx) {
     list,
     everywhere,
     ...changePasswordForm(load),
+    ...deleteAccountForm(ctx),
   ];
 }
 
@@ -814,6 +815,52 @@ function changePasswordForm(reload) {
     }
   });
   return [h("h2", {}, "Change your password"), form, line];
+}
+
+/** Delete the account for good: the password and a ticked confirmation, then logged out. */
+function deleteAccountForm(ctx) {
+  const line = messageLine("delete-account-message");
+  const confirm = h("input", { id: "delete-account-confirm", name: "confirm", type: "checkbox" });
+  const form = h(
+    "form",
+    { id: "delete-account-form", novalidate: true },
+    field({
+      form: "delete-account",
+      name: "password",
+      label: "Password",
+      type: "password",
+      autocomplete: "current-password",
+    }),
+    h(
+      "p",
+      {},
+      h("label", { for: "delete-account-confirm" }, confirm, " I understand: my profile, friends and mail are erased, and this cannot be undone."),
+    ),
+    h("button", { type: "submit", class: "danger" }, "Delete my account"),
+  );
+  onSubmit(form, async () => {
+    clearFieldErrors(form);
+    say(line, "");
+    if (!confirm.checked) {
+      say(line, "Tick the box to confirm that you want your account deleted.", "error");
+      return;
+    }
+    try {
+      // Renew the access token first if it has expired, so that a 401 below can only mean a
+      // wrong password, which must not log the reader out.
+      await call("GET", "/api/sessions", { auth: true });
+      await call("DELETE", "/api/me", {
+        headers: { Authorization: `Bearer ${session.token()}` },
+        body: { password: form.elements.password.value },
+      });
+      session.clear();
+      ctx.go("login", "Your account is deleted and you are logged out. Goodbye.");
+    } catch (error) {
+      if (error.status === 401) error.errors = { password: "is wrong", ...error.errors };
+      showError(line, error, form);
+    }
+  });
+  return [h("h2", {}, "Delete your account"), form, line];
 }
 
 function sessionCard(entry) {

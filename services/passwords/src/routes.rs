@@ -8,6 +8,7 @@
 //!   taken.
 //! - `PUT /credentials/{user_id}/password`: internal, verification's alone: a followed reset
 //!   link sets a new password; `PUT /me/password`: the caller changes theirs (see [`password`]).
+//! - `DELETE /me`: the caller deletes their account (see [`account`]).
 //! - `POST /sessions`: login, answering an access token and starting a refresh session;
 //!   the other session routes are in [`sessions`].
 //! - `GET /.well-known/jwks.json`: the public keys every service checks tokens with.
@@ -41,6 +42,7 @@ use crate::domain::throttle::{self, Subject, ThrottlePolicy};
 use crate::store;
 use dozen_kit::keys::SigningKeys;
 
+mod account;
 mod password;
 mod sessions;
 
@@ -49,7 +51,7 @@ mod sessions;
 pub struct AppState {
     /// The service's database.
     pub db: Db,
-    /// Where `user.password_changed` is published.
+    /// Where `user.password_changed` and `user.deleted` are published.
     pub outbox: dozen_bus::Outbox,
     /// Hashes and verifies passwords, a bounded number at once.
     pub hasher: Hasher,
@@ -112,6 +114,7 @@ fn routes() -> Routes {
         .routes(routes!(sessions::refresh))
         .routes(routes!(sessions::end_current))
         .routes(routes!(password::change))
+        .routes(routes!(account::delete))
         .routes(routes!(jwks));
     Routes {
         signups,

@@ -1,6 +1,6 @@
 //! The users service: profiles (id, normalised unique email, display name, interests,
 //! verified). It marks a profile verified on `user.email_verified` and publishes
-//! `user.profile_updated` whenever a profile changes.
+//! `user.profile_updated` whenever a profile changes; it erases a profile on `user.deleted`.
 //!
 //! Layout: [`domain`] (what a profile accepts), [`store`] (its table), [`routes`] (the API),
 //! [`events`] (what it does on each event it consumes), and here the service's settings.

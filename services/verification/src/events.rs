@@ -1,9 +1,9 @@
 //! The events the verification service consumes, one named handler each, registered in
 //! [`handlers`]: a new account gets its verification mail, a signup for a taken address a
-//! notice to its owner, a changed password a notice too.
+//! notice to its owner, a changed password a notice too; a deleted account is erased.
 
 use chrono::Utc;
-use dozen_bus::contracts::{UserPasswordChanged, UserSignedUp, UserSignupConflict};
+use dozen_bus::contracts::{UserDeleted, UserPasswordChanged, UserSignedUp, UserSignupConflict};
 use dozen_bus::{EventHandlers, Tx};
 use dozen_kit::email::Email;
 
@@ -17,6 +17,7 @@ pub fn handlers(links: Links) -> EventHandlers<Links> {
         .on(on_signed_up)
         .on(on_signup_conflict)
         .on(on_password_changed)
+        .on(on_user_deleted)
 }
 
 /// Record the account and mail its verification link. A second event for the same user (the
@@ -57,5 +58,13 @@ pub async fn on_password_changed(
     {
         tracing::info!(user_id = %event.user_id, "password changed for an account unknown here");
     }
+    Ok(())
+}
+
+/// Erase a deleted account: its tokens and every mail to its address (the dev mailbox's
+/// copies too), and the events naming it in the outbox. A second delivery finds nothing.
+pub async fn on_user_deleted(tx: &mut Tx, event: UserDeleted, links: &Links) -> anyhow::Result<()> {
+    links.erase(tx, event.user_id, event.occurred_at).await?;
+    dozen_bus::erasure::forget_user(tx, event.user_id).await?;
     Ok(())
 }
