@@ -21,8 +21,16 @@ pub async fn forget_user(tx: &mut Tx, user_id: Uuid) -> Result<u64, BusError> {
         "DELETE FROM dead_letters WHERE envelope LIKE $1",
     ] {
         forgotten += match tx.conn() {
-            TxConn::Sqlite(conn) => sqlx::query(statement).bind(&pattern).execute(conn).await?.rows_affected(),
-            TxConn::Postgres(conn) => sqlx::query(statement).bind(&pattern).execute(conn).await?.rows_affected(),
+            TxConn::Sqlite(conn) => sqlx::query(statement)
+                .bind(&pattern)
+                .execute(conn)
+                .await?
+                .rows_affected(),
+            TxConn::Postgres(conn) => sqlx::query(statement)
+                .bind(&pattern)
+                .execute(conn)
+                .await?
+                .rows_affected(),
         };
     }
     Ok(forgotten)

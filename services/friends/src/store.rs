@@ -189,18 +189,25 @@ pub async fn erase_member(tx: &mut Tx, user: Uuid) -> Result<usize, sqlx::Error>
         .await
         .map(drop))?;
         let events = load(tx, &tombstone).await?;
-        if events.last().is_some_and(|last| last.kind != FriendshipEventKind::Removed) {
+        if events
+            .last()
+            .is_some_and(|last| last.kind != FriendshipEventKind::Removed)
+        {
             let version = i64::try_from(events.len()).map_err(|error| sqlx::Error::Decode(error.into()))? + 1;
             let closing = FriendshipEvent {
                 kind: FriendshipEventKind::Removed,
                 actor: stand_in,
                 occurred_at: Utc::now(),
             };
-            append(tx, &tombstone, version, &closing).await.map_err(|error| match error {
-                AppendError::Database(error) => error,
-                // The stream's name is new: no other writer can know it.
-                AppendError::Conflict => sqlx::Error::Protocol("a tombstone stream changed meanwhile".into()),
-            })?;
+            append(tx, &tombstone, version, &closing)
+                .await
+                .map_err(|error| match error {
+                    AppendError::Database(error) => error,
+                    // The stream's name is new: no other writer can know it.
+                    AppendError::Conflict => {
+                        sqlx::Error::Protocol("a tombstone stream changed meanwhile".into())
+                    }
+                })?;
         }
     }
     for statement in [

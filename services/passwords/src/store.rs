@@ -552,7 +552,12 @@ pub async fn set_hash(
 /// wins otherwise), every session, and the login failures counted against its email, which
 /// would otherwise keep the address for a while. `false`, with nothing deleted, when the hash
 /// was not `expected`.
-pub async fn delete_account(tx: &mut Tx, user_id: Uuid, email: &str, expected: &str) -> Result<bool, sqlx::Error> {
+pub async fn delete_account(
+    tx: &mut Tx,
+    user_id: Uuid,
+    email: &str,
+    expected: &str,
+) -> Result<bool, sqlx::Error> {
     let deleted = match tx.conn() {
         TxConn::Sqlite(conn) => sqlx::query("DELETE FROM credentials WHERE user_id = $1 AND phc_hash = $2")
             .bind(user_id.hyphenated())

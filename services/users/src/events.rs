@@ -8,7 +8,9 @@ use crate::{routes, store};
 
 /// Every handler, for the service's one subscription; they publish through `outbox`.
 pub fn handlers(outbox: Outbox) -> EventHandlers<Outbox> {
-    EventHandlers::new(outbox).on(on_email_verified).on(on_user_deleted)
+    EventHandlers::new(outbox)
+        .on(on_email_verified)
+        .on(on_user_deleted)
 }
 
 /// Mark the profile verified, and tell others what it now is (once: a second event for an

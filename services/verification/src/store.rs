@@ -481,7 +481,8 @@ pub async fn erase_account(tx: &mut Tx, user_id: Uuid, until: i64) -> Result<Vec
         return Ok(Vec::new());
     };
     // The accounts erased: the user's own, and older ones for the same address.
-    const ACCOUNTS: &str = "SELECT user_id FROM accounts WHERE user_id = $1 OR (email = $2 AND signed_up_at <= $3)";
+    const ACCOUNTS: &str =
+        "SELECT user_id FROM accounts WHERE user_id = $1 OR (email = $2 AND signed_up_at <= $3)";
     for statement in [
         format!("DELETE FROM verification_tokens WHERE user_id IN ({ACCOUNTS})"),
         format!("DELETE FROM password_reset_tokens WHERE user_id IN ({ACCOUNTS})"),
