@@ -118,6 +118,7 @@ async fn every_problem_every_token_and_every_page_is_described() {
         ("GET", "/api/me"),
         ("PATCH", "/api/me"),
         ("PUT", "/api/me/password"),
+        ("DELETE", "/api/me"),
         ("GET", "/api/suggestions"),
         ("GET", "/api/friends"),
         ("GET", "/api/friends/requests"),
@@ -184,6 +185,7 @@ async fn every_problem_every_token_and_every_page_is_described() {
         ("POST", "/api/password-resets"),
         ("POST", "/api/password-resets/{token}"),
         ("PUT", "/api/me/password"),
+        ("DELETE", "/api/me"),
         ("GET", "/api/me"),
         ("GET", "/api/friends"),
     ] {

@@ -832,9 +832,10 @@ function deleteAccountForm(ctx) {
       autocomplete: "current-password",
     }),
     h(
-      "p",
-      {},
-      h("label", { for: "delete-account-confirm" }, confirm, " I understand: my profile, friends and mail are erased, and this cannot be undone."),
+      "label",
+      { class: "check", for: "delete-account-confirm" },
+      confirm,
+      "I understand: my profile, friends and mail are erased, and this cannot be undone.",
     ),
     h("button", { type: "submit", class: "danger" }, "Delete my account"),
   );
