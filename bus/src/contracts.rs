@@ -235,6 +235,28 @@ impl Event for UserEmailChanged {
     }
 }
 
+/// A user deleted their account: their credential and every refresh session are gone, so
+/// nobody can log in as them again. Every other service erases what it holds about them.
+/// It names the user alone, so the event itself holds no personal data once they are erased.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct UserDeleted {
+    /// The deleted user's id.
+    pub user_id: Uuid,
+    /// When the account was deleted.
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl Event for UserDeleted {
+    const TYPE: &'static str = "user.deleted";
+    const VERSION: u32 = 1;
+    const SUMMARY: &'static str = "A user deleted their account; every service erases their data.";
+    const PUBLISHER: &'static str = "passwords";
+    const SUBSCRIBERS: &'static [&'static str] = &["signup", "users", "verification", "friends"];
+    fn subject(&self) -> String {
+        self.user_id.to_string()
+    }
+}
+
 /// One event type as the AsyncAPI document and the compatibility check see it.
 #[derive(Debug, Clone)]
 pub struct Contract {
@@ -276,6 +298,7 @@ pub fn all() -> Vec<Contract> {
         contract::<UserPasswordChanged>(),
         contract::<UserEmailChangeRequested>(),
         contract::<UserEmailChanged>(),
+        contract::<UserDeleted>(),
     ]
 }
 

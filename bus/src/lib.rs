@@ -9,6 +9,7 @@
 //!   `Tx`, re-exported).
 //! - [`outbox`]: publishing inside that transaction, and the relay to the broker.
 //! - [`inbox`]: the subscriber's inbox and dead-letter queue, with listing and replay.
+//! - [`erasure`]: forgetting a deleted user's events in those tables.
 //! - [`handlers`]: a subscriber's typed handlers, one function per event type.
 //! - [`subscriber`]: the consume loop: inbox, handler, ack after commit, retries with
 //!   backoff, dead letters, graceful hand-back.
@@ -56,6 +57,7 @@ pub mod admin;
 pub mod backend;
 pub mod contracts;
 pub mod envelope;
+pub mod erasure;
 pub mod error;
 pub mod handlers;
 pub mod inbox;

@@ -401,6 +401,7 @@ fn every_event_type_is_listed_once_with_a_version() {
         "user.password_changed",
         "user.email_change_requested",
         "user.email_changed",
+        "user.deleted",
     ] {
         assert!(types.contains(&expected), "{expected} is missing");
     }

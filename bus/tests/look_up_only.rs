@@ -7,7 +7,9 @@ mod support;
 
 use std::sync::Arc;
 
-use dozen_bus::contracts::{UserEmailVerified, UserPasswordChanged, UserSignedUp, UserSignupConflict};
+use dozen_bus::contracts::{
+    UserDeleted, UserEmailVerified, UserPasswordChanged, UserSignedUp, UserSignupConflict,
+};
 use dozen_bus::{Broker, Bus, BusSettings, BusUrl, Event};
 use dozen_kit::lifecycle::Lifecycle;
 use dozen_tests::database::Backend;
@@ -128,12 +130,15 @@ async fn with_nothing_provisioned_a_look_up_only_service_stops_naming_what_is_mi
     assert_one_line_naming(&error, &format!("SNS topic {namespace}-user-signed-up"));
 
     // A consumer whose topics exist stops on its missing queue. (Provisioning passwords'
-    // topic subscribes verification's queue to it, as the stack does.)
+    // topics subscribes verification's queue to them, as the stack does.)
     bus.connect()
         .await
-        .open("verification", &topics(&[UserPasswordChanged::TYPE]))
+        .open(
+            "verification",
+            &topics(&[UserPasswordChanged::TYPE, UserDeleted::TYPE]),
+        )
         .await
-        .expect("provision the topic passwords publishes");
+        .expect("provision the topics passwords publishes");
     let passwords_db = ServiceDb::create(Backend::Sqlite).await;
     let mut passwords = Bus::with_broker(
         connect(&settings).await,

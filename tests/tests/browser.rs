@@ -12,7 +12,8 @@
 //! mail over SMTP the UI links to no dev mailbox and its page says there is none, the gateway
 //! serves the UI's files with their types and ETags, and a forgotten password is reset by its
 //! mailed link (a weak one refused first), then changed on the settings page, where the email
-//! address is changed too, confirmed by the link in the mailbox and logged in with.
+//! address is changed too, confirmed by the link in the mailbox and logged in with, and the
+//! account is then deleted (a wrong password and a missing confirmation refused first).
 //!
 //! Every step checks that no JavaScript value leaked into the page's text and saves a
 //! screenshot under `<target>/test-artifacts/browser/<test>/`; at the end, any script error or
@@ -948,6 +949,38 @@ async fn a_forgotten_password_is_reset_and_changed_through_the_web_ui() {
     cleo.wait_for_text(css("main"), "cleo.new@example.com", Some("#me-refresh"))
         .await;
     cleo.shot("logged-in-with-new-email").await;
+    cleo.navigate("Settings", "Settings").await;
+    // The account deleted on the settings page: a wrong password refused (still logged in), the
+    // confirmation required, then logged out with a message, and the login gone for good.
+    const CLEO_PASSWORD: &str = "seven quiet otters juggle plums";
+    cleo.fill("#delete-account-password", "not my password").await;
+    cleo.click(css("#delete-account-confirm")).await;
+    cleo.click(css("#delete-account-form button[type=submit]")).await;
+    cleo.wait_for_text(css("#delete-account-password-error"), "wrong", None)
+        .await;
+    cleo.wait_for_heading("Settings").await;
+    cleo.shot("delete-wrong-password").await;
+    cleo.click(css("#delete-account-confirm")).await;
+    cleo.fill("#delete-account-password", CLEO_PASSWORD).await;
+    cleo.click(css("#delete-account-form button[type=submit]")).await;
+    cleo.wait_for_text(css("#delete-account-message"), "Tick the box", None)
+        .await;
+    cleo.click(css("#delete-account-confirm")).await;
+    cleo.click(css("#delete-account-form button[type=submit]")).await;
+    cleo.wait_for_heading("Log in").await;
+    cleo.wait_for_text(css("#flash"), "Your account is deleted", None)
+        .await;
+    cleo.shot("deleted").await;
+    assert_eq!(
+        api.client
+            .post(api.url("/api/sessions"))
+            .json(&json!({ "email": "cleo.new@example.com", "password": CLEO_PASSWORD }))
+            .send()
+            .await
+            .expect("POST /api/sessions")
+            .status(),
+        401
+    );
     cleo.close().await;
     platform.stop().await;
 }

@@ -119,6 +119,7 @@ async fn every_problem_every_token_and_every_page_is_described() {
         ("PATCH", "/api/me"),
         ("PUT", "/api/me/password"),
         ("POST", "/api/me/email"),
+        ("DELETE", "/api/me"),
         ("GET", "/api/suggestions"),
         ("GET", "/api/friends"),
         ("GET", "/api/friends/requests"),
@@ -186,6 +187,7 @@ async fn every_problem_every_token_and_every_page_is_described() {
         ("POST", "/api/password-resets/{token}"),
         ("PUT", "/api/me/password"),
         ("POST", "/api/me/email"),
+        ("DELETE", "/api/me"),
         ("GET", "/api/me"),
         ("GET", "/api/friends"),
     ] {

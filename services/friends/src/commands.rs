@@ -34,6 +34,16 @@ pub async fn run(
     let stream = FriendshipStream::of(actor, other);
     for _ in 0..ATTEMPTS {
         let mut tx = Tx::begin(db).await?;
+        // The token of a deleted account lives on until it expires; its owner is no member.
+        if !store::is_member(&mut tx, actor).await? {
+            return Err(Problem::typed(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Unauthorized",
+                "the account of this token is gone",
+            )
+            .into());
+        }
         if !store::is_member(&mut tx, other).await? {
             return Err(Problem::new(StatusCode::NOT_FOUND, "no such user").into());
         }

@@ -1,7 +1,8 @@
 //! The events the friends service consumes, one named handler each, registered in
-//! [`handlers`]: they keep its copy of each member (name, interests, verified) current.
+//! [`handlers`]: they keep its copy of each member (name, interests, verified) current, and
+//! erase a member who deleted their account.
 
-use dozen_bus::contracts::{UserEmailVerified, UserProfileUpdated, UserSignedUp};
+use dozen_bus::contracts::{UserDeleted, UserEmailVerified, UserProfileUpdated, UserSignedUp};
 use dozen_bus::{EventHandlers, Tx};
 
 use crate::store;
@@ -12,6 +13,7 @@ pub fn handlers() -> EventHandlers<()> {
         .on(on_signed_up)
         .on(on_profile_updated)
         .on(on_email_verified)
+        .on(on_user_deleted)
 }
 
 /// A new member, not verified yet, with the interests as the users service normalised them.
@@ -36,5 +38,14 @@ pub async fn on_profile_updated(tx: &mut Tx, event: UserProfileUpdated) -> anyho
 /// A member who may now be suggested to others.
 pub async fn on_email_verified(tx: &mut Tx, event: UserEmailVerified) -> anyhow::Result<()> {
     store::mark_verified(tx, event.user_id).await?;
+    Ok(())
+}
+
+/// A member who deleted their account: gone from every list, and from the log (tombstoned,
+/// see `store::erase_member`), with the events naming them in the outbox.
+pub async fn on_user_deleted(tx: &mut Tx, event: UserDeleted) -> anyhow::Result<()> {
+    let streams = store::erase_member(tx, event.user_id).await?;
+    dozen_bus::erasure::forget_user(tx, event.user_id).await?;
+    tracing::debug!(user_id = %event.user_id, streams, "member erased");
     Ok(())
 }

@@ -157,6 +157,71 @@ pub async fn rebuild(tx: &mut Tx) -> Result<usize, sqlx::Error> {
     Ok(replayed)
 }
 
+/// Erase a member who deleted their account: their projections, their name and interests,
+/// and their part in the log, where each of their streams is rewritten as a tombstone: their
+/// id becomes a fresh random one (per stream, so the rewritten streams cannot be linked), and
+/// a `removed` by it closes a stream still open, so replaying the log projects nothing for
+/// the pair. Versions and the other member's events stay as they were. Their id is kept in
+/// `erased_members`, so that a late event does not bring them back. How many streams were
+/// rewritten.
+pub async fn erase_member(tx: &mut Tx, user: Uuid) -> Result<usize, sqlx::Error> {
+    // A hyphenated UUID holds no LIKE wildcard.
+    let keys: Vec<(String,)> = with_conn!(tx.conn(), conn => sqlx::query_as(
+        "SELECT DISTINCT stream FROM friendship_events WHERE stream LIKE $1",
+    )
+    .bind(format!("%{}%", user.hyphenated()))
+    .fetch_all(conn)
+    .await)?;
+    for (key,) in &keys {
+        let stream = FriendshipStream::parse(key)
+            .ok_or_else(|| sqlx::Error::Decode(format!("stream {key}").into()))?;
+        let stand_in = Uuid::new_v4();
+        let tombstone = FriendshipStream::of(stand_in, stream.other(user));
+        with_conn!(tx.conn(), conn => sqlx::query(
+            "UPDATE friendship_events SET stream = $1, actor = CASE WHEN actor = $2 THEN $3 ELSE actor END
+             WHERE stream = $4",
+        )
+        .bind(tombstone.key())
+        .bind(user)
+        .bind(stand_in)
+        .bind(key)
+        .execute(conn)
+        .await
+        .map(drop))?;
+        let events = load(tx, &tombstone).await?;
+        if events
+            .last()
+            .is_some_and(|last| last.kind != FriendshipEventKind::Removed)
+        {
+            let version = i64::try_from(events.len()).map_err(|error| sqlx::Error::Decode(error.into()))? + 1;
+            let closing = FriendshipEvent {
+                kind: FriendshipEventKind::Removed,
+                actor: stand_in,
+                occurred_at: Utc::now(),
+            };
+            append(tx, &tombstone, version, &closing)
+                .await
+                .map_err(|error| match error {
+                    AppendError::Database(error) => error,
+                    // The stream's name is new: no other writer can know it.
+                    AppendError::Conflict => {
+                        sqlx::Error::Protocol("a tombstone stream changed meanwhile".into())
+                    }
+                })?;
+        }
+    }
+    for statement in [
+        "DELETE FROM friend_requests WHERE requester = $1 OR addressee = $1",
+        "DELETE FROM friendships WHERE user_id = $1 OR friend_id = $1",
+        "DELETE FROM member_interests WHERE user_id = $1",
+        "DELETE FROM members WHERE user_id = $1",
+        "INSERT INTO erased_members (user_id) VALUES ($1) ON CONFLICT DO NOTHING",
+    ] {
+        with_conn!(tx.conn(), conn => sqlx::query(statement).bind(user).execute(conn).await.map(drop))?;
+    }
+    Ok(keys.len())
+}
+
 /// A user as friends knows them.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Member {
@@ -182,7 +247,7 @@ pub async fn is_member(tx: &mut Tx, user: Uuid) -> Result<bool, sqlx::Error> {
 }
 
 /// Record what a user's profile says now. `verified` only ever turns on: a late, older event
-/// cannot un-verify anyone.
+/// cannot un-verify anyone, nor bring back an erased member.
 pub async fn upsert_member(
     tx: &mut Tx,
     user: Uuid,
@@ -191,7 +256,8 @@ pub async fn upsert_member(
     verified: bool,
 ) -> Result<(), sqlx::Error> {
     with_conn!(tx.conn(), conn => sqlx::query(
-        "INSERT INTO members (user_id, display_name, interests, verified) VALUES ($1, $2, $3, $4)
+        "INSERT INTO members (user_id, display_name, interests, verified)
+         SELECT $1, $2, $3, $4 WHERE NOT EXISTS (SELECT 1 FROM erased_members WHERE user_id = $1)
          ON CONFLICT (user_id) DO UPDATE SET display_name = excluded.display_name,
              interests = excluded.interests, verified = members.verified OR excluded.verified",
     )
@@ -205,10 +271,11 @@ pub async fn upsert_member(
     index_interests(tx, user).await
 }
 
-/// Mark a user verified (known or not yet: the signup event may come later).
+/// Mark a user verified (known or not yet: the signup event may come later), unless erased.
 pub async fn mark_verified(tx: &mut Tx, user: Uuid) -> Result<(), sqlx::Error> {
     with_conn!(tx.conn(), conn => sqlx::query(
-        "INSERT INTO members (user_id, display_name, interests, verified) VALUES ($1, '', '[]', TRUE)
+        "INSERT INTO members (user_id, display_name, interests, verified)
+         SELECT $1, '', '[]', TRUE WHERE NOT EXISTS (SELECT 1 FROM erased_members WHERE user_id = $1)
          ON CONFLICT (user_id) DO UPDATE SET verified = TRUE",
     )
     .bind(user)

@@ -72,8 +72,9 @@ pub struct EdgeSettings {
     /// Signups per client address: N/period (N at once, refilled over the period) or off.
     #[arg(long, env = "RATE_LIMIT_SIGNUPS", default_value = "20/h", value_parser = RateLimit::parse)]
     pub rate_limit_signups: RateLimit,
-    /// Logins, refreshes and password changes (POST /api/sessions, /api/sessions/refresh,
-    /// PUT /api/me/password) per client address: N/period or off.
+    /// Logins, refreshes, password changes and account deletions (POST /api/sessions,
+    /// /api/sessions/refresh, PUT /api/me/password, DELETE /api/me) per client address:
+    /// N/period or off.
     #[arg(long, env = "RATE_LIMIT_SESSIONS", default_value = "30/min", value_parser = RateLimit::parse)]
     pub rate_limit_sessions: RateLimit,
     /// Verifications, resent verification mails and password resets (requests and new

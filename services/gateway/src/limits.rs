@@ -187,7 +187,8 @@ impl RouteLimit {
 pub struct RateLimits {
     /// `POST /api/signups`.
     pub signups: RouteLimit,
-    /// `POST /api/sessions` (logins), `POST /api/sessions/refresh` and `PUT /api/me/password`.
+    /// `POST /api/sessions` (logins), `POST /api/sessions/refresh`, `PUT /api/me/password` and
+    /// `DELETE /api/me`.
     pub sessions: RouteLimit,
     /// `POST /api/verifications/{token}`, `POST /api/verifications/resend` and the password
     /// resets (`POST /api/password-resets`, `POST /api/password-resets/{token}`): each a token

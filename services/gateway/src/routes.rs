@@ -82,6 +82,8 @@ pub fn router(peers: Peers, limits: &RateLimits, dev_mailbox: bool) -> OpenApiRo
         .routes(openapi::own(routes!(me_aggregate), Some(&limits.reads)))
         .routes(Forwarded::to(users, Patch, "/me").at("/api/me", me_update, None))
         // A password change costs a hash or two and guesses a password, as a login does.
+        // A deletion checks a password: a hash, and a guess, as a login is.
+        .routes(Forwarded::to(passwords, Delete, "/me").at("/api/me", me_delete, Some(&limits.sessions)))
         .routes(Forwarded::to(passwords, Put, "/me/password").at(
             "/api/me/password",
             me_password,
@@ -288,6 +290,10 @@ async fn me_aggregate(State(peers): State<Arc<Peers>>, headers: HeaderMap) -> Re
 
 async fn me_update(State(peers): State<Arc<Peers>>, public: Public) -> Response {
     proxy::forward(&peers.users, public.to("/me".to_owned())).await
+}
+
+async fn me_delete(State(peers): State<Arc<Peers>>, public: Public) -> Response {
+    proxy::forward(&peers.passwords, public.to("/me".to_owned())).await
 }
 
 async fn forward_to_friends(State(peers): State<Arc<Peers>>, uri: OriginalUri, public: Public) -> Response {

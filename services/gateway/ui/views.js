@@ -741,8 +741,9 @@ function breakerText(breaker) {
 // --- Settings -------------------------------------------------------------------------------
 
 /**
- * `#/settings`: change the password, change the email address, and the sessions (where the
- * reader is logged in, and logging out everywhere). Each section is a function of its own.
+ * `#/settings`: change the password, change the email address, the sessions (where the
+ * reader is logged in, and logging out everywhere), and deleting the account. Each section
+ * is a function of its own.
  */
 export function settings(ctx) {
   const sessionsPart = sessionsSection(ctx);
@@ -751,6 +752,7 @@ export function settings(ctx) {
     ...changePasswordForm(sessionsPart.reload),
     ...changeEmailForm(),
     ...sessionsPart.elements,
+    ...deleteAccountForm(ctx),
   ];
 }
 
@@ -902,6 +904,47 @@ function changePasswordForm(reload) {
     }
   });
   return [h("h2", {}, "Change your password"), form, line];
+}
+
+/** Delete the account for good: the password and a ticked confirmation, then logged out. */
+function deleteAccountForm(ctx) {
+  const line = messageLine("delete-account-message");
+  const confirm = h("input", { id: "delete-account-confirm", name: "confirm", type: "checkbox" });
+  const form = h(
+    "form",
+    { id: "delete-account-form", novalidate: true },
+    field({
+      form: "delete-account",
+      name: "password",
+      label: "Password",
+      type: "password",
+      autocomplete: "current-password",
+    }),
+    h(
+      "label",
+      { class: "check", for: "delete-account-confirm" },
+      confirm,
+      "I understand: my profile, friends and mail are erased, and this cannot be undone.",
+    ),
+    h("button", { type: "submit", class: "danger" }, "Delete my account"),
+  );
+  onSubmit(form, async () => {
+    clearFieldErrors(form);
+    say(line, "");
+    if (!confirm.checked) {
+      say(line, "Tick the box to confirm that you want your account deleted.", "error");
+      return;
+    }
+    try {
+      await call("DELETE", "/api/me", { auth: true, body: { password: form.elements.password.value } });
+      session.clear();
+      ctx.go("login", "Your account is deleted and you are logged out. Goodbye.");
+    } catch (error) {
+      if (error.type === WRONG_PASSWORD) error.errors = { password: "is wrong", ...error.errors };
+      showError(line, error, form);
+    }
+  });
+  return [h("h2", {}, "Delete your account"), form, line];
 }
 
 function sessionCard(entry) {

@@ -10,6 +10,7 @@
 //!   link sets a new password; `PUT /me/password`: the caller changes theirs;
 //!   `POST /credentials/{user_id}/password-confirmations`: internal, users' alone, the password
 //!   an email change must be given (see [`password`]).
+//! - `DELETE /me`: the caller deletes their account (see [`account`]).
 //! - `POST /sessions`: login, answering an access token and starting a refresh session;
 //!   the other session routes are in [`sessions`].
 //! - `GET /.well-known/jwks.json`: the public keys every service checks tokens with.
@@ -43,6 +44,7 @@ use crate::domain::throttle::{self, Subject, ThrottlePolicy};
 use crate::store;
 use dozen_kit::keys::SigningKeys;
 
+mod account;
 mod password;
 mod sessions;
 
@@ -51,7 +53,7 @@ mod sessions;
 pub struct AppState {
     /// The service's database.
     pub db: Db,
-    /// Where `user.password_changed` is published.
+    /// Where `user.password_changed` and `user.deleted` are published.
     pub outbox: dozen_bus::Outbox,
     /// Hashes and verifies passwords, a bounded number at once.
     pub hasher: Hasher,
@@ -124,6 +126,7 @@ fn routes() -> Routes {
         .routes(routes!(sessions::refresh))
         .routes(routes!(sessions::end_current))
         .routes(routes!(password::change))
+        .routes(routes!(account::delete))
         .routes(routes!(jwks));
     Routes {
         signups,

@@ -596,3 +596,48 @@ pub async fn set_hash(
     };
     Ok(done == 1)
 }
+
+/// Erase the account of `user_id` inside the caller's transaction (with its `user.deleted`):
+/// the credential, only while its hash is still `expected` (a concurrent change or deletion
+/// wins otherwise), every session, and the login failures counted against its email, which
+/// would otherwise keep the address for a while. `false`, with nothing deleted, when the hash
+/// was not `expected`.
+pub async fn delete_account(
+    tx: &mut Tx,
+    user_id: Uuid,
+    email: &str,
+    expected: &str,
+) -> Result<bool, sqlx::Error> {
+    let deleted = match tx.conn() {
+        TxConn::Sqlite(conn) => sqlx::query("DELETE FROM credentials WHERE user_id = $1 AND phc_hash = $2")
+            .bind(user_id.hyphenated())
+            .bind(expected)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected(),
+        TxConn::Postgres(conn) => sqlx::query("DELETE FROM credentials WHERE user_id = $1 AND phc_hash = $2")
+            .bind(user_id)
+            .bind(expected)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected(),
+    };
+    if deleted == 0 {
+        return Ok(false);
+    }
+    end_sessions(tx, user_id, None).await?;
+    // A pair's key ends with `:<email>` (see `Subject::key`). An address ending in this one
+    // after a `:` (a quoted local part) would lose its counts too: rare, and only early.
+    let suffix = format!(":{email}");
+    with_conn!(tx.conn(), conn => {
+        sqlx::query(
+            "DELETE FROM login_throttle WHERE key LIKE 'pair:%' \
+             AND substr(key, length(key) - length($1) + 1) = $1",
+        )
+        .bind(&suffix)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+    });
+    Ok(true)
+}

@@ -1,11 +1,14 @@
 //! The signup service: takes a signup through the chain (profile in users, credential in
 //! passwords), records how far each got under its Idempotency-Key, and publishes
-//! `user.signed_up` — or `user.signup_conflict` for a taken email — through its outbox.
+//! `user.signed_up` — or `user.signup_conflict` for a taken email — through its outbox. It
+//! forgets a deleted account's signups on `user.deleted`.
 //!
 //! Layout: [`domain`] (request, key, states), [`store`] (signup records), [`peers`] (calls to
-//! users and passwords), [`flow`] (the chain, and `repair`), [`routes`] (the API).
+//! users and passwords), [`flow`] (the chain, and `repair`), [`routes`] (the API), [`events`]
+//! (what it does on `user.deleted`).
 
 pub mod domain;
+pub mod events;
 pub mod flow;
 pub mod peers;
 pub mod routes;
@@ -86,6 +89,7 @@ impl Service for Signup {
 
     async fn start(context: &mut Context<Settings>) -> anyhow::Result<OpenApiRouter> {
         let mut bus = Bus::connect(&context.settings.bus, Self::NAME, context.database()?.clone()).await?;
+        bus.handle(Self::NAME, events::handlers());
         let flow = Self::flow(context, &bus).await?;
         bus.serve(&context.lifecycle, &mut context.readiness).await?;
         Ok(routes::router(flow))

@@ -128,6 +128,21 @@ pub async fn forget(tx: &mut Tx, key: &str) -> Result<(), sqlx::Error> {
         .map(drop))
 }
 
+/// Forget every signup of a deleted account: its own, and every other attempt with its
+/// email made up to `until` (conflicts, undone tries); a new signup for the freed address may
+/// follow at once. How many went.
+pub async fn forget_user(tx: &mut Tx, user_id: Uuid, until: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+    with_conn!(tx.conn(), conn => sqlx::query(
+        "DELETE FROM signups WHERE user_id = $1
+            OR (email IN (SELECT email FROM signups WHERE user_id = $1) AND created_at <= $2)",
+    )
+    .bind(user_id)
+    .bind(until)
+    .execute(conn)
+    .await
+    .map(|done| done.rows_affected()))
+}
+
 /// Signups that stopped part-way and have not moved since `before`.
 pub async fn unfinished(db: &Db, before: DateTime<Utc>) -> Result<Vec<SignupRecord>, sqlx::Error> {
     let query = sqlx::AssertSqlSafe(format!(

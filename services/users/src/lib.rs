@@ -1,7 +1,8 @@
 //! The users service: profiles (id, normalised unique email, display name, interests,
 //! verified). It marks a profile verified on `user.email_verified`, publishes
-//! `user.profile_updated` whenever a profile changes, and owns email changes (requested with
-//! the password, applied once the link mailed to the new address is followed).
+//! `user.profile_updated` whenever a profile changes, owns email changes (requested with the
+//! password, applied once the link mailed to the new address is followed), and erases a profile
+//! on `user.deleted`.
 //!
 //! Layout: [`domain`] (what a profile accepts), [`store`] (its table), [`routes`] (the API),
 //! [`events`] (what it does on each event it consumes), and here the service's settings.

@@ -145,7 +145,8 @@ pub async fn mark_verified(
     Ok(find_in(tx, id).await?.map(|profile| (profile, changed)))
 }
 
-/// Delete the profile (undoing a signup that could not finish); whether there was one.
+/// Delete the profile (undoing a signup that could not finish, or a deleted account); whether
+/// there was one.
 pub async fn delete(tx: &mut Tx, id: Uuid) -> Result<bool, sqlx::Error> {
     with_conn!(tx.conn(), conn => sqlx::query("DELETE FROM profiles WHERE id = $1")
         .bind(id)

@@ -1,11 +1,13 @@
 //! The events the verification service consumes, one named handler each, registered in
 //! [`handlers`]: a new account gets its verification mail, a signup for a taken address a
 //! notice to its owner, a changed password a notice too; a requested email change a link to
-//! the new address and a notice to the old, and a changed email is mailed at from then on.
+//! the new address and a notice to the old, a changed email is mailed at from then on, and a
+//! deleted account is erased.
 
 use chrono::Utc;
 use dozen_bus::contracts::{
-    UserEmailChangeRequested, UserEmailChanged, UserPasswordChanged, UserSignedUp, UserSignupConflict,
+    UserDeleted, UserEmailChangeRequested, UserEmailChanged, UserPasswordChanged, UserSignedUp,
+    UserSignupConflict,
 };
 use dozen_bus::{EventHandlers, Tx};
 use dozen_kit::email::Email;
@@ -22,6 +24,7 @@ pub fn handlers(links: Links) -> EventHandlers<Links> {
         .on(on_password_changed)
         .on(on_email_change_requested)
         .on(on_email_changed)
+        .on(on_user_deleted)
 }
 
 /// Record the account and mail its verification link. A second event for the same user (the
@@ -112,5 +115,13 @@ pub async fn on_email_changed(tx: &mut Tx, event: UserEmailChanged) -> anyhow::R
     if !store::change_account_email(tx, event.user_id, email.as_str(), now).await? {
         tracing::info!(user_id = %event.user_id, "email changed for an account unknown here");
     }
+    Ok(())
+}
+
+/// Erase a deleted account: its tokens and every mail to its address (the dev mailbox's
+/// copies too), and the events naming it in the outbox. A second delivery finds nothing.
+pub async fn on_user_deleted(tx: &mut Tx, event: UserDeleted, links: &Links) -> anyhow::Result<()> {
+    links.erase(tx, event.user_id, event.occurred_at).await?;
+    dozen_bus::erasure::forget_user(tx, event.user_id).await?;
     Ok(())
 }

@@ -193,6 +193,7 @@ impl Service for Verification {
                 daily_limit: i64::from(settings.resend_daily_limit),
             },
             mail_queued: mail_queued.clone(),
+            mailbox: mailer.folder().map(std::path::Path::to_owned),
         };
 
         let mut bus = Bus::connect(&context.settings.bus, Self::NAME, db.clone()).await?;

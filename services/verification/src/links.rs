@@ -2,6 +2,7 @@
 //! carries it are written, together, in the caller's transaction (an event handler's or a
 //! resend request's). The mail leaves only if the transaction commits.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,9 @@ pub struct Links {
     pub throttle: Throttle,
     /// Woken after a commit that queued a mail, so the sender needs no fast polling.
     pub mail_queued: Arc<Notify>,
+    /// The dev mailbox's folder, when mail goes to one: a deleted account's mail is removed
+    /// from it too.
+    pub mailbox: Option<PathBuf>,
 }
 
 impl Links {
@@ -184,5 +188,15 @@ impl Links {
         store::queue_mail(tx, &domain::email_change_conflict_mail(email, requested_at), now).await?;
         tx.wake_after_commit(self.mail_queued.clone());
         Ok(true)
+    }
+
+    /// Erase a deleted account: its accounts, tokens and mail (see `store::erase_account`),
+    /// and that mail's copies in the dev mailbox. Mail sent over SMTP is the recipient's.
+    pub async fn erase(&self, tx: &mut Tx, user_id: Uuid, until: DateTime<Utc>) -> anyhow::Result<()> {
+        let mails = store::erase_account(tx, user_id, until.timestamp_millis()).await?;
+        if let Some(folder) = &self.mailbox {
+            crate::mailer::remove_from_folder(folder, &mails).await?;
+        }
+        Ok(())
     }
 }

@@ -222,6 +222,17 @@ impl Mailer {
     }
 }
 
+/// Remove the messages `ids` from the mailbox `folder`; one already gone is no error.
+pub async fn remove_from_folder(folder: &Path, ids: &[Uuid]) -> std::io::Result<()> {
+    for id in ids {
+        match tokio::fs::remove_file(folder.join(format!("{id}.json"))).await {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Write `<id>.json` through a temporary file, flushed, then renamed over: readers never see
 /// half a message, and a repeat replaces the first copy. One trip to the blocking pool for
 /// the whole write, not one per file operation.

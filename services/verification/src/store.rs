@@ -628,3 +628,38 @@ pub async fn change_account_email(
     .await
     .map(|done| done.rows_affected() == 1))
 }
+
+/// Erase what is known of a deleted account: its accounts (under its id, and any older one
+/// for its address, such as an undone signup's), their tokens, and every mail to the address
+/// queued up to `until` (a new signup for the freed address may follow at once). The ids of
+/// the mails erased, so that their copies in the dev mailbox go too.
+pub async fn erase_account(tx: &mut Tx, user_id: Uuid, until: i64) -> Result<Vec<Uuid>, sqlx::Error> {
+    let Some(email) = email_of(tx, user_id).await? else {
+        return Ok(Vec::new());
+    };
+    // The accounts erased: the user's own, and older ones for the same address.
+    const ACCOUNTS: &str =
+        "SELECT user_id FROM accounts WHERE user_id = $1 OR (email = $2 AND signed_up_at <= $3)";
+    for statement in [
+        format!("DELETE FROM verification_tokens WHERE user_id IN ({ACCOUNTS})"),
+        format!("DELETE FROM password_reset_tokens WHERE user_id IN ({ACCOUNTS})"),
+        format!("DELETE FROM email_change_tokens WHERE user_id IN ({ACCOUNTS})"),
+        format!("DELETE FROM accounts WHERE user_id IN ({ACCOUNTS})"),
+    ] {
+        with_conn!(tx.conn(), conn => sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
+            .bind(user_id)
+            .bind(&email)
+            .bind(until)
+            .execute(conn)
+            .await
+            .map(drop))?;
+    }
+    let mails: Vec<(Uuid,)> = with_conn!(tx.conn(), conn => sqlx::query_as(
+        "DELETE FROM mails WHERE recipient = $1 AND created_at <= $2 RETURNING id",
+    )
+    .bind(&email)
+    .bind(until)
+    .fetch_all(conn)
+    .await)?;
+    Ok(mails.into_iter().map(|(id,)| id).collect())
+}
