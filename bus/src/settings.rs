@@ -202,10 +202,6 @@ pub struct BusSettings {
     #[arg(long, env = "BUS_RETENTION", default_value = "7days", value_parser = parse_duration)]
     pub bus_retention: Duration,
 
-    /// Where old rows are archived; when set, the sweeps above leave them to the archive.
-    #[command(flatten)]
-    pub archive: ArchiveSettings,
-
     /// NATS: a credentials file (`.creds`: the user's JWT and NKey seed) to log in with.
     #[arg(long, env = "NATS_CREDS_FILE")]
     pub nats_creds_file: Option<PathBuf>,
@@ -214,6 +210,10 @@ pub struct BusSettings {
     /// (a private CA); without it, the system's.
     #[arg(long, env = "NATS_CA_FILE")]
     pub nats_ca_file: Option<PathBuf>,
+
+    /// Where old rows are archived; when set, the sweeps above leave them to the archive.
+    #[command(flatten)]
+    pub archive: ArchiveSettings,
 }
 
 fn parse_namespace(text: &str) -> Result<String, String> {
@@ -242,9 +242,9 @@ impl BusSettings {
             bus_ack_wait: Duration::from_secs(30),
             bus_poll_interval: Duration::from_secs(1),
             bus_retention: Duration::from_secs(7 * 24 * 3600),
-            archive: ArchiveSettings { archive_url: None },
             nats_creds_file: None,
             nats_ca_file: None,
+            archive: ArchiveSettings { archive_url: None },
         }
     }
 

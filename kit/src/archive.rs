@@ -34,8 +34,9 @@ use crate::db::{Db, Tx};
 use crate::with_conn;
 
 /// Where archived rows go (`ARCHIVE_URL`).
+// No help heading of its own: it is listed with the settings it is flattened into, and the
+// settings after those keep theirs.
 #[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "Archive")]
 pub struct ArchiveSettings {
     /// Where the `archive` admin process writes rows past retention: `file://<folder>`, or
     /// `s3://<bucket>[/<prefix>]` (credentials and region from the usual AWS settings; add
