@@ -7,8 +7,9 @@
 //! has no second effect. Dead letters are kept in the subscriber's database rather than the
 //! broker so that they survive any broker, can be listed and replayed with only
 //! `DATABASE_URL`, and are replayed to this subscriber alone: replay marks them, and the
-//! running subscriber picks marked ones up, runs the handler, and deletes the dead letter in
-//! the handler's transaction.
+//! running subscriber picks marked ones up, runs the handler, and marks the dead letter
+//! replayed in the handler's transaction. Replayed dead letters stay for the record until
+//! the `archive` admin process moves them out (or, without an archive, the retention sweep).
 
 use chrono::{DateTime, Utc};
 use dozen_kit::db::{Db, write_turn};
@@ -146,27 +147,27 @@ pub(crate) async fn bury(db: &Db, letter: &DeadLetter) -> Result<(), BusError> {
 async fn count_where(tx: &mut Tx, subscriber: &str, event_id: Option<Uuid>) -> Result<i64, BusError> {
     Ok(match (tx.conn(), event_id) {
         (TxConn::Sqlite(conn), Some(id)) => {
-            sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters WHERE subscriber = $1 AND event_id = $2")
+            sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters WHERE subscriber = $1 AND event_id = $2 AND replayed_at IS NULL")
                 .bind(subscriber)
                 .bind(id.to_string())
                 .fetch_one(conn)
                 .await?
         }
         (TxConn::Postgres(conn), Some(id)) => {
-            sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters WHERE subscriber = $1 AND event_id = $2")
+            sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters WHERE subscriber = $1 AND event_id = $2 AND replayed_at IS NULL")
                 .bind(subscriber)
                 .bind(id)
                 .fetch_one(conn)
                 .await?
         }
         (TxConn::Sqlite(conn), None) => {
-            sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters WHERE subscriber = $1")
+            sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters WHERE subscriber = $1 AND replayed_at IS NULL")
                 .bind(subscriber)
                 .fetch_one(conn)
                 .await?
         }
         (TxConn::Postgres(conn), None) => {
-            sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters WHERE subscriber = $1")
+            sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters WHERE subscriber = $1 AND replayed_at IS NULL")
                 .bind(subscriber)
                 .fetch_one(conn)
                 .await?
@@ -178,7 +179,8 @@ async fn count_where(tx: &mut Tx, subscriber: &str, event_id: Option<Uuid>) -> R
 /// given.
 pub async fn dead_letters(db: &Db, subscriber: Option<&str>) -> Result<Vec<DeadLetter>, BusError> {
     let sql = format!(
-        "SELECT {COLUMNS} FROM dead_letters WHERE ($1 IS NULL OR subscriber = $1) ORDER BY failed_at, event_id"
+        "SELECT {COLUMNS} FROM dead_letters WHERE ($1 IS NULL OR subscriber = $1) AND replayed_at IS NULL
+         ORDER BY failed_at, event_id"
     );
     Ok(match db {
         Db::Sqlite(pool) => sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -206,7 +208,7 @@ pub async fn dead_letters(db: &Db, subscriber: Option<&str>) -> Result<Vec<DeadL
 /// in the queue with its attempts counted. Returns how many were marked.
 pub async fn replay(db: &Db, subscriber: &str, event_id: Option<Uuid>) -> Result<u64, BusError> {
     const SQL: &str = "UPDATE dead_letters SET replay_requested_at = $1
-                       WHERE subscriber = $2 AND replay_requested_at IS NULL";
+                       WHERE subscriber = $2 AND replay_requested_at IS NULL AND replayed_at IS NULL";
     let marked = match (db, event_id) {
         (Db::Sqlite(pool), None) => sqlx::query(SQL)
             .bind(now_ms())
@@ -243,7 +245,8 @@ pub async fn replay(db: &Db, subscriber: &str, event_id: Option<Uuid>) -> Result
 /// Dead letters of `subscriber` waiting to be replayed.
 pub(crate) async fn replay_requested(db: &Db, subscriber: &str) -> Result<Vec<DeadLetter>, BusError> {
     let sql = format!(
-        "SELECT {COLUMNS} FROM dead_letters WHERE subscriber = $1 AND replay_requested_at IS NOT NULL
+        "SELECT {COLUMNS} FROM dead_letters
+         WHERE subscriber = $1 AND replay_requested_at IS NOT NULL AND replayed_at IS NULL
          ORDER BY failed_at LIMIT 64"
     );
     Ok(match db {
@@ -264,29 +267,34 @@ pub(crate) async fn replay_requested(db: &Db, subscriber: &str) -> Result<Vec<De
     })
 }
 
-/// In a replay's transaction: remove the dead letter. False when another instance got it first.
+/// In a replay's transaction: mark the dead letter replayed. False when another instance got it
+/// first.
 pub(crate) async fn unbury(tx: &mut Tx, subscriber: &str, event_id: Uuid) -> Result<bool, BusError> {
-    const SQL: &str = "DELETE FROM dead_letters WHERE subscriber = $1 AND event_id = $2 AND replay_requested_at IS NOT NULL";
-    let deleted = match tx.conn() {
+    const SQL: &str = "UPDATE dead_letters SET replayed_at = $3
+                       WHERE subscriber = $1 AND event_id = $2
+                         AND replay_requested_at IS NOT NULL AND replayed_at IS NULL";
+    let marked = match tx.conn() {
         TxConn::Sqlite(conn) => sqlx::query(SQL)
             .bind(subscriber)
             .bind(event_id.to_string())
+            .bind(now_ms())
             .execute(conn)
             .await?
             .rows_affected(),
         TxConn::Postgres(conn) => sqlx::query(SQL)
             .bind(subscriber)
             .bind(event_id)
+            .bind(now_ms())
             .execute(conn)
             .await?
             .rows_affected(),
     };
-    Ok(deleted == 1)
+    Ok(marked == 1)
 }
 
 /// How many dead letters `subscriber` has.
 pub(crate) async fn count(db: &Db, subscriber: &str) -> Result<u64, BusError> {
-    const SQL: &str = "SELECT COUNT(*) FROM dead_letters WHERE subscriber = $1";
+    const SQL: &str = "SELECT COUNT(*) FROM dead_letters WHERE subscriber = $1 AND replayed_at IS NULL";
     let count: i64 = match db {
         Db::Sqlite(pool) => sqlx::query_scalar(SQL).bind(subscriber).fetch_one(pool).await?,
         Db::Postgres(pool) => sqlx::query_scalar(SQL).bind(subscriber).fetch_one(pool).await?,
@@ -294,26 +302,32 @@ pub(crate) async fn count(db: &Db, subscriber: &str) -> Result<u64, BusError> {
     Ok(u64::try_from(count).unwrap_or_default())
 }
 
-/// Forget inbox entries older than `before` (ms since the epoch): no redelivery comes that late.
+/// Forget inbox entries older than `before` (ms since the epoch): no redelivery comes that late;
+/// and dead letters replayed before then.
 pub(crate) async fn forget(db: &Db, subscriber: &str, before: i64) -> Result<(), BusError> {
-    const SQL: &str = "DELETE FROM inbox WHERE subscriber = $1 AND received_at < $2";
+    const INBOX: &str = "DELETE FROM inbox WHERE subscriber = $1 AND received_at < $2";
+    const REPLAYED: &str = "DELETE FROM dead_letters WHERE subscriber = $1 AND replayed_at < $2";
     match db {
         Db::Sqlite(pool) => {
             let _turn = write_turn(pool).await;
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-            sqlx::query(SQL)
-                .bind(subscriber)
-                .bind(before)
-                .execute(&mut *tx)
-                .await?;
+            for sql in [INBOX, REPLAYED] {
+                sqlx::query(sql)
+                    .bind(subscriber)
+                    .bind(before)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             tx.commit().await?;
         }
         Db::Postgres(pool) => {
-            sqlx::query(SQL)
-                .bind(subscriber)
-                .bind(before)
-                .execute(pool)
-                .await?;
+            for sql in [INBOX, REPLAYED] {
+                sqlx::query(sql)
+                    .bind(subscriber)
+                    .bind(before)
+                    .execute(pool)
+                    .await?;
+            }
         }
     }
     Ok(())

@@ -54,6 +54,7 @@
 //!   order (standard queues).
 
 pub mod admin;
+pub mod archive;
 pub mod backend;
 pub mod contracts;
 pub mod envelope;

@@ -538,12 +538,16 @@ impl Relay {
         .await
     }
 
-    /// Refresh the backlog gauges and forget rows sent longer ago than the retention.
+    /// Refresh the backlog gauges and forget rows sent longer ago than the retention (unless
+    /// they are archived: then the archive removes them).
     async fn upkeep(&self) -> Result<(), BusError> {
         let now = now_ms();
         let cutoff = now - millis(self.settings.bus_retention);
         let (backlog, oldest) = backlog(&self.db).await?;
         metrics::outbox_backlog(backlog, oldest.map(|created| (now - created).max(0)));
+        if self.settings.archive.archiving() {
+            return Ok(());
+        }
         match &self.db {
             Db::Sqlite(pool) => {
                 let _turn = write_turn(pool).await;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use dozen_kit::archive::ArchiveSettings;
 use dozen_kit::config::parse_duration;
 
 /// A validated `BUS_URL`: which broker carries the events.
@@ -194,8 +195,10 @@ pub struct BusSettings {
     #[arg(long, env = "BUS_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub bus_poll_interval: Duration,
 
-    /// How long event ids stay in the inbox (and sent events in the outbox) for deduplication;
-    /// longer than any redelivery can take.
+    /// How long event ids stay in the inbox (and sent events in the outbox, and replayed dead
+    /// letters) for deduplication; longer than any redelivery can take. Also the default age
+    /// past which the `archive` admin process moves rows out; with ARCHIVE_URL set, only it
+    /// removes them.
     #[arg(long, env = "BUS_RETENTION", default_value = "7days", value_parser = parse_duration)]
     pub bus_retention: Duration,
 
@@ -207,6 +210,10 @@ pub struct BusSettings {
     /// (a private CA); without it, the system's.
     #[arg(long, env = "NATS_CA_FILE")]
     pub nats_ca_file: Option<PathBuf>,
+
+    /// Where old rows are archived; when set, the sweeps above leave them to the archive.
+    #[command(flatten)]
+    pub archive: ArchiveSettings,
 }
 
 fn parse_namespace(text: &str) -> Result<String, String> {
@@ -237,6 +244,7 @@ impl BusSettings {
             bus_retention: Duration::from_secs(7 * 24 * 3600),
             nats_creds_file: None,
             nats_ca_file: None,
+            archive: ArchiveSettings { archive_url: None },
         }
     }
 

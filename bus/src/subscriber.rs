@@ -503,6 +503,9 @@ impl Subscriber {
     async fn upkeep(&self) -> Result<(), BusError> {
         metrics::dead_letters_waiting(&self.name, inbox::count(&self.db, &self.name).await?);
         metrics::consumer_lag(&self.name, self.pending().await?);
+        if self.settings.archive.archiving() {
+            return Ok(());
+        }
         inbox::forget(
             &self.db,
             &self.name,

@@ -1,5 +1,6 @@
 //! The kit: the one way every dozen service does each twelve-factor concern.
 //!
+//! - [`archive`]: the `archive` admin process, moving rows past retention to object storage.
 //! - [`config`]: settings from the environment (factor III), validated at start.
 //! - [`telemetry`] and [`trace_context`]: JSON logs on stdout with trace ids (XI), OTLP export,
 //!   W3C trace context across HTTP and the bus.
@@ -17,6 +18,7 @@
 //!
 //! The kit knows no service's domain: no tables, no routes beyond the ops endpoints.
 
+pub mod archive;
 pub mod auth;
 pub mod config;
 pub mod db;

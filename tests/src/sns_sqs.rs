@@ -1,4 +1,5 @@
-//! An SNS/SQS emulator for tests that run the bus or the platform on SNS and SQS: moto's server
+//! An SNS/SQS (and S3) emulator for tests that run the bus or the platform on SNS and SQS, or
+//! archive to S3: moto's server
 //! (PyPI `moto[server]`), at `TEST_SNS_SQS_ENDPOINT` or `http://127.0.0.1:4566`, or one started
 //! for the test when nothing answers there.
 
@@ -194,6 +195,137 @@ impl Drop for SnsSqsNamespace {
         .join();
         if !matches!(deleted, Ok(Ok(()))) {
             eprintln!("warning: could not delete a test's SNS topics and SQS queues: {deleted:?}");
+        }
+    }
+}
+
+/// A uniquely named S3 bucket on the emulator for one test, deleted with everything in it when
+/// this goes out of scope. It needs the shared emulator (`TEST_SNS_SQS_ENDPOINT`).
+#[derive(Debug)]
+pub struct TestBucket {
+    /// The bucket's name.
+    pub name: String,
+    endpoint: String,
+    client: aws_sdk_s3::Client,
+}
+
+impl TestBucket {
+    /// A new bucket whose name starts with `purpose` (lowercase letters and '-').
+    pub async fn new(purpose: &str) -> Self {
+        let endpoint = shared_endpoint();
+        assert!(
+            answers(&endpoint),
+            "no S3 emulator answers at {endpoint} (scripts/backing-services starts moto's server)"
+        );
+        let config = aws_sdk_s3::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(REGION))
+            .credentials_provider(Credentials::new(KEY, KEY, None, None, "test"))
+            .endpoint_url(&endpoint)
+            .force_path_style(true)
+            .build();
+        let client = aws_sdk_s3::Client::from_conf(config);
+        let name = format!("{purpose}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        client
+            .create_bucket()
+            .bucket(&name)
+            .send()
+            .await
+            .expect("create the test bucket");
+        Self {
+            name,
+            endpoint,
+            client,
+        }
+    }
+
+    /// `ARCHIVE_URL` for objects under `prefix` in the bucket.
+    pub fn archive_url(&self, prefix: &str) -> String {
+        format!("s3://{}/{prefix}?endpoint={}", self.name, self.endpoint)
+    }
+
+    /// The settings a process needs to reach the emulator with the SDK's usual settings.
+    pub fn env(&self) -> [(&'static str, &'static str); 3] {
+        [
+            ("AWS_ACCESS_KEY_ID", KEY),
+            ("AWS_SECRET_ACCESS_KEY", KEY),
+            ("AWS_REGION", REGION),
+        ]
+    }
+
+    /// Every object whose key starts with `prefix`: key and content, by key.
+    pub async fn objects(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        let listed = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.name)
+            .prefix(prefix)
+            .send()
+            .await
+            .expect("list the test bucket");
+        let mut objects = Vec::new();
+        for object in listed.contents() {
+            let key = object.key().expect("a key").to_owned();
+            let body = self
+                .client
+                .get_object()
+                .bucket(&self.name)
+                .key(&key)
+                .send()
+                .await
+                .expect("get an object")
+                .body
+                .collect()
+                .await
+                .expect("read an object")
+                .into_bytes()
+                .to_vec();
+            objects.push((key, body));
+        }
+        objects.sort();
+        objects
+    }
+
+    async fn delete(client: aws_sdk_s3::Client, name: String) -> Result<(), String> {
+        let listed = client
+            .list_objects_v2()
+            .bucket(&name)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        for object in listed.contents() {
+            client
+                .delete_object()
+                .bucket(&name)
+                .key(object.key().unwrap_or_default())
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        client
+            .delete_bucket()
+            .bucket(&name)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+impl Drop for TestBucket {
+    fn drop(&mut self) {
+        let (client, name) = (self.client.clone(), self.name.clone());
+        // Drop runs outside any async context we could borrow: a runtime on its own thread.
+        let deleted = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?
+                .block_on(Self::delete(client, name))
+        })
+        .join();
+        if !matches!(deleted, Ok(Ok(()))) {
+            eprintln!("warning: could not delete a test's S3 bucket: {deleted:?}");
         }
     }
 }

@@ -11,11 +11,11 @@ use dozen_tests::process::{SERVICES, binary};
 /// shows them.
 const TASKS: [(&str, &[&str]); 6] = [
     ("gateway", &[]),
-    ("signup", &["repair"]),
-    ("users", &["dead-letters", "replay"]),
-    ("passwords", &["dead-letters", "replay"]),
-    ("verification", &["dead-letters", "replay"]),
-    ("friends", &["rebuild", "dead-letters", "replay"]),
+    ("signup", &["repair", "archive"]),
+    ("users", &["dead-letters", "replay", "archive"]),
+    ("passwords", &["dead-letters", "replay", "archive"]),
+    ("verification", &["dead-letters", "replay", "archive"]),
+    ("friends", &["rebuild", "dead-letters", "replay", "archive"]),
 ];
 
 /// Run `dozen-<service>` with `args`, its working folder and `DATABASE_URL` in `folder`.

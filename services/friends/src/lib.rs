@@ -85,7 +85,10 @@ impl Service for Friends {
 
     async fn run_task(task: Task, context: Context<Settings>) -> anyhow::Result<()> {
         match task {
-            Task::Bus(task) => task.run(context.database()?, Self::NAME).await,
+            Task::Bus(task) => {
+                task.run(context.database()?, Self::NAME, &context.settings.bus, &[])
+                    .await
+            }
             Task::Rebuild => {
                 let mut tx = Tx::begin(context.database()?).await?;
                 let replayed = store::rebuild(&mut tx).await?;

@@ -221,6 +221,7 @@ impl Service for Passwords {
             first_delay: settings.login.login_first_delay,
         };
         let db = context.database()?.clone();
+        let archived = settings.bus.archive.archiving();
         let mut bus = Bus::connect(&settings.bus, Self::NAME, db.clone()).await?;
         let outbox = bus.outbox().clone();
         bus.handle(Self::NAME, events::handlers());
@@ -274,24 +275,35 @@ impl Service for Passwords {
             throttle,
             trust_forwarded_for: settings.login.trust_forwarded_for,
         };
-        context
-            .lifecycle
-            .spawn(purge_throttle(db, throttle, context.lifecycle.stopping()));
+        context.lifecycle.spawn(purge_throttle(
+            db,
+            throttle,
+            archived,
+            context.lifecycle.stopping(),
+        ));
         Ok(routes::router(state, context.identity()?))
     }
 
     type Task = BusTask;
 
     async fn run_task(task: BusTask, context: Context<Settings>) -> anyhow::Result<()> {
-        task.run(context.database()?, Self::NAME).await
+        task.run(
+            context.database()?,
+            Self::NAME,
+            &context.settings.bus,
+            store::ARCHIVE_TABLES,
+        )
+        .await
     }
 }
 
-/// Now and then, forget failed logins that no longer count and sessions past their lifetime,
-/// so the tables stay small.
+/// Now and then, forget failed logins that no longer count and sessions past their lifetime
+/// (unless `archived`: then the `archive` admin process moves them out), so the tables stay
+/// small.
 async fn purge_throttle(
     db: dozen_kit::db::Db,
     policy: ThrottlePolicy,
+    archived: bool,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let every = Duration::from_secs(60);
@@ -305,6 +317,9 @@ async fn purge_throttle(
         let quiet_since = throttle::now_millis() - throttle::millis(policy.window);
         if let Err(error) = store::purge_throttle(&db, quiet_since).await {
             tracing::warn!(error = %error, "cannot purge the login throttle table");
+        }
+        if archived {
+            continue;
         }
         if let Err(error) = store::purge_sessions(&db, throttle::now_millis()).await {
             tracing::warn!(error = %error, "cannot purge the ended sessions");

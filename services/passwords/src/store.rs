@@ -4,6 +4,7 @@
 //! backend, matching on [`Db`]; nothing else in the crate writes SQL. SQLite keeps user ids as
 //! hyphenated text, Postgres as `UUID`.
 
+use dozen_kit::archive::ArchiveTable;
 use dozen_kit::db::{Db, Tx, TxConn};
 use dozen_kit::{with_conn, with_pool};
 use uuid::Uuid;
@@ -550,6 +551,20 @@ pub async fn sessions_of(db: &Db, user_id: Uuid, now: i64) -> Result<Vec<Session
         })
         .collect()
 }
+
+/// The tables whose old rows the `archive` admin process moves out: sessions whose lifetime
+/// ended before the cut-off, their refresh tokens first (deleting a session takes its tokens
+/// with it).
+pub const ARCHIVE_TABLES: &[ArchiveTable] = &[
+    ArchiveTable {
+        table: "refresh_tokens",
+        past: "session_id IN (SELECT id FROM sessions WHERE expires_at < $1)",
+    },
+    ArchiveTable {
+        table: "sessions",
+        past: "expires_at < $1",
+    },
+];
 
 /// Delete the sessions whose lifetime is over. Returns how many went.
 pub async fn purge_sessions(db: &Db, now: i64) -> Result<u64, sqlx::Error> {

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use dozen_bus::archive::ArchiveArgs;
 use dozen_bus::{Bus, BusSettings, Relay};
 use dozen_kit::config::{DatabaseSettings, parse_duration, parse_peer_urls};
 use dozen_kit::db::Migrations;
@@ -56,6 +57,25 @@ pub struct Settings {
 pub struct Signup;
 
 impl Signup {
+    /// The `repair` admin process.
+    async fn repair(context: Context<Settings>) -> anyhow::Result<()> {
+        let bus = Bus::connect(&context.settings.bus, Self::NAME, context.database()?.clone()).await?;
+        let flow = Self::flow(&context, &bus).await?;
+        let before = chrono::Utc::now() - chrono::Duration::from_std(context.settings.repair_after)?;
+        let (completed, undone) = flow.repair(before).await.context("repair failed")?;
+        // Publish what repair wrote to the outbox before exiting (a serving instance's relay
+        // would too, but none may be running).
+        let mut relay = Relay::new(
+            flow.db.clone(),
+            bus.broker().clone(),
+            bus.outbox(),
+            &context.settings.bus,
+        );
+        while relay.relay_once().await? > 0 {}
+        tracing::info!(completed, undone, "repair finished");
+        Ok(())
+    }
+
     async fn flow(context: &Context<Settings>, bus: &Bus) -> anyhow::Result<Flow> {
         Ok(Flow {
             db: context.database()?.clone(),
@@ -76,6 +96,8 @@ pub enum Task {
     /// Complete (both halves exist) or undo (delete the profile and the credential) every
     /// signup left unfinished for longer than REPAIR_AFTER.
     Repair,
+    /// Move rows past retention (events sent long ago) to ARCHIVE_URL, then delete them.
+    Archive(ArchiveArgs),
 }
 
 impl Service for Signup {
@@ -98,21 +120,12 @@ impl Service for Signup {
     type Task = Task;
 
     async fn run_task(task: Task, context: Context<Settings>) -> anyhow::Result<()> {
-        let Task::Repair = task;
-        let bus = Bus::connect(&context.settings.bus, Self::NAME, context.database()?.clone()).await?;
-        let flow = Self::flow(&context, &bus).await?;
-        let before = chrono::Utc::now() - chrono::Duration::from_std(context.settings.repair_after)?;
-        let (completed, undone) = flow.repair(before).await.context("repair failed")?;
-        // Publish what repair wrote to the outbox before exiting (a serving instance's relay
-        // would too, but none may be running).
-        let mut relay = Relay::new(
-            flow.db.clone(),
-            bus.broker().clone(),
-            bus.outbox(),
-            &context.settings.bus,
-        );
-        while relay.relay_once().await? > 0 {}
-        tracing::info!(completed, undone, "repair finished");
-        Ok(())
+        match task {
+            Task::Repair => Self::repair(context).await,
+            Task::Archive(args) => {
+                args.run(context.database()?, Self::NAME, &context.settings.bus, &[])
+                    .await
+            }
+        }
     }
 }

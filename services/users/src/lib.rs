@@ -84,6 +84,7 @@ impl Service for Users {
     type Task = BusTask;
 
     async fn run_task(task: BusTask, context: Context<Settings>) -> anyhow::Result<()> {
-        task.run(context.database()?, Self::NAME).await
+        task.run(context.database()?, Self::NAME, &context.settings.bus, &[])
+            .await
     }
 }

@@ -209,7 +209,8 @@ impl Service for Verification {
             settings.mail_from.clone(),
             mail_queued,
             settings.mail_timeout,
-        );
+        )
+        .archived(context.settings.bus.archive.archiving());
         context.lifecycle.spawn(sender.run(context.lifecycle.stopping()));
         let verifier = JwtVerifier::new(
             &context.http,
@@ -233,6 +234,12 @@ impl Service for Verification {
     type Task = BusTask;
 
     async fn run_task(task: BusTask, context: Context<Settings>) -> anyhow::Result<()> {
-        task.run(context.database()?, Self::NAME).await
+        task.run(
+            context.database()?,
+            Self::NAME,
+            &context.settings.bus,
+            store::ARCHIVE_TABLES,
+        )
+        .await
     }
 }

@@ -50,6 +50,8 @@ pub struct MailSender {
     owner: String,
     /// Longest one delivery may take (`MAIL_TIMEOUT`); the lease on a claimed mail is twice it.
     timeout: Duration,
+    /// Whether old rows are archived (`ARCHIVE_URL`), so the upkeep must not delete them.
+    archived: bool,
 }
 
 impl MailSender {
@@ -63,7 +65,15 @@ impl MailSender {
             wake,
             owner: Uuid::new_v4().to_string(),
             timeout,
+            archived: false,
         }
+    }
+
+    /// Leave old mail and tokens in place for the `archive` admin process (`ARCHIVE_URL` is
+    /// set) instead of forgetting them.
+    pub fn archived(mut self, archived: bool) -> Self {
+        self.archived = archived;
+        self
     }
 
     /// Send until `stop` is cancelled; the delivery in flight finishes first.
@@ -173,6 +183,9 @@ impl MailSender {
         metrics::gauge!("mail_backlog").set(backlog as f64);
         let age = oldest.map_or(0.0, |queued| (now - queued).max(0) as f64 / 1000.0);
         metrics::gauge!("mail_backlog_oldest_seconds").set(age);
+        if self.archived {
+            return Ok(());
+        }
         store::forget_before(&self.db, now - millis(RETENTION)).await
     }
 }

@@ -2,6 +2,7 @@
 //! of verification, of password reset and of email change (hashes only) and outgoing mail. Each statement is written once and runs on SQLite or
 //! Postgres (`with_conn!`, `with_pool!`); times are milliseconds since the epoch on both.
 
+use dozen_kit::archive::ArchiveTable;
 use dozen_kit::db::{Db, Tx, TxConn};
 use dozen_kit::{with_conn, with_pool};
 use uuid::Uuid;
@@ -361,6 +362,24 @@ pub async fn mail_backlog(db: &Db) -> Result<(i64, Option<i64>), sqlx::Error> {
 
 /// Forget sent or failed mails and dead tokens older than `cutoff`. Accounts stay: they are
 /// what a resend looks up.
+/// The tables whose old rows the `archive` admin process moves out: mail sent or given up
+/// on, and tokens expired, before the cut-off (the same rows [`forget_before`] deletes when
+/// nothing is archived).
+pub const ARCHIVE_TABLES: &[ArchiveTable] = &[
+    ArchiveTable {
+        table: "mails",
+        past: "COALESCE(sent_at, failed_at) < $1",
+    },
+    ArchiveTable {
+        table: "verification_tokens",
+        past: "expires_at < $1",
+    },
+    ArchiveTable {
+        table: "password_reset_tokens",
+        past: "expires_at < $1",
+    },
+];
+
 pub async fn forget_before(db: &Db, cutoff: i64) -> Result<(), sqlx::Error> {
     let mut tx = Tx::begin(db).await?;
     with_conn!(tx.conn(), conn => sqlx::query(
