@@ -173,16 +173,16 @@ async fn a_look_up_only_consumer_whose_queue_misses_a_subscription_stops_naming_
     let settings = looking_up_only(&bus);
     let namespace = &settings.bus_namespace;
     // Passwords' queue exists, subscribed to another topic than the one it consumes, and that
-    // topic exists too (users' queue is subscribed to it).
+    // topic exists too (users' queue is subscribed to it), as does the topic it publishes.
     let provisioning = bus.connect().await;
     provisioning
         .open("passwords", &topics(&[UserPasswordChanged::TYPE]))
         .await
         .expect("provision passwords' queue on another topic");
     provisioning
-        .open("users", &topics(&[UserEmailVerified::TYPE]))
+        .open("users", &topics(&[UserEmailVerified::TYPE, UserDeleted::TYPE]))
         .await
-        .expect("provision the topic passwords consumes");
+        .expect("provision the topics passwords consumes and publishes");
 
     let lifecycle = Lifecycle::new();
     let passwords_db = ServiceDb::create(Backend::Sqlite).await;
