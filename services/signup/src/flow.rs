@@ -70,33 +70,29 @@ impl Flow {
                 }
                 Outcome::Refused(problem) => return self.refuse(&record, problem, false).await,
             }
-            let mut replaced = false;
-            let interests = loop {
-                let profile = self
-                    .peers
-                    .create_profile(record.user_id, &email, &record.display_name, &record.interests.0)
-                    .await?;
-                match profile {
-                    Outcome::Done(interests) => break interests,
-                    Outcome::Taken if !replaced && self.replace_unverified(&email).await? => replaced = true,
-                    Outcome::Taken => {
-                        // A new address costs a hash (its credential's), so a taken one does
-                        // too: otherwise the time of the 202 would tell which emails have
-                        // accounts.
-                        self.peers
-                            .hash_password(&email, &record.display_name, &signup.request.password)
-                            .await?;
-                        return self.conflict(&record, &email).await;
-                    }
-                    Outcome::Refused(problem) => return self.refuse(&record, problem, false).await,
+            let profile = self
+                .peers
+                .create_profile(record.user_id, &email, &record.display_name, &record.interests.0)
+                .await?;
+            match profile {
+                Outcome::Done(interests) => {
+                    // From here on the signup carries the interests as the profile has them:
+                    // `user.signed_up` announces them so.
+                    let mut tx = Tx::begin(&self.db).await?;
+                    store::profile_created(&mut tx, &record.idempotency_key, &interests, Utc::now()).await?;
+                    tx.commit().await?;
+                    record.interests = sqlx::types::Json(interests);
                 }
-            };
-            // From here on the signup carries the interests as the profile has them:
-            // `user.signed_up` announces them so.
-            let mut tx = Tx::begin(&self.db).await?;
-            store::profile_created(&mut tx, &record.idempotency_key, &interests, Utc::now()).await?;
-            tx.commit().await?;
-            record.interests = sqlx::types::Json(interests);
+                Outcome::Taken => {
+                    // A new address costs a hash (its credential's), so a taken one does too:
+                    // otherwise the time of the 202 would tell which emails have accounts.
+                    self.peers
+                        .hash_password(&email, &record.display_name, &signup.request.password)
+                        .await?;
+                    return self.conflict(&record, &email).await;
+                }
+                Outcome::Refused(problem) => return self.refuse(&record, problem, false).await,
+            }
             state = SignupState::ProfileCreated;
         }
         if state == SignupState::ProfileCreated {
@@ -121,30 +117,6 @@ impl Flow {
             }
         }
         self.complete(&record, &email).await
-    }
-
-    /// Remove the account that holds `email` if its owner never proved the address: a
-    /// stranger may have signed up with someone else's address first, hoping they would
-    /// verify it later (pre-hijacking), so a newer signup replaces the earlier credential, and
-    /// verification revokes the earlier links when it hears of the new account. Whether the
-    /// address is free now; `false`, with nothing changed, when its account is verified or
-    /// its signup is still on its way (it has no credential yet: that signup wins).
-    async fn replace_unverified(&self, email: &Email) -> Result<bool, ApiError> {
-        let Some(owner) = self.peers.owner_of(email).await? else {
-            // Gone meanwhile: the address is free.
-            return Ok(true);
-        };
-        if owner.verified || !self.peers.delete_unverified_credential(owner.id).await? {
-            return Ok(false);
-        }
-        // The credential first: a profile without one is what a signup on its way looks
-        // like, which must not be replaced.
-        if !self.peers.delete_unverified_profile(owner.id).await? {
-            tracing::warn!(user_id = %owner.id, "an account was verified while a newer signup replaced it");
-            return Ok(false);
-        }
-        tracing::info!(replaced = %owner.id, "an unverified account was replaced by a newer signup");
-        Ok(true)
     }
 
     async fn advance(&self, record: &SignupRecord, state: SignupState) -> Result<(), ApiError> {
@@ -193,7 +165,7 @@ impl Flow {
         .await?;
         if let (true, Some(owner)) = (ended, owner) {
             let event = UserSignupConflict {
-                user_id: owner.id,
+                user_id: owner,
                 email: email.as_str().to_owned(),
                 attempted_at: Utc::now(),
             };

@@ -45,13 +45,9 @@ pub struct Peers {
     pub passwords: Upstream,
 }
 
-/// The account that owns an address.
-#[derive(Debug, Clone, Copy, Deserialize)]
-pub struct Owner {
-    /// Its id.
-    pub id: Uuid,
-    /// Whether its owner proved the address.
-    pub verified: bool,
+#[derive(Debug, Deserialize)]
+struct ProfileId {
+    id: Uuid,
 }
 
 /// The part of a created profile the flow needs.
@@ -92,8 +88,8 @@ impl Peers {
         })
     }
 
-    /// The account that owns `email`, if any.
-    pub async fn owner_of(&self, email: &Email) -> Result<Option<Owner>, PeerError> {
+    /// The id of the account that owns `email`, if any.
+    pub async fn owner_of(&self, email: &Email) -> Result<Option<Uuid>, PeerError> {
         let answer = self
             .users
             .call(Method::GET, "/profiles")
@@ -104,9 +100,10 @@ impl Peers {
         match answer.status() {
             StatusCode::OK => Ok(Some(
                 answer
-                    .json::<Owner>()
+                    .json::<ProfileId>()
                     .await
-                    .map_err(|e| unavailable(&self.users, e))?,
+                    .map_err(|e| unavailable(&self.users, e))?
+                    .id,
             )),
             StatusCode::NOT_FOUND => Ok(None),
             status => Err(unavailable(&self.users, format!("answered {status}"))),
@@ -121,41 +118,6 @@ impl Peers {
             .send()
             .await;
         expect_success(&self.users, answer)
-    }
-
-    /// Delete the profile only while it is unverified: whether it is gone (deleted now, or
-    /// never there); `false`, with nothing changed, when it is verified.
-    pub async fn delete_unverified_profile(&self, user_id: Uuid) -> Result<bool, PeerError> {
-        let answer = self
-            .users
-            .call(Method::DELETE, &format!("/profiles/{user_id}"))
-            .query(&[("unverified_only", "true")])
-            .send()
-            .await
-            .map_err(|e| unavailable(&self.users, e))?;
-        match answer.status() {
-            status if status.is_success() => Ok(true),
-            StatusCode::CONFLICT => Ok(false),
-            status => Err(unavailable(&self.users, format!("answered {status}"))),
-        }
-    }
-
-    /// Delete the credential only while it exists and is unverified: whether it was deleted;
-    /// `false`, with nothing changed, when there is none (its signup is still on its way) or
-    /// it is verified.
-    pub async fn delete_unverified_credential(&self, user_id: Uuid) -> Result<bool, PeerError> {
-        let answer = self
-            .passwords
-            .call(Method::DELETE, &format!("/credentials/{user_id}"))
-            .query(&[("unverified_only", "true")])
-            .send()
-            .await
-            .map_err(|e| unavailable(&self.passwords, e))?;
-        match answer.status() {
-            status if status.is_success() => Ok(true),
-            StatusCode::NOT_FOUND | StatusCode::CONFLICT => Ok(false),
-            status => Err(unavailable(&self.passwords, format!("answered {status}"))),
-        }
     }
 
     /// Whether passwords accepts `password` for `email` and `display_name`, asked before
