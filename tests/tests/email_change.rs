@@ -1,21 +1,16 @@
-//! Changing an email address, and a newer signup replacing an unverified one, through the
+//! Changing an email address through the
 //! gateway's public API with every service a real process under `dozen up`: the change needs
 //! the password and takes effect only when the link mailed to the new address is followed; the
 //! old address hears of it without learning the new one; a taken address is answered like a
 //! free one; a wrong password is refused and throttled; a superseded or used link changes
-//! nothing; of two accounts racing for one address exactly one wins. A stranger who signed up
-//! first with someone's address loses the account to the owner's own signup. The journey and
-//! the replaced signup run on the embedded defaults and on Postgres + NATS JetStream, the
-//! other attacker cases on the former.
+//! nothing; of two accounts racing for one address exactly one wins. The journey runs on the
+//! embedded defaults and on Postgres + NATS JetStream, the attacker cases on the former.
 
 use dozen_tests::platform::{Platform, PostgresAndNats};
-use dozen_tests::public_api::{PASSWORD, PublicApi, token_in};
+use dozen_tests::public_api::{PASSWORD, PublicApi};
 use dozen_tests::{PATIENCE, eventually};
 use reqwest::Method;
 use serde_json::{Value, json};
-
-/// A password the attacker of the pre-hijacking case knows, zxcvbn-strong.
-const ATTACKER_PASSWORD: &str = "purple walrus eats cold pancakes";
 
 /// The email change token in a mail's link (`…/confirm-email?token=<token>`), if it has one.
 fn change_token_in(mail: &Value) -> Option<String> {
@@ -418,111 +413,4 @@ async fn of_two_accounts_racing_for_one_address_exactly_one_wins() {
     .await;
     assert_eq!(log_in(&api, loser_email, PASSWORD).await, 200);
     platform.stop().await;
-}
-
-async fn sign_up_with(api: &PublicApi, key: &str, email: &str, password: &str, name: &str) -> u16 {
-    api.client
-        .post(api.url("/api/signups"))
-        .header("Idempotency-Key", key)
-        .json(&json!({ "email": email, "password": password, "display_name": name, "interests": [] }))
-        .send()
-        .await
-        .expect("POST /api/signups")
-        .status()
-        .as_u16()
-}
-
-async fn replaced_signup(extra_env: &[(&str, &str)]) {
-    let mut env = vec![("RESEND_INTERVAL", "0s")];
-    env.extend_from_slice(extra_env);
-    let platform = Platform::start(&env).await;
-    let api = PublicApi::of(&platform);
-
-    // The attacker signs up first with the victim's address and a password they know, and
-    // (say they could read it) keeps the verification link.
-    assert_eq!(
-        sign_up_with(&api, "attacker", "vic@example.com", ATTACKER_PASSWORD, "Mallory").await,
-        202
-    );
-    let attackers_link = eventually(PATIENCE, "the attacker's verification link", || async {
-        api.mails_to("vic@example.com").await.iter().find_map(token_in)
-    })
-    .await;
-
-    // The victim signs up with their own password and gets a link of their own.
-    assert_eq!(
-        sign_up_with(&api, "victim", "vic@example.com", PASSWORD, "Vic").await,
-        202
-    );
-    eventually(PATIENCE, "the victim's verification link", || async {
-        let links: Vec<String> = api
-            .mails_to("vic@example.com")
-            .await
-            .iter()
-            .filter_map(token_in)
-            .collect();
-        (links.len() == 2).then_some(())
-    })
-    .await;
-    let attackers = api
-        .client
-        .post(api.url(&format!("/api/verifications/{attackers_link}")))
-        .send()
-        .await
-        .expect("answers");
-    problem_of(attackers, 404, "the replaced account's link").await;
-
-    let vic = api.verify_and_log_in("vic@example.com").await;
-    let me: Value = api
-        .as_user(&vic, Method::GET, "/api/me")
-        .await
-        .json()
-        .await
-        .expect("JSON");
-    assert_eq!(me["profile"]["display_name"], "Vic");
-    assert_eq!(me["profile"]["verified"], true);
-    assert_eq!(log_in(&api, "vic@example.com", ATTACKER_PASSWORD).await, 401);
-    let again = api
-        .client
-        .post(api.url(&format!("/api/verifications/{attackers_link}")))
-        .send()
-        .await
-        .expect("answers");
-    problem_of(again, 404, "the attacker's link after the victim verified").await;
-    assert_eq!(log_in(&api, "vic@example.com", ATTACKER_PASSWORD).await, 401);
-    assert_eq!(log_in(&api, "vic@example.com", PASSWORD).await, 200);
-
-    // Once verified, the account is the victim's: a later signup only notifies them.
-    assert_eq!(
-        sign_up_with(
-            &api,
-            "attacker-2",
-            "vic@example.com",
-            ATTACKER_PASSWORD,
-            "Mallory"
-        )
-        .await,
-        202
-    );
-    eventually(PATIENCE, "a conflict notice to the victim", || async {
-        (!mails_about(&api, "vic@example.com", "tried to sign up")
-            .await
-            .is_empty())
-        .then_some(())
-    })
-    .await;
-    assert_eq!(log_in(&api, "vic@example.com", ATTACKER_PASSWORD).await, 401);
-    assert_eq!(log_in(&api, "vic@example.com", PASSWORD).await, 200);
-    platform.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_newer_signup_replaces_an_unverified_one_made_with_someone_elses_address() {
-    replaced_signup(&[]).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_newer_signup_replaces_an_unverified_one_on_postgres_and_nats() {
-    let backing = PostgresAndNats::new("replaced_signup");
-    replaced_signup(&backing.env()).await;
 }

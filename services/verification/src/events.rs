@@ -35,11 +35,7 @@ pub async fn on_signed_up(tx: &mut Tx, event: UserSignedUp, links: &Links) -> an
     let now = Utc::now().timestamp_millis();
     let email = Email::parse(&event.email).map_err(|e| anyhow::anyhow!("the signed-up email {e}"))?;
     if store::create_account(tx, event.user_id, email.as_str(), now).await? {
-        if store::replace_older_accounts(tx, email.as_str(), event.user_id, now).await? {
-            tracing::info!(user_id = %event.user_id, "a replaced account gets no verification link");
-        } else {
-            links.issue(tx, event.user_id, email.as_str(), now).await?;
-        }
+        links.issue(tx, event.user_id, email.as_str(), now).await?;
     }
     Ok(())
 }

@@ -505,37 +505,6 @@ pub async fn release_reset_token(db: &Db, hash: &TokenHash, claimed_at: i64) -> 
     tx.commit().await
 }
 
-/// Revoke every open verification link of the accounts of `email` older than `user_id`: a
-/// newer signup replaced them (a stranger may have signed up first with someone's address).
-/// User ids are UUIDv7, so they sort by signup time. Whether an account newer than `user_id`
-/// holds the address: then `user_id` is the replaced one, and gets no link.
-pub async fn replace_older_accounts(
-    tx: &mut Tx,
-    email: &str,
-    user_id: Uuid,
-    now: i64,
-) -> Result<bool, sqlx::Error> {
-    with_conn!(tx.conn(), conn => sqlx::query(
-        "UPDATE verification_tokens SET revoked_at = $3
-         WHERE used_at IS NULL AND revoked_at IS NULL
-           AND user_id IN (SELECT user_id FROM accounts WHERE email = $1 AND user_id < $2)",
-    )
-    .bind(email)
-    .bind(user_id)
-    .bind(now)
-    .execute(conn)
-    .await
-    .map(drop))?;
-    let (newer,): (i64,) = with_conn!(tx.conn(), conn => sqlx::query_as(
-        "SELECT COUNT(*) FROM accounts WHERE email = $1 AND user_id > $2",
-    )
-    .bind(email)
-    .bind(user_id)
-    .fetch_one(conn)
-    .await)?;
-    Ok(newer > 0)
-}
-
 /// Revoke every open email change token of `user_id`: a newer request replaces them.
 pub async fn revoke_email_change_tokens(tx: &mut Tx, user_id: Uuid, now: i64) -> Result<(), sqlx::Error> {
     with_conn!(tx.conn(), conn => sqlx::query(
