@@ -8,7 +8,6 @@
 //! as after a logout, but their owner is gone from every service they could act on.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -20,10 +19,10 @@ use dozen_kit::{ApiError, Json, Problem};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::{AppState, ClientAddress, hashing_failed, too_many_failures};
+use super::password::{Current, check_current, wrong_password};
+use super::{AppState, ClientAddress};
 use crate::domain::keys::SessionCaller;
 use crate::domain::password::{MAX_CHARS, PasswordError};
-use crate::domain::throttle::{self, Subject};
 use crate::store;
 
 /// The body of a deletion. No `Debug`: it holds a password.
@@ -67,28 +66,11 @@ pub async fn delete(
     }
 
     // The same throttle as a login: guessing the password here is no cheaper.
-    let client = address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    let subjects = Subject::of_login(&credential.email, client);
-    let now = throttle::now_millis();
-    if let Err(locked_until) = store::reserve(&state.db, &subjects, now, &state.throttle).await? {
-        return Ok(too_many_failures(throttle::retry_after_secs(locked_until, now)));
+    match check_current(&state, &credential, &body.password, address).await? {
+        Current::Right => {}
+        Current::Throttled(response) => return Ok(response),
+        Current::Wrong => return Err(wrong_password(StatusCode::UNAUTHORIZED).into()),
     }
-    let matches = state
-        .hasher
-        .verify(&body.password, &credential.phc_hash)
-        .await
-        .map_err(hashing_failed)?;
-    if !matches {
-        // The reservation counted it as a failure already.
-        return Err(Problem::typed(
-            StatusCode::UNAUTHORIZED,
-            "wrong-password",
-            "Wrong password",
-            "the password is wrong",
-        )
-        .into());
-    }
-    store::release(&state.db, &subjects, &state.throttle).await?;
 
     let mut tx = Tx::begin(&state.db).await?;
     if !store::delete_account(&mut tx, caller.user_id, &credential.email, &credential.phc_hash).await? {

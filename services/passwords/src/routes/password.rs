@@ -152,7 +152,7 @@ pub async fn change(
 }
 
 /// What the password given as the current one came to.
-enum Current {
+pub(super) enum Current {
     Right,
     Wrong,
     /// Too many wrong ones: the 429 to answer, nothing hashed.
@@ -161,7 +161,7 @@ enum Current {
 
 /// Check `password` against the credential under the login throttle: guessing it here is no
 /// cheaper than at login, and a wrong one counts as a failed login.
-async fn check_current(
+pub(super) async fn check_current(
     state: &AppState,
     credential: &store::Credential,
     password: &str,
@@ -189,7 +189,7 @@ async fn check_current(
     Ok(Current::Right)
 }
 
-fn wrong_password(status: StatusCode) -> Problem {
+pub(super) fn wrong_password(status: StatusCode) -> Problem {
     Problem::typed(
         status,
         "wrong-password",
