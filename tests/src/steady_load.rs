@@ -349,7 +349,7 @@ impl Stores {
 
         let mut dead_letters = 0;
         for url in self.databases.values() {
-            dead_letters += count(url, "SELECT count(*) FROM dead_letters").await;
+            dead_letters += count(url, "SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL").await;
         }
 
         let mut latencies: Vec<Duration> = outcomes.iter().map(|outcome| outcome.latency).collect();
