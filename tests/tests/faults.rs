@@ -315,7 +315,12 @@ async fn a_poison_event_is_dead_lettered_the_rest_flow_and_replay_delivers_it_on
     let replayed = run_to_exit("dozen-friends", &["replay"], &admin_env).await;
     assert!(replayed.status.success(), "{replayed:?}");
     eventually(PATIENCE, "the replayed event is handled", || async {
-        count(&friends, "SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL").await == 0
+        count(
+            &friends,
+            "SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL",
+        )
+        .await
+            == 0
             && count(
                 &friends,
                 "SELECT count(*) FROM members WHERE display_name = 'Poison'",
