@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -299,46 +299,23 @@ fn conflict(detail: &str) -> Problem {
     Problem::typed(StatusCode::CONFLICT, "credential-conflict", "Conflict", detail)
 }
 
-/// Which credentials a delete may remove.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-struct DeleteQuery {
-    /// Only an existing, unverified one (a newer signup replacing it): none is a 404, a
-    /// verified one a 409.
-    #[serde(default)]
-    unverified_only: bool,
-}
-
 /// Remove the credential of a user (signup's compensation); 204 whether or not it existed.
-/// With `unverified_only`, a newer signup for the address replaces an account never verified.
 #[utoipa::path(
     delete,
     path = "/credentials/{user_id}",
-    params(("user_id" = Uuid, Path, description = "The user's id"), DeleteQuery),
-    responses(
-        (status = 204, description = "Gone (or never there)"),
-        (status = 404, description = "None, and `unverified_only` was asked", body = Problem),
-        (status = 409, description = "Verified, and `unverified_only` was asked: nothing changed", body = Problem),
-        (status = 422, body = Problem),
-    )
+    params(("user_id" = Uuid, Path, description = "The user's id")),
+    responses((status = 204, description = "Gone (or never there)"), (status = 422, body = Problem))
 )]
 async fn delete_credential(
     State(state): State<AppState>,
     Path(user_id): Path<String>,
-    Query(query): Query<DeleteQuery>,
 ) -> Result<StatusCode, ApiError> {
     let mut errors = BTreeMap::new();
     let Some(user_id) = parse_user_id(&user_id, &mut errors) else {
         return Err(Problem::validation(errors).into());
     };
-    if !query.unverified_only {
-        store::delete(&state.db, user_id).await?;
-        return Ok(StatusCode::NO_CONTENT);
-    }
-    match store::delete_unverified(&state.db, user_id).await? {
-        Some(true) => Ok(StatusCode::NO_CONTENT),
-        Some(false) => Err(Problem::new(StatusCode::NOT_FOUND, "no credential for this user").into()),
-        None => Err(conflict("the credential is verified: it is not replaced").into()),
-    }
+    store::delete(&state.db, user_id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Log in: an access token and a new refresh session for a correct email and password of a

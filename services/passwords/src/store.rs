@@ -136,31 +136,6 @@ pub async fn delete(db: &Db, user_id: Uuid) -> Result<bool, sqlx::Error> {
     Ok(done > 0)
 }
 
-/// Remove the credential of `user_id` only while it is unverified: `Some(true)` when
-/// removed, `Some(false)` when there is none, `None` when it is verified (nothing changed).
-pub async fn delete_unverified(db: &Db, user_id: Uuid) -> Result<Option<bool>, sqlx::Error> {
-    const DELETE: &str = "DELETE FROM credentials WHERE user_id = $1 AND NOT verified";
-    let done = match db {
-        Db::Sqlite(pool) => sqlx::query(DELETE)
-            .bind(user_id.hyphenated())
-            .execute(pool)
-            .await?
-            .rows_affected(),
-        Db::Postgres(pool) => sqlx::query(DELETE)
-            .bind(user_id)
-            .execute(pool)
-            .await?
-            .rows_affected(),
-    };
-    if done > 0 {
-        return Ok(Some(true));
-    }
-    Ok(match find_by_user(db, user_id).await? {
-        Some(_) => None,
-        None => Some(false),
-    })
-}
-
 /// Replace the hash of `user_id` by `new`, only if it is still `old` (another instance may
 /// have upgraded it, or the password changed, meanwhile).
 pub async fn replace_hash(db: &Db, user_id: Uuid, old: &str, new: &str) -> Result<bool, sqlx::Error> {

@@ -181,45 +181,17 @@ async fn get_profile(State(state): State<AppState>, Path(id): Path<Uuid>) -> Res
         .ok_or_else(|| not_found().into())
 }
 
-/// Which profiles a delete may remove.
-#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
-struct DeleteQuery {
-    /// Only an unverified one (a newer signup replacing it): a verified profile answers 409.
-    #[serde(default)]
-    unverified_only: bool,
-}
-
-/// Delete a profile (internal: undoing a signup that could not finish, or replacing an
-/// unverified account by a newer signup for its address). Deleting one that is not there is
-/// not an error, so the undo can be retried.
+/// Delete a profile (internal: undoing a signup that could not finish). Deleting one that
+/// is not there is not an error, so the undo can be retried.
 #[utoipa::path(
     delete,
     path = "/profiles/{id}",
-    params(("id" = Uuid, Path, description = "The user's id"), DeleteQuery),
-    responses(
-        (status = 204, description = "Gone"),
-        (status = 409, description = "Verified, and `unverified_only` was asked: nothing changed", body = Problem),
-    )
+    params(("id" = Uuid, Path, description = "The user's id")),
+    responses((status = 204, description = "Gone"))
 )]
-async fn delete_profile(
-    State(state): State<AppState>,
-    Path(id): Path<Uuid>,
-    Query(query): Query<DeleteQuery>,
-) -> Result<StatusCode, ApiError> {
+async fn delete_profile(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<StatusCode, ApiError> {
     let mut tx = Tx::begin(&state.db).await?;
-    if query.unverified_only {
-        if store::delete_unverified(&mut tx, id).await?.is_none() {
-            return Err(Problem::typed(
-                StatusCode::CONFLICT,
-                "profile-verified",
-                "Profile verified",
-                "the profile is verified: it is not replaced",
-            )
-            .into());
-        }
-    } else {
-        store::delete(&mut tx, id).await?;
-    }
+    store::delete(&mut tx, id).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -155,24 +155,6 @@ pub async fn delete(tx: &mut Tx, id: Uuid) -> Result<bool, sqlx::Error> {
         .map(|done| done.rows_affected() == 1))
 }
 
-/// Delete the profile of `id` only while it is unverified (a newer signup for its address
-/// replaces it). `Some(true)` when deleted, `Some(false)` when there was none, `None` when it
-/// is verified (nothing changed).
-pub async fn delete_unverified(tx: &mut Tx, id: Uuid) -> Result<Option<bool>, sqlx::Error> {
-    let deleted = with_conn!(tx.conn(), conn => sqlx::query("DELETE FROM profiles WHERE id = $1 AND NOT verified")
-        .bind(id)
-        .execute(conn)
-        .await
-        .map(|done| done.rows_affected() == 1))?;
-    if deleted {
-        return Ok(Some(true));
-    }
-    Ok(match find_in(tx, id).await? {
-        Some(_) => None,
-        None => Some(false),
-    })
-}
-
 /// Record `change_id` as `id`'s pending email change to `new_email`, replacing any earlier one.
 pub async fn request_email_change(
     tx: &mut Tx,
