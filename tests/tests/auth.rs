@@ -61,7 +61,7 @@ async fn a_token_from_a_login_is_accepted_and_names_its_user() {
 }
 
 #[tokio::test]
-async fn tampered_tokens_are_rejected() {
+async fn v9_1_1_tampered_tokens_are_rejected() {
     let (passwords, _, token) = service_with_user(&[]).await;
     let other = passwords.verified_user("grace@example.com").await;
     let other_token = passwords.token("grace@example.com").await;
@@ -85,7 +85,7 @@ async fn tampered_tokens_are_rejected() {
 }
 
 #[tokio::test]
-async fn alg_none_and_other_algorithms_than_the_keys_are_rejected() {
+async fn v9_1_2_alg_none_and_other_algorithms_than_the_keys_are_rejected() {
     let (passwords, _, token) = service_with_user(&[]).await;
     let verifier = passwords.verifier(VerifierOptions::default());
     let [head, payload, signature] = parts(&token);
@@ -119,7 +119,7 @@ async fn alg_none_and_other_algorithms_than_the_keys_are_rejected() {
 }
 
 #[tokio::test]
-async fn a_token_signed_by_another_key_is_rejected() {
+async fn v9_1_3_a_token_signed_by_another_key_is_rejected() {
     let (trusted, _, token) = service_with_user(&[]).await;
     let (_impostor, _, foreign_token) = service_with_user(&[("JWT_SIGNING_KEYS", KEY_B)]).await;
     let verifier = trusted.verifier(VerifierOptions::default());
@@ -152,7 +152,7 @@ async fn a_token_signed_by_a_retiring_key_still_verifies_after_a_rotation() {
 }
 
 #[tokio::test]
-async fn an_expired_token_is_rejected() {
+async fn v9_2_1_an_expired_token_is_rejected() {
     let (passwords, _, token) = service_with_user(&[("JWT_TTL", "1s")]).await;
     let verifier = passwords.verifier(VerifierOptions {
         leeway: Duration::ZERO,
@@ -170,7 +170,7 @@ async fn an_expired_token_is_rejected() {
 }
 
 #[tokio::test]
-async fn a_token_for_another_audience_or_issuer_is_rejected() {
+async fn v9_2_3_a_token_for_another_audience_or_issuer_is_rejected() {
     for setting in ["JWT_AUDIENCE", "JWT_ISSUER"] {
         let (passwords, _, token) = service_with_user(&[(setting, "elsewhere")]).await;
         let verifier = passwords.verifier(VerifierOptions::default());

@@ -173,7 +173,7 @@ async fn a_listen_fds_without_one_socket_handed_over_is_named() {
 }
 
 #[tokio::test]
-async fn help_never_shows_a_secret_given_as_a_value_or_in_a_file() {
+async fn v13_3_1_help_never_shows_a_secret_given_as_a_value_or_in_a_file() {
     let secrets = [
         ("DATABASE_URL", "postgres://dozen:s3cret-database@db:5432/dozen"),
         (
@@ -223,7 +223,7 @@ async fn help_never_shows_a_secret_given_as_a_value_or_in_a_file() {
 /// is required to serve, and a missing or bad one stops it with one line naming the setting,
 /// never showing the key.
 #[tokio::test]
-async fn a_missing_or_bad_service_identity_stops_the_service_naming_the_setting() {
+async fn v13_3_1_a_missing_or_bad_service_identity_stops_the_service_naming_the_setting() {
     let database = TestDatabase::create(Backend::Sqlite).await;
     let migrated = run_to_exit("dozen-users", &["migrate"], &[("DATABASE_URL", &database.url)]).await;
     assert!(
@@ -330,4 +330,20 @@ async fn a_look_up_only_service_on_an_unprovisioned_bus_stops_with_one_line_nami
         "the setting is not named: {}",
         lines[0]
     );
+}
+
+#[tokio::test]
+async fn bad_edge_settings_stop_the_gateway_with_one_line_naming_the_variable() {
+    for (variable, value) in [
+        ("RATE_LIMIT_SIGNUPS", "ten/h"),
+        ("RATE_LIMIT_SESSIONS", "0/min"),
+        ("RATE_LIMIT_VERIFICATIONS", "5/fortnight"),
+        ("RATE_LIMIT_READS", "many/min"),
+        ("TRUSTED_PROXIES", "10.0.0.0/8, the-load-balancer"),
+        ("CORS_ALLOWED_ORIGINS", "*"),
+    ] {
+        let run = run_to_exit("dozen-gateway", &[], &[(variable, value)]).await;
+        assert_eq!(run.status.code(), Some(2), "{variable}={value}: {run:?}");
+        assert_one_clear_line(&run.stderr, variable);
+    }
 }

@@ -58,7 +58,7 @@ async fn dozen_up_says_mail_goes_to_the_dev_mailbox_and_the_gateway_serves_it() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn with_mail_over_smtp_dozen_up_keeps_the_dev_mailbox_off() {
+async fn v13_4_2_with_mail_over_smtp_dozen_up_keeps_the_dev_mailbox_off() {
     // Nothing listens there: no mail is sent in this test.
     let smtp = format!("smtp://127.0.0.1:{}", dozen_tests::process::closed_port());
     let platform = Platform::start(&[("MAIL_URL", &smtp)]).await;
@@ -73,7 +73,7 @@ async fn with_mail_over_smtp_dozen_up_keeps_the_dev_mailbox_off() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn dozen_up_on_postgres_stops_at_the_dev_mailbox_unless_it_is_allowed() {
+async fn v13_4_2_dozen_up_on_postgres_stops_at_the_dev_mailbox_unless_it_is_allowed() {
     let databases = DatabasePrefix::new("dozen_up_mailbox");
     let data = tempfile::tempdir().expect("data folder");
     let data_dir = data.path().to_string_lossy().into_owned();

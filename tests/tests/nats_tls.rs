@@ -127,7 +127,7 @@ impl Drop for TlsNats {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_platform_publishes_and_consumes_over_tls_with_a_password_read_from_a_file() {
+async fn v12_3_1_the_platform_publishes_and_consumes_over_tls_with_a_password_read_from_a_file() {
     let authority = Authority::new("dozen test CA");
     let nats = TlsNats::start(&authority).await;
     let bus_url_file = nats.file("bus-url", &nats.url(PASSWORD));

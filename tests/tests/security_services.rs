@@ -301,7 +301,7 @@ async fn v13_2_2_a_service_may_call_only_the_routes_that_name_it() {
 /// A rotation: signup signs with a new key while its old one is still trusted; calls signed
 /// with either are accepted, and the whole signup path works.
 #[tokio::test]
-async fn a_service_keeps_working_through_a_key_rotation() {
+async fn v13_3_4_a_service_keeps_working_through_a_key_rotation() {
     let folder = tempfile::tempdir().expect("a keys folder");
     let dir = folder.path().to_string_lossy().into_owned();
     let made = run_to_exit("dozen", &["keys", &dir], &[]).await;
