@@ -216,7 +216,8 @@ pub struct BusSettings {
     pub archive: ArchiveSettings,
 }
 
-fn parse_namespace(text: &str) -> Result<String, String> {
+/// A `BUS_NAMESPACE`: 1 to 64 letters, digits, `_` or `-`.
+pub fn parse_namespace(text: &str) -> Result<String, String> {
     let valid = !text.is_empty()
         && text.len() <= 64
         && text

@@ -9,6 +9,8 @@
 //!   all, for a deployment ([`keys`]).
 //! - `dozen load --url <gateway>` sends an open-loop load of a realistic mix to any dozen
 //!   deployment and reports each endpoint's latency ([`load`]).
+//! - `dozen nats-authorization` prints the NATS server configuration that gives each service a
+//!   login of its own, allowed only the subjects of its events.
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -52,6 +54,14 @@ enum Command {
     /// Load any dozen deployment at a fixed arrival rate with a realistic mix of requests, and
     /// report each endpoint's latency (`dozen load --url http://127.0.0.1:8080 --rate 200`).
     Load(load::LoadSettings),
+    /// Print the `authorization` block of a NATS server configuration: a login per service
+    /// (password from `<SERVICE>_NATS_PASSWORD` in the server's environment) that may publish
+    /// only the events the service publishes and read only its own consumers and replies.
+    NatsAuthorization {
+        /// The platform's BUS_NAMESPACE.
+        #[arg(long, default_value = "dozen", value_parser = dozen_bus::settings::parse_namespace)]
+        namespace: String,
+    },
 }
 
 /// The whole `main` of the `dozen` binary.
@@ -72,5 +82,9 @@ pub fn main() -> ExitCode {
         Command::Up(settings) => up::main(settings),
         Command::Keys(settings) => keys::main(settings),
         Command::Load(settings) => load::main(settings),
+        Command::NatsAuthorization { namespace } => {
+            print!("{}", dozen_bus::backend::nats::server_authorization(&namespace));
+            ExitCode::SUCCESS
+        }
     }
 }
