@@ -92,3 +92,23 @@ macro_rules! on_both_backends {
         }
     };
 }
+
+/// Generate one test per platform from an `async fn(&[(&str, &str)])` taking `dozen up`'s
+/// extra settings: the embedded defaults (`on_embedded_defaults`) and Postgres + NATS
+/// JetStream (`on_postgres_and_nats`), as production runs.
+#[macro_export]
+macro_rules! on_both_platforms {
+    ($test:ident) => {
+        mod $test {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn on_embedded_defaults() {
+                super::$test(&[]).await;
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn on_postgres_and_nats() {
+                let backing = $crate::platform::PostgresAndNats::new("platform");
+                super::$test(&backing.env()).await;
+            }
+        }
+    };
+}

@@ -10,31 +10,12 @@ mod passwords_support;
 use std::time::{Duration, Instant};
 
 use dozen_tests::database::Backend;
-use dozen_tests::on_both_backends;
 use dozen_tests::platform::Platform;
 use dozen_tests::public_api::PublicApi;
+use dozen_tests::{on_both_backends, on_both_platforms};
 use passwords_support::{PASSWORD, Passwords};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-/// A whole-platform test `$name(backing)` run on the embedded defaults (`$name::on_embedded_defaults`)
-/// and on Postgres + NATS JetStream (`$name::on_postgres_and_nats`), as production runs.
-macro_rules! on_both_platforms {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread")]
-            async fn on_embedded_defaults() {
-                super::$name(&[]).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread")]
-            async fn on_postgres_and_nats() {
-                let backing = dozen_tests::platform::PostgresAndNats::new("asvs");
-                super::$name(&backing.env()).await;
-            }
-        }
-    };
-}
 
 /// How many answers of each status `answers` holds: (401s, 429s); any other status fails.
 fn unauthorized_and_throttled(answers: &[StatusCode]) -> (usize, usize) {

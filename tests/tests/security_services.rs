@@ -1,11 +1,13 @@
 //! Calls between services prove who makes them (OWASP ASVS 5.0 V13.2): every internal route
 //! of users and passwords refuses a call without a valid service identity (401) and a caller
 //! it does not name (403), while the public and ops routes stay as they were. Tokens are
-//! minted from the key files `dozen up` and `dozen keys` write, as an operator could.
+//! minted from the key files `dozen up` and `dozen keys` write, as an operator could. Each
+//! test runs on the embedded defaults and on Postgres + NATS JetStream.
 
 use std::time::Duration;
 
 use dozen_tests::identity::{self, header_from_folder, header_signed_by, now};
+use dozen_tests::on_both_platforms;
 use dozen_tests::platform::Platform;
 use dozen_tests::process::run_to_exit;
 use reqwest::{Method, StatusCode};
@@ -111,11 +113,11 @@ async fn call(
     (status, answer.json().await.unwrap_or(Value::Null))
 }
 
+on_both_platforms!(v13_2_1_internal_routes_refuse_calls_without_a_valid_service_identity);
 /// ASVS 5.0 V13.2.1: backend components authenticate each other with short-lived tokens of
 /// their own, never by being reachable.
-#[tokio::test]
-async fn v13_2_1_internal_routes_refuse_calls_without_a_valid_service_identity() {
-    let mut platform = Platform::start(&[]).await;
+async fn v13_2_1_internal_routes_refuse_calls_without_a_valid_service_identity(backing: &[(&str, &str)]) {
+    let mut platform = Platform::start(backing).await;
     let keys = platform.keys_dir();
     let signup_pem = std::fs::read_to_string(keys.join("signup.pem")).expect("signup's key");
     let stranger = dozen_kit::keys::generate_signing_key_pem();
@@ -215,11 +217,11 @@ async fn v13_2_1_internal_routes_refuse_calls_without_a_valid_service_identity()
     platform.stop().await;
 }
 
+on_both_platforms!(v13_2_2_a_service_may_call_only_the_routes_that_name_it);
 /// ASVS 5.0 V13.2.2: each component may do only what its role needs: a valid identity that
 /// a route does not name is refused with 403; the public and ops routes need none.
-#[tokio::test]
-async fn v13_2_2_a_service_may_call_only_the_routes_that_name_it() {
-    let platform = Platform::start(&[]).await;
+async fn v13_2_2_a_service_may_call_only_the_routes_that_name_it(backing: &[(&str, &str)]) {
+    let platform = Platform::start(backing).await;
     let keys = platform.keys_dir();
     for route in internal_routes() {
         for caller in ["gateway", "friends", "verification", "users", "passwords"] {
@@ -298,10 +300,10 @@ async fn v13_2_2_a_service_may_call_only_the_routes_that_name_it() {
     platform.stop().await;
 }
 
+on_both_platforms!(v13_3_4_a_service_keeps_working_through_a_key_rotation);
 /// A rotation: signup signs with a new key while its old one is still trusted; calls signed
 /// with either are accepted, and the whole signup path works.
-#[tokio::test]
-async fn v13_3_4_a_service_keeps_working_through_a_key_rotation() {
+async fn v13_3_4_a_service_keeps_working_through_a_key_rotation(backing: &[(&str, &str)]) {
     let folder = tempfile::tempdir().expect("a keys folder");
     let dir = folder.path().to_string_lossy().into_owned();
     let made = run_to_exit("dozen", &["keys", &dir], &[]).await;
@@ -315,7 +317,9 @@ async fn v13_3_4_a_service_keeps_working_through_a_key_rotation() {
         "the new key comes first"
     );
 
-    let platform = Platform::start(&[("SERVICE_KEYS_DIR", &dir)]).await;
+    let mut settings = backing.to_vec();
+    settings.push(("SERVICE_KEYS_DIR", &dir));
+    let platform = Platform::start(&settings).await;
     let signed_up = reqwest::Client::new()
         .post(platform.url("gateway", "/api/signups"))
         .header("Idempotency-Key", "rotation-1")
