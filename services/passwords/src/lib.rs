@@ -259,6 +259,11 @@ impl Service for Passwords {
             "Login attempts, by outcome (ok, wrong_credentials, unverified, throttled)"
         );
         let hasher = Hasher::new(cost, concurrency)?;
+        context.lifecycle.spawn(
+            hasher
+                .clone()
+                .release_memory_when_idle(HASH_MEMORY_IDLE, context.lifecycle.stopping()),
+        );
         let state = routes::AppState {
             db: db.clone(),
             outbox,
@@ -296,6 +301,10 @@ impl Service for Passwords {
         .await
     }
 }
+
+/// How long without a hash before argon2's working memory (`m` KiB per permit) is freed: long
+/// enough that steady logins keep it, short enough that a burst's memory does not stay.
+const HASH_MEMORY_IDLE: Duration = Duration::from_secs(30);
 
 /// Now and then, forget failed logins that no longer count and sessions past their lifetime
 /// (unless `archived`: then the `archive` admin process moves them out), so the tables stay

@@ -7,7 +7,7 @@ use std::ffi::c_void;
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
@@ -120,6 +120,21 @@ impl Hasher {
         self.verify(password, &self.dummy).await.map(drop)
     }
 
+    /// Give the hashes' memory back to the system whenever no hash has been computed for
+    /// `idle`, until `stop`: a burst of logins leaves the service as small as before it.
+    pub async fn release_memory_when_idle(self, idle: Duration, stop: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(idle / 3);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            if self.memory.release_if_idle(idle) {
+                tracing::debug!("released argon2's memory after {idle:?} without a hash");
+            }
+        }
+    }
+
     /// Whether `stored` was made with another algorithm, version or a lower cost than today's
     /// (and so is to be replaced after the next successful login).
     pub fn needs_upgrade(&self, stored: &str) -> bool {
@@ -216,11 +231,42 @@ impl Stored {
 /// for each one costs a page fault every 4 KiB, a large share of the hash's time
 /// (BENCHMARKS.md). There are never more buffers than hashes computed at once (the
 /// permits), each as large as the largest cost it has served, and each is made in huge pages
-/// where the kernel gives them ([`new_buffer`]).
-#[derive(Debug, Default)]
-struct Memory(Mutex<Vec<Vec<Block>>>);
+/// where the kernel gives them ([`new_buffer`]). They are freed after a quiet while
+/// ([`Hasher::release_memory_when_idle`]), so memory held for a burst of logins does not stay.
+#[derive(Debug)]
+struct Memory(Mutex<Pool>);
+
+/// The buffers not in use, and when one was last given back.
+#[derive(Debug)]
+struct Pool {
+    buffers: Vec<Vec<Block>>,
+    last_used: Instant,
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Self(Mutex::new(Pool {
+            buffers: Vec::new(),
+            last_used: Instant::now(),
+        }))
+    }
+}
 
 impl Memory {
+    /// Free the buffers if none has been used for `idle`; whether it did.
+    fn release_if_idle(&self, idle: Duration) -> bool {
+        let released = {
+            let mut pool = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            if pool.buffers.is_empty() || pool.last_used.elapsed() < idle {
+                return false;
+            }
+            std::mem::take(&mut pool.buffers)
+        };
+        drop(released);
+        return_freed_memory();
+        true
+    }
+
     /// Hash with `argon2` into `output`, in a buffer taken from the pool (or made) and given
     /// back.
     fn hash(
@@ -235,6 +281,7 @@ impl Memory {
             .0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .buffers
             .pop()
             .unwrap_or_default();
         if buffer.len() < blocks {
@@ -243,10 +290,26 @@ impl Memory {
         let outcome = argon2
             .hash_password_into_with_memory(password, salt, output, &mut buffer[..blocks])
             .map_err(|e| HashingError(e.to_string()));
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).push(buffer);
+        let mut pool = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        pool.buffers.push(buffer);
+        pool.last_used = Instant::now();
         outcome
     }
 }
+
+/// Hand the heap's free pages back to the system. glibc serves a buffer the size of argon2's
+/// from its heap once one was freed before, and keeps the heap's pages when it is freed again.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn return_freed_memory() {
+    // SAFETY: malloc_trim only walks glibc's own arenas; it takes no pointer of ours.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn return_freed_memory() {}
 
 /// A buffer of `blocks` zeroed blocks, backed by transparent huge pages where the kernel gives
 /// them on request (its `madvise` mode, Debian's default). argon2 reads a block from anywhere in
@@ -385,10 +448,30 @@ mod tests {
             );
         }
         assert_eq!(
-            hasher.memory.0.lock().expect("pool").len(),
+            hasher.memory.0.lock().expect("pool").buffers.len(),
             1,
             "one permit, one buffer"
         );
+    }
+
+    #[tokio::test]
+    async fn idle_memory_is_released_and_made_again_when_needed() {
+        let hasher = Hasher::new(CHEAP, 1).expect("hasher");
+        let stored = hasher.hash("zq7#kd9w").await.expect("hash");
+        let pooled = || hasher.memory.0.lock().expect("pool").buffers.len();
+        assert!(
+            !hasher.memory.release_if_idle(Duration::from_secs(3600)),
+            "used just now"
+        );
+        assert_eq!(pooled(), 1);
+        assert!(hasher.memory.release_if_idle(Duration::ZERO));
+        assert_eq!(pooled(), 0);
+        assert!(
+            !hasher.memory.release_if_idle(Duration::ZERO),
+            "nothing left to release"
+        );
+        assert!(hasher.verify("zq7#kd9w", &stored).await.expect("verify"));
+        assert_eq!(pooled(), 1);
     }
 
     #[tokio::test]
