@@ -113,6 +113,14 @@ impl Outcome {
     }
 }
 
+/// The broker's own dead-letter queue of a subscriber, opened at the first upkeep.
+enum Redriven {
+    NotOpened,
+    /// The broker keeps none.
+    None,
+    Open(Box<dyn Queue>),
+}
+
 impl Subscriber {
     /// A subscriber `name` to `topics`, handling events with `handler` in `db`.
     pub fn new(
@@ -203,7 +211,8 @@ impl Subscriber {
             let envelope = match serde_json::from_str::<Envelope>(&delivery.payload) {
                 Ok(envelope) => envelope,
                 Err(error) => {
-                    let letter = self.letter_for_undecodable(&delivery, &error.to_string());
+                    let letter =
+                        self.letter_read_loosely(&delivery, format!("undecodable envelope: {error}"));
                     metrics::handled(
                         &self.name,
                         &letter.event_type,
@@ -389,7 +398,8 @@ impl Subscriber {
         }
     }
 
-    fn letter_for_undecodable(&self, delivery: &Delivery, error: &str) -> DeadLetter {
+    /// A dead letter for a delivery that may not decode, its id and type read where they are.
+    fn letter_read_loosely(&self, delivery: &Delivery, error: String) -> DeadLetter {
         // Keep the id when there is one, so that redeliveries find the same dead letter.
         let loose: serde_json::Value = serde_json::from_str(&delivery.payload).unwrap_or_default();
         let event_id = loose
@@ -408,7 +418,7 @@ impl Subscriber {
             event_type,
             envelope: delivery.payload.clone(),
             attempts: delivery.attempt,
-            error: format!("undecodable envelope: {error}"),
+            error,
             failed_at: chrono::Utc::now(),
             replay_requested: false,
         }
@@ -428,12 +438,13 @@ impl Subscriber {
         }
     }
 
-    /// Replay dead letters marked by [`crate::replay`], refresh gauges and trim the inbox,
-    /// until `stop` is cancelled.
+    /// Replay dead letters marked by [`crate::replay`], refresh gauges, trim the inbox and take
+    /// in what the broker's own redrive gave up on, until `stop` is cancelled.
     pub async fn maintain(self, stop: CancellationToken) {
         // The first round comes a poll interval after start, not amid start-up's queries
         // (each query running at the same time as others opens a pooled connection of its own).
         let mut upkeep_due = Instant::now() + UPKEEP_INTERVAL;
+        let mut redriven = Redriven::NotOpened;
         loop {
             tokio::select! {
                 () = tokio::time::sleep(self.settings.bus_poll_interval) => {}
@@ -444,6 +455,9 @@ impl Subscriber {
             }
             if upkeep_due <= Instant::now() {
                 upkeep_due = Instant::now() + UPKEEP_INTERVAL;
+                if let Err(error) = self.take_in_redriven(&mut redriven, &stop).await {
+                    tracing::warn!(subscriber = %self.name, %error, "taking in the broker's dead letters failed");
+                }
                 if let Err(error) = self.upkeep().await {
                     tracing::warn!(subscriber = %self.name, %error, "subscriber upkeep failed");
                 }
@@ -498,6 +512,46 @@ impl Subscriber {
             }
         }
         Ok(replayed)
+    }
+
+    /// Move what the broker's redrive put aside (see [`Broker::open_redriven`]) into this
+    /// subscriber's dead letters, where `dead-letters` lists it and `replay` delivers it; each
+    /// is removed from the broker only once stored. An event the inbox shows handled is only
+    /// removed.
+    async fn take_in_redriven(
+        &self,
+        redriven: &mut Redriven,
+        stop: &CancellationToken,
+    ) -> Result<(), BusError> {
+        if matches!(redriven, Redriven::NotOpened) {
+            *redriven = match self.broker.open_redriven(&self.name).await? {
+                Some(queue) => Redriven::Open(queue),
+                None => Redriven::None,
+            };
+        }
+        let Redriven::Open(queue) = redriven else {
+            return Ok(());
+        };
+        loop {
+            let deliveries = queue.receive(BATCH, stop).await?;
+            let drained = deliveries.len() < BATCH;
+            let mut settled = Vec::with_capacity(deliveries.len());
+            for delivery in deliveries {
+                let letter = self.letter_read_loosely(
+                    &delivery,
+                    format!(
+                        "the broker's redrive gave up on it after {} receives (its consumer stopped before settling it)",
+                        delivery.attempt
+                    ),
+                );
+                let settlement = self.bury(letter).await;
+                settled.push((delivery, settlement));
+            }
+            queue.settle(settled).await?;
+            if drained || stop.is_cancelled() {
+                return Ok(());
+            }
+        }
     }
 
     async fn upkeep(&self) -> Result<(), BusError> {

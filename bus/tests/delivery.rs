@@ -65,6 +65,102 @@ on_every_broker!(
 
 const SIGNED_UP: &str = UserSignedUp::TYPE;
 
+/// What SQS's redrive moves (a consumer kept dying before settling an event) the subscriber
+/// takes into its own dead letters, where listing and replay work as for any other.
+#[cfg(feature = "sns-sqs")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_sqs_redrive_moved_is_listed_and_replayed_as_a_dead_letter() {
+    use aws_sdk_sqs::types::QueueAttributeName;
+
+    let bus = TestBus::new(Kind::SnsSqs).await;
+    let publisher = ServiceDb::create(Backend::Sqlite).await;
+    let consumer = ServiceDb::create(Backend::Sqlite).await;
+    let subscriber = Subscriber::new(
+        "verification",
+        &[SIGNED_UP],
+        recording("verification", "only"),
+        consumer.db.clone(),
+        bus.connect().await,
+        &bus.settings,
+    );
+    subscriber.open().await.expect("make the queue");
+    let lifecycle = Lifecycle::new();
+    let outbox = start_relay(&bus, &publisher.db, &lifecycle).await;
+    let mut tx = Tx::begin(&publisher.db).await.expect("begin");
+    let event = outbox
+        .publish(&mut tx, &support::signed_up(1))
+        .await
+        .expect("publish");
+    tx.commit().await.expect("commit");
+
+    // A consumer that dies after each receive, until SQS's redrive gives up on the event.
+    let sqs = bus.sns_sqs.as_ref().expect("on SNS/SQS").sqs().await;
+    let queue_url = |name: String| {
+        let sqs = sqs.clone();
+        async move {
+            sqs.get_queue_url()
+                .queue_name(name)
+                .send()
+                .await
+                .expect("the queue")
+                .queue_url
+                .expect("its URL")
+        }
+    };
+    let name = format!("{}-verification", bus.settings.bus_namespace);
+    let queue = queue_url(name.clone()).await;
+    let dead_letters = queue_url(format!("{name}-dead-letters")).await;
+    eventually(DEADLINE, "SQS's redrive moves the event", || async {
+        sqs.receive_message()
+            .queue_url(&queue)
+            .visibility_timeout(0)
+            .send()
+            .await
+            .expect("receive");
+        let attributes = sqs
+            .get_queue_attributes()
+            .queue_url(&dead_letters)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .send()
+            .await
+            .expect("the dead-letter queue's depth");
+        attributes
+            .attributes
+            .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessages).cloned())
+            .is_some_and(|depth| depth == "1")
+    })
+    .await;
+
+    start(subscriber, &lifecycle).await;
+    let letters = eventually(DEADLINE, "the subscriber takes the event in", || async {
+        let letters = dozen_bus::dead_letters(&consumer.db, Some("verification"))
+            .await
+            .expect("list dead letters");
+        (letters.len() == 1).then_some(letters)
+    })
+    .await;
+    assert_eq!(letters[0].event_id, event.id);
+    assert!(letters[0].error.contains("redrive"), "{}", letters[0].error);
+    assert!(!consumer.has_effect("verification", event.id).await);
+
+    dozen_bus::replay(&consumer.db, "verification", None)
+        .await
+        .expect("replay");
+    eventually(DEADLINE, "the replayed event is handled", || async {
+        consumer.has_effect("verification", event.id).await
+    })
+    .await;
+    let left = sqs
+        .receive_message()
+        .queue_url(&dead_letters)
+        .send()
+        .await
+        .expect("receive from the dead-letter queue");
+    assert!(left.messages.unwrap_or_default().is_empty(), "taken off SQS");
+    stop(&lifecycle).await;
+    assert_eq!(consumer.effects("verification").await, (1, 1));
+}
+
 /// Start `subscriber`'s consumers (one per queue) under `lifecycle`.
 async fn start(subscriber: Subscriber, lifecycle: &Lifecycle) {
     for queue in subscriber.open().await.expect("open the subscriber's queues") {

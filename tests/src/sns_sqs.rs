@@ -120,6 +120,11 @@ impl SnsSqsNamespace {
         }
     }
 
+    /// An SQS client of the emulator, to do what AWS itself would (a redrive, say).
+    pub async fn sqs(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::new(&Self::sdk_config(self.endpoint.clone()).await)
+    }
+
     async fn sdk_config(endpoint: String) -> aws_config::SdkConfig {
         aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(REGION))

@@ -57,6 +57,17 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
         Box::pin(async { Ok(()) })
     }
 
+    /// The queue where the broker itself puts `subscriber`'s events it gave up on (SQS's
+    /// redrive: a consumer that kept dying before settling one), opened for draining with
+    /// receives that do not wait; `None` where the broker keeps no such queue.
+    fn open_redriven<'a>(
+        &'a self,
+        subscriber: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Box<dyn Queue>>, BusError>> {
+        let _ = subscriber;
+        Box::pin(async { Ok(None) })
+    }
+
     /// A cheap round trip, for readiness.
     fn ping(&self) -> BoxFuture<'_, Result<(), BusError>>;
 

@@ -6,8 +6,9 @@
 //! body is the envelope), and a dead-letter queue `<namespace>-<subscriber>-dead-letters` that
 //! SQS's redrive fills after a few receives more than `BUS_MAX_ATTEMPTS`: the consumer loop
 //! moves an event to our dead-letter queue (in the subscriber's database) at
-//! `BUS_MAX_ATTEMPTS`, so the redrive only catches a consumer that keeps dying on it (what it
-//! moves is not in `dead-letters`: SQS's own tools list it and move it back).
+//! `BUS_MAX_ATTEMPTS`, so the redrive only catches a consumer that keeps dying on it. What the
+//! redrive moves, the running service takes into its own dead letters
+//! ([`Broker::open_redriven`]), where `dead-letters` lists it and `replay` delivers it.
 //!
 //! Provisioning (`BUS_PROVISION=true`, the default): topics, queues and subscriptions that are
 //! missing are created on first use; a queue that exists is used as it is, only subscribed to
@@ -17,7 +18,7 @@
 //! the account STS names, checked with `GetTopicAttributes`) and its queue (`GetQueueUrl`),
 //! and stops with one line naming the first that is missing; its task role then needs only
 //! `sns:Publish` and `sns:GetTopicAttributes` on its own topics and the consumer's rights on
-//! its own queue. Subscriptions cannot be checked without more rights: the stack makes them.
+//! its own queue and the dead-letter queue behind it. Subscriptions cannot be checked without more rights: the stack makes them.
 //!
 //! Delivery: long polling; SQS's receive count is the attempt; an acknowledgement deletes the
 //! message, a retry sets its visibility timeout to the delay (whole seconds), a hand-back sets
@@ -530,8 +531,26 @@ impl Broker for SnsSqsBus {
                 sqs: self.sqs.clone(),
                 url,
                 visibility_seconds: self.visibility_seconds,
+                wait_seconds: LONG_POLL_SECONDS,
             });
             Ok(vec![queue])
+        })
+    }
+
+    fn open_redriven<'a>(
+        &'a self,
+        subscriber: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Box<dyn Queue>>, BusError>> {
+        Box::pin(async move {
+            let name = format!("{}-dead-letters", self.queue_name(subscriber));
+            Ok(self.find_queue(&name).await?.map(|url| {
+                Box::new(SqsQueue {
+                    sqs: self.sqs.clone(),
+                    url,
+                    visibility_seconds: self.visibility_seconds,
+                    wait_seconds: 0,
+                }) as Box<dyn Queue>
+            }))
         })
     }
 
@@ -584,6 +603,8 @@ struct SqsQueue {
     sqs: aws_sdk_sqs::Client,
     url: String,
     visibility_seconds: i32,
+    /// How long a receive waits for a message: long polling, or none when draining.
+    wait_seconds: i32,
 }
 
 impl SqsQueue {
@@ -593,7 +614,7 @@ impl SqsQueue {
             .receive_message()
             .queue_url(&self.url)
             .max_number_of_messages(i32::try_from(max.clamp(1, BATCH_LIMIT)).unwrap_or(1))
-            .wait_time_seconds(LONG_POLL_SECONDS)
+            .wait_time_seconds(self.wait_seconds)
             .visibility_timeout(self.visibility_seconds)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send();

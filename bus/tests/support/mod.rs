@@ -45,7 +45,7 @@ pub struct TestBus {
     /// A nats-server this test started because none was reachable.
     nats_server: Option<Child>,
     /// The SNS/SQS namespace, deleted with the bus.
-    _sns_sqs: Option<SnsSqsNamespace>,
+    pub sns_sqs: Option<SnsSqsNamespace>,
 }
 
 /// The NATS server tests use: `TEST_NATS_URL`, or the local default.
@@ -133,7 +133,7 @@ impl TestBus {
             settings,
             _folder: folder,
             nats_server,
-            _sns_sqs: sns_sqs,
+            sns_sqs,
         }
     }
 
