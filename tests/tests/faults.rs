@@ -12,7 +12,7 @@ use dozen_tests::platform::{Platform, SERVICES};
 use dozen_tests::private_servers::{PrivateNats, PrivatePostgres};
 use dozen_tests::process::{Service, run_to_exit};
 use dozen_tests::public_api::PublicApi;
-use dozen_tests::steady_load::{self, SteadyLoad, Stores, Tally, count};
+use dozen_tests::steady_load::{self, Repair, SteadyLoad, Stores, Tally, count};
 use dozen_tests::{PATIENCE, eventually};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -197,7 +197,7 @@ async fn postgres_stopped_and_started_mid_load_fails_fast_and_loses_nothing() {
             .filter(|(_, has_database)| *has_database)
             .map(|(name, _)| (*name, postgres.url(&format!("faults_{name}"))))
             .collect(),
-        repair_env: Stores::repair_env(&platform, &bus),
+        repair: Repair::Process(Stores::repair_env(&platform, &bus)),
     };
     let tally = stores.tally(&api, &outcomes, PATIENCE).await;
     tally.print("postgres stopped for 8 s");
@@ -250,7 +250,7 @@ async fn nats_stopped_and_started_mid_load_costs_no_request_and_the_backlog_drai
     let outcomes = load.finish().await;
 
     let stores = Stores {
-        repair_env: Stores::repair_env(&platform, &bus),
+        repair: Repair::Process(Stores::repair_env(&platform, &bus)),
         ..Stores::embedded(&platform)
     };
     let tally = stores.tally(&api, &outcomes, PATIENCE).await;
