@@ -361,11 +361,12 @@ async fn breaker_state(gateway: &str, service: &str) -> String {
 }
 
 /// Between a gateway and friends, a network that turns slow (latency past `/api/me`'s
-/// deadline), then drops everything (a black hole), then heals: `/api/me` answers 200 within
-/// its deadline throughout, without friends' parts meanwhile; the breaker opens, and closes
-/// once the network is whole; nothing else is touched.
+/// deadline), then resets every connection, heals, then drops everything (a black hole), then
+/// heals again: `/api/me` answers 200 within its deadline throughout, without friends' parts
+/// meanwhile; the breaker opens under the resets and under the black hole, and closes each
+/// time the network is whole; nothing else is touched.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_slow_then_black_holed_link_to_friends_degrades_me_within_its_deadline() {
+async fn a_slow_reset_then_black_holed_link_to_friends_degrades_me_within_its_deadline() {
     const ME_DEADLINE: Duration = Duration::from_millis(800);
     let platform = Platform::start(&[]).await;
     // A gateway of the test's own, reaching friends through the proxy.
@@ -404,26 +405,42 @@ async fn a_slow_then_black_holed_link_to_friends_degrades_me_within_its_deadline
     let gateway_url = gateway.url("");
     let api = Arc::new(PublicApi::new(gateway_url.clone()));
     let members = steady_load::members(&api, "network", MEMBERS).await;
-    let load = SteadyLoad::start(api.clone(), members, "network", RATE, Duration::from_secs(30));
+    let load = SteadyLoad::start(api.clone(), members, "network", RATE, Duration::from_secs(36));
+    let breaker_becomes = |state: &'static str| {
+        let gateway_url = gateway_url.clone();
+        async move {
+            eventually(PATIENCE, &format!("friends' breaker is {state}"), || async {
+                breaker_state(&gateway_url, "friends").await == state
+            })
+            .await;
+        }
+    };
 
     load.reached(6).await;
     link.add_latency(Duration::from_secs(2));
     load.reached(12).await;
-    link.black_hole();
-    eventually(PATIENCE, "friends' breaker opens", || async {
-        breaker_state(&gateway_url, "friends").await == "open"
-    })
-    .await;
+    link.heal();
+    breaker_becomes("closed").await;
+    link.reset_connections();
+    let reset = reqwest::Client::new()
+        .get(format!("{}/readyz", link.url()))
+        .send()
+        .await;
+    assert!(reset.is_err(), "the link resets every connection: {reset:?}");
+    breaker_becomes("open").await;
     load.reached(18).await;
     link.heal();
-    eventually(PATIENCE, "friends' breaker closes", || async {
-        breaker_state(&gateway_url, "friends").await == "closed"
-    })
-    .await;
+    breaker_becomes("closed").await;
+    load.reached(20).await;
+    link.black_hole();
+    breaker_becomes("open").await;
+    load.reached(26).await;
+    link.heal();
+    breaker_becomes("closed").await;
     let outcomes = load.finish().await;
 
     let tally = Stores::embedded(&platform).tally(&api, &outcomes, PATIENCE).await;
-    tally.print("slow, then black-holed link gateway to friends");
+    tally.print("slow, reset, then black-holed link gateway to friends");
     let reads = || {
         outcomes
             .iter()
@@ -432,7 +449,7 @@ async fn a_slow_then_black_holed_link_to_friends_degrades_me_within_its_deadline
     let degraded = reads()
         .filter(|outcome| outcome.answer == Err("degraded".to_owned()))
         .count();
-    println!("fault suite | slow, then black-holed link: {degraded} reads answered without friends");
+    println!("fault suite | slow, reset, then black-holed link: {degraded} reads answered without friends");
     assert!(degraded > 0, "the fault was felt: {tally:?}");
     for outcome in &outcomes {
         assert!(
@@ -449,7 +466,7 @@ async fn a_slow_then_black_holed_link_to_friends_degrades_me_within_its_deadline
     }
     let late: Vec<_> = outcomes
         .iter()
-        .filter(|outcome| outcome.due > Duration::from_secs(25) && !outcome.succeeded())
+        .filter(|outcome| outcome.due > Duration::from_secs(31) && !outcome.succeeded())
         .collect();
     assert!(late.is_empty(), "whole again once the link heals: {late:?}");
     assert_nothing_lost_or_doubled(&tally, &platform);
