@@ -9,7 +9,7 @@ use std::time::Duration;
 use dozen_tests::fault_proxy::FaultProxy;
 use dozen_tests::nats::StreamNamespace;
 use dozen_tests::platform::{Platform, SERVICES};
-use dozen_tests::private_servers::{PrivateNats, PrivatePostgres};
+use dozen_tests::private_servers::{PrivateNats, PrivatePostgres, PrivateSnsSqs};
 use dozen_tests::process::{Service, run_to_exit};
 use dozen_tests::public_api::PublicApi;
 use dozen_tests::steady_load::{self, Repair, SteadyLoad, Stores, Tally, count};
@@ -255,6 +255,45 @@ async fn nats_stopped_and_started_mid_load_costs_no_request_and_the_backlog_drai
     };
     let tally = stores.tally(&api, &outcomes, PATIENCE).await;
     tally.print("nats stopped for 8 s");
+    assert_eq!(
+        tally.failures(),
+        0,
+        "no request needs the broker: {tally:?}\n{}",
+        warnings(&platform)
+    );
+    assert_nothing_lost_or_doubled(&tally, &platform);
+    platform.stop().await;
+}
+
+/// The platform on an SNS/SQS emulator of the test's own, the emulator frozen (SIGSTOP) for a
+/// while under the load and then let go (SIGCONT): events wait in the outboxes meanwhile, and
+/// afterwards the backlog drains — every accepted signup mailed once.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sns_sqs_emulator_frozen_mid_load_loses_nothing_and_the_backlog_drains() {
+    const FROZEN_AT: u32 = 8;
+    const THAWED_AT: u32 = 16;
+    let emulator = PrivateSnsSqs::start().await;
+    let url = emulator.url();
+    let bus = [("BUS_URL", url.as_str())];
+    let platform = Platform::start(&[
+        ("BUS_URL", url.as_str()),
+        ("DEV_MAILBOX_ALLOW_PRODUCTION_BACKENDS", "true"),
+    ])
+    .await;
+    let (api, members) = prepare(&platform, "sqs").await;
+    let load = SteadyLoad::start(api.clone(), members, "sqs", RATE, Duration::from_secs(30));
+    load.reached(FROZEN_AT).await;
+    emulator.pause();
+    load.reached(THAWED_AT).await;
+    emulator.resume();
+    let outcomes = load.finish().await;
+
+    let stores = Stores {
+        repair: Repair::Process(Stores::repair_env(&platform, &bus)),
+        ..Stores::embedded(&platform)
+    };
+    let tally = stores.tally(&api, &outcomes, PATIENCE).await;
+    tally.print("sns/sqs emulator frozen for 8 s");
     assert_eq!(
         tally.failures(),
         0,
