@@ -1,10 +1,14 @@
 //! A proxy in front of a real service that can be told to lose the answers to some requests,
 //! as a crash or a network cut after the service acted would: the request reaches the service,
 //! and the caller gets 502 instead of its answer; to add latency to every request, as a slow
-//! network does; or to answer nothing at all, as a black hole (a dropped route, a firewall
+//! network does; to reset every connection (TCP RST), as a crashed peer or a middlebox dropping
+//! its state does; or to answer nothing at all, as a black hole (a dropped route, a firewall
 //! dropping packets) does. Everything else passes through unchanged.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -16,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 struct Fault {
     lose_answers_to: Option<(Method, String)>,
     latency: std::time::Duration,
+    reset: bool,
     black_hole: bool,
 }
 
@@ -43,10 +48,13 @@ impl FaultProxy {
             client: reqwest::Client::new(),
             fault: fault.clone(),
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a free port");
-        let url = format!("http://{}", listener.local_addr().expect("bound"));
+        let listener = ResettingListener {
+            inner: tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("a free port"),
+            fault: fault.clone(),
+        };
+        let url = format!("http://{}", listener.inner.local_addr().expect("bound"));
         let app = axum::Router::new().fallback(pass_on).with_state(link);
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.expect("the proxy serves");
@@ -70,6 +78,12 @@ impl FaultProxy {
         self.fault.lock().expect("fault").latency = latency;
     }
 
+    /// From now on, every connection is reset (RST) as soon as data arrives on it: new ones
+    /// once accepted, kept-alive ones at their next request.
+    pub fn reset_connections(&self) {
+        self.fault.lock().expect("fault").reset = true;
+    }
+
     /// From now on, no request is passed on or answered: each waits until its caller gives up.
     pub fn black_hole(&self) {
         self.fault.lock().expect("fault").black_hole = true;
@@ -84,6 +98,78 @@ impl FaultProxy {
 impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.server.abort();
+    }
+}
+
+/// The proxy's listener: every connection it accepts can be reset.
+struct ResettingListener {
+    inner: tokio::net::TcpListener,
+    fault: Arc<Mutex<Fault>>,
+}
+
+impl axum::serve::Listener for ResettingListener {
+    type Io = Resettable;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            // A failed accept (out of descriptors, an aborted handshake) only skips that one.
+            if let Ok((stream, address)) = self.inner.accept().await {
+                let fault = self.fault.clone();
+                return (Resettable { stream, fault }, address);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// An accepted connection that, while the fault says so, fails its next read or write and is
+/// closed with `SO_LINGER` 0: the peer gets a reset, not an orderly close.
+struct Resettable {
+    stream: tokio::net::TcpStream,
+    fault: Arc<Mutex<Fault>>,
+}
+
+impl Resettable {
+    fn reset_if_told(&self) -> io::Result<()> {
+        if self.fault.lock().expect("fault").reset {
+            self.stream.set_zero_linger()?;
+            return Err(io::ErrorKind::ConnectionReset.into());
+        }
+        Ok(())
+    }
+}
+
+impl tokio::io::AsyncRead for Resettable {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if let Err(error) = self.reset_if_told() {
+            return Poll::Ready(Err(error));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Resettable {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if let Err(error) = self.reset_if_told() {
+            return Poll::Ready(Err(error));
+        }
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod database;
 pub mod fault_proxy;
 pub mod identity;
+pub mod images;
 pub mod nats;
 pub mod platform;
 pub mod private_servers;

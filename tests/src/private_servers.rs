@@ -1,6 +1,6 @@
 //! Backing servers of one test's own, to stop and start under a running platform without
 //! disturbing the shared ones other tests use: a PostgreSQL cluster on a unix socket (no TCP
-//! port to race for) and a NATS JetStream server.
+//! port to race for), a NATS JetStream server, and an SNS/SQS emulator.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -177,6 +177,54 @@ impl PrivateNats {
         let mut server = self.server.take().expect("the server is running");
         server.signal(Signal::SIGTERM);
         server.wait(Duration::from_secs(30)).await;
+    }
+}
+
+/// An SNS/SQS emulator of the test's own (moto's server, `moto[server]` from PyPI), on a port
+/// reserved for it; it keeps its topics and queues in memory, so it is paused (SIGSTOP) and
+/// resumed (SIGCONT) rather than stopped, as a hung or unreachable broker would be.
+#[derive(Debug)]
+pub struct PrivateSnsSqs {
+    port: ReservedPort,
+    server: Running,
+}
+
+impl PrivateSnsSqs {
+    /// Start it, and wait until it takes connections.
+    pub async fn start() -> Self {
+        let port = ReservedPort::new();
+        let mut command = Command::new("moto_server");
+        command
+            .args(["-H", "127.0.0.1", "-p", &port.port.to_string()])
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let server = Running::spawn(command, tempfile::tempdir().expect("a working folder"));
+        let address = format!("127.0.0.1:{}", port.port);
+        eventually(
+            PATIENCE,
+            "the private SNS/SQS emulator takes connections",
+            || async { tokio::net::TcpStream::connect(&address).await.is_ok() },
+        )
+        .await;
+        Self { port, server }
+    }
+
+    /// Its `BUS_URL` (the emulator takes any credentials).
+    pub fn url(&self) -> String {
+        format!(
+            "sns+sqs://test:test@us-east-1?endpoint=http://127.0.0.1:{}",
+            self.port.port
+        )
+    }
+
+    /// Freeze it: connections stay open and requests go unanswered.
+    pub fn pause(&self) {
+        self.server.signal(Signal::SIGSTOP);
+    }
+
+    /// Let it run again.
+    pub fn resume(&self) {
+        self.server.signal(Signal::SIGCONT);
     }
 }
 

@@ -250,9 +250,18 @@ impl Tally {
 pub struct Stores {
     /// `DATABASE_URL` of each service with a database, by name.
     pub databases: BTreeMap<&'static str, String>,
-    /// The environment `dozen-signup repair` needs besides `DATABASE_URL` (the bus, its
-    /// peers, its identity).
-    pub repair_env: Vec<(String, String)>,
+    /// Where signup's `repair` runs.
+    pub repair: Repair,
+}
+
+/// Where signup's `repair` runs, before the tally counts orphans.
+#[derive(Debug)]
+pub enum Repair {
+    /// `dozen-signup repair` on this machine, with the environment it needs besides
+    /// `DATABASE_URL` (the bus, its peers, its identity).
+    Process(Vec<(String, String)>),
+    /// `repair` inside this running signup container, on the container's own environment.
+    Container(String),
 }
 
 impl Stores {
@@ -272,7 +281,7 @@ impl Stores {
         let bus = format!("sqlite://{}", data.join("bus.db").display());
         Self {
             databases,
-            repair_env: Self::repair_env(platform, &[("BUS_URL", &bus)]),
+            repair: Repair::Process(Self::repair_env(platform, &[("BUS_URL", &bus)])),
         }
     }
 
@@ -328,19 +337,7 @@ impl Stores {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
 
-        let mut repair = crate::process::run_to_exit(
-            "dozen-signup",
-            &["repair"],
-            &self
-                .repair_env
-                .iter()
-                .map(|(name, value)| (name.as_str(), value.as_str()))
-                .chain([("DATABASE_URL", self.databases["signup"].as_str())])
-                .collect::<Vec<_>>(),
-        )
-        .await;
-        assert!(repair.status.success(), "repair runs: {repair:?}");
-        repair.stdout.truncate(2000);
+        self.repair().await;
 
         let profiles = emails(&self.databases["users"], "profiles").await;
         let credentials = emails(&self.databases["passwords"], "credentials").await;
@@ -382,6 +379,42 @@ impl Stores {
             p99,
             max: latencies.last().copied().unwrap_or_default(),
         }
+    }
+}
+
+impl Stores {
+    /// Run signup's `repair` once, now, and require it to succeed.
+    async fn repair(&self) {
+        let (status, mut printed) = match &self.repair {
+            Repair::Process(env) => {
+                let finished = crate::process::run_to_exit(
+                    "dozen-signup",
+                    &["repair"],
+                    &env.iter()
+                        .map(|(name, value)| (name.as_str(), value.as_str()))
+                        .chain([("DATABASE_URL", self.databases["signup"].as_str())])
+                        .collect::<Vec<_>>(),
+                )
+                .await;
+                (finished.status, format!("{}{}", finished.stdout, finished.stderr))
+            }
+            Repair::Container(container) => {
+                let output = crate::images::podman(&[
+                    "exec",
+                    "--env",
+                    "REPAIR_AFTER=0s",
+                    "--env",
+                    "LOG_LEVEL=warn",
+                    container,
+                    "/usr/local/bin/dozen-service",
+                    "repair",
+                ])
+                .await;
+                (output.status, crate::images::printed(&output))
+            }
+        };
+        printed.truncate(2000);
+        assert!(status.success(), "repair runs ({status}): {printed}");
     }
 }
 

@@ -13,10 +13,10 @@
 use std::time::{Duration, Instant};
 
 use dozen_tests::database::{Backend, TestDatabase};
+use dozen_tests::images::{Images, podman, podman_ok, printed, world_writable_folder};
 use dozen_tests::nats::StreamNamespace;
-use dozen_tests::process::{ReservedPort, SERVICES, binary};
+use dozen_tests::process::{ReservedPort, SERVICES};
 use dozen_tests::public_api::{PublicApi, subject_of};
-use dozen_tests::repository;
 use serde_json::{Value, json};
 
 /// How long each service may take to stop after SIGTERM: the drain delay plus the shutdown
@@ -28,39 +28,6 @@ const SHUTDOWN_TIMEOUT: &str = "10s";
 /// Bounded waits for the asynchronous parts (readiness, mail, verification reaching passwords).
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// Run podman with `args`; its output, whatever the exit status.
-async fn podman(args: &[&str]) -> std::process::Output {
-    tokio::process::Command::new("podman")
-        .args(args)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("cannot run podman (scripts/backing-services installs it): {e}"))
-}
-
-/// Run podman and require success; its standard output.
-async fn podman_ok(args: &[&str]) -> String {
-    let output = podman(args).await;
-    assert!(
-        output.status.success(),
-        "podman {} failed ({}):\n{}{}",
-        args.join(" "),
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-/// A temporary folder anyone may write to, as a container's user may not be the test's.
-fn world_writable_folder() -> tempfile::TempDir {
-    use std::os::unix::fs::PermissionsExt as _;
-    let folder = tempfile::tempdir().expect("a temporary folder");
-    std::fs::set_permissions(folder.path(), std::fs::Permissions::from_mode(0o1777))
-        .expect("opening the folder to every user");
-    folder
-}
-
 /// The run's images and containers; removed on drop, whether the test passed or not.
 #[derive(Debug)]
 struct Run {
@@ -68,8 +35,8 @@ struct Run {
     id: String,
     /// The OCI runtime podman runs containers with.
     runtime: String,
-    /// Images built so far.
-    images: Vec<String>,
+    /// The six images, built for the run.
+    images: Images,
     /// Containers started so far.
     containers: Vec<String>,
     /// The host folder every container writes its `/data` to (its mailbox): a bind mount,
@@ -78,51 +45,24 @@ struct Run {
 }
 
 impl Run {
-    fn new() -> Self {
+    /// A new run, with every service's image built from the binaries next to this test.
+    async fn new() -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         Self {
-            id: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
+            images: Images::build("localhost/dozen-test-", &id).await,
+            id,
             runtime: std::env::var("DOZEN_OCI_RUNTIME").unwrap_or_else(|_| "runc".to_owned()),
-            images: Vec::new(),
             containers: Vec::new(),
             data: world_writable_folder(),
         }
     }
 
     fn image(&self, service: &str) -> String {
-        format!("localhost/dozen-test-{service}:{}", self.id)
+        self.images.of(service)
     }
 
     fn container(&self, name: &str) -> String {
         format!("dozen-test-{}-{name}", self.id)
-    }
-
-    /// Build every service's image from the binaries next to this test.
-    async fn build_images(&mut self) {
-        let binaries = binary("dozen-gateway")
-            .parent()
-            .expect("the binaries' folder")
-            .to_path_buf();
-        let target = binaries.parent().expect("the target folder").to_path_buf();
-        let started = Instant::now();
-        let output = tokio::process::Command::new(repository().join("deploy/build-images"))
-            .arg("--binaries")
-            .arg(&binaries)
-            .args(["--prefix", "localhost/dozen-test-", "--tag", &self.id])
-            .env("CARGO_TARGET_DIR", &target)
-            .kill_on_drop(true)
-            .output()
-            .await
-            .expect("deploy/build-images runs");
-        // Whatever got built is removed at the end, even after a failure halfway.
-        self.images = SERVICES.iter().map(|(service, _)| self.image(service)).collect();
-        assert!(
-            output.status.success(),
-            "deploy/build-images failed ({}):\n{}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        eprintln!("built six images in {:.1?}", started.elapsed());
     }
 
     /// `podman run` arguments every container gets: host networking (Postgres and NATS are on
@@ -173,12 +113,7 @@ impl Run {
         let output = tokio::time::timeout(DEADLINE, podman(&command))
             .await
             .unwrap_or_else(|_| panic!("{name} did not finish within {DEADLINE:?}"));
-        let logs = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        (i64::from(output.status.code().unwrap_or(-1)), logs)
+        (i64::from(output.status.code().unwrap_or(-1)), printed(&output))
     }
 
     /// Start a service's container in the background.
@@ -197,12 +132,7 @@ impl Run {
 
     /// A container's logs, for failure messages.
     async fn logs(&self, name: &str) -> String {
-        let output = podman(&["logs", name]).await;
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
+        printed(&podman(&["logs", name]).await)
     }
 }
 
@@ -215,19 +145,12 @@ impl Drop for Run {
                 .args(&self.containers)
                 .output();
         }
-        if !self.images.is_empty() {
-            let _ = std::process::Command::new("podman")
-                .args(["rmi", "--force"])
-                .args(&self.images)
-                .output();
-        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_images_run_the_platform_a_signup_completes_and_every_container_stops_cleanly() {
-    let mut run = Run::new();
-    run.build_images().await;
+    let mut run = Run::new().await;
 
     // Each image is the service, as the non-root user, labelled with its release.
     for (service, _) in SERVICES {

@@ -9,10 +9,10 @@ use std::time::Duration;
 use dozen_tests::fault_proxy::FaultProxy;
 use dozen_tests::nats::StreamNamespace;
 use dozen_tests::platform::{Platform, SERVICES};
-use dozen_tests::private_servers::{PrivateNats, PrivatePostgres};
+use dozen_tests::private_servers::{PrivateNats, PrivatePostgres, PrivateSnsSqs};
 use dozen_tests::process::{Service, run_to_exit};
 use dozen_tests::public_api::PublicApi;
-use dozen_tests::steady_load::{self, SteadyLoad, Stores, Tally, count};
+use dozen_tests::steady_load::{self, Repair, SteadyLoad, Stores, Tally, count};
 use dozen_tests::{PATIENCE, eventually};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -197,7 +197,7 @@ async fn postgres_stopped_and_started_mid_load_fails_fast_and_loses_nothing() {
             .filter(|(_, has_database)| *has_database)
             .map(|(name, _)| (*name, postgres.url(&format!("faults_{name}"))))
             .collect(),
-        repair_env: Stores::repair_env(&platform, &bus),
+        repair: Repair::Process(Stores::repair_env(&platform, &bus)),
     };
     let tally = stores.tally(&api, &outcomes, PATIENCE).await;
     tally.print("postgres stopped for 8 s");
@@ -250,11 +250,50 @@ async fn nats_stopped_and_started_mid_load_costs_no_request_and_the_backlog_drai
     let outcomes = load.finish().await;
 
     let stores = Stores {
-        repair_env: Stores::repair_env(&platform, &bus),
+        repair: Repair::Process(Stores::repair_env(&platform, &bus)),
         ..Stores::embedded(&platform)
     };
     let tally = stores.tally(&api, &outcomes, PATIENCE).await;
     tally.print("nats stopped for 8 s");
+    assert_eq!(
+        tally.failures(),
+        0,
+        "no request needs the broker: {tally:?}\n{}",
+        warnings(&platform)
+    );
+    assert_nothing_lost_or_doubled(&tally, &platform);
+    platform.stop().await;
+}
+
+/// The platform on an SNS/SQS emulator of the test's own, the emulator frozen (SIGSTOP) for a
+/// while under the load and then let go (SIGCONT): events wait in the outboxes meanwhile, and
+/// afterwards the backlog drains — every accepted signup mailed once.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sns_sqs_emulator_frozen_mid_load_loses_nothing_and_the_backlog_drains() {
+    const FROZEN_AT: u32 = 8;
+    const THAWED_AT: u32 = 16;
+    let emulator = PrivateSnsSqs::start().await;
+    let url = emulator.url();
+    let bus = [("BUS_URL", url.as_str())];
+    let platform = Platform::start(&[
+        ("BUS_URL", url.as_str()),
+        ("DEV_MAILBOX_ALLOW_PRODUCTION_BACKENDS", "true"),
+    ])
+    .await;
+    let (api, members) = prepare(&platform, "sqs").await;
+    let load = SteadyLoad::start(api.clone(), members, "sqs", RATE, Duration::from_secs(30));
+    load.reached(FROZEN_AT).await;
+    emulator.pause();
+    load.reached(THAWED_AT).await;
+    emulator.resume();
+    let outcomes = load.finish().await;
+
+    let stores = Stores {
+        repair: Repair::Process(Stores::repair_env(&platform, &bus)),
+        ..Stores::embedded(&platform)
+    };
+    let tally = stores.tally(&api, &outcomes, PATIENCE).await;
+    tally.print("sns/sqs emulator frozen for 8 s");
     assert_eq!(
         tally.failures(),
         0,
@@ -361,11 +400,12 @@ async fn breaker_state(gateway: &str, service: &str) -> String {
 }
 
 /// Between a gateway and friends, a network that turns slow (latency past `/api/me`'s
-/// deadline), then drops everything (a black hole), then heals: `/api/me` answers 200 within
-/// its deadline throughout, without friends' parts meanwhile; the breaker opens, and closes
-/// once the network is whole; nothing else is touched.
+/// deadline), then resets every connection, heals, then drops everything (a black hole), then
+/// heals again: `/api/me` answers 200 within its deadline throughout, without friends' parts
+/// meanwhile; the breaker opens under the resets and under the black hole, and closes each
+/// time the network is whole; nothing else is touched.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_slow_then_black_holed_link_to_friends_degrades_me_within_its_deadline() {
+async fn a_slow_reset_then_black_holed_link_to_friends_degrades_me_within_its_deadline() {
     const ME_DEADLINE: Duration = Duration::from_millis(800);
     let platform = Platform::start(&[]).await;
     // A gateway of the test's own, reaching friends through the proxy.
@@ -404,26 +444,42 @@ async fn a_slow_then_black_holed_link_to_friends_degrades_me_within_its_deadline
     let gateway_url = gateway.url("");
     let api = Arc::new(PublicApi::new(gateway_url.clone()));
     let members = steady_load::members(&api, "network", MEMBERS).await;
-    let load = SteadyLoad::start(api.clone(), members, "network", RATE, Duration::from_secs(30));
+    let load = SteadyLoad::start(api.clone(), members, "network", RATE, Duration::from_secs(36));
+    let breaker_becomes = |state: &'static str| {
+        let gateway_url = gateway_url.clone();
+        async move {
+            eventually(PATIENCE, &format!("friends' breaker is {state}"), || async {
+                breaker_state(&gateway_url, "friends").await == state
+            })
+            .await;
+        }
+    };
 
     load.reached(6).await;
     link.add_latency(Duration::from_secs(2));
     load.reached(12).await;
-    link.black_hole();
-    eventually(PATIENCE, "friends' breaker opens", || async {
-        breaker_state(&gateway_url, "friends").await == "open"
-    })
-    .await;
+    link.heal();
+    breaker_becomes("closed").await;
+    link.reset_connections();
+    let reset = reqwest::Client::new()
+        .get(format!("{}/readyz", link.url()))
+        .send()
+        .await;
+    assert!(reset.is_err(), "the link resets every connection: {reset:?}");
+    breaker_becomes("open").await;
     load.reached(18).await;
     link.heal();
-    eventually(PATIENCE, "friends' breaker closes", || async {
-        breaker_state(&gateway_url, "friends").await == "closed"
-    })
-    .await;
+    breaker_becomes("closed").await;
+    load.reached(20).await;
+    link.black_hole();
+    breaker_becomes("open").await;
+    load.reached(26).await;
+    link.heal();
+    breaker_becomes("closed").await;
     let outcomes = load.finish().await;
 
     let tally = Stores::embedded(&platform).tally(&api, &outcomes, PATIENCE).await;
-    tally.print("slow, then black-holed link gateway to friends");
+    tally.print("slow, reset, then black-holed link gateway to friends");
     let reads = || {
         outcomes
             .iter()
@@ -432,7 +488,7 @@ async fn a_slow_then_black_holed_link_to_friends_degrades_me_within_its_deadline
     let degraded = reads()
         .filter(|outcome| outcome.answer == Err("degraded".to_owned()))
         .count();
-    println!("fault suite | slow, then black-holed link: {degraded} reads answered without friends");
+    println!("fault suite | slow, reset, then black-holed link: {degraded} reads answered without friends");
     assert!(degraded > 0, "the fault was felt: {tally:?}");
     for outcome in &outcomes {
         assert!(
@@ -449,7 +505,7 @@ async fn a_slow_then_black_holed_link_to_friends_degrades_me_within_its_deadline
     }
     let late: Vec<_> = outcomes
         .iter()
-        .filter(|outcome| outcome.due > Duration::from_secs(25) && !outcome.succeeded())
+        .filter(|outcome| outcome.due > Duration::from_secs(31) && !outcome.succeeded())
         .collect();
     assert!(late.is_empty(), "whole again once the link heals: {late:?}");
     assert_nothing_lost_or_doubled(&tally, &platform);
