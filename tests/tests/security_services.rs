@@ -165,7 +165,7 @@ async fn v13_2_1_internal_routes_refuse_calls_without_a_valid_service_identity()
                 Some(header_signed_by(
                     &signup_pem,
                     "signup",
-                    "friends",
+                    "gateway",
                     now(),
                     now() + 60,
                 )),
