@@ -84,15 +84,25 @@ impl ReportArgs {
             None => None,
         };
         context.identity()?;
-        let day = self
-            .day
-            .unwrap_or_else(|| Utc::now().date_naive() - Days::new(1));
+        let day = self.day.unwrap_or_else(|| Utc::now().date_naive() - Days::new(1));
         let http = &context.http;
         let (signup, users, passwords, friends, own) = tokio::try_join!(
-            peer_figures(http.upstream("signup", &settings.report.signup_url), "SIGNUP_URL", day),
+            peer_figures(
+                http.upstream("signup", &settings.report.signup_url),
+                "SIGNUP_URL",
+                day
+            ),
             peer_figures(http.upstream("users", &settings.users_url), "USERS_URL", day),
-            peer_figures(http.upstream("passwords", &settings.passwords_url), "PASSWORDS_URL", day),
-            peer_figures(http.upstream("friends", &settings.report.friends_url), "FRIENDS_URL", day),
+            peer_figures(
+                http.upstream("passwords", &settings.passwords_url),
+                "PASSWORDS_URL",
+                day
+            ),
+            peer_figures(
+                http.upstream("friends", &settings.report.friends_url),
+                "FRIENDS_URL",
+                day
+            ),
             async {
                 figures::of_day(context.database()?, day)
                     .await
