@@ -120,7 +120,7 @@ mod tests {
 
     #[test]
     fn a_day_is_exactly_yyyy_mm_dd() {
-        assert_eq!(parse_day("2026-03-01").unwrap().to_string(), "2026-03-01");
+        assert_eq!(parse_day("2026-03-01").expect("a day").to_string(), "2026-03-01");
         for bad in [
             "2026-3-1",
             "2026-02-30",
