@@ -112,6 +112,9 @@ pub(crate) async fn bury(db: &Db, letter: &DeadLetter) -> Result<(), BusError> {
     // Only when the inbox did not have it yet, or the dead letter is already there (a replay
     // that failed): never bury an event that was handled.
     let existing = count_where(&mut tx, &letter.subscriber, Some(letter.event_id)).await?;
+    if inserted {
+        dozen_kit::figures::count(&mut tx, "dead_letters", letter.failed_at).await?;
+    }
     if inserted || existing > 0 {
         match tx.conn() {
             TxConn::Sqlite(conn) => {

@@ -38,7 +38,8 @@
 //! tx.commit().await?;
 //! ```
 //! The bus's tables live in the service's database: list [`MIGRATIONS`] next to the
-//! service's own.
+//! service's own and the kit's `figures::MIGRATIONS` (a new dead letter counts in the day's
+//! figures).
 //!
 //! Guarantees, on every backend:
 //! - an event is published if and only if the transaction that wrote it commits;

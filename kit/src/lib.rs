@@ -9,6 +9,8 @@
 //! - [`keys`] and [`identity`]: Ed25519 signing keys, and the identity every service proves
 //!   on its calls to another (checked by the routes only services may call).
 //! - [`db`]: the service's own database (IV), SQLite or Postgres, with migrations.
+//! - [`figures`]: each day's counts of what happened (signups, logins…), kept in every
+//!   service's database and served to verification's `report` admin process.
 //! - [`email`] and [`problem`]: the shared value types: a normalised email address, and the
 //!   RFC 9457 body of every error.
 //! - [`lifecycle`]: readiness, graceful shutdown and background tasks (IX).
@@ -16,13 +18,15 @@
 //! - [`service`]: a service's `main`, from settings to exit, including the `migrate` admin
 //!   process (XII).
 //!
-//! The kit knows no service's domain: no tables, no routes beyond the ops endpoints.
+//! The kit knows no service's domain: no tables but `daily_figures`, no routes beyond the ops
+//! endpoints and `/daily-figures`.
 
 pub mod archive;
 pub mod auth;
 pub mod config;
 pub mod db;
 pub mod email;
+pub mod figures;
 pub mod http;
 pub mod identity;
 pub mod keys;

@@ -14,7 +14,7 @@ const TASKS: [(&str, &[&str]); 6] = [
     ("signup", &["repair", "archive"]),
     ("users", &["dead-letters", "replay", "archive"]),
     ("passwords", &["dead-letters", "replay", "archive"]),
-    ("verification", &["dead-letters", "replay", "archive"]),
+    ("verification", &["dead-letters", "replay", "archive", "report"]),
     ("friends", &["rebuild", "dead-letters", "replay", "archive"]),
 ];
 

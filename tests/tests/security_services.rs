@@ -1,8 +1,9 @@
 //! Calls between services prove who makes them (OWASP ASVS 5.0 V13.2): every internal route
-//! of users and passwords refuses a call without a valid service identity (401) and a caller
-//! it does not name (403), while the public and ops routes stay as they were. Tokens are
-//! minted from the key files `dozen up` and `dozen keys` write, as an operator could. Each
-//! test runs on the embedded defaults and on Postgres + NATS JetStream.
+//! of users and passwords, and `/daily-figures` of signup, users, passwords and friends,
+//! refuses a call without a valid service identity (401) and a caller it does not name (403),
+//! while the public and ops routes stay as they were. Tokens are minted from the key files
+//! `dozen up` and `dozen keys` write, as an operator could. Each test runs on the embedded
+//! defaults and on Postgres + NATS JetStream.
 
 use std::time::Duration;
 
@@ -89,6 +90,22 @@ fn single_caller_routes() -> Vec<(&'static str, Route)> {
     ]
 }
 
+/// The day's figures of each service that serves them: verification's `report` alone reads
+/// them (the owner's call is answered 200).
+fn figures_routes() -> Vec<Route> {
+    ["signup", "users", "passwords", "friends"]
+        .into_iter()
+        .map(|service| {
+            (
+                service,
+                Method::GET,
+                "/daily-figures?day=2026-01-01".to_owned(),
+                None,
+            )
+        })
+        .collect()
+}
+
 async fn call(
     platform: &Platform,
     (service, method, path, body): &(&str, Method, String, Option<Value>),
@@ -124,6 +141,7 @@ async fn v13_2_1_internal_routes_refuse_calls_without_a_valid_service_identity(b
     for route in internal_routes()
         .into_iter()
         .chain(single_caller_routes().into_iter().map(|(_, route)| route))
+        .chain(figures_routes())
     {
         let callee = route.0;
         let cases = [
@@ -149,7 +167,7 @@ async fn v13_2_1_internal_routes_refuse_calls_without_a_valid_service_identity(b
                 Some(header_signed_by(
                     &signup_pem,
                     "signup",
-                    "friends",
+                    "gateway",
                     now(),
                     now() + 60,
                 )),
@@ -250,6 +268,19 @@ async fn v13_2_2_a_service_may_call_only_the_routes_that_name_it(backing: &[(&st
                 assert_eq!(problem["type"], "/problems/caller-not-allowed", "{problem}");
             }
         }
+    }
+
+    for route in figures_routes() {
+        for caller in ["gateway", "friends", "signup", "users", "passwords"] {
+            let authorization = header_from_folder(&keys, caller, route.0);
+            let (status, problem) = call(&platform, &route, Some(&authorization)).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{caller}: {} {}", route.1, route.2);
+            assert_eq!(problem["type"], "/problems/caller-not-allowed", "{problem}");
+        }
+        let verification = header_from_folder(&keys, "verification", route.0);
+        let (status, figures) = call(&platform, &route, Some(&verification)).await;
+        assert_eq!(status, StatusCode::OK, "verification: {} {}", route.1, route.2);
+        assert_eq!(figures, json!({ "day": "2026-01-01", "figures": {} }));
     }
 
     // Signup is allowed: the credential is made, and nothing else verifies it.

@@ -199,7 +199,8 @@ async fn database(folder: &std::path::Path, name: &str) -> anyhow::Result<Db> {
     ))
     .map_err(anyhow::Error::msg)?;
     let db = Db::connect(&url, 8).await?;
-    db.migrate(&[&dozen_bus::MIGRATIONS]).await?;
+    db.migrate(&[&dozen_bus::MIGRATIONS, &dozen_kit::figures::MIGRATIONS])
+        .await?;
     if let Db::Sqlite(pool) = &db {
         sqlx::query("CREATE TABLE IF NOT EXISTS effects (event_id TEXT PRIMARY KEY)")
             .execute(pool)

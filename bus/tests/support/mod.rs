@@ -246,7 +246,7 @@ impl ServiceDb {
     pub async fn create(backend: Backend) -> Self {
         let database = TestDatabase::create(backend).await;
         let db = open(&database.url).await;
-        db.migrate(&[&dozen_bus::MIGRATIONS])
+        db.migrate(&[&dozen_bus::MIGRATIONS, &dozen_kit::figures::MIGRATIONS])
             .await
             .expect("bus migrations apply");
         let effects = match backend {

@@ -66,6 +66,7 @@ pub async fn run(
             Err(AppendError::Database(error)) => return Err(error.into()),
         }
         if kind == FriendshipEventKind::Accepted {
+            dozen_kit::figures::count(&mut tx, "friendships", event.occurred_at).await?;
             let connected = FriendConnected {
                 requester_id: other,
                 accepter_id: actor,

@@ -27,8 +27,12 @@ use utoipa_axum::router::OpenApiRouter;
 /// The friends service's own schema, one set of migrations per backend.
 pub static MIGRATIONS: Migrations = dozen_kit::migrations!();
 
-/// Every set of migrations its database holds: its own and the bus's.
-pub static SCHEMA: &[&Migrations] = &[&MIGRATIONS, &dozen_bus::MIGRATIONS];
+/// Every set of migrations its database holds: its own, the bus's and the daily figures.
+pub static SCHEMA: &[&Migrations] = &[
+    &MIGRATIONS,
+    &dozen_bus::MIGRATIONS,
+    &dozen_kit::figures::MIGRATIONS,
+];
 
 /// The friends service's settings.
 #[derive(Debug, Clone, Args)]
@@ -78,7 +82,8 @@ impl Service for Friends {
             &context.settings.passwords_url,
             &context.settings.tokens,
         );
-        Ok(routes::router(routes::AppState { db, outbox, verifier }))
+        let figures = dozen_kit::figures::router(db.clone(), context.identity()?);
+        Ok(routes::router(routes::AppState { db, outbox, verifier }).merge(figures))
     }
 
     type Task = Task;

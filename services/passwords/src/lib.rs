@@ -37,9 +37,13 @@ use dozen_kit::keys::{SecretPem, SigningKeys, parse_secret_pem};
 /// The passwords service's own schema, one set of migrations per backend.
 pub static MIGRATIONS: Migrations = dozen_kit::migrations!();
 
-/// Every set of migrations its database holds: its own and the bus's (the inbox of its
-/// `user.email_verified` subscription).
-pub static SCHEMA: &[&Migrations] = &[&MIGRATIONS, &dozen_bus::MIGRATIONS];
+/// Every set of migrations its database holds: its own, the bus's (the inbox of its
+/// `user.email_verified` subscription) and the daily figures.
+pub static SCHEMA: &[&Migrations] = &[
+    &MIGRATIONS,
+    &dozen_bus::MIGRATIONS,
+    &dozen_kit::figures::MIGRATIONS,
+];
 
 /// The passwords service's settings.
 #[derive(Debug, Clone, Args)]
@@ -280,13 +284,14 @@ impl Service for Passwords {
             throttle,
             trust_forwarded_for: settings.login.trust_forwarded_for,
         };
+        let figures = dozen_kit::figures::router(db.clone(), context.identity()?);
         context.lifecycle.spawn(purge_throttle(
             db,
             throttle,
             archived,
             context.lifecycle.stopping(),
         ));
-        Ok(routes::router(state, context.identity()?))
+        Ok(routes::router(state, context.identity()?).merge(figures))
     }
 
     type Task = BusTask;

@@ -6,6 +6,7 @@
 
 use dozen_kit::archive::ArchiveTable;
 use dozen_kit::db::{Db, Tx, TxConn};
+use dozen_kit::figures;
 use dozen_kit::{with_conn, with_pool};
 use uuid::Uuid;
 use uuid::fmt::Hyphenated;
@@ -234,6 +235,8 @@ pub async fn reserve(
     let mut tx = Tx::begin(db).await?;
     let mut counts = Vec::with_capacity(subjects.len());
     let mut locked_until = None;
+    // Whether this attempt locks a subject that was not locked: a lockout, in the day's figures.
+    let mut locks = false;
     for subject in subjects {
         let key = subject.key();
         let (failures, window_started_at, stored_lock): (i64, i64, i64) = match tx.conn() {
@@ -253,7 +256,10 @@ pub async fn reserve(
             locked_until: stored_lock,
         };
         match stored.reserve(subject, now, policy) {
-            Reservation::Allowed(count) => counts.push((key, count)),
+            Reservation::Allowed(count) => {
+                locks |= count.locked_until > now;
+                counts.push((key, count));
+            }
             Reservation::Locked(until) => locked_until = locked_until.max(Some(until)),
         }
     }
@@ -280,6 +286,9 @@ pub async fn reserve(
                 .await?
                 .rows_affected(),
         };
+    }
+    if locks {
+        figures::count(&mut tx, "lockouts", at(now)).await?;
     }
     tx.commit().await?;
     Ok(Ok(()))
@@ -373,7 +382,14 @@ pub async fn start_session(db: &Db, session: &NewSession) -> Result<(), sqlx::Er
         .execute(&mut *conn)
         .await?;
     });
+    // Sessions start at login alone: a new one is a successful login.
+    figures::count(&mut tx, "logins", at(session.now)).await?;
     tx.commit().await
+}
+
+/// A time in milliseconds since the epoch, as the day's figures take it.
+fn at(millis: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(millis).unwrap_or_default()
 }
 
 /// What presenting a refresh token did.

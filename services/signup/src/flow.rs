@@ -137,6 +137,7 @@ impl Flow {
         )
         .await?
         {
+            dozen_kit::figures::count(&mut tx, "signups", Utc::now()).await?;
             let event = UserSignedUp {
                 user_id: record.user_id,
                 email: email.as_str().to_owned(),

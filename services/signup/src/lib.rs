@@ -31,8 +31,12 @@ use crate::peers::Peers;
 /// The signup service's own schema, one set of migrations per backend.
 pub static MIGRATIONS: Migrations = dozen_kit::migrations!();
 
-/// Every set of migrations its database holds: its own and the bus's.
-pub static SCHEMA: &[&Migrations] = &[&MIGRATIONS, &dozen_bus::MIGRATIONS];
+/// Every set of migrations its database holds: its own, the bus's and the daily figures.
+pub static SCHEMA: &[&Migrations] = &[
+    &MIGRATIONS,
+    &dozen_bus::MIGRATIONS,
+    &dozen_kit::figures::MIGRATIONS,
+];
 
 /// The signup service's settings.
 #[derive(Debug, Clone, Args)]
@@ -114,7 +118,8 @@ impl Service for Signup {
         bus.handle(Self::NAME, events::handlers());
         let flow = Self::flow(context, &bus).await?;
         bus.serve(&context.lifecycle, &mut context.readiness).await?;
-        Ok(routes::router(flow))
+        let figures = dozen_kit::figures::router(context.database()?.clone(), context.identity()?);
+        Ok(routes::router(flow).merge(figures))
     }
 
     type Task = Task;

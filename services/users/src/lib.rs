@@ -24,8 +24,12 @@ use utoipa_axum::router::OpenApiRouter;
 /// The users service's own schema, one set of migrations per backend.
 pub static MIGRATIONS: Migrations = dozen_kit::migrations!();
 
-/// Every set of migrations its database holds: its own and the bus's.
-pub static SCHEMA: &[&Migrations] = &[&MIGRATIONS, &dozen_bus::MIGRATIONS];
+/// Every set of migrations its database holds: its own, the bus's and the daily figures.
+pub static SCHEMA: &[&Migrations] = &[
+    &MIGRATIONS,
+    &dozen_bus::MIGRATIONS,
+    &dozen_kit::figures::MIGRATIONS,
+];
 
 /// The users service's settings.
 #[derive(Debug, Clone, Args)]
@@ -70,6 +74,7 @@ impl Service for Users {
         let passwords = context
             .http
             .upstream("passwords", &context.settings.passwords_url);
+        let figures = dozen_kit::figures::router(db.clone(), context.identity()?);
         Ok(routes::router(
             routes::AppState {
                 db,
@@ -78,7 +83,8 @@ impl Service for Users {
                 passwords,
             },
             context.identity()?,
-        ))
+        )
+        .merge(figures))
     }
 
     type Task = BusTask;

@@ -17,13 +17,14 @@
 //!
 //! Layout: [`domain`] (tokens and mail texts), [`store`] (the tables), [`links`] (a token and
 //! its mail, written together), [`mailer`] (folder or SMTP), [`sender`] (the background
-//! delivery), [`routes`] (the API), [`events`] (what it does on each event it consumes), and here the
-//! settings.
+//! delivery), [`routes`] (the API), [`events`] (what it does on each event it consumes),
+//! [`report`] (the `report` admin process), and here the settings.
 
 pub mod domain;
 pub mod events;
 pub mod links;
 pub mod mailer;
+pub mod report;
 pub mod routes;
 pub mod sender;
 pub mod store;
@@ -32,7 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Args;
+use clap::{Args, Subcommand};
 use dozen_bus::admin::BusTask;
 use dozen_bus::{Bus, BusSettings};
 use dozen_kit::auth::{JwtVerifier, TokenSettings};
@@ -51,8 +52,12 @@ use crate::store::Throttle;
 /// The verification service's own schema, one set of migrations per backend.
 pub static MIGRATIONS: Migrations = dozen_kit::migrations!();
 
-/// Every set of migrations its database holds: its own and the bus's.
-pub static SCHEMA: &[&Migrations] = &[&MIGRATIONS, &dozen_bus::MIGRATIONS];
+/// Every set of migrations its database holds: its own, the bus's and the daily figures.
+pub static SCHEMA: &[&Migrations] = &[
+    &MIGRATIONS,
+    &dozen_bus::MIGRATIONS,
+    &dozen_kit::figures::MIGRATIONS,
+];
 
 /// The verification service's settings.
 #[derive(Debug, Clone, Args)]
@@ -73,6 +78,35 @@ pub struct Settings {
     /// followed), or several comma-separated (its instances).
     #[arg(long, env = "USERS_URL", default_value = "http://127.0.0.1:8082", value_parser = parse_peer_urls)]
     pub users_url: String,
+    #[command(flatten)]
+    pub report: ReportSettings,
+}
+
+/// The `report` admin process (serving reads none of these).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "The report admin process")]
+pub struct ReportSettings {
+    /// Where `report` mails the day's figures, through MAIL_URL; unset, it only prints them.
+    #[arg(long, env = "REPORT_TO", value_parser = mailer::parse_from)]
+    pub report_to: Option<Mailbox>,
+    /// Base URL of the signup service, asked for its figures by `report`, or several
+    /// comma-separated (its instances).
+    #[arg(long, env = "SIGNUP_URL", default_value = "http://127.0.0.1:8081", value_parser = parse_peer_urls)]
+    pub signup_url: String,
+    /// Base URL of the friends service, asked for its figures by `report`, or several
+    /// comma-separated (its instances).
+    #[arg(long, env = "FRIENDS_URL", default_value = "http://127.0.0.1:8085", value_parser = parse_peer_urls)]
+    pub friends_url: String,
+}
+
+/// The verification service's admin tasks.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Task {
+    #[command(flatten)]
+    Bus(BusTask),
+    /// Print one day's figures of every service (signups, verifications, logins, lockouts,
+    /// friendships, dead letters) as one JSON document, and mail them to REPORT_TO when set.
+    Report(report::ReportArgs),
 }
 
 /// Mail and links.
@@ -231,15 +265,20 @@ impl Service for Verification {
         }))
     }
 
-    type Task = BusTask;
+    type Task = Task;
 
-    async fn run_task(task: BusTask, context: Context<Settings>) -> anyhow::Result<()> {
-        task.run(
-            context.database()?,
-            Self::NAME,
-            &context.settings.bus,
-            store::ARCHIVE_TABLES,
-        )
-        .await
+    async fn run_task(task: Task, context: Context<Settings>) -> anyhow::Result<()> {
+        match task {
+            Task::Bus(task) => {
+                task.run(
+                    context.database()?,
+                    Self::NAME,
+                    &context.settings.bus,
+                    store::ARCHIVE_TABLES,
+                )
+                .await
+            }
+            Task::Report(args) => args.run(&context).await,
+        }
     }
 }

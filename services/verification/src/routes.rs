@@ -109,6 +109,7 @@ async fn verify(
         .await?
         .ok_or_else(invalid_link)?;
     if used.newly_verified {
+        dozen_kit::figures::count(&mut tx, "verifications", now).await?;
         let event = UserEmailVerified {
             user_id: used.user_id,
             email: used.email,
