@@ -1,7 +1,8 @@
 //! Metrics benchmark: what the kit's metrics cost a service. Recording one answered request
-//! (`http_requests_total` and `http_request_duration_seconds`, as the HTTP middleware does for
-//! every request) and rendering `/metrics` afterwards, for 20 series (10 routes, 2 statuses)
-//! besides the process figures. It prints figures; it asserts nothing.
+//! (`http_requests_total` and `http_request_duration_seconds`, with an exemplar of its sampled
+//! trace, as the HTTP middleware does for every request) and rendering `/metrics` afterwards,
+//! in the Prometheus text and in OpenMetrics, for 20 series (10 routes, 2 statuses) besides
+//! the process figures. It prints figures; it asserts nothing.
 //!
 //! Run: `cargo run --release -p dozen-bench --bin metrics` for time per record and per render
 //! (`-- <records>`, default 2,000,000).
@@ -18,7 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use axum::http::{Method, StatusCode};
 use dozen_bench::callgrind_total;
-use dozen_kit::metrics;
+use dozen_kit::metrics::{self, Format};
+use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 
 /// The argument that counts instructions instead of measuring time.
 const INSTRUCTIONS_MODE: &str = "instructions";
@@ -66,11 +68,21 @@ fn record(i: u64) {
     let status = STATUSES[(i / ROUTES.len() as u64 % STATUSES.len() as u64) as usize];
     // Spread over the buckets, from 0.1 ms to about 1 s.
     let took = Duration::from_micros(100 + (i * 7919) % 1_000_000);
-    metrics::record_http(&Method::GET, route, status, took);
+    let trace = SpanContext::new(
+        TraceId::from(u128::from(i) + 1),
+        SpanId::from(i + 1),
+        TraceFlags::SAMPLED,
+        false,
+        TraceState::default(),
+    );
+    metrics::record_http(&Method::GET, route, status, took, &trace);
 }
 
-fn render() -> String {
-    metrics::render()
+fn render(format: &str) -> String {
+    metrics::render(match format {
+        "openmetrics" => Format::OpenMetrics,
+        _ => Format::Prometheus,
+    })
 }
 
 /// The warm-up, then `count` records or renders.
@@ -78,10 +90,10 @@ fn run(what: &str, count: u64) -> anyhow::Result<()> {
     (0..WARM_UP_RECORDS).for_each(record);
     match what {
         "record" => (WARM_UP_RECORDS..WARM_UP_RECORDS + count).for_each(record),
-        "render" => (0..count).for_each(|_| {
-            std::hint::black_box(render());
+        "render" | "render-openmetrics" => (0..count).for_each(|_| {
+            std::hint::black_box(render(what.trim_start_matches("render-")));
         }),
-        other => bail!("run record or render, not {other}"),
+        other => bail!("run record, render or render-openmetrics, not {other}"),
     }
     Ok(())
 }
@@ -91,22 +103,27 @@ fn print_times(records: u64) {
     let started = Instant::now();
     (WARM_UP_RECORDS..WARM_UP_RECORDS + records).for_each(record);
     let per_record = started.elapsed().as_secs_f64() / records as f64;
-    let renders = 2_000;
-    let started = Instant::now();
-    let mut bytes = 0;
-    for _ in 0..renders {
-        bytes = std::hint::black_box(render()).len();
-    }
-    let per_render = started.elapsed().as_secs_f64() / f64::from(renders);
     println!(
         "{} series of http_request_duration_seconds, release build, one thread",
         ROUTES.len() * STATUSES.len()
     );
-    println!("record one request: {:.0} ns ({records} records)", per_record * 1e9);
     println!(
-        "render /metrics: {:.1} µs, {bytes} bytes ({renders} renders)",
-        per_render * 1e6
+        "record one request: {:.0} ns ({records} records)",
+        per_record * 1e9
     );
+    let renders = 2_000;
+    for format in ["prometheus", "openmetrics"] {
+        let started = Instant::now();
+        let mut bytes = 0;
+        for _ in 0..renders {
+            bytes = std::hint::black_box(render(format)).len();
+        }
+        let per_render = started.elapsed().as_secs_f64() / f64::from(renders);
+        println!(
+            "render /metrics in {format}: {:.1} µs, {bytes} bytes ({renders} renders)",
+            per_render * 1e6
+        );
+    }
 }
 
 fn print_instructions() -> anyhow::Result<()> {
@@ -114,7 +131,7 @@ fn print_instructions() -> anyhow::Result<()> {
         bail!("valgrind is missing: install Debian's valgrind package (apt-get install valgrind)");
     }
     let folder = tempfile::tempdir()?;
-    for (what, count) in [("record", 100_000), ("render", 200)] {
+    for (what, count) in [("record", 100_000), ("render", 200), ("render-openmetrics", 200)] {
         let baseline = instructions(folder.path(), what, 0)?;
         let total = instructions(folder.path(), what, count)?;
         let each = total.saturating_sub(baseline) as f64 / count as f64;
