@@ -169,3 +169,13 @@ impl Drop for Platform {
         let _ = self.up.wait();
     }
 }
+
+/// The total instructions in a callgrind output file (its `totals:` line).
+pub fn callgrind_total(counts: &std::path::Path) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(counts)
+        .with_context(|| format!("callgrind wrote no counts to {}", counts.display()))?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("totals:"))
+        .and_then(|total| total.trim().parse().ok())
+        .context("no totals line in callgrind's output")
+}

@@ -4,6 +4,9 @@
 use std::sync::Once;
 use std::time::Duration;
 
+use dozen_kit::metrics::LatencyHistogram;
+use dozen_kit::trace_context::Handling;
+
 /// Describe every metric once per process, so `/metrics` carries help texts.
 pub fn describe() {
     static DESCRIBED: Once = Once::new();
@@ -65,15 +68,26 @@ pub(crate) fn consumer_lag(subscriber: &str, lag: u64) {
     metrics::gauge!("bus_consumer_lag", "subscriber" => subscriber.to_owned()).set(lag as f64);
 }
 
-pub(crate) fn handled(subscriber: &str, topic: &str, outcome: &'static str, took: Duration) {
+/// Count a delivery and time its handling, in the trace it was handled in (none for one that
+/// was not handled, which takes no time).
+pub(crate) fn handled(
+    subscriber: &str,
+    topic: &str,
+    outcome: &'static str,
+    took: Duration,
+    handling: Option<&Handling>,
+) {
     let labels = [
         ("subscriber", subscriber.to_owned()),
         ("topic", topic.to_owned()),
         ("outcome", outcome.to_owned()),
     ];
     metrics::counter!("bus_handled_total", &labels).increment(1);
-    metrics::histogram!("bus_handle_duration_seconds", "subscriber" => subscriber.to_owned())
-        .record(took.as_secs_f64());
+    LatencyHistogram::new(
+        "bus_handle_duration_seconds",
+        &[("subscriber", subscriber.to_owned())],
+    )
+    .record(took, handling.map(Handling::context));
 }
 
 pub(crate) fn redelivered(subscriber: &str) {

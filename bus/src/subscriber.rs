@@ -204,7 +204,13 @@ impl Subscriber {
         let mut batch: Vec<(Delivery, Envelope, Handling)> = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
             if stop.is_cancelled() {
-                metrics::handled(&self.name, label, Outcome::HandedBack.label(), Duration::ZERO);
+                metrics::handled(
+                    &self.name,
+                    label,
+                    Outcome::HandedBack.label(),
+                    Duration::ZERO,
+                    None,
+                );
                 settled.push((delivery, Settlement::Release));
                 continue;
             }
@@ -218,6 +224,7 @@ impl Subscriber {
                         &letter.event_type,
                         Outcome::DeadLettered.label(),
                         Duration::ZERO,
+                        None,
                     );
                     settled.push((delivery, self.bury(letter).await));
                     continue;
@@ -250,6 +257,7 @@ impl Subscriber {
                     &envelope.event_type,
                     Outcome::DeadLettered.label(),
                     Duration::ZERO,
+                    None,
                 );
                 settled.push((delivery, self.bury(letter).await));
                 continue;
@@ -303,7 +311,13 @@ impl Subscriber {
                     (Settlement::Retry(delay), Outcome::Retried)
                 }
             };
-            metrics::handled(&self.name, &envelope.event_type, outcome.label(), took);
+            metrics::handled(
+                &self.name,
+                &envelope.event_type,
+                outcome.label(),
+                took,
+                Some(&handling),
+            );
             settled.push((delivery, settlement));
         }
         settled
@@ -496,7 +510,7 @@ impl Subscriber {
             match outcome {
                 Ok(true) => {
                     replayed += 1;
-                    metrics::handled(&self.name, &letter.event_type, "replayed", Duration::ZERO);
+                    metrics::handled(&self.name, &letter.event_type, "replayed", Duration::ZERO, None);
                 }
                 Ok(false) => {}
                 Err(error) => {

@@ -382,7 +382,7 @@ impl Broker for DiesAfterPublish {
 }
 
 fn duplicates_counted(subscriber: &str) -> f64 {
-    let text = dozen_kit::metrics::render();
+    let text = dozen_kit::metrics::render(dozen_kit::metrics::Format::Prometheus);
     text.lines()
         .filter(|line| {
             line.starts_with("bus_handled_total")

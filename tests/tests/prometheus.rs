@@ -2,7 +2,10 @@
 //! `dozen up` with the alert rules of deploy/observability/prometheus/rules.yml: every service
 //! is scraped (with passwords' hashing metrics), every rule evaluates, a healthy platform fires
 //! no alert, a service that stops answering fires `DozenTargetDown`, and every query of the
-//! Grafana dashboards is valid PromQL.
+//! Grafana dashboards is valid PromQL. With exemplar storage on, as deploy/ runs it, a
+//! request's trace id reaches Prometheus as the exemplar of its latency bucket, and every
+//! service's OpenMetrics exposition passes the OpenMetrics parser of the Python
+//! `prometheus_client` (PyPI, installed by scripts/backing-services).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -38,13 +41,44 @@ async fn prometheus_scrapes_every_service_and_alerts_when_one_stops_answering() 
     .await;
 
     // A login for an unknown email still computes a hash: passwords' own metrics reach Prometheus.
+    // Sent in a sampled trace of its own, which the gateway and passwords both take part in.
+    let trace_id = uuid::Uuid::new_v4().simple().to_string();
     let login = reqwest::Client::new()
         .post(platform.url("gateway", "/api/sessions"))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
         .json(&serde_json::json!({ "email": "nobody@example.com", "password": "zq7#kd9w-not-theirs" }))
         .send()
         .await
         .expect("the gateway answers");
     assert_eq!(login.status(), 401);
+    for job in ["gateway", "passwords"] {
+        let query = format!(r#"http_request_duration_seconds_bucket{{job="{job}"}}"#);
+        let exemplar = eventually(
+            PATIENCE,
+            &format!("the login's trace an exemplar of {job}"),
+            || async {
+                let start = (unix_now() - 600.0).to_string();
+                let end = (unix_now() + 60.0).to_string();
+                let response = prometheus
+                    .get(
+                        "/api/v1/query_exemplars",
+                        &[("query", query.as_str()), ("start", &start), ("end", &end)],
+                    )
+                    .await;
+                response["data"]
+                    .as_array()?
+                    .iter()
+                    .flat_map(|series| series["exemplars"].as_array().cloned().unwrap_or_default())
+                    .find(|exemplar| exemplar["labels"]["trace_id"] == trace_id.as_str())
+            },
+        )
+        .await;
+        let seconds: f64 = exemplar["value"]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .expect("a value");
+        assert!(seconds > 0.0 && seconds < 60.0, "{exemplar}");
+    }
     for expr in [
         r#"passwords_argon2_duration_seconds_count{job="passwords", operation="verify"} > 0"#,
         r#"passwords_argon2_wait_seconds_count{job="passwords"} > 0"#,
@@ -136,6 +170,146 @@ async fn prometheus_scrapes_every_service_and_alerts_when_one_stops_answering() 
     platform.stop().await;
 }
 
+/// What Prometheus 2 asks `/metrics` for.
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                                 version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_service_answers_valid_openmetrics_to_whoever_asks() {
+    let platform = Platform::start(&[]).await;
+    let client = reqwest::Client::new();
+    // Requests of every kind first, so that the expositions hold exemplars, counters and
+    // histograms of several series.
+    let signup = client
+        .post(platform.url("gateway", "/api/signups"))
+        .header("Idempotency-Key", "exemplars")
+        .json(&serde_json::json!({
+            "email": "exemplar@example.com",
+            "password": dozen_tests::public_api::PASSWORD,
+            "display_name": "Ex",
+            "interests": []
+        }))
+        .send()
+        .await
+        .expect("the gateway answers");
+    assert!(signup.status().is_success(), "{}", signup.status());
+    let login = client
+        .post(platform.url("gateway", "/api/sessions"))
+        .json(&serde_json::json!({ "email": "nobody@example.com", "password": "zq7#kd9w-not-theirs" }))
+        .send()
+        .await
+        .expect("the gateway answers");
+    assert_eq!(login.status(), 401);
+
+    // The bus's handlers carry exemplars too: verification's, of the signup it mailed.
+    eventually(PATIENCE, "an exemplar on verification's bus handling", || async {
+        let text = client
+            .get(platform.url("verification", "/metrics"))
+            .header("accept", PROMETHEUS_ACCEPT)
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .any(|line| {
+                line.starts_with("bus_handle_duration_seconds_bucket{") && line.contains(" # {trace_id=\"")
+            })
+            .then_some(())
+    })
+    .await;
+
+    for service in SERVICES {
+        let url = platform.url(service, "/metrics");
+        let openmetrics = client
+            .get(&url)
+            .header("accept", PROMETHEUS_ACCEPT)
+            .send()
+            .await
+            .expect("metrics");
+        assert_eq!(openmetrics.status(), 200);
+        assert_eq!(
+            openmetrics.headers()["content-type"],
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        );
+        assert_eq!(openmetrics.headers()["vary"], "accept");
+        let text = openmetrics.text().await.expect("a body");
+        let (samples, exemplars) = parse_openmetrics(&text)
+            .unwrap_or_else(|error| panic!("{service}'s OpenMetrics is invalid: {error}\n{text}"));
+        assert!(samples > 20, "{service}: {samples} samples\n{text}");
+        assert!(exemplars > 0, "{service} shows no exemplar:\n{text}");
+
+        // Whoever does not ask gets the Prometheus text, which Prometheus' promtool accepts.
+        let classic = client.get(&url).send().await.expect("metrics");
+        assert_eq!(
+            classic.headers()["content-type"],
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+        assert_eq!(classic.headers()["vary"], "accept");
+        let text = classic.text().await.expect("a body");
+        assert!(
+            !text.contains("# EOF") && !text.contains(" # {"),
+            "{service}:\n{text}"
+        );
+        check_with_promtool(&text).unwrap_or_else(|error| panic!("{service}: {error}\n{text}"));
+    }
+    platform.stop().await;
+}
+
+/// The samples and the exemplars of an OpenMetrics exposition, as the Python
+/// `prometheus_client` parser reads it, or the parser's complaint.
+fn parse_openmetrics(text: &str) -> Result<(usize, usize), String> {
+    let script = "import sys\n\
+                  from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+                  samples = [s for f in text_string_to_metric_families(sys.stdin.read()) for s in f.samples]\n\
+                  print(len(samples), sum(1 for s in samples if s.exemplar))\n";
+    let output = run_with_input("python3", &["-c", script], text)?;
+    let counts: Vec<usize> = output.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+    match counts[..] {
+        [samples, exemplars] => Ok((samples, exemplars)),
+        _ => Err(format!("the parser printed {output:?}")),
+    }
+}
+
+/// promtool's verdict on a Prometheus text exposition: lint problems (naming) are fine here,
+/// a parse error is not.
+fn check_with_promtool(text: &str) -> Result<(), String> {
+    match run_with_input("promtool", &["check", "metrics"], text) {
+        Ok(_) => Ok(()),
+        Err(error) if error.contains("error while linting") => Err(error),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Run `program` with `input` on its stdin: its stdout, or its stderr when it fails.
+fn run_with_input(program: &str, args: &[&str], input: &str) -> Result<String, String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} runs (scripts/backing-services installs it): {e}"));
+    child
+        .stdin
+        .take()
+        .expect("a stdin")
+        .write_all(input.as_bytes())
+        .expect("the input written");
+    let output = child.wait_with_output().expect("it ends");
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_dashboard_query_is_valid_promql() {
     // PromQL is checked without data: no target to scrape.
@@ -190,6 +364,7 @@ impl Prometheus {
                 folder.path().join("data").display()
             ))
             .arg("--web.listen-address=127.0.0.1:0")
+            .arg("--enable-feature=exemplar-storage")
             .current_dir(folder.path())
             .stdout(Stdio::null())
             .stderr(log)

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use axum::http::{HeaderName, HeaderValue, Request, Response};
-use dozen_bench::{ReservedPort, process_ids, process_stat};
+use dozen_bench::{ReservedPort, callgrind_total, process_ids, process_stat};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
@@ -258,7 +258,7 @@ fn print_instructions_per_request(requests: u64) -> anyhow::Result<()> {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         gateway.wait()?;
         sent?;
-        totals.push(instructions_in(&counts)?);
+        totals.push(callgrind_total(&counts)?);
     }
     let per_request = totals[1].saturating_sub(totals[0]) as f64 / requests as f64;
     println!(
@@ -308,16 +308,6 @@ fn read_more(stream: &mut TcpStream, pending: &mut Vec<u8>) -> anyhow::Result<()
     }
     pending.extend_from_slice(&chunk[..read]);
     Ok(())
-}
-
-/// The total instructions in a callgrind output file (its `totals:` line).
-fn instructions_in(counts: &Path) -> anyhow::Result<u64> {
-    let text = std::fs::read_to_string(counts)
-        .with_context(|| format!("callgrind wrote no counts to {}", counts.display()))?;
-    text.lines()
-        .find_map(|line| line.strip_prefix("totals:"))
-        .and_then(|total| total.trim().parse().ok())
-        .context("no totals line in callgrind's output")
 }
 
 /// The gateway's release binary, beside this one.

@@ -50,6 +50,7 @@ use crate::http::breaker::{Admission, Breaker, BreakerHealth, BreakerSettings, B
 use crate::http::pool::{ConnectionError, Connections, NotSent};
 use crate::http::request_id;
 use crate::identity::{self, Signer, TokenCache};
+use crate::metrics::LatencyHistogram;
 use crate::trace_context;
 
 /// How long a deposit counts in a retry budget.
@@ -169,7 +170,7 @@ struct Guard {
     /// Per [`Outcome`], the handles of `upstream_requests_total` and
     /// `upstream_request_duration_seconds`, registered on first use: looking a metric up by
     /// its labels on every attempt cost more than the rest of the bookkeeping.
-    attempt_metrics: [OnceLock<(metrics::Counter, metrics::Histogram)>; Outcome::ALL.len()],
+    attempt_metrics: [OnceLock<(metrics::Counter, LatencyHistogram)>; Outcome::ALL.len()],
     breaker_settings: BreakerSettings,
     /// One breaker per instance, by its `host:port`.
     breakers: Mutex<HashMap<String, Arc<Breaker>>>,
@@ -229,14 +230,17 @@ impl Guard {
         let (count, duration) = self.attempt_metrics[outcome as usize].get_or_init(|| {
             // Registered with the process's recorder, not a no-op one.
             crate::metrics::recorder();
-            let labels = [("upstream", self.name), ("outcome", outcome.label())];
+            let labels = [
+                ("upstream", self.name.to_owned()),
+                ("outcome", outcome.label().to_owned()),
+            ];
             (
                 metrics::counter!("upstream_requests_total", &labels),
-                metrics::histogram!("upstream_request_duration_seconds", &labels),
+                LatencyHistogram::new("upstream_request_duration_seconds", &labels),
             )
         });
         count.increment(1);
-        duration.record(took.as_secs_f64());
+        duration.record(took, trace_context::current().as_ref());
     }
 }
 

@@ -184,7 +184,7 @@ where
         }
         let took = this.started.elapsed();
         let route = this.route.as_ref().map_or("unmatched", MatchedPath::as_str);
-        metrics::record_http(this.method, route, status, took);
+        metrics::record_http(this.method, route, status, took, this.handling.context());
         this.handling
             .set_attribute("http.response.status_code", i64::from(status.as_u16()));
         let latency_ms = took.as_secs_f64() * 1000.0;

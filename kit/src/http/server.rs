@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
@@ -153,12 +153,15 @@ async fn readyz(axum::extract::State(ops): axum::extract::State<Ops>) -> Respons
     }
 }
 
-async fn metrics_text() -> Response {
-    let mut response = metrics::render().into_response();
-    response.headers_mut().insert(
+async fn metrics_text(headers: HeaderMap) -> Response {
+    let format = metrics::Format::negotiate(headers.get(header::ACCEPT));
+    let mut response = metrics::render(format).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4"),
+        HeaderValue::from_static(format.content_type()),
     );
+    headers.insert(header::VARY, HeaderValue::from_static("accept"));
     response
 }
 
