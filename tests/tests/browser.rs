@@ -725,6 +725,11 @@ async fn the_signup_journey_clicked_through_the_web_ui() {
     ))
     .await;
     ann.shot("status").await;
+    ann.client
+        .execute("document.getElementById('ops-charts').scrollIntoView()", vec![])
+        .await
+        .expect("script");
+    ann.shot("status-charts").await;
 
     // An access token the API no longer accepts is renewed from the refresh cookie, and so is a
     // tab that has none (a reload of a new tab): the reader stays logged in.

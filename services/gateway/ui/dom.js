@@ -187,7 +187,7 @@ export function sparkline(points, { end, window, floor, label }) {
     run = [];
   };
   for (const [at, value] of points) {
-    if (Number.isFinite(value) && at > end - window) run.push([x(at).toFixed(1), y(value).toFixed(1)]);
+    if (Number.isFinite(value) && at >= end - window) run.push([x(at).toFixed(1), y(value).toFixed(1)]);
     else draw();
   }
   draw();

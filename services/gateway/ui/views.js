@@ -741,7 +741,7 @@ export function ops(ctx) {
         rows,
       ),
     ),
-    h("h2", {}, "The last ten minutes"),
+    h("h2", {}, "The last minutes"),
     charts,
   ];
 }
@@ -764,8 +764,15 @@ function figureCharts(figures) {
     const why = figures.interval_seconds > 0 ? "No figures yet: the first come a few seconds after the gateway starts." : "The gateway samples no figures (FIGURES_INTERVAL is off).";
     return h("p", { id: "ops-charts-empty", class: "meta" }, why);
   }
+  // The charts span what the gateway has sampled (at least a minute), up to its ten minutes.
   const end = times[times.length - 1];
-  return services.map((service) => {
+  const window = Math.min(600, Math.max(60, end - times[0]));
+  const span = h(
+    "p",
+    { id: "ops-charts-span", class: "meta" },
+    `Each chart spans the last ${Math.round(window / 60)} min, sampled every ${figures.interval_seconds} s; a gap is a time the service did not answer (or, for p99, served nothing).`,
+  );
+  return [span, services.map((service) => {
     const series = (key) => (Array.isArray(service[key]) ? service[key] : []);
     const answering = Number.isFinite(series("requests_per_second")[times.length - 1]);
     const shown = FIGURES.filter((figure) => !figure.bus || series(figure.key).some(Number.isFinite));
@@ -787,13 +794,13 @@ function figureCharts(figures) {
             h("figcaption", {}, figure.title, " ", h("span", { class: "chart-latest" }, latestText)),
             sparkline(
               times.map((at, index) => [at, values[index]]),
-              { end, window: 600, floor: figure.floor, label: `${service.name}: ${figure.title}, now ${latestText}` },
+              { end, window, floor: figure.floor, label: `${service.name}: ${figure.title}, now ${latestText}` },
             ),
           );
         }),
       ),
     );
-  });
+  })];
 }
 
 function serviceRow(service) {
