@@ -50,8 +50,8 @@ const OPS_ROUTES: [&str; 6] = [
 pub struct Figures {
     /// Seconds between samples (0 when sampling is off).
     pub interval_seconds: u64,
-    /// When each sample was taken, in seconds since the Unix epoch.
-    pub times: Vec<u64>,
+    /// When each sample was taken, in seconds (to the millisecond) since the Unix epoch.
+    pub times: Vec<f64>,
     /// The gateway, then each service behind it.
     pub services: Vec<ServiceFigures>,
 }
@@ -302,7 +302,7 @@ impl FiguresPage {
             .iter()
             .map(|source| vec![None; source.instances()])
             .collect();
-        let mut samples: VecDeque<(u64, Vec<Point>)> = VecDeque::with_capacity(capacity);
+        let mut samples: VecDeque<(f64, Vec<Point>)> = VecDeque::with_capacity(capacity);
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut first = true;
@@ -336,7 +336,7 @@ impl FiguresPage {
     }
 
     /// Make the body of `samples`.
-    fn publish(&self, samples: &VecDeque<(u64, Vec<Point>)>) {
+    fn publish(&self, samples: &VecDeque<(f64, Vec<Point>)>) {
         let series = |index: usize, figure: fn(&Point) -> Option<f64>| -> Vec<Option<f64>> {
             samples
                 .iter()
@@ -412,10 +412,12 @@ fn point(last: &mut [Option<(Instant, Reading)>], now: Vec<(Option<Reading>, Ins
     point
 }
 
-fn unix_seconds() -> u64 {
+/// Now, in seconds since the Unix epoch, to the millisecond: samples a second apart may fall
+/// in one whole second.
+fn unix_seconds() -> f64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs())
+        .map_or(0.0, |since| since.as_millis() as f64 / 1000.0)
 }
 
 #[cfg(test)]
