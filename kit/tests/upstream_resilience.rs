@@ -378,6 +378,40 @@ async fn calls_go_to_the_instances_in_turn() {
 }
 
 #[tokio::test]
+async fn a_call_pinned_to_an_instance_goes_there_only_even_when_it_is_down() {
+    let a = TestUpstream::start().await;
+    let mut b = TestUpstream::start().await;
+    let upstream = instances(&[&a, &b], instance_policy(Duration::from_secs(5)));
+    assert_eq!(upstream.instance_count(), 2);
+    for _ in 0..3 {
+        let answer = upstream
+            .call(Method::GET, "/metrics")
+            .on_instance(1)
+            .unguarded()
+            .send()
+            .await
+            .expect("a response");
+        assert_eq!(answer.status(), StatusCode::OK);
+    }
+    assert_eq!((a.hits(), b.hits()), (0, 3));
+
+    // Down, it is not stood in for by the other: the caller learns that this one is down.
+    b.shut_down().await;
+    let error = upstream
+        .call(Method::GET, "/metrics")
+        .on_instance(1)
+        .send()
+        .await
+        .expect_err("the pinned instance is down");
+    // Its retries went to it too, until its breaker opened.
+    assert!(
+        matches!(error, CallError::Unreachable { .. } | CallError::Rejected { .. }),
+        "{error}"
+    );
+    assert_eq!(a.hits(), 0, "the live instance was not asked");
+}
+
+#[tokio::test]
 async fn an_instance_that_is_down_is_ejected_and_probed_back_while_the_other_serves_every_call() {
     let a = TestUpstream::start().await;
     let mut b = TestUpstream::start().await;

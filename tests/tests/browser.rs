@@ -492,7 +492,8 @@ impl Page {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_signup_journey_clicked_through_the_web_ui() {
     let folder = artifacts_folder("journey");
-    let platform = Platform::start(&[]).await;
+    // Figures every second, so the status page's charts have points by the time it is shown.
+    let platform = Platform::start(&[("FIGURES_INTERVAL", "1s")]).await;
     let base = platform.url("gateway", "");
     let (driver, shots) = browsers_for(&folder).await;
     let ann = driver.open("ann", 1280, 900, &base, &shots).await;
@@ -689,7 +690,46 @@ async fn the_signup_journey_clicked_through_the_web_ui() {
             .await;
         assert_eq!(state, "ready", "{service}");
     }
+    // Below, each service's figures as small charts: users has served Ann's pages, so its
+    // request rate is drawn; services with a bus chart its backlog, the gateway has none.
+    ann.find(css(
+        "section[data-service='users'] figure[data-figure='requests_per_second'] svg polyline",
+    ))
+    .await;
+    let rate = ann
+        .text_now(css(
+            "section[data-service='users'] figure[data-figure='requests_per_second'] .chart-latest",
+        ))
+        .await;
+    assert!(rate.ends_with("/s"), "users' latest rate: {rate:?}");
+    for service in SERVICES {
+        let charts = ann
+            .client
+            .find_all(css(&format!("section[data-service='{service}'] figure svg")))
+            .await
+            .expect("charts");
+        assert!(charts.len() >= 3, "{service}: rate, errors and p99 at least");
+    }
+    assert!(
+        ann.client
+            .find_all(css(
+                "section[data-service='gateway'] figure[data-figure='bus_backlog']"
+            ))
+            .await
+            .expect("charts")
+            .is_empty(),
+        "the gateway has no bus"
+    );
+    ann.find(css(
+        "section[data-service='friends'] figure[data-figure='dead_letters'] svg",
+    ))
+    .await;
     ann.shot("status").await;
+    ann.client
+        .execute("document.getElementById('ops-charts').scrollIntoView()", vec![])
+        .await
+        .expect("script");
+    ann.shot("status-charts").await;
 
     // An access token the API no longer accepts is renewed from the refresh cookie, and so is a
     // tab that has none (a reload of a new tab): the reader stays logged in.

@@ -341,6 +341,9 @@ async fn bad_edge_settings_stop_the_gateway_with_one_line_naming_the_variable() 
         ("RATE_LIMIT_READS", "many/min"),
         ("TRUSTED_PROXIES", "10.0.0.0/8, the-load-balancer"),
         ("CORS_ALLOWED_ORIGINS", "*"),
+        ("FIGURES_INTERVAL", "500ms"),
+        ("FIGURES_INTERVAL", "2m"),
+        ("FIGURES_INTERVAL", "often"),
     ] {
         let run = run_to_exit("dozen-gateway", &[], &[(variable, value)]).await;
         assert_eq!(run.status.code(), Some(2), "{variable}={value}: {run:?}");

@@ -276,17 +276,22 @@ impl Peer {
     /// The next instance in turn (for a guarded call, the next whose breaker lets a call
     /// through, with its admission); when every breaker refuses, the soonest time one lets a
     /// probe through.
+    /// A call pinned to one instance ([`Call::on_instance`]) only ever looks at that one.
     fn pick<'a>(
         &self,
         instances: &'a [Instance],
         guarded: bool,
+        pinned: Option<usize>,
     ) -> Result<(usize, Option<Admission<'a>>), Refused> {
-        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        let (first, tried) = match pinned {
+            Some(index) => (index, 1),
+            None => (self.next.fetch_add(1, Ordering::Relaxed), instances.len()),
+        };
         if !guarded {
             return Ok((first % instances.len(), None));
         }
         let mut soonest: Option<Refused> = None;
-        for offset in 0..instances.len() {
+        for offset in 0..tried {
             let index = (first + offset) % instances.len();
             match instances[index].breaker.admit() {
                 Ok(admission) => return Ok((index, Some(admission))),
@@ -379,6 +384,11 @@ impl Upstream {
             })
     }
 
+    /// How many instances it has (none when its base URL is not valid).
+    pub fn instance_count(&self) -> usize {
+        self.0.instances.as_ref().map_or(0, Vec::len)
+    }
+
     /// Each instance's `host:port` and the state of its breaker.
     pub fn instance_health(&self) -> Vec<(String, BreakerHealth)> {
         match &self.0.instances {
@@ -419,6 +429,7 @@ impl Upstream {
             body: Bytes::new(),
             deadline: None,
             guarded: true,
+            pinned: None,
         }
     }
 }
@@ -438,6 +449,8 @@ pub struct Call {
     deadline: Option<Instant>,
     /// Whether the breaker and retries apply ([`Call::unguarded`]).
     guarded: bool,
+    /// The one instance to send it to ([`Call::on_instance`]), if not each in turn.
+    pinned: Option<usize>,
 }
 
 impl Call {
@@ -519,6 +532,14 @@ impl Call {
         self
     }
 
+    /// Send it to the instance at `index` (from 0, in the order of the base URLs) and no
+    /// other, retries included: for what must be asked of every instance, such as its metrics.
+    /// An index past the last counts round from the first.
+    pub fn on_instance(mut self, index: usize) -> Self {
+        self.pinned = Some(index);
+        self
+    }
+
     /// Keep the first reason the call cannot be made.
     fn invalidate(&mut self, reason: Invalid) {
         if self.target.is_ok() {
@@ -537,6 +558,7 @@ impl Call {
             body,
             deadline,
             guarded,
+            pinned,
         } = self;
         let name = upstream.name();
         let invalid = |source| CallError::Invalid {
@@ -570,7 +592,7 @@ impl Call {
         let mut backoff = guard.backoff.clone().make_backoff();
         let mut number = 1;
         loop {
-            let (index, admission) = peer.pick(instances, guarded).map_err(|refused| {
+            let (index, admission) = peer.pick(instances, guarded, pinned).map_err(|refused| {
                 metrics::counter!("upstream_rejected_total", "upstream" => name).increment(1);
                 CallError::Rejected {
                     upstream: name,

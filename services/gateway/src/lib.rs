@@ -1,12 +1,14 @@
 //! The gateway, the only public entry: it serves the web UI, routes the public API to the
 //! services that own each route, aggregates `/api/me`, and reports every service's state at
-//! `/ops/status`. It is stateless and holds no database.
+//! `/ops/status`, and charts their traffic at `/ops/figures`. It is stateless and holds no
+//! database.
 //!
 //! Layout: [`routes`] (the public routes), [`openapi`] (their description), [`proxy`] (passing a request on), [`me`] (the
-//! aggregate), [`ops`] (the status page's data), [`ui`] (the web UI's files); at the edge, [`client_address`] (who is
+//! aggregate), [`ops`] (the status page's data), [`figures`] (its charts' data), [`ui`] (the web UI's files); at the edge, [`client_address`] (who is
 //! calling), [`limits`] (rate limits per client) and [`headers`] (security headers and CORS).
 
 pub mod client_address;
+pub mod figures;
 pub mod headers;
 pub mod limits;
 pub mod me;
@@ -16,6 +18,7 @@ pub mod proxy;
 pub mod routes;
 pub mod ui;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -56,8 +59,27 @@ pub struct Settings {
     /// it on with the file mailbox.
     #[arg(long, env = "DEV_MAILBOX", default_value_t = false, action = clap::ArgAction::Set)]
     pub dev_mailbox: bool,
+    /// How often to read every service's metrics for the status page's charts (1s to 60s), or
+    /// off.
+    #[arg(long, env = "FIGURES_INTERVAL", default_value = "5s", value_parser = parse_figures_interval)]
+    pub figures_interval: FiguresInterval,
     #[command(flatten)]
     pub edge: EdgeSettings,
+}
+
+/// `FIGURES_INTERVAL`: how often the figures are sampled, if at all.
+#[derive(Debug, Clone, Copy)]
+pub struct FiguresInterval(pub Option<Duration>);
+
+fn parse_figures_interval(text: &str) -> Result<FiguresInterval, String> {
+    if text == "off" {
+        return Ok(FiguresInterval(None));
+    }
+    let interval = parse_duration(text)?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&interval) {
+        return Err("must be from 1s to 60s, or off".to_owned());
+    }
+    Ok(FiguresInterval(Some(interval)))
 }
 
 /// What the gateway does at the public edge: whom it believes, how much it lets one client do,
@@ -143,7 +165,18 @@ impl Service for Gateway {
         context
             .lifecycle
             .spawn(limits.clone().forget_idle_until(context.lifecycle.stopping()));
-        Ok(routes::router(peers, &limits, settings.dev_mailbox))
+        let upstreams = vec![
+            peers.signup.clone(),
+            peers.users.clone(),
+            peers.passwords.clone(),
+            peers.verification.clone(),
+            peers.friends.clone(),
+        ];
+        let figures = Arc::new(figures::FiguresPage::new(settings.figures_interval.0, upstreams));
+        context
+            .lifecycle
+            .spawn(figures.clone().sample(context.lifecycle.stopping()));
+        Ok(routes::router(peers, figures, &limits, settings.dev_mailbox))
     }
 
     type Task = NoTasks;

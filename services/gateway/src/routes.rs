@@ -22,17 +22,23 @@ use crate::client_address::ClientAddress;
 use crate::limits::RateLimits;
 use crate::openapi::{self, Documents, Forwarded};
 use crate::proxy::{self, Outgoing};
-use crate::{Peers, me, ops};
+use crate::{Peers, figures, me, ops};
 
 /// The gateway's routes, those that invite abuse behind their rate limits, and their
 /// description; the dev mailbox only when `dev_mailbox` is on (otherwise `/api/dev/mailbox` is
 /// an unknown path: 404).
-pub fn router(peers: Peers, limits: &RateLimits, dev_mailbox: bool) -> OpenApiRouter {
+pub fn router(
+    peers: Peers,
+    figures: Arc<figures::FiguresPage>,
+    limits: &RateLimits,
+    dev_mailbox: bool,
+) -> OpenApiRouter {
     let services = Documents::of_services();
     let (signup, users, passwords) = (&services.signup, &services.users, &services.passwords);
     let (verification, friends) = (&services.verification, &services.friends);
     let state = Shared {
         status_page: Arc::new(ops::StatusPage::new(&peers)),
+        figures,
         peers: Arc::new(peers),
     };
     let api = OpenApiRouter::with_openapi(openapi::base())
@@ -121,7 +127,8 @@ pub fn router(peers: Peers, limits: &RateLimits, dev_mailbox: bool) -> OpenApiRo
             forward_to_friends,
             None,
         ))
-        .routes(openapi::own(routes!(ops_status), None));
+        .routes(openapi::own(routes!(ops_status), None))
+        .routes(openapi::own(routes!(ops_figures), None));
     let api = if dev_mailbox {
         api.routes(Forwarded::to(verification, Get, "/mailbox").at("/api/dev/mailbox", mailbox, None))
     } else {
@@ -137,6 +144,7 @@ pub fn router(peers: Peers, limits: &RateLimits, dev_mailbox: bool) -> OpenApiRo
 struct Shared {
     peers: Arc<Peers>,
     status_page: Arc<ops::StatusPage>,
+    figures: Arc<figures::FiguresPage>,
 }
 
 impl FromRef<Shared> for Arc<Peers> {
@@ -148,6 +156,12 @@ impl FromRef<Shared> for Arc<Peers> {
 impl FromRef<Shared> for Arc<ops::StatusPage> {
     fn from_ref(shared: &Shared) -> Self {
         shared.status_page.clone()
+    }
+}
+
+impl FromRef<Shared> for Arc<figures::FiguresPage> {
+    fn from_ref(shared: &Shared) -> Self {
+        shared.figures.clone()
     }
 }
 
@@ -318,6 +332,18 @@ async fn mailbox(State(peers): State<Arc<Peers>>, uri: OriginalUri, public: Publ
 )]
 async fn ops_status(State(status_page): State<Arc<ops::StatusPage>>) -> Response {
     status_page.response().await
+}
+
+/// Each service's request rate, 5xx share, p99 latency, bus backlog and dead letters over the
+/// last ten minutes, sampled every `FIGURES_INTERVAL`: numbers only.
+#[utoipa::path(
+    get,
+    path = "/ops/figures",
+    tag = "gateway",
+    responses((status = 200, body = figures::Figures))
+)]
+async fn ops_figures(State(figures): State<Arc<figures::FiguresPage>>) -> Response {
+    figures.response()
 }
 
 /// Percent-encode everything but unreserved characters (RFC 3986), for one path segment.

@@ -157,3 +157,39 @@ export function formatDate(iso) {
   const date = new Date(iso);
   return Number.isNaN(date.getTime()) ? String(iso) : date.toLocaleString();
 }
+
+const SVG = "http://www.w3.org/2000/svg";
+
+/** An SVG element (`h` makes HTML ones, which an `<svg>` does not draw). */
+function svg(tag, attributes = {}) {
+  const element = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attributes)) element.setAttribute(name, String(value));
+  return element;
+}
+
+/**
+ * A sparkline of `points` ([seconds, value or null], oldest first) over the `window` seconds
+ * ending at `end`, from 0 up to the largest value (at least `floor`): one line per run of
+ * values, so a null (no figure then) is a gap. Labelled `label` for screen readers.
+ */
+export function sparkline(points, { end, window, floor, label }) {
+  const width = 160;
+  const height = 36;
+  const top = Math.max(floor, ...points.map(([, value]) => (Number.isFinite(value) ? value : 0)));
+  const x = (at) => (width * (window - (end - at))) / window;
+  const y = (value) => height - 2 - ((height - 4) * value) / top;
+  const chart = svg("svg", { class: "sparkline", viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": label });
+  chart.append(svg("line", { class: "sparkline-axis", x1: 0, y1: height - 1, x2: width, y2: height - 1 }));
+  let run = [];
+  const draw = () => {
+    if (run.length === 1) chart.append(svg("circle", { class: "sparkline-dot", cx: run[0][0], cy: run[0][1], r: 1.5 }));
+    if (run.length > 1) chart.append(svg("polyline", { class: "sparkline-line", points: run.map((point) => point.join(",")).join(" ") }));
+    run = [];
+  };
+  for (const [at, value] of points) {
+    if (Number.isFinite(value) && at >= end - window) run.push([x(at).toFixed(1), y(value).toFixed(1)]);
+    else draw();
+  }
+  draw();
+  return chart;
+}

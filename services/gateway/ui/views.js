@@ -16,10 +16,14 @@ import {
   say,
   setChildren,
   showFieldErrors,
+  sparkline,
 } from "./dom.js";
 
 /** How often the mailbox looks for new mail while it is shown. */
 const MAILBOX_REFRESH_MS = 3000;
+
+/** How often, at least, the status page's charts are redrawn while shown. */
+const CHARTS_REFRESH_MS = 5000;
 
 /** Show a failed call: field errors beside their fields, the rest in `line`. */
 function showError(line, error, form = null) {
@@ -673,13 +677,35 @@ function friendCard(friend, line, reload) {
 
 // --- Ops --------------------------------------------------------------------------------------
 
-/** `#/ops`: every service's readiness and the gateway's breaker for it. */
+/**
+ * `#/ops`: every service's readiness and the gateway's breaker for it, then each service's
+ * figures over the last minutes as small charts.
+ */
 export function ops(ctx) {
   const line = messageLine("ops-message");
   const summary = h("p", { id: "ops-summary", role: "status" });
   const rows = h("tbody", { id: "ops-rows" });
+  const charts = h("div", { id: "ops-charts", class: "charts" });
+  // The charts load beside the table (a failure of theirs leaves it alone) and follow each new
+  // sample while the page is shown.
+  let timer = null;
+  const loadCharts = async () => {
+    clearTimeout(timer);
+    let every = CHARTS_REFRESH_MS;
+    try {
+      const figures = await call("GET", "/ops/figures");
+      setChildren(charts, figureCharts(figures));
+      if (figures.interval_seconds > 0) every = Math.max(every, figures.interval_seconds * 1000);
+    } catch (error) {
+      setChildren(charts, h("p", { id: "ops-charts-error", class: "not-ready" }, `No figures: ${error.message}`));
+    }
+    clearTimeout(timer);
+    if (!ctx.signal.aborted) timer = setTimeout(loadCharts, every);
+  };
+  ctx.signal.addEventListener("abort", () => clearTimeout(timer));
   const load = async () => {
     say(line, "");
+    loadCharts();
     try {
       const status = await call("GET", "/ops/status");
       const services = Array.isArray(status.services) ? status.services : [];
@@ -715,7 +741,66 @@ export function ops(ctx) {
         rows,
       ),
     ),
+    h("h2", {}, "The last minutes"),
+    charts,
   ];
+}
+
+/** What the status page charts of each service, in order: the field of `/ops/figures`, its
+ * title, how its latest value reads, and the least height of its chart's scale. */
+const FIGURES = [
+  { key: "requests_per_second", title: "Requests", text: (value) => `${value.toFixed(1)}/s`, floor: 1 },
+  { key: "error_share", title: "Errors (5xx)", text: (value) => `${(value * 100).toFixed(1)} %`, floor: 0.05 },
+  { key: "p99_seconds", title: "p99 latency", text: (value) => `${(value * 1000).toFixed(1)} ms`, floor: 0.01 },
+  { key: "bus_backlog", title: "Bus backlog", text: (value) => `${Math.round(value)}`, floor: 1, bus: true },
+  { key: "dead_letters", title: "Dead letters", text: (value) => `${Math.round(value)}`, floor: 1, bus: true },
+];
+
+/** The charts of every service in `/ops/figures`; a service without a bus has no bus charts. */
+function figureCharts(figures) {
+  const times = Array.isArray(figures.times) ? figures.times : [];
+  const services = Array.isArray(figures.services) ? figures.services : [];
+  if (times.length === 0) {
+    const why = figures.interval_seconds > 0 ? "No figures yet: the first come a few seconds after the gateway starts." : "The gateway samples no figures (FIGURES_INTERVAL is off).";
+    return h("p", { id: "ops-charts-empty", class: "meta" }, why);
+  }
+  // The charts span what the gateway has sampled (at least a minute), up to its ten minutes.
+  const end = times[times.length - 1];
+  const window = Math.min(600, Math.max(60, end - times[0]));
+  const span = h(
+    "p",
+    { id: "ops-charts-span", class: "meta" },
+    `Each chart spans the last ${Math.round(window / 60)} min, sampled every ${figures.interval_seconds} s; a gap is a time the service did not answer (or, for p99, served nothing).`,
+  );
+  return [span, services.map((service) => {
+    const series = (key) => (Array.isArray(service[key]) ? service[key] : []);
+    const answering = Number.isFinite(series("requests_per_second")[times.length - 1]);
+    const shown = FIGURES.filter((figure) => !figure.bus || series(figure.key).some(Number.isFinite));
+    return h(
+      "section",
+      { class: "card service-figures", "data-service": service.name },
+      h("h3", {}, service.name),
+      answering ? null : h("p", { class: "not-ready" }, "No figures now: it did not answer."),
+      h(
+        "div",
+        { class: "chart-row" },
+        shown.map((figure) => {
+          const values = series(figure.key);
+          const latest = values[values.length - 1];
+          const latestText = Number.isFinite(latest) ? figure.text(latest) : "—";
+          return h(
+            "figure",
+            { class: "chart", "data-figure": figure.key },
+            h("figcaption", {}, figure.title, " ", h("span", { class: "chart-latest" }, latestText)),
+            sparkline(
+              times.map((at, index) => [at, values[index]]),
+              { end, window, floor: figure.floor, label: `${service.name}: ${figure.title}, now ${latestText}` },
+            ),
+          );
+        }),
+      ),
+    );
+  })];
 }
 
 function serviceRow(service) {
