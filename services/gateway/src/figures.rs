@@ -228,7 +228,11 @@ impl Source {
     /// Instance `index`'s reading now, or None if it did not answer in time with metrics.
     async fn read(&self, index: usize, timeout: Duration) -> Option<Reading> {
         let upstream = match self {
-            Self::Gateway => return Reading::parse(&dozen_kit::metrics::render()),
+            Self::Gateway => {
+                return Reading::parse(&dozen_kit::metrics::render(
+                    dozen_kit::metrics::Format::Prometheus,
+                ));
+            }
             Self::Service(upstream) => upstream,
         };
         let answer = upstream
