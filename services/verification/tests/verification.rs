@@ -117,6 +117,7 @@ impl Verification {
             email: email.to_owned(),
             display_name: "Ann Lee".to_owned(),
             interests: vec!["chess".to_owned()],
+            replaces: None,
         };
         let envelope = Envelope::new("signup", &event).expect("an envelope");
         self.publish(&envelope).await;
