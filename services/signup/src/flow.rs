@@ -107,19 +107,28 @@ impl Flow {
             state = SignupState::ProfileCreated;
         }
         if state == SignupState::ProfileCreated {
-            // The replaced accounts' credentials go first: one of them may hold the address in
-            // passwords, and none may ever log in.
-            self.drop_replaced_credentials(&record).await?;
-            match self
-                .peers
-                .set_credential(
+            // The replaced account's credential goes first: it may hold the address in
+            // passwords, and must never log in. An older one of the chain may still hold it
+            // (its replacing signup still on its way): then the whole chain goes, and the
+            // credential is set again.
+            let replaced = &record.replaced.0;
+            if let Some(previous) = replaced.first() {
+                self.peers.drop_replaced_credential(*previous).await?;
+            }
+            let set_credential = || {
+                self.peers.set_credential(
                     record.user_id,
                     &email,
                     &record.display_name,
                     &signup.request.password,
                 )
-                .await?
-            {
+            };
+            let mut outcome = set_credential().await?;
+            if matches!(outcome, Outcome::Taken) && replaced.len() > 1 {
+                self.drop_replaced_credentials(&record).await?;
+                outcome = set_credential().await?;
+            }
+            match outcome {
                 Outcome::Done(()) => self.advance(&record, SignupState::CredentialCreated).await?,
                 Outcome::Refused(problem) => return self.refuse(&record, problem, true).await,
                 // The address has a credential without a profile of its own: an earlier signup
