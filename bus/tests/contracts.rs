@@ -421,5 +421,8 @@ fn a_version_1_signup_without_replaces_still_parses() {
     .expect("JSON");
     assert_eq!(v2["replaces"], json!(replaced));
     let without = serde_json::to_value(&event).expect("JSON");
-    assert!(without.get("replaces").is_none(), "absent, not null, when nothing was replaced");
+    assert!(
+        without.get("replaces").is_none(),
+        "absent, not null, when nothing was replaced"
+    );
 }

@@ -188,7 +188,11 @@ async fn the_signup_journey(extra_env: &[(&str, &str)], friends_database: Friend
         session["access_token"].as_str().map(str::to_owned)
     })
     .await;
-    assert_eq!(holder["id"], subject_of(&cem).as_str(), "the account left is Cem's");
+    assert_eq!(
+        holder["id"],
+        subject_of(&cem).as_str(),
+        "the account left is Cem's"
+    );
 
     // The friends projections rebuilt from the log equal the live ones.
     let cem_id = subject_of(&cem);

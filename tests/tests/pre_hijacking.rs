@@ -155,7 +155,11 @@ async fn the_attackers_earlier_account_is_replaced(extra_env: &[(&str, &str)]) {
         api.mails_to(victim)
             .await
             .iter()
-            .any(|mail| mail["subject"].as_str().is_some_and(|s| s.contains("tried to sign up")))
+            .any(|mail| {
+                mail["subject"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("tried to sign up"))
+            })
             .then_some(())
     })
     .await;
@@ -211,7 +215,11 @@ async fn of_concurrent_signups_one_account_is_left_whose_link_works(extra_env: &
         session["access_token"].as_str().map(str::to_owned)
     })
     .await;
-    assert_eq!(subject_of(&access), holder, "the account logged in is the one left");
+    assert_eq!(
+        subject_of(&access),
+        holder,
+        "the account logged in is the one left"
+    );
     assert_eq!(holder_of(&platform, email).await, holder);
     platform.stop().await;
 }

@@ -134,7 +134,11 @@ pub async fn insert(db: &Db, user_id: Uuid, email: &str, phc_hash: &str) -> Resu
             .rows_affected(),
     };
     tx.commit().await?;
-    Ok(if done == 1 { Inserted::Stored } else { Inserted::Taken })
+    Ok(if done == 1 {
+        Inserted::Stored
+    } else {
+        Inserted::Taken
+    })
 }
 
 /// Remove the credential of `user_id` for good: a newer signup for its address replaced the
@@ -180,7 +184,12 @@ async fn is_replaced(tx: &mut Tx, user_id: Uuid) -> Result<bool, sqlx::Error> {
                 .fetch_optional(&mut *conn)
                 .await?
         }
-        TxConn::Postgres(conn) => sqlx::query_as(SELECT).bind(user_id).fetch_optional(&mut *conn).await?,
+        TxConn::Postgres(conn) => {
+            sqlx::query_as(SELECT)
+                .bind(user_id)
+                .fetch_optional(&mut *conn)
+                .await?
+        }
     };
     Ok(row.is_some())
 }

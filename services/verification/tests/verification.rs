@@ -543,10 +543,18 @@ async fn a_replaced_account_gets_no_working_link_whatever_order_the_events_arriv
     })
     .await;
     verification.wait_for_mail_sent().await;
-    assert_eq!(verification.mails_to("bob@example.com").await.len(), 1, "none for the replaced account");
+    assert_eq!(
+        verification.mails_to("bob@example.com").await.len(),
+        1,
+        "none for the replaced account"
+    );
     assert_eq!(verification.resend("bob@example.com").await.status(), 202);
     let resent = token_in(&verification.wait_for_mails("bob@example.com", 2).await[0]);
-    assert_eq!(verification.verify(&resent).await.status(), 200, "the resent link is the newer account's");
+    assert_eq!(
+        verification.verify(&resent).await.status(),
+        200,
+        "the resent link is the newer account's"
+    );
 }
 on_both_backends!(a_replaced_account_gets_no_working_link_whatever_order_the_events_arrive_in);
 
