@@ -42,11 +42,16 @@ pub struct UserSignedUp {
     pub display_name: String,
     /// Their interests as their profile keeps them (normalised), for friend suggestions.
     pub interests: Vec<String>,
+    /// The account this one replaced: an earlier signup for the address that was never
+    /// verified (someone may have used another person's address first). Its links stop
+    /// working, its credential and membership go. Absent in version 1 and for a free address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<Uuid>,
 }
 
 impl Event for UserSignedUp {
     const TYPE: &'static str = "user.signed_up";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     const SUMMARY: &'static str = "A new account was created and awaits email verification.";
     const PUBLISHER: &'static str = "signup";
     const SUBSCRIBERS: &'static [&'static str] = &["verification", "friends"];

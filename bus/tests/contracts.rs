@@ -406,3 +406,23 @@ fn every_event_type_is_listed_once_with_a_version() {
         assert!(types.contains(&expected), "{expected} is missing");
     }
 }
+
+#[test]
+fn a_version_1_signup_without_replaces_still_parses() {
+    let id = uuid::Uuid::now_v7();
+    let v1 = json!({ "user_id": id, "email": "ann@example.com", "display_name": "Ann", "interests": ["go"] });
+    let event: dozen_bus::contracts::UserSignedUp = serde_json::from_value(v1).expect("a v1 payload parses");
+    assert_eq!(event.replaces, None);
+    let replaced = uuid::Uuid::now_v7();
+    let v2 = serde_json::to_value(dozen_bus::contracts::UserSignedUp {
+        replaces: Some(replaced),
+        ..event.clone()
+    })
+    .expect("JSON");
+    assert_eq!(v2["replaces"], json!(replaced));
+    let without = serde_json::to_value(&event).expect("JSON");
+    assert!(
+        without.get("replaces").is_none(),
+        "absent, not null, when nothing was replaced"
+    );
+}

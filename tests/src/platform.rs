@@ -131,6 +131,52 @@ impl Platform {
             .count()
     }
 
+    /// The sum of the samples of `metric` on `service`'s `/metrics` whose labels include every
+    /// one of `labels` (`name="value"`); 0 when there is none.
+    pub async fn metric(&self, service: &str, metric: &str, labels: &[&str]) -> f64 {
+        let text = reqwest::get(self.url(service, "/metrics"))
+            .await
+            .expect("/metrics answers")
+            .text()
+            .await
+            .expect("/metrics text");
+        text.lines()
+            .filter(|line| {
+                line.strip_prefix(metric)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter(|line| labels.iter().all(|label| line.contains(label)))
+            .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Whether the `signups` signups answered so far (each ends in a `user.signed_up`, or in
+    /// a `user.signup_conflict`) have all been published, and verification has handled every
+    /// `user.signed_up`: whatever follows sees their effects (links issued and revoked).
+    pub async fn signups_settled(&self, signups: usize) -> bool {
+        let published = |topic: &'static str| async move {
+            self.metric("signup", "bus_published_total", &[&format!("topic=\"{topic}\"")])
+                .await
+        };
+        let signed_up = published("user.signed_up").await;
+        let conflicts = published("user.signup_conflict").await;
+        let handled = self
+            .metric(
+                "verification",
+                "bus_handled_total",
+                &[
+                    "topic=\"user.signed_up\"",
+                    "subscriber=\"verification\"",
+                    "outcome=\"handled\"",
+                ],
+            )
+            .await;
+        // Counts, far below 2^52: exact as floats.
+        #[allow(clippy::cast_precision_loss)]
+        let signups = signups as f64;
+        signed_up + conflicts >= signups && handled >= signed_up
+    }
+
     /// Whether `/readyz` of the service on `port` answers 200.
     pub async fn is_ready(&self, port: u16) -> bool {
         reqwest::Client::new()

@@ -150,6 +150,48 @@ impl PublicApi {
     }
 }
 
+impl PublicApi {
+    /// Follow every verification link mailed to `email` until one works, then the rest too:
+    /// exactly one may work (the account that holds the address; the others' accounts were
+    /// replaced), the others answer 404. Waits for the mails as they are sent; call it once the
+    /// signups' events are handled (`Platform::signups_settled`). How many links there were.
+    pub async fn verify_the_one_working_link(&self, email: &str) -> usize {
+        let tried = std::sync::Mutex::new(Vec::<(String, u16)>::new());
+        let try_new_links = || async {
+            let links: Vec<String> = self.mails_to(email).await.iter().filter_map(token_in).collect();
+            for link in links {
+                if tried.lock().expect("lock").iter().any(|(seen, _)| *seen == link) {
+                    continue;
+                }
+                let answer = self
+                    .client
+                    .post(self.url(&format!("/api/verifications/{link}")))
+                    .send()
+                    .await
+                    .expect("POST /api/verifications/{token}");
+                let status = answer.status().as_u16();
+                assert!([200, 404].contains(&status), "a link answered {status}");
+                tried.lock().expect("lock").push((link, status));
+            }
+        };
+        eventually(PATIENCE, &format!("a link to {email} that works"), || async {
+            try_new_links().await;
+            tried
+                .lock()
+                .expect("lock")
+                .iter()
+                .any(|(_, status)| *status == 200)
+                .then_some(())
+        })
+        .await;
+        try_new_links().await;
+        let tried = tried.into_inner().expect("lock");
+        let working = tried.iter().filter(|(_, status)| *status == 200).count();
+        assert_eq!(working, 1, "exactly one of {} links works", tried.len());
+        tried.len()
+    }
+}
+
 /// The verification token in a mail's link (`…/verify?token=<token>`), if it has one.
 pub fn token_in(mail: &Value) -> Option<String> {
     let body = mail["body"].as_str()?;

@@ -215,6 +215,7 @@ fn signup(n: usize) -> UserSignedUp {
         email: format!("bench{n}@example.test"),
         display_name: format!("Bench user {n}"),
         interests: vec!["climbing".to_owned(), "chess".to_owned()],
+        replaces: None,
     }
 }
 

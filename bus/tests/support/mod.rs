@@ -375,6 +375,7 @@ pub fn signed_up(n: usize) -> UserSignedUp {
         email: format!("user{n}@example.test"),
         display_name: format!("User {n}"),
         interests: vec!["climbing".into()],
+        replaces: None,
     }
 }
 

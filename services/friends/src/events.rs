@@ -1,6 +1,7 @@
 //! The events the friends service consumes, one named handler each, registered in
 //! [`handlers`]: they keep its copy of each member (name, interests, verified) current, and
-//! erase a member who deleted their account.
+//! erase a member who deleted their account or whose unverified account a newer signup
+//! replaced.
 
 use dozen_bus::contracts::{UserDeleted, UserEmailVerified, UserProfileUpdated, UserSignedUp};
 use dozen_bus::{EventHandlers, Tx};
@@ -17,7 +18,12 @@ pub fn handlers() -> EventHandlers<()> {
 }
 
 /// A new member, not verified yet, with the interests as the users service normalised them.
+/// The account it replaced (an unverified signup for the same address) is erased as a deleted
+/// one is, so that its own event, arriving late, does not bring it back.
 pub async fn on_signed_up(tx: &mut Tx, event: UserSignedUp) -> anyhow::Result<()> {
+    if let Some(replaced) = event.replaces {
+        store::erase_member(tx, replaced).await?;
+    }
     store::upsert_member(tx, event.user_id, &event.display_name, &event.interests, false).await?;
     Ok(())
 }

@@ -157,7 +157,8 @@ pub async fn rebuild(tx: &mut Tx) -> Result<usize, sqlx::Error> {
     Ok(replayed)
 }
 
-/// Erase a member who deleted their account: their projections, their name and interests,
+/// Erase a member who deleted their account (or whose unverified account a newer signup
+/// replaced): their projections, their name and interests,
 /// and their part in the log, where each of their streams is rewritten as a tombstone: their
 /// id becomes a fresh random one (per stream, so the rewritten streams cannot be linked), and
 /// a `removed` by it closes a stream still open, so replaying the log projects nothing for

@@ -2,7 +2,8 @@
 //!
 //! - `PUT /credentials/{user_id}`, `DELETE /credentials/{user_id}`: internal, signup's alone
 //!   (its service identity is required, see `dozen_kit::identity`). A credential becomes
-//!   verified only by the `user.email_verified` event.
+//!   verified only by the `user.email_verified` event; `?replaced=true` deletes that of an
+//!   account a newer signup replaced, whose id is refused a credential from then on (410).
 //! - `POST /password-checks`, `POST /password-hashes`: internal, signup's alone, to check a
 //!   password before it creates anything, and to spend a credential's hash where the email is
 //!   taken.
@@ -22,7 +23,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -172,6 +173,7 @@ struct CredentialView {
         (status = 201, description = "Created", body = CredentialView),
         (status = 200, description = "Already there (a retry)", body = CredentialView),
         (status = 409, description = "The email belongs to another user, or the user has another email", body = Problem),
+        (status = 410, description = "A newer signup replaced the user's account", body = Problem),
         (status = 422, description = "Invalid fields", body = Problem),
     )
 )]
@@ -188,7 +190,10 @@ async fn put_credential(
         return Err(Problem::validation(errors).into());
     };
 
-    // Decide before hashing: a retry or a conflict costs no hash.
+    // Decide before hashing: a retry, a replaced account or a conflict costs no hash.
+    if store::was_replaced(&state.db, user_id).await? {
+        return Err(replaced().into());
+    }
     if let Some(answer) = existing_answer(&state.db, user_id, &email).await? {
         return Ok(answer);
     }
@@ -197,13 +202,17 @@ async fn put_credential(
         .hash(password.expose())
         .await
         .map_err(hashing_failed)?;
-    if store::insert(&state.db, user_id, email.as_str(), &phc_hash).await? {
-        let view = CredentialView {
-            user_id,
-            email: email.as_str().to_owned(),
-            verified: false,
-        };
-        return Ok((StatusCode::CREATED, Json(view)).into_response());
+    match store::insert(&state.db, user_id, email.as_str(), &phc_hash).await? {
+        store::Inserted::Stored => {
+            let view = CredentialView {
+                user_id,
+                email: email.as_str().to_owned(),
+                verified: false,
+            };
+            return Ok((StatusCode::CREATED, Json(view)).into_response());
+        }
+        store::Inserted::Replaced => return Err(replaced().into()),
+        store::Inserted::Taken => {}
     }
     // Another request inserted in between: answer as if it had come first.
     existing_answer(&state.db, user_id, &email)
@@ -299,22 +308,47 @@ fn conflict(detail: &str) -> Problem {
     Problem::typed(StatusCode::CONFLICT, "credential-conflict", "Conflict", detail)
 }
 
+fn replaced() -> Problem {
+    Problem::typed(
+        StatusCode::GONE,
+        "credential-replaced",
+        "Account replaced",
+        "a newer signup for the address replaced this account: it gets no credential",
+    )
+}
+
+/// Which delete.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+struct DeleteQuery {
+    /// A newer signup for the address replaced the account: the user id never gets a
+    /// credential again (its own signup may still be on its way).
+    #[serde(default)]
+    replaced: bool,
+}
+
 /// Remove the credential of a user (signup's compensation); 204 whether or not it existed.
+/// With `replaced`, a newer signup for the address replaced the account: the id is refused a
+/// credential from then on.
 #[utoipa::path(
     delete,
     path = "/credentials/{user_id}",
-    params(("user_id" = Uuid, Path, description = "The user's id")),
+    params(("user_id" = Uuid, Path, description = "The user's id"), DeleteQuery),
     responses((status = 204, description = "Gone (or never there)"), (status = 422, body = Problem))
 )]
 async fn delete_credential(
     State(state): State<AppState>,
     Path(user_id): Path<String>,
+    Query(query): Query<DeleteQuery>,
 ) -> Result<StatusCode, ApiError> {
     let mut errors = BTreeMap::new();
     let Some(user_id) = parse_user_id(&user_id, &mut errors) else {
         return Err(Problem::validation(errors).into());
     };
-    store::delete(&state.db, user_id).await?;
+    if query.replaced {
+        store::replace(&state.db, user_id).await?;
+    } else {
+        store::delete(&state.db, user_id).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

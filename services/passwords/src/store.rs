@@ -95,28 +95,119 @@ pub async fn find_by_user(db: &Db, user_id: Uuid) -> Result<Option<Credential>, 
     })
 }
 
-/// Store a new credential; `false` when the user id or the email is already taken (the caller
-/// reads the existing row to tell which).
-pub async fn insert(db: &Db, user_id: Uuid, email: &str, phc_hash: &str) -> Result<bool, sqlx::Error> {
+/// What storing a new credential came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    /// It is stored.
+    Stored,
+    /// The user id or the email is already taken (the caller reads the existing row to tell
+    /// which): nothing changed.
+    Taken,
+    /// A newer signup replaced the user's account: it never gets a credential.
+    Replaced,
+}
+
+/// Store a new credential, unless the user was replaced (see [`replace`]) or the user id or
+/// the email is taken.
+pub async fn insert(db: &Db, user_id: Uuid, email: &str, phc_hash: &str) -> Result<Inserted, sqlx::Error> {
     const INSERT: &str = "INSERT INTO credentials (user_id, email, phc_hash) VALUES ($1, $2, $3) \
                           ON CONFLICT DO NOTHING";
-    let done = match db {
-        Db::Sqlite(pool) => sqlx::query(INSERT)
+    let mut tx = Tx::begin(db).await?;
+    lock_user(&mut tx, user_id).await?;
+    if is_replaced(&mut tx, user_id).await? {
+        tx.rollback().await?;
+        return Ok(Inserted::Replaced);
+    }
+    let done = match tx.conn() {
+        TxConn::Sqlite(conn) => sqlx::query(INSERT)
             .bind(user_id.hyphenated())
             .bind(email)
             .bind(phc_hash)
-            .execute(pool)
+            .execute(&mut *conn)
             .await?
             .rows_affected(),
-        Db::Postgres(pool) => sqlx::query(INSERT)
+        TxConn::Postgres(conn) => sqlx::query(INSERT)
             .bind(user_id)
             .bind(email)
             .bind(phc_hash)
-            .execute(pool)
+            .execute(&mut *conn)
             .await?
             .rows_affected(),
     };
-    Ok(done == 1)
+    tx.commit().await?;
+    Ok(if done == 1 {
+        Inserted::Stored
+    } else {
+        Inserted::Taken
+    })
+}
+
+/// Remove the credential of `user_id` for good: a newer signup for its address replaced the
+/// account, so it is never given one again, even by its own signup still on its way.
+/// Idempotent.
+pub async fn replace(db: &Db, user_id: Uuid) -> Result<(), sqlx::Error> {
+    const REPLACED: &str = "INSERT INTO replaced_credentials (user_id) VALUES ($1) ON CONFLICT DO NOTHING";
+    const DELETE: &str = "DELETE FROM credentials WHERE user_id = $1";
+    let mut tx = Tx::begin(db).await?;
+    lock_user(&mut tx, user_id).await?;
+    for statement in [REPLACED, DELETE] {
+        match tx.conn() {
+            TxConn::Sqlite(conn) => sqlx::query(statement)
+                .bind(user_id.hyphenated())
+                .execute(&mut *conn)
+                .await
+                .map(drop)?,
+            TxConn::Postgres(conn) => sqlx::query(statement)
+                .bind(user_id)
+                .execute(&mut *conn)
+                .await
+                .map(drop)?,
+        }
+    }
+    tx.commit().await
+}
+
+/// Whether a newer signup replaced `user_id`'s account (see [`replace`]).
+pub async fn was_replaced(db: &Db, user_id: Uuid) -> Result<bool, sqlx::Error> {
+    let mut tx = Tx::begin(db).await?;
+    let replaced = is_replaced(&mut tx, user_id).await?;
+    tx.rollback().await?;
+    Ok(replaced)
+}
+
+/// Whether `user_id`'s account was replaced, read inside `tx`.
+async fn is_replaced(tx: &mut Tx, user_id: Uuid) -> Result<bool, sqlx::Error> {
+    const SELECT: &str = "SELECT 1 FROM replaced_credentials WHERE user_id = $1";
+    let row: Option<(i32,)> = match tx.conn() {
+        TxConn::Sqlite(conn) => {
+            sqlx::query_as(SELECT)
+                .bind(user_id.hyphenated())
+                .fetch_optional(&mut *conn)
+                .await?
+        }
+        TxConn::Postgres(conn) => {
+            sqlx::query_as(SELECT)
+                .bind(user_id)
+                .fetch_optional(&mut *conn)
+                .await?
+        }
+    };
+    Ok(row.is_some())
+}
+
+/// Take `user_id`'s lock until `tx` ends, so that storing its credential and replacing it
+/// happen one after the other: the credential's row cannot be locked before it exists.
+/// SQLite's write lock (`BEGIN IMMEDIATE`) does this already; on Postgres it is a
+/// transaction-scoped advisory lock keyed by the id's random half (a collision only waits).
+async fn lock_user(tx: &mut Tx, user_id: Uuid) -> Result<(), sqlx::Error> {
+    if let TxConn::Postgres(conn) = tx.conn() {
+        let key = i64::from_ne_bytes(user_id.as_u64_pair().1.to_ne_bytes());
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(key)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Remove the credential of `user_id`; `false` if there was none.

@@ -1,6 +1,8 @@
 //! The signup flow (the chained pattern): record the attempt under its key, create the profile
-//! in users, the credential in passwords, then mark the signup complete and publish
-//! `user.signed_up` in one transaction. Every step may be repeated safely, so a retry with the
+//! in users (which replaces an unverified account holding the address: the pre-hijacking
+//! defence), drop the replaced accounts' credentials and create the new one in passwords, then
+//! mark the signup complete and publish `user.signed_up`, naming the account it replaced, in
+//! one transaction. Every step may be repeated safely, so a retry with the
 //! same key resumes where the last try stopped; `repair` finishes or undoes what nobody
 //! retries.
 
@@ -63,7 +65,7 @@ impl Flow {
                 .await?
             {
                 Outcome::Done(()) => {}
-                Outcome::Taken => {
+                Outcome::Taken | Outcome::Replaced => {
                     return Err(ApiError::Internal(anyhow::anyhow!(
                         "passwords answered a password check with a conflict"
                     )));
@@ -75,13 +77,21 @@ impl Flow {
                 .create_profile(record.user_id, &email, &record.display_name, &record.interests.0)
                 .await?;
             match profile {
-                Outcome::Done(interests) => {
-                    // From here on the signup carries the interests as the profile has them:
-                    // `user.signed_up` announces them so.
+                Outcome::Done(created) => {
+                    // From here on the signup carries the interests as the profile has them
+                    // (`user.signed_up` announces them so), and the accounts it replaced.
                     let mut tx = Tx::begin(&self.db).await?;
-                    store::profile_created(&mut tx, &record.idempotency_key, &interests, Utc::now()).await?;
+                    store::profile_created(
+                        &mut tx,
+                        &record.idempotency_key,
+                        &created.interests,
+                        &created.replaced,
+                        Utc::now(),
+                    )
+                    .await?;
                     tx.commit().await?;
-                    record.interests = sqlx::types::Json(interests);
+                    record.interests = sqlx::types::Json(created.interests);
+                    record.replaced = sqlx::types::Json(created.replaced);
                 }
                 Outcome::Taken => {
                     // A new address costs a hash (its credential's), so a taken one does too:
@@ -91,21 +101,34 @@ impl Flow {
                         .await?;
                     return self.conflict(&record, &email).await;
                 }
+                Outcome::Replaced => return self.complete(&record, &email).await,
                 Outcome::Refused(problem) => return self.refuse(&record, problem, false).await,
             }
             state = SignupState::ProfileCreated;
         }
         if state == SignupState::ProfileCreated {
-            match self
-                .peers
-                .set_credential(
+            // The replaced account's credential goes first: it may hold the address in
+            // passwords, and must never log in. An older one of the chain may still hold it
+            // (its replacing signup still on its way): then the whole chain goes, and the
+            // credential is set again.
+            let replaced = &record.replaced.0;
+            if let Some(previous) = replaced.first() {
+                self.peers.drop_replaced_credential(*previous).await?;
+            }
+            let set_credential = || {
+                self.peers.set_credential(
                     record.user_id,
                     &email,
                     &record.display_name,
                     &signup.request.password,
                 )
-                .await?
-            {
+            };
+            let mut outcome = set_credential().await?;
+            if matches!(outcome, Outcome::Taken) && replaced.len() > 1 {
+                self.drop_replaced_credentials(&record).await?;
+                outcome = set_credential().await?;
+            }
+            match outcome {
                 Outcome::Done(()) => self.advance(&record, SignupState::CredentialCreated).await?,
                 Outcome::Refused(problem) => return self.refuse(&record, problem, true).await,
                 // The address has a credential without a profile of its own: an earlier signup
@@ -114,9 +137,21 @@ impl Flow {
                     self.peers.delete_profile(record.user_id).await?;
                     return self.conflict(&record, &email).await;
                 }
+                // A newer signup replaced this one meanwhile: it is announced all the same
+                // (below), so that the accounts it replaced are known replaced too.
+                Outcome::Replaced => {}
             }
         }
         self.complete(&record, &email).await
+    }
+
+    /// Drop the credentials of the accounts the signup's profile replaced (each call is
+    /// idempotent).
+    async fn drop_replaced_credentials(&self, record: &SignupRecord) -> Result<(), PeerError> {
+        for replaced in &record.replaced.0 {
+            self.peers.drop_replaced_credential(*replaced).await?;
+        }
+        Ok(())
     }
 
     async fn advance(&self, record: &SignupRecord, state: SignupState) -> Result<(), ApiError> {
@@ -143,6 +178,7 @@ impl Flow {
                 email: email.as_str().to_owned(),
                 display_name: record.display_name.clone(),
                 interests: record.interests.0.clone(),
+                replaces: record.replaced.0.first().copied(),
             };
             self.outbox
                 .publish(&mut tx, &event)
@@ -209,7 +245,9 @@ impl Flow {
                 completed += 1;
             } else {
                 // The password is gone with the request, so the signup cannot be finished:
-                // remove both halves (each delete is a no-op when absent).
+                // remove both halves (each delete is a no-op when absent). The accounts it
+                // replaced stay replaced: none comes back, nor keeps a credential.
+                self.drop_replaced_credentials(&record).await?;
                 self.peers.delete_credential(record.user_id).await?;
                 self.peers.delete_profile(record.user_id).await?;
                 let mut tx = Tx::begin(&self.db).await?;

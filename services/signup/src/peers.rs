@@ -1,5 +1,5 @@
-//! The calls signup makes, through the kit's client: create and delete a profile in users,
-//! check a password, set and delete a credential in passwords. Each answer is sorted into what the flow needs
+//! The calls signup makes, through the kit's client: create (replacing an unverified one) and
+//! delete a profile in users, check a password, set and delete a credential in passwords. Each answer is sorted into what the flow needs
 //! to know; anything unexpected is a fault, never the caller's problem.
 
 use axum::http::Method;
@@ -19,6 +19,8 @@ pub enum Outcome<T = ()> {
     Done(T),
     /// The email (or id) is taken by another account.
     Taken,
+    /// A newer signup for the address replaced this account (its id is refused for good).
+    Replaced,
     /// The peer refused the input; the problem says why, field by field.
     Refused(Problem),
 }
@@ -52,21 +54,24 @@ struct ProfileId {
 
 /// The part of a created profile the flow needs.
 #[derive(Debug, Deserialize)]
-struct CreatedProfile {
+pub struct CreatedProfile {
     /// As users keeps them (normalised): what `user.signed_up` announces.
-    interests: Vec<String>,
+    pub interests: Vec<String>,
+    /// The unverified accounts it replaced for its address, newest first.
+    pub replaced: Vec<Uuid>,
 }
 
 impl Peers {
-    /// Create the profile (idempotent for the same id and email); done, it gives the
-    /// profile's interests as users keeps them.
+    /// Create the profile (idempotent for the same id and email), replacing an unverified one
+    /// that holds the address; done, it gives the profile's interests as users keeps them and
+    /// the accounts it replaced.
     pub async fn create_profile(
         &self,
         user_id: Uuid,
         email: &Email,
         display_name: &str,
         interests: &[String],
-    ) -> Result<Outcome<Vec<String>>, PeerError> {
+    ) -> Result<Outcome<CreatedProfile>, PeerError> {
         let body =
             json!({ "id": user_id, "email": email, "display_name": display_name, "interests": interests });
         let answer = self
@@ -76,14 +81,14 @@ impl Peers {
             .send()
             .await;
         Ok(match sort(&self.users, answer).await? {
-            Outcome::Done(answer) => {
-                let profile = answer
+            Outcome::Done(answer) => Outcome::Done(
+                answer
                     .json::<CreatedProfile>()
                     .await
-                    .map_err(|e| unavailable(&self.users, e))?;
-                Outcome::Done(profile.interests)
-            }
+                    .map_err(|e| unavailable(&self.users, e))?,
+            ),
             Outcome::Taken => Outcome::Taken,
+            Outcome::Replaced => Outcome::Replaced,
             Outcome::Refused(problem) => Outcome::Refused(problem),
         })
     }
@@ -180,6 +185,18 @@ impl Peers {
             .await;
         expect_success(&self.passwords, answer)
     }
+
+    /// Delete the credential of an account a newer signup replaced, and have passwords refuse
+    /// its id one from then on (idempotent).
+    pub async fn drop_replaced_credential(&self, user_id: Uuid) -> Result<(), PeerError> {
+        let answer = self
+            .passwords
+            .call(Method::DELETE, &format!("/credentials/{user_id}"))
+            .query(&[("replaced", "true")])
+            .send()
+            .await;
+        expect_success(&self.passwords, answer)
+    }
 }
 
 impl Outcome<Answer> {
@@ -188,6 +205,7 @@ impl Outcome<Answer> {
         match self {
             Self::Done(_) => Outcome::Done(()),
             Self::Taken => Outcome::Taken,
+            Self::Replaced => Outcome::Replaced,
             Self::Refused(problem) => Outcome::Refused(problem),
         }
     }
@@ -202,6 +220,9 @@ async fn sort(peer: &Upstream, answer: Result<Answer, CallError>) -> Result<Outc
     }
     if status == StatusCode::CONFLICT {
         return Ok(Outcome::Taken);
+    }
+    if status == StatusCode::GONE {
+        return Ok(Outcome::Replaced);
     }
     if status == StatusCode::UNPROCESSABLE_ENTITY || status == StatusCode::BAD_REQUEST {
         let problem = answer.json::<Problem>().await.map_err(|e| unavailable(peer, e))?;

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::domain::{IdempotencyKey, Signup, SignupState};
 
 const COLUMNS: &str =
-    "idempotency_key, request_hash, user_id, email, display_name, interests, state, updated_at";
+    "idempotency_key, request_hash, user_id, email, display_name, interests, replaced, state, updated_at";
 
 /// A recorded signup.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -28,6 +28,8 @@ pub struct SignupRecord {
     pub display_name: String,
     /// The interests: as sent, then as the profile keeps them once it exists.
     pub interests: Json<Vec<String>>,
+    /// The unverified accounts its profile replaced for the address, newest first.
+    pub replaced: Json<Vec<Uuid>>,
     /// How far it got (see [`SignupRecord::state`]).
     state: String,
     /// When it last moved.
@@ -97,21 +99,23 @@ pub async fn advance(
     .map(|done| done.rows_affected() == 1))
 }
 
-/// The profile of the signup under `key` exists, with `interests` as users keeps them; whether
-/// it moved.
+/// The profile of the signup under `key` exists, with `interests` as users keeps them, having
+/// replaced the accounts `replaced`; whether it moved.
 pub async fn profile_created(
     tx: &mut Tx,
     key: &str,
     interests: &[String],
+    replaced: &[Uuid],
     now: DateTime<Utc>,
 ) -> Result<bool, sqlx::Error> {
     with_conn!(tx.conn(), conn => sqlx::query(
-        "UPDATE signups SET state = $2, interests = $3, updated_at = $4
+        "UPDATE signups SET state = $2, interests = $3, replaced = $4, updated_at = $5
          WHERE idempotency_key = $1 AND state NOT IN ('completed', 'conflict')",
     )
     .bind(key)
     .bind(SignupState::ProfileCreated.as_str())
     .bind(Json(interests))
+    .bind(Json(replaced))
     .bind(now)
     .execute(conn)
     .await

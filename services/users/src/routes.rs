@@ -1,7 +1,8 @@
 //! The users service's HTTP API. `/me` acts for the caller named by their access token (the
 //! gateway routes `/api/me` here). `/profiles…` is internal: only the signup service may call
-//! it (its service identity is required, see `dozen_kit::identity`); it creates and, when a
-//! signup cannot finish or a newer signup replaces an unverified one, deletes profiles.
+//! it (its service identity is required, see `dozen_kit::identity`); it creates profiles (a
+//! newer signup replacing an unverified one that holds the address) and deletes those of
+//! signups that cannot finish.
 //! `PUT /profiles/{id}/email` is the verification service's alone: a followed email change
 //! link applies the change (see [`email`]). The gateway routes none of them.
 
@@ -22,7 +23,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::domain::{NewProfileRequest, Profile, ProfileChangesRequest};
-use crate::store::{self, Created};
+use crate::store::{self, Created, Replacing};
 
 mod email;
 
@@ -105,16 +106,30 @@ pub fn profile_updated(profile: &Profile) -> UserProfileUpdated {
     }
 }
 
+/// A created profile, as signup is answered.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct CreatedProfile {
+    /// The profile.
+    #[serde(flatten)]
+    profile: Profile,
+    /// The unverified profiles it replaced for its address, newest first: the one it replaced
+    /// itself, then the one that one replaced, and so on. Empty for a free address.
+    replaced: Vec<Uuid>,
+}
+
 /// Create a profile (internal: the signup service). A retry with the same id and email
-/// answers 200 with the profile; an email or id already taken answers 409.
+/// answers 200 with the profile. An email held by an unverified profile is taken over: that
+/// profile is replaced (deleted, and its id never used again), atomically and only while it
+/// is unverified; a verified one answers 409, and so does an id with another email.
 #[utoipa::path(
     post,
     path = "/profiles",
     request_body = NewProfileRequest,
     responses(
-        (status = 201, description = "Created", body = Profile),
-        (status = 200, description = "Created before, by the same call", body = Profile),
-        (status = 409, description = "The email or id is taken", body = Problem),
+        (status = 201, description = "Created", body = CreatedProfile),
+        (status = 200, description = "Created before, by the same call", body = CreatedProfile),
+        (status = 409, description = "The email belongs to a verified profile, or the id to another email", body = Problem),
+        (status = 410, description = "A newer signup replaced the profile with this id", body = Problem),
         (status = 422, description = "A field is invalid", body = Problem),
     )
 )]
@@ -125,18 +140,35 @@ async fn create_profile(
     let new = request.validate()?;
     let mut tx = Tx::begin(&state.db).await?;
     let created = store::create(&mut tx, &new, Utc::now()).await?;
+    let (status, Replacing { profile, replaced }) = match created {
+        Created::New(created) => (StatusCode::CREATED, created),
+        Created::AlreadyThere(created) => (StatusCode::OK, created),
+        Created::Conflict => {
+            tx.rollback().await?;
+            return Ok(Problem::typed(
+                StatusCode::CONFLICT,
+                "profile-exists",
+                "Profile exists",
+                "a profile with this email or id already exists",
+            )
+            .into_response());
+        }
+        Created::Replaced => {
+            tx.rollback().await?;
+            return Ok(Problem::typed(
+                StatusCode::GONE,
+                "profile-replaced",
+                "Profile replaced",
+                "a newer signup for the address replaced this profile",
+            )
+            .into_response());
+        }
+    };
     tx.commit().await?;
-    Ok(match created {
-        Created::New(profile) => (StatusCode::CREATED, Json(profile)).into_response(),
-        Created::AlreadyThere(profile) => (StatusCode::OK, Json(profile)).into_response(),
-        Created::Conflict => Problem::typed(
-            StatusCode::CONFLICT,
-            "profile-exists",
-            "Profile exists",
-            "a profile with this email or id already exists",
-        )
-        .into_response(),
-    })
+    if let Some(previous) = replaced.first() {
+        tracing::info!(user_id = %profile.id, replaced = %previous, "a newer signup replaced an unverified profile");
+    }
+    Ok((status, Json(CreatedProfile { profile, replaced })).into_response())
 }
 
 /// Which profile to find.

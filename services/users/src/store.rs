@@ -43,34 +43,127 @@ impl ProfileRow {
 /// What creating a profile came to.
 #[derive(Debug)]
 pub enum Created {
-    /// It is new.
-    New(Profile),
+    /// It is new; `replaced` are the profiles it replaced, see [`Replacing`].
+    New(Replacing),
     /// The same id and email were created before (a retried call): nothing changed.
-    AlreadyThere(Profile),
-    /// The email belongs to another id, or the id to another email: nothing changed.
+    AlreadyThere(Replacing),
+    /// The email belongs to a verified profile, or the id to another email: nothing changed.
     Conflict,
+    /// A newer signup replaced the profile with this id: it is never created again.
+    Replaced,
 }
 
-/// Create a profile, unless one with its id or email exists.
+/// A created profile, with the chain of unverified profiles it replaced for its address: the
+/// one it replaced itself first, then the one that one replaced, and so on.
+#[derive(Debug)]
+pub struct Replacing {
+    /// The profile.
+    pub profile: Profile,
+    /// The profiles replaced, newest first.
+    pub replaced: Vec<Uuid>,
+}
+
+/// How often creating a profile tries again when other signups for its address replace its
+/// holder meanwhile; past that it gives up as for a taken address.
+const ATTEMPTS: usize = 32;
+
+/// Create a profile. An email held by an unverified profile is taken over: that profile is
+/// deleted and recorded as replaced by this one, in this transaction, so of concurrent signups
+/// each replaces the one before it (a profile is replaced at most once), and a profile verified
+/// meanwhile is never replaced. The caller commits only `New` and `AlreadyThere`.
 pub async fn create(tx: &mut Tx, new: &NewProfile, now: DateTime<Utc>) -> Result<Created, sqlx::Error> {
-    let inserted = with_conn!(tx.conn(), conn => sqlx::query(
-        "INSERT INTO profiles (id, email, display_name, interests, verified, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, FALSE, $5, $5) ON CONFLICT DO NOTHING",
+    for _ in 0..ATTEMPTS {
+        // Checked on every turn: a replacement of this id may have committed while the
+        // insert below waited for it.
+        if is_replaced(tx, new.id).await? {
+            return Ok(Created::Replaced);
+        }
+        let inserted = with_conn!(tx.conn(), conn => sqlx::query(
+            "INSERT INTO profiles (id, email, display_name, interests, verified, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, FALSE, $5, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(new.id)
+        .bind(new.email.as_str())
+        .bind(new.display_name.as_str())
+        .bind(Json(new.interests.as_slice()))
+        .bind(now)
+        .execute(conn)
+        .await
+        .map(|done| done.rows_affected()))?;
+        match find_in(tx, new.id).await? {
+            Some(_) if is_replaced(tx, new.id).await? => return Ok(Created::Replaced),
+            Some(profile) if inserted == 1 => {
+                let replaced = replaced_by(tx, new.id).await?;
+                return Ok(Created::New(Replacing { profile, replaced }));
+            }
+            Some(profile) if profile.email == new.email => {
+                let replaced = replaced_by(tx, new.id).await?;
+                return Ok(Created::AlreadyThere(Replacing { profile, replaced }));
+            }
+            Some(_) => return Ok(Created::Conflict),
+            None => {}
+        }
+        // Another profile holds the email (or did a moment ago: then try again).
+        let Some(holder) = find_by_email_in(tx, &new.email).await? else {
+            continue;
+        };
+        if holder.verified {
+            return Ok(Created::Conflict);
+        }
+        // Conditional: a concurrent replacement of the holder, or its verification, wins,
+        // and the next turn sees who holds the email then.
+        let deleted = with_conn!(tx.conn(), conn => sqlx::query("DELETE FROM profiles WHERE id = $1 AND NOT verified")
+            .bind(holder.id)
+            .execute(conn)
+            .await
+            .map(|done| done.rows_affected() == 1))?;
+        if deleted {
+            with_conn!(tx.conn(), conn => sqlx::query(
+                "INSERT INTO replaced_profiles (id, replaced_by) VALUES ($1, $2)",
+            )
+            .bind(holder.id)
+            .bind(new.id)
+            .execute(conn)
+            .await
+            .map(drop))?;
+        }
+    }
+    Ok(Created::Conflict)
+}
+
+/// Whether a newer signup replaced the profile with `id`.
+async fn is_replaced(tx: &mut Tx, id: Uuid) -> Result<bool, sqlx::Error> {
+    let row: Option<(i32,)> = with_conn!(tx.conn(), conn => sqlx::query_as(
+        "SELECT 1 FROM replaced_profiles WHERE id = $1",
     )
-    .bind(new.id)
-    .bind(new.email.as_str())
-    .bind(new.display_name.as_str())
-    .bind(Json(new.interests.as_slice()))
-    .bind(now)
-    .execute(conn)
-    .await
-    .map(|done| done.rows_affected()))?;
-    let stored = find_in(tx, new.id).await?;
-    Ok(match stored {
-        Some(profile) if inserted == 1 => Created::New(profile),
-        Some(profile) if profile.email == new.email => Created::AlreadyThere(profile),
-        _ => Created::Conflict,
-    })
+    .bind(id)
+    .fetch_optional(conn)
+    .await)?;
+    Ok(row.is_some())
+}
+
+/// The chain of profiles `id` replaced, newest first.
+async fn replaced_by(tx: &mut Tx, id: Uuid) -> Result<Vec<Uuid>, sqlx::Error> {
+    let rows: Vec<(Uuid,)> = with_conn!(tx.conn(), conn => sqlx::query_as(
+        "WITH RECURSIVE chain (id, depth) AS (
+             SELECT id, 1 FROM replaced_profiles WHERE replaced_by = $1
+             UNION ALL
+             SELECT r.id, c.depth + 1 FROM replaced_profiles r JOIN chain c ON r.replaced_by = c.id
+         )
+         SELECT id FROM chain ORDER BY depth",
+    )
+    .bind(id)
+    .fetch_all(conn)
+    .await)?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+/// The profile with `email`, read inside `tx`.
+async fn find_by_email_in(tx: &mut Tx, email: &Email) -> Result<Option<Profile>, sqlx::Error> {
+    let query = sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM profiles WHERE email = $1"));
+    let row: Option<ProfileRow> =
+        with_conn!(tx.conn(), conn => sqlx::query_as(query).bind(email.as_str()).fetch_optional(conn).await)?;
+    row.map(ProfileRow::into_profile).transpose()
 }
 
 /// The profile with `id`, read inside `tx`.

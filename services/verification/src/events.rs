@@ -28,14 +28,22 @@ pub fn handlers(links: Links) -> EventHandlers<Links> {
 }
 
 /// Record the account and mail its verification link. A second event for the same user (the
-/// signup announced twice) mails nothing. Signup lets a newer signup for an address through
-/// only when the earlier account was never verified, replacing it: the earlier account's
-/// links stop working, and an account already replaced when its event arrives gets none.
+/// signup announced twice) mails nothing. A signup that replaced an unverified account for its
+/// address names it (`replaces`): that account's links stop working, and if its own event comes
+/// later (the bus may deliver out of order), it gets none.
 pub async fn on_signed_up(tx: &mut Tx, event: UserSignedUp, links: &Links) -> anyhow::Result<()> {
     let now = Utc::now().timestamp_millis();
     let email = Email::parse(&event.email).map_err(|e| anyhow::anyhow!("the signed-up email {e}"))?;
+    if let Some(replaced) = event.replaces {
+        store::replace_account(tx, replaced, now).await?;
+        tracing::info!(user_id = %event.user_id, %replaced, "a replaced account's links are revoked");
+    }
     if store::create_account(tx, event.user_id, email.as_str(), now).await? {
-        links.issue(tx, event.user_id, email.as_str(), now).await?;
+        if store::is_replaced(tx, event.user_id).await? {
+            tracing::info!(user_id = %event.user_id, "a replaced account gets no verification link");
+        } else {
+            links.issue(tx, event.user_id, email.as_str(), now).await?;
+        }
     }
     Ok(())
 }

@@ -27,11 +27,45 @@ pub async fn create_account(tx: &mut Tx, user_id: Uuid, email: &str, now: i64) -
     .map(|done| done.rows_affected() == 1))
 }
 
-/// The newest account with `email` (user ids are UUIDv7: the latest signup, which replaced
-/// any earlier unverified one), if it is unverified.
+/// Record that a newer signup replaced `user_id` and revoke its open verification links;
+/// its account need not be known yet (events may arrive in any order). Idempotent.
+pub async fn replace_account(tx: &mut Tx, user_id: Uuid, now: i64) -> Result<(), sqlx::Error> {
+    with_conn!(tx.conn(), conn => sqlx::query(
+        "INSERT INTO replaced_accounts (user_id, replaced_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(user_id)
+    .bind(now)
+    .execute(conn)
+    .await
+    .map(drop))?;
+    with_conn!(tx.conn(), conn => sqlx::query(
+        "UPDATE verification_tokens SET revoked_at = $2
+         WHERE user_id = $1 AND used_at IS NULL AND revoked_at IS NULL",
+    )
+    .bind(user_id)
+    .bind(now)
+    .execute(conn)
+    .await
+    .map(drop))
+}
+
+/// Whether a newer signup replaced `user_id`.
+pub async fn is_replaced(tx: &mut Tx, user_id: Uuid) -> Result<bool, sqlx::Error> {
+    let row: Option<(i32,)> = with_conn!(tx.conn(), conn => sqlx::query_as(
+        "SELECT 1 FROM replaced_accounts WHERE user_id = $1",
+    )
+    .bind(user_id)
+    .fetch_optional(conn)
+    .await)?;
+    Ok(row.is_some())
+}
+
+/// The newest account with `email` that no newer signup replaced, if it is unverified.
 pub async fn unverified_account(tx: &mut Tx, email: &str) -> Result<Option<Uuid>, sqlx::Error> {
     let row: Option<(Uuid, Option<i64>)> = with_conn!(tx.conn(), conn => sqlx::query_as(
-        "SELECT user_id, verified_at FROM accounts WHERE email = $1 ORDER BY user_id DESC LIMIT 1",
+        "SELECT user_id, verified_at FROM accounts
+         WHERE email = $1 AND user_id NOT IN (SELECT user_id FROM replaced_accounts)
+         ORDER BY signed_up_at DESC, user_id DESC LIMIT 1",
     )
     .bind(email)
     .fetch_optional(conn)
@@ -163,6 +197,7 @@ pub async fn use_token(tx: &mut Tx, hash: &TokenHash, now: i64) -> Result<Option
     let used: Option<(Uuid, Option<String>)> = with_conn!(tx.conn(), conn => sqlx::query_as(
         "UPDATE verification_tokens SET used_at = $2
          WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $2
+           AND user_id NOT IN (SELECT user_id FROM replaced_accounts)
          RETURNING user_id, trace_parent",
     )
     .bind(hash.0.as_slice())

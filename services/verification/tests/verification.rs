@@ -112,11 +112,17 @@ impl Verification {
     }
 
     async fn sign_up(&self, user_id: Uuid, email: &str) -> Envelope {
+        self.sign_up_replacing(user_id, email, None).await
+    }
+
+    /// Publish a `user.signed_up` for `user_id` that replaced the account `replaces`.
+    async fn sign_up_replacing(&self, user_id: Uuid, email: &str, replaces: Option<Uuid>) -> Envelope {
         let event = UserSignedUp {
             user_id,
             email: email.to_owned(),
             display_name: "Ann Lee".to_owned(),
             interests: vec!["chess".to_owned()],
+            replaces,
         };
         let envelope = Envelope::new("signup", &event).expect("an envelope");
         self.publish(&envelope).await;
@@ -510,6 +516,47 @@ async fn a_verified_address_gets_no_more_links(backend: Backend) {
     assert_eq!(verification.mails_to("ann@example.com").await.len(), 1);
 }
 on_both_backends!(a_verified_address_gets_no_more_links);
+
+async fn a_replaced_account_gets_no_working_link_whatever_order_the_events_arrive_in(backend: Backend) {
+    let verification = Verification::start(backend, &[("RESEND_INTERVAL", "0s")]).await;
+    // In order: the earlier account's link is revoked by the replacement.
+    let (earlier, newer) = (Uuid::now_v7(), Uuid::now_v7());
+    verification.sign_up(earlier, "ann@example.com").await;
+    let earlier_link = token_in(&verification.wait_for_mails("ann@example.com", 1).await[0]);
+    verification
+        .sign_up_replacing(newer, "ann@example.com", Some(earlier))
+        .await;
+    let newer_link = token_in(&verification.wait_for_mails("ann@example.com", 2).await[0]);
+    assert_eq!(verification.verify(&earlier_link).await.status(), 404);
+    assert_eq!(verification.verify(&newer_link).await.status(), 200);
+
+    // Out of order: the replacement comes before the replaced account's own event, which
+    // then mails nothing; a resend goes to the account that replaced it.
+    let (earlier, newer) = (Uuid::now_v7(), Uuid::now_v7());
+    verification
+        .sign_up_replacing(newer, "bob@example.com", Some(earlier))
+        .await;
+    verification.wait_for_mails("bob@example.com", 1).await;
+    verification.sign_up(earlier, "bob@example.com").await;
+    eventually(DEADLINE, "every event is handled", || {
+        verification.handled_everything()
+    })
+    .await;
+    verification.wait_for_mail_sent().await;
+    assert_eq!(
+        verification.mails_to("bob@example.com").await.len(),
+        1,
+        "none for the replaced account"
+    );
+    assert_eq!(verification.resend("bob@example.com").await.status(), 202);
+    let resent = token_in(&verification.wait_for_mails("bob@example.com", 2).await[0]);
+    assert_eq!(
+        verification.verify(&resent).await.status(),
+        200,
+        "the resent link is the newer account's"
+    );
+}
+on_both_backends!(a_replaced_account_gets_no_working_link_whatever_order_the_events_arrive_in);
 
 async fn several_instances_send_each_mail_once(backend: Backend) {
     const SIGNUPS: usize = 30;
