@@ -77,17 +77,23 @@ async fn a_profile_is_created_once_and_a_retry_is_harmless(backend: Backend) {
         "the same call again is answered, not repeated"
     );
 
-    let taken = users.create(&new_profile(BOB, "ANN@example.com")).await;
-    assert_eq!(taken.status(), 409);
-    assert_eq!(taken.headers()["content-type"], "application/problem+json");
-    assert_eq!(
-        users.get(BOB).await.status(),
-        404,
-        "nothing was stored for the conflict"
-    );
-
     let fetched: Value = users.get(ANN).await.json().await.expect("profile");
     assert_eq!(fetched["display_name"], "Ann Lee");
+
+    // A newer signup takes over the address of an unverified profile (the pre-hijacking
+    // defence); the replaced id is never created again.
+    let replacing = users.create(&new_profile(BOB, "ANN@example.com")).await;
+    assert_eq!(replacing.status(), 201);
+    let replacing: Value = replacing.json().await.expect("profile");
+    assert_eq!(replacing["replaced"], json!([ANN]), "{replacing}");
+    assert_eq!(users.get(ANN).await.status(), 404, "the replaced profile is gone");
+    let again = users.create(&new_profile(ANN, "ann@example.com")).await;
+    assert_eq!(again.status(), 410, "a replaced id stays replaced");
+
+    let other_email = users.create(&new_profile(BOB, "bob@example.com")).await;
+    assert_eq!(other_email.status(), 409, "an id keeps its email");
+    assert_eq!(other_email.headers()["content-type"], "application/problem+json");
+
     let by_email = users
         .client
         .get(users.service.url("/profiles"))
@@ -97,7 +103,7 @@ async fn a_profile_is_created_once_and_a_retry_is_harmless(backend: Backend) {
         .await
         .expect("find by email");
     assert_eq!(by_email.status(), 200);
-    assert_eq!(by_email.json::<Value>().await.expect("profile")["id"], ANN);
+    assert_eq!(by_email.json::<Value>().await.expect("profile")["id"], BOB);
 }
 on_both_backends!(a_profile_is_created_once_and_a_retry_is_harmless);
 
