@@ -7,6 +7,8 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, bail};
 
+pub mod proxy;
+
 /// A port held for a program that is told its port (nginx, podman, a service under valgrind):
 /// it listens there while no one else can take it.
 pub use dozen_tests::process::ReservedPort;

@@ -36,22 +36,18 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use axum::http::{HeaderName, HeaderValue, Request, Response};
+use dozen_bench::proxy::{
+    ANSWER, Running, UPSTREAM_MODE, gateway_binary, get, serve_upstream, start_gateway, start_upstream,
+    wait_answering, wrk,
+};
 use dozen_bench::{ReservedPort, callgrind_total, process_ids, process_stat};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-
-/// The upstream's answer to every request.
-const ANSWER: &str =
-    r#"[{"id":"0190b3c4-1d2e-7a00-8000-000000000002","display_name":"Bob","since":"2026-11-22T03:00:00Z"}]"#;
-
-/// The argument that makes this binary the upstream.
-const UPSTREAM_MODE: &str = "serve-upstream";
 
 /// The argument that makes this binary the bare hyper proxy (`-- serve-bare-proxy <port>
 /// <upstream port>`).
@@ -87,26 +83,9 @@ fn main() -> anyhow::Result<()> {
     let nginx = which("nginx").context(
         "nginx is missing: install Debian's nginx package (apt-get install nginx) to run this benchmark",
     )?;
-    let gateway_binary = gateway_binary()?;
     let (upstream, upstream_port) = start_upstream()?;
-
-    let gateway_port_reservation = ReservedPort::new();
-
+    let (gateway, gateway_port_reservation) = start_gateway(upstream_port)?;
     let gateway_port = gateway_port_reservation.port;
-    let upstream_url = format!("http://127.0.0.1:{upstream_port}");
-    let gateway = Running::start(
-        Command::new(&gateway_binary)
-            .env("PORT", gateway_port.to_string())
-            .env("HOST", "127.0.0.1")
-            .env("LOG_LEVEL", "warn")
-            // wrk sends one token at full speed: the per-user read limit would answer 429.
-            .env("RATE_LIMIT_READS", "off")
-            .env("FRIENDS_URL", &upstream_url)
-            .env("USERS_URL", &upstream_url)
-            .env("VERIFICATION_URL", &upstream_url)
-            .envs(dozen_tests::identity::identities().env("gateway")),
-    )?;
-    wait_answering(gateway_port, "/readyz")?;
 
     let nginx_folder = tempfile::tempdir()?;
     let nginx_port_reservation = ReservedPort::new();
@@ -310,44 +289,6 @@ fn read_more(stream: &mut TcpStream, pending: &mut Vec<u8>) -> anyhow::Result<()
     Ok(())
 }
 
-/// The gateway's release binary, beside this one.
-fn gateway_binary() -> anyhow::Result<PathBuf> {
-    let folder = std::env::current_exe()?
-        .parent()
-        .context("binary folder")?
-        .to_path_buf();
-    let gateway_binary = folder.join("dozen-gateway");
-    if !gateway_binary.exists() {
-        bail!(
-            "{} is missing: run `cargo build --release -p dozen-gateway -p dozen-bench` first",
-            gateway_binary.display()
-        );
-    }
-    Ok(gateway_binary)
-}
-
-/// This binary as the upstream, answering; and its port.
-fn start_upstream() -> anyhow::Result<(Running, u16)> {
-    let port_reservation = ReservedPort::new();
-    let port = port_reservation.port;
-    let upstream =
-        Running::start(Command::new(std::env::current_exe()?).args([UPSTREAM_MODE, &port.to_string()]))?;
-    wait_answering(port, "/api/friends")?;
-    Ok((upstream, port))
-}
-
-/// The upstream: a small JSON answer to any request, on one runtime with a worker per core.
-fn serve_upstream(port: u16) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async {
-        let app = axum::Router::new()
-            .fallback(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], ANSWER) });
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-        axum::serve(listener, app).await?;
-        Ok(())
-    })
-}
-
 /// The floor for a reverse proxy built on hyper, to tell hyper's cost from the gateway's: the
 /// edge work nginx does here and nothing more, on one single-threaded runtime per core (as the
 /// gateway serves), each client connection given a connection of its own to the upstream (no
@@ -496,123 +437,6 @@ http {{
     Ok(path)
 }
 
-/// What one wrk run measured.
-#[derive(Debug)]
-struct Run {
-    /// Requests answered in the run.
-    requests: u64,
-    per_second: f64,
-    p50: Duration,
-    p99: Duration,
-    /// Answers that were not 2xx or 3xx.
-    failed: u64,
-}
-
-fn wrk(url: &str, threads: u32, connections: u32, seconds: u64) -> anyhow::Result<Run> {
-    let output = Command::new("wrk")
-        .args([
-            "--latency",
-            "-t",
-            &threads.to_string(),
-            "-c",
-            &connections.to_string(),
-            "-d",
-            &format!("{seconds}s"),
-            "-H",
-            "Authorization: Bearer bench",
-            url,
-        ])
-        .output()
-        .context("cannot run wrk")?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        bail!(
-            "wrk failed on {url}: {text}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let field = |prefix: &str| {
-        text.lines()
-            .map(str::trim)
-            .find_map(|line| line.strip_prefix(prefix).map(str::trim))
-    };
-    let per_second = field("Requests/sec:")
-        .and_then(|value| value.parse().ok())
-        .with_context(|| format!("no Requests/sec in wrk's report: {text}"))?;
-    let percentile = |name: &str| {
-        field(name)
-            .and_then(parse_wrk_duration)
-            .with_context(|| format!("no {name} latency in wrk's report: {text}"))
-    };
-    let requests = text
-        .lines()
-        .find_map(|line| line.trim().split_once(" requests in "))
-        .and_then(|(count, _)| count.parse().ok())
-        .with_context(|| format!("no request count in wrk's report: {text}"))?;
-    Ok(Run {
-        requests,
-        per_second,
-        p50: percentile("50%")?,
-        p99: percentile("99%")?,
-        failed: field("Non-2xx or 3xx responses:")
-            .and_then(|value| value.parse().ok())
-            .unwrap_or(0),
-    })
-}
-
-/// wrk's `123.45us`, `1.23ms`, `2.00s`.
-fn parse_wrk_duration(text: &str) -> Option<Duration> {
-    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let seconds = match unit {
-        "us" => number / 1e6,
-        "ms" => number / 1e3,
-        "s" => number,
-        "m" => number * 60.0,
-        _ => return None,
-    };
-    Some(Duration::from_secs_f64(seconds))
-}
-
-/// A child process, stopped when dropped: SIGTERM, and SIGKILL if it is still there after a
-/// second (a killed nginx master would leave its workers running).
-struct Running(Child);
-
-impl Running {
-    fn id(&self) -> u32 {
-        self.0.id()
-    }
-
-    fn start(command: &mut Command) -> anyhow::Result<Self> {
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("cannot start {:?}", command.get_program()))?;
-        Ok(Self(child))
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.0.id()) {
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while Instant::now() < deadline {
-            if matches!(self.0.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// CPU seconds spent by a process and its children (nginx's workers), from `/proc`.
 #[derive(Debug)]
 struct CpuTime {
@@ -643,31 +467,6 @@ impl CpuTime {
             system: self.system - earlier.system,
         }
     }
-}
-
-/// Poll with raw HTTP/1.1 until `path` on `port` answers 200.
-fn wait_answering(port: u16, path: &str) -> anyhow::Result<()> {
-    // Long enough for the gateway to start under valgrind on a busy machine.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if get(port, path).is_ok_and(|answer| answer.starts_with("HTTP/1.1 200")) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    bail!("nothing answered 200 on port {port}{path} within 30 s")
-}
-
-/// The whole answer, head and body, to a GET of `path` on `port` over raw HTTP/1.1.
-fn get(port: u16, path: &str) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer bench\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes())?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer)?;
-    Ok(answer)
 }
 
 /// The gateway's successful calls to its upstreams so far, by its `/metrics`.
