@@ -161,6 +161,123 @@ async fn what_sqs_redrive_moved_is_listed_and_replayed_as_a_dead_letter() {
     assert_eq!(consumer.effects("verification").await, (1, 1));
 }
 
+/// Whether the SQS queue of `subscriber` is subscribed to the SNS topic of `SIGNED_UP` (a
+/// subscription goes with its topic).
+#[cfg(feature = "sns-sqs")]
+async fn subscribed(bus: &TestBus, subscriber: &str) -> bool {
+    let namespace = &bus.settings.bus_namespace;
+    let topic = format!(":{namespace}-{}", SIGNED_UP.replace(['.', '_'], "-"));
+    let queue = format!(":{namespace}-{subscriber}");
+    let sns = bus.sns_sqs.as_ref().expect("on SNS/SQS").sns().await;
+    let subscriptions = sns.list_subscriptions().send().await.expect("list subscriptions");
+    subscriptions.subscriptions().iter().any(|subscription| {
+        subscription.topic_arn().is_some_and(|arn| arn.ends_with(&topic))
+            && subscription.endpoint().is_some_and(|arn| arn.ends_with(&queue))
+    })
+}
+
+/// What an SNS/SQS restarted empty loses (here deleted: the namespace's queues and topics), a
+/// running subscriber makes again when its receive finds its queue missing: the queue, its
+/// topics, its subscriptions; what is published from then on reaches it.
+#[cfg(feature = "sns-sqs")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_whose_queue_vanished_makes_it_and_its_subscriptions_again() {
+    let bus = TestBus::new(Kind::SnsSqs).await;
+    let publisher = ServiceDb::create(Backend::Sqlite).await;
+    let consumer = ServiceDb::create(Backend::Sqlite).await;
+    let subscribing = Lifecycle::new();
+    let subscriber = Subscriber::new(
+        "verification",
+        &[SIGNED_UP],
+        recording("verification", "only"),
+        consumer.db.clone(),
+        bus.connect().await,
+        &bus.settings,
+    );
+    start(subscriber, &subscribing).await;
+    let relaying = Lifecycle::new();
+    let outbox = start_relay(&bus, &publisher.db, &relaying).await;
+    let before = support::publish_signups(&publisher.db, &outbox, 1).await;
+    eventually(DEADLINE, "the first event is handled", || async {
+        consumer.has_effect("verification", before[0]).await
+    })
+    .await;
+    // No relay meanwhile: the topic can only come back through the subscriber.
+    stop(&relaying).await;
+
+    bus.sns_sqs.as_ref().expect("on SNS/SQS").lose_everything().await;
+    assert!(
+        !subscribed(&bus, "verification").await,
+        "the subscription is gone"
+    );
+    eventually(DEADLINE, "the subscriber's queue is subscribed again", || async {
+        subscribed(&bus, "verification").await
+    })
+    .await;
+
+    let relaying = Lifecycle::new();
+    let outbox = start_relay(&bus, &publisher.db, &relaying).await;
+    let after = support::publish_signups(&publisher.db, &outbox, 1).await;
+    eventually(DEADLINE, "the event published after is handled", || async {
+        consumer.has_effect("verification", after[0]).await
+    })
+    .await;
+    stop(&relaying).await;
+    stop(&subscribing).await;
+    assert_eq!(consumer.effects("verification").await, (2, 2));
+}
+
+/// A relay whose topic vanished (SNS/SQS restarted empty) makes it again and publishes on.
+/// What it publishes before a queue is subscribed again SNS keeps for no one: the loss an
+/// emptied broker causes, besides the messages it held.
+#[cfg(feature = "sns-sqs")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_whose_topic_vanished_makes_it_again() {
+    let bus = TestBus::new(Kind::SnsSqs).await;
+    let emulator = bus.sns_sqs.as_ref().expect("on SNS/SQS");
+    let publisher = ServiceDb::create(Backend::Sqlite).await;
+    let dozen_kit::db::Db::Sqlite(outbox_pool) = &publisher.db else {
+        unreachable!("a SQLite database")
+    };
+    let sent = |id: Uuid| async move {
+        sqlx::query_scalar::<_, bool>("SELECT sent_at IS NOT NULL FROM outbox WHERE event_id = $1")
+            .bind(id.to_string())
+            .fetch_one(outbox_pool)
+            .await
+            .expect("the outbox row")
+    };
+    let topic = format!(
+        ":{}-{}",
+        bus.settings.bus_namespace,
+        SIGNED_UP.replace(['.', '_'], "-")
+    );
+    let sns = emulator.sns().await;
+    let topic_exists = || async {
+        let topics = sns.list_topics().send().await.expect("list topics");
+        topics
+            .topics()
+            .iter()
+            .any(|listed| listed.topic_arn().is_some_and(|arn| arn.ends_with(&topic)))
+    };
+    let relaying = Lifecycle::new();
+    let outbox = start_relay(&bus, &publisher.db, &relaying).await;
+    let before = support::publish_signups(&publisher.db, &outbox, 1).await;
+    eventually(DEADLINE, "the first event is published", || async {
+        sent(before[0]).await
+    })
+    .await;
+
+    emulator.lose_everything().await;
+    assert!(!topic_exists().await, "the topic is gone");
+    let after = support::publish_signups(&publisher.db, &outbox, 1).await;
+    eventually(DEADLINE, "the event published after is sent", || async {
+        sent(after[0]).await
+    })
+    .await;
+    assert!(topic_exists().await, "the relay made the topic again");
+    stop(&relaying).await;
+}
+
 /// Start `subscriber`'s consumers (one per queue) under `lifecycle`.
 async fn start(subscriber: Subscriber, lifecycle: &Lifecycle) {
     for queue in subscriber.open().await.expect("open the subscriber's queues") {

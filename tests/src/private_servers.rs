@@ -180,33 +180,33 @@ impl PrivateNats {
     }
 }
 
-/// An SNS/SQS emulator of the test's own (moto's server, `moto[server]` from PyPI), on a port
-/// reserved for it; it keeps its topics and queues in memory, so it is paused (SIGSTOP) and
-/// resumed (SIGCONT) rather than stopped, as a hung or unreachable broker would be.
+/// An SNS/SQS emulator of the test's own (moto, `moto[server]` from PyPI, in the wrapper
+/// tests/support/sns_sqs_emulator.py), on a port reserved for it. It can be stopped and started
+/// again with its topics, queues and messages, as a broker that goes down and comes back, or
+/// frozen (SIGSTOP) and let go, as a hung broker.
 #[derive(Debug)]
 pub struct PrivateSnsSqs {
+    /// Held for as long as the emulator is ours: while it is stopped, connections to the port
+    /// are refused and no one else is given it.
     port: ReservedPort,
     server: Running,
 }
 
 impl PrivateSnsSqs {
-    /// Start it, and wait until it takes connections.
+    /// Start it, and wait until it listens.
     pub async fn start() -> Self {
         let port = ReservedPort::new();
-        let mut command = Command::new("moto_server");
+        let wrapper = Path::new(env!("CARGO_MANIFEST_DIR")).join("support/sns_sqs_emulator.py");
+        let mut command = Command::new("python3");
         command
-            .args(["-H", "127.0.0.1", "-p", &port.port.to_string()])
-            .stdin(Stdio::null())
+            .arg(wrapper)
+            .arg(port.port.to_string())
+            .stdin(Stdio::piped())
             .kill_on_drop(true);
         let server = Running::spawn(command, tempfile::tempdir().expect("a working folder"));
-        let address = format!("127.0.0.1:{}", port.port);
-        eventually(
-            PATIENCE,
-            "the private SNS/SQS emulator takes connections",
-            || async { tokio::net::TcpStream::connect(&address).await.is_ok() },
-        )
-        .await;
-        Self { port, server }
+        let emulator = Self { port, server };
+        emulator.await_answer("listening", 1).await;
+        emulator
     }
 
     /// Its `BUS_URL` (the emulator takes any credentials).
@@ -215,6 +215,38 @@ impl PrivateSnsSqs {
             "sns+sqs://test:test@us-east-1?endpoint=http://127.0.0.1:{}",
             self.port.port
         )
+    }
+
+    /// How many times it has answered `answer`.
+    fn answers(&self, answer: &str) -> usize {
+        self.server.lines().iter().filter(|line| *line == answer).count()
+    }
+
+    /// Wait until it has answered `answer` `times` times in all.
+    async fn await_answer(&self, answer: &str, times: usize) {
+        eventually(
+            PATIENCE,
+            &format!("the SNS/SQS emulator says {answer}"),
+            || async { self.answers(answer) >= times },
+        )
+        .await;
+    }
+
+    /// Give it `command`, and wait for its answer.
+    async fn command(&mut self, command: &str, answer: &str) {
+        let times = self.answers(answer) + 1;
+        self.server.tell(command).await;
+        self.await_answer(answer, times).await;
+    }
+
+    /// Stop it: connections are refused, those it had are cut; its state is kept.
+    pub async fn stop(&mut self) {
+        self.command("stop", "stopped").await;
+    }
+
+    /// Start it again, on its port, with the state it had.
+    pub async fn start_again(&mut self) {
+        self.command("start", "listening").await;
     }
 
     /// Freeze it: connections stay open and requests go unanswered.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// Every service binary, and whether it owns a database.
@@ -164,6 +164,16 @@ impl Running {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Write `line` to its standard input, which the caller's command piped.
+    pub async fn tell(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().expect("its standard input is piped");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("write to its standard input");
+        stdin.flush().await.expect("flush its standard input");
     }
 
     /// Send a signal.

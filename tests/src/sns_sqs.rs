@@ -125,6 +125,19 @@ impl SnsSqsNamespace {
         aws_sdk_sqs::Client::new(&Self::sdk_config(self.endpoint.clone()).await)
     }
 
+    /// An SNS client of the emulator.
+    pub async fn sns(&self) -> aws_sdk_sns::Client {
+        aws_sdk_sns::Client::new(&Self::sdk_config(self.endpoint.clone()).await)
+    }
+
+    /// Delete the namespace's queues and topics (and so their subscriptions and messages), as
+    /// an emulator restarted empty would have lost them.
+    pub async fn lose_everything(&self) {
+        Self::delete_everything(self.endpoint.clone(), format!("{}-", self.namespace))
+            .await
+            .expect("delete the namespace's queues and topics");
+    }
+
     async fn sdk_config(endpoint: String) -> aws_config::SdkConfig {
         aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(REGION))

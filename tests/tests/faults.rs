@@ -601,3 +601,73 @@ async fn a_full_disk_fails_writes_with_503_and_recovers_when_space_returns() {
     assert_nothing_lost_or_doubled(&tally, &platform);
     platform.stop().await;
 }
+
+/// The platform on an SNS/SQS emulator of the test's own, the emulator stopped for a while
+/// under the load (connections refused, those open cut, a long poll in flight included) and
+/// started again with its topics, queues and messages, as SNS and SQS come back after an
+/// outage: requests never needed it (events wait in the outboxes), and afterwards the backlog
+/// drains — every accepted signup mailed once.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sns_sqs_emulator_stopped_and_started_mid_load_loses_nothing_and_the_backlog_drains() {
+    const DOWN_AT: u32 = 8;
+    const UP_AT: u32 = 16;
+    let mut emulator = PrivateSnsSqs::start().await;
+    let url = emulator.url();
+    let bus = [("BUS_URL", url.as_str())];
+    let platform = Platform::start(&[
+        ("BUS_URL", url.as_str()),
+        ("DEV_MAILBOX_ALLOW_PRODUCTION_BACKENDS", "true"),
+    ])
+    .await;
+    let stores = Stores {
+        repair: Repair::Process(Stores::repair_env(&platform, &bus)),
+        ..Stores::embedded(&platform)
+    };
+    // Events a relay failed to publish, still waiting in the outboxes.
+    let held_back = || async {
+        let mut held_back = 0;
+        for url in stores.databases.values() {
+            held_back += count(
+                url,
+                "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND attempts > 0",
+            )
+            .await;
+        }
+        held_back
+    };
+    let (api, members) = prepare(&platform, "sqsdown").await;
+    let load = SteadyLoad::start(api.clone(), members, "sqsdown", RATE, Duration::from_secs(30));
+    load.reached(DOWN_AT).await;
+    emulator.stop().await;
+    eventually(PATIENCE, "the outboxes hold events back", || async {
+        held_back().await > 0
+    })
+    .await;
+    load.reached(UP_AT).await;
+    emulator.start_again().await;
+    let restarted = tokio::time::Instant::now();
+    eventually(PATIENCE, "every event held back is published", || async {
+        held_back().await == 0
+    })
+    .await;
+    let published = restarted.elapsed();
+    let outcomes = load.finish().await;
+
+    // Messages that long polls cut by the stop had taken come back after `BUS_ACK_WAIT`.
+    let load_ended = tokio::time::Instant::now();
+    let tally = stores.tally(&api, &outcomes, PATIENCE).await;
+    println!(
+        "fault suite | sns/sqs emulator restart: every event held back published {published:?} \
+         after it was back; the tally (the last mails awaited, then repair) took {:?}",
+        load_ended.elapsed()
+    );
+    tally.print("sns/sqs emulator stopped for 8 s");
+    assert_eq!(
+        tally.failures(),
+        0,
+        "no request needs the broker: {tally:?}\n{}",
+        warnings(&platform)
+    );
+    assert_nothing_lost_or_doubled(&tally, &platform);
+    platform.stop().await;
+}

@@ -12,7 +12,10 @@
 //!
 //! Provisioning (`BUS_PROVISION=true`, the default): topics, queues and subscriptions that are
 //! missing are created on first use; a queue that exists is used as it is, only subscribed to
-//! its topics, which SNS treats as a no-op when already done. Look-up only
+//! its topics, which SNS treats as a no-op when already done. A queue a running consumer finds
+//! missing (the broker restarted empty, the stack made again) is made again, with its topics
+//! and subscriptions; a failed publish makes its topic again. What the broker held is lost
+//! then, and so is what is published before the queue is subscribed again. Look-up only
 //! (`BUS_PROVISION=false`, for a stack that owns all of it: `deploy/ecs`): nothing is created
 //! or subscribed. At start the service looks up the topics it publishes (their ARNs built from
 //! the account STS names, checked with `GetTopicAttributes`) and its queue (`GetQueueUrl`),
@@ -31,7 +34,7 @@
 //! `time`. Duplicates are absorbed by the inbox.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
@@ -62,8 +65,8 @@ const MAX_RETENTION_SECONDS: u64 = 14 * 24 * 3600;
 /// The longest visibility timeout SQS allows (12 hours).
 const MAX_VISIBILITY_SECONDS: u64 = 12 * 3600;
 
-/// The SNS/SQS broker.
-#[derive(Debug)]
+/// The SNS/SQS broker. Its clones share what it learnt (ARNs, URLs).
+#[derive(Debug, Clone)]
 pub struct SnsSqsBus {
     sns: aws_sdk_sns::Client,
     sqs: aws_sdk_sqs::Client,
@@ -72,15 +75,15 @@ pub struct SnsSqsBus {
     provision: bool,
     region: String,
     /// `arn:<partition>:sns:<region>:<account>`, learnt from STS once (look-up mode).
-    topic_arn_prefix: OnceCell<String>,
+    topic_arn_prefix: Arc<OnceCell<String>>,
     namespace: String,
     visibility_seconds: i32,
     max_receives: u32,
     retention_seconds: u64,
     /// Topic ARNs by event type, so that publishing does not ask each time.
-    topics: Mutex<HashMap<String, String>>,
+    topics: Arc<Mutex<HashMap<String, String>>>,
     /// Queue URLs by subscriber.
-    queues: Mutex<HashMap<String, String>>,
+    queues: Arc<Mutex<HashMap<String, String>>>,
 }
 
 /// An SDK error with its causes, which the SDK's own `Display` leaves out.
@@ -138,13 +141,13 @@ impl SnsSqsBus {
             sts: aws_sdk_sts::Client::new(&config),
             provision: settings.bus_provision,
             region: address.region,
-            topic_arn_prefix: OnceCell::new(),
+            topic_arn_prefix: Arc::new(OnceCell::new()),
             namespace: settings.bus_namespace.clone(),
             visibility_seconds: seconds(settings.bus_ack_wait, MAX_VISIBILITY_SECONDS).max(1),
             max_receives: settings.bus_max_attempts + REDRIVE_MARGIN,
             retention_seconds: settings.bus_retention.as_secs().clamp(60, MAX_RETENTION_SECONDS),
-            topics: Mutex::new(HashMap::new()),
-            queues: Mutex::new(HashMap::new()),
+            topics: Arc::new(Mutex::new(HashMap::new())),
+            queues: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -532,6 +535,12 @@ impl Broker for SnsSqsBus {
                 url,
                 visibility_seconds: self.visibility_seconds,
                 wait_seconds: LONG_POLL_SECONDS,
+                owner: self.provision.then(|| Owner {
+                    bus: self.clone(),
+                    subscriber: subscriber.to_owned(),
+                    topics: topics.to_vec(),
+                    vanished: false,
+                }),
             });
             Ok(vec![queue])
         })
@@ -549,6 +558,8 @@ impl Broker for SnsSqsBus {
                     url,
                     visibility_seconds: self.visibility_seconds,
                     wait_seconds: 0,
+                    // Its subscriber's queue makes it again with its own.
+                    owner: None,
                 }) as Box<dyn Queue>
             }))
         })
@@ -605,10 +616,45 @@ struct SqsQueue {
     visibility_seconds: i32,
     /// How long a receive waits for a message: long polling, or none when draining.
     wait_seconds: i32,
+    /// Who made the queue, to make it again if it vanishes (provisioning only).
+    owner: Option<Owner>,
+}
+
+/// The subscriber a provisioned queue belongs to.
+#[derive(Debug)]
+struct Owner {
+    bus: SnsSqsBus,
+    subscriber: String,
+    topics: Vec<String>,
+    /// The queue was found missing and is not made again yet.
+    vanished: bool,
 }
 
 impl SqsQueue {
-    async fn receive_some(&self, max: usize, stop: &CancellationToken) -> Result<Vec<Delivery>, BusError> {
+    /// Make the queue again, with its dead-letter queue, its topics and its subscriptions,
+    /// if it vanished (an emulator restarted empty, a stack torn down and made again): what
+    /// was in it is gone, but what is published from now on is kept for the subscriber.
+    async fn make_again_if_vanished(&mut self) -> Result<(), BusError> {
+        let Some(owner) = self.owner.as_mut().filter(|owner| owner.vanished) else {
+            return Ok(());
+        };
+        // The topics may have vanished with it: create them again rather than trust the ARNs
+        // learnt before.
+        if let Ok(mut topics) = owner.bus.topics.lock() {
+            topics.clear();
+        }
+        self.url = owner.bus.queue(&owner.subscriber, &owner.topics).await?;
+        owner.vanished = false;
+        tracing::warn!(subscriber = %owner.subscriber, queue = %self.url, "the queue had vanished; made it again");
+        Ok(())
+    }
+
+    async fn receive_some(
+        &mut self,
+        max: usize,
+        stop: &CancellationToken,
+    ) -> Result<Vec<Delivery>, BusError> {
+        self.make_again_if_vanished().await?;
         let polling = self
             .sqs
             .receive_message()
@@ -619,8 +665,19 @@ impl SqsQueue {
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send();
         let received = tokio::select! {
-            received = polling => received.map_err(|e| aws_error("receive", e))?,
+            received = polling => received,
             () = stop.cancelled() => return Ok(Vec::new()),
+        };
+        let received = match received {
+            Ok(received) => received,
+            Err(error) => {
+                if let Some(owner) = self.owner.as_mut() {
+                    owner.vanished = error
+                        .as_service_error()
+                        .is_some_and(|e| e.is_queue_does_not_exist());
+                }
+                return Err(aws_error("receive", error));
+            }
         };
         Ok(received
             .messages
