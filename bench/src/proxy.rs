@@ -138,6 +138,7 @@ fn parse_wrk_duration(text: &str) -> Option<Duration> {
 
 /// A child process, stopped when dropped: SIGTERM, and SIGKILL if it is still there after a
 /// second (a killed nginx master would leave its workers running).
+#[derive(Debug)]
 pub struct Running(Child);
 
 impl Running {
