@@ -84,7 +84,7 @@ fn main() -> anyhow::Result<()> {
             "postgres" => "Postgres + NATS",
             _ => "embedded defaults",
         };
-        measure(name, &env, ceiling, steady)?;
+        measure(name, platform, &env, ceiling, steady)?;
     }
     Ok(())
 }
@@ -104,13 +104,19 @@ fn proxy_ceiling() -> anyhow::Result<f64> {
 }
 
 /// Find the capacity of one platform, and run it at half of that for `steady` if asked.
-fn measure(name: &str, env: &[(&str, &str)], ceiling: f64, steady: Option<Duration>) -> anyhow::Result<()> {
+/// `dozen load`'s JSON reports are left in the working folder, named after `label`.
+fn measure(
+    name: &str,
+    label: &str,
+    env: &[(&str, &str)],
+    ceiling: f64,
+    steady: Option<Duration>,
+) -> anyhow::Result<()> {
     let platform = Platform::start(env)?;
-    let folder = tempfile::tempdir()?;
     let found = load(
         &platform.gateway,
         &["--find-capacity"],
-        &folder.path().join("capacity.json"),
+        Path::new(&format!("capacity-{label}.json")),
     )?;
     let Some(capacity) = found["capacity"].as_f64() else {
         println!("{name}: no step passed (see the steps above)");
@@ -128,7 +134,7 @@ fn measure(name: &str, env: &[(&str, &str)], ceiling: f64, steady: Option<Durati
     let report = load(
         &platform.gateway,
         &["--rate", &rate, "--duration", &format!("{seconds}s")],
-        &folder.path().join("steady.json"),
+        Path::new(&format!("steady-{label}.json")),
     )?;
     print_steady(name, &rate, duration, &report);
     let peaks = memory(&platform, "status", "VmHWM:")?;
@@ -175,8 +181,9 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
         .join(name))
 }
 
-/// The steady run's figures: throughput and the worst second's p99 in the first minute against
-/// the last, each endpoint's p99 and errors.
+/// The steady run's figures: responses per second and the worst second's p99 in the first
+/// minute against the last, in all and per endpoint; each endpoint's p99 over the run and its
+/// errors.
 fn print_steady(name: &str, rate: &str, duration: Duration, report: &Value) {
     let endpoints: Vec<&Value> = report["endpoints"]
         .as_array()
@@ -184,45 +191,56 @@ fn print_steady(name: &str, rate: &str, duration: Duration, report: &Value) {
         .unwrap_or_default();
     let last = duration.as_secs();
     let window = 60.min(last / 2);
-    let minute = |from: u64| {
+    // Responses per second and the worst second's p99 of `endpoint` from second `from` on.
+    let stretch = |endpoint: &Value, from: u64| {
         let (mut responses, mut worst_p99) = (0, 0.0_f64);
-        for endpoint in &endpoints {
-            let hashing = matches!(endpoint["endpoint"].as_str(), Some("signup" | "login"));
-            for second in endpoint["per_second"].as_array().into_iter().flatten() {
-                let at = second["second"].as_u64().unwrap_or(u64::MAX);
-                if (from..from + window).contains(&at) {
-                    responses += second["responses"].as_u64().unwrap_or(0);
-                    if !hashing {
-                        worst_p99 = worst_p99.max(second["p99_ms"].as_f64().unwrap_or(0.0));
-                    }
-                }
+        for second in endpoint["per_second"].as_array().into_iter().flatten() {
+            let at = second["second"].as_u64().unwrap_or(u64::MAX);
+            if (from..from + window).contains(&at) {
+                responses += second["responses"].as_u64().unwrap_or(0);
+                worst_p99 = worst_p99.max(second["p99_ms"].as_f64().unwrap_or(0.0));
             }
         }
         (responses as f64 / window as f64, worst_p99)
     };
-    let (first, first_p99) = minute(0);
-    let (final_, final_p99) = minute(last - window);
     println!(
-        "{name}: {rate} req/s asked for {duration:?}: {:.0} answered, {} errors, {} skipped",
+        "{name}: {rate} req/s asked for {duration:?}: {:.0} sent per second, {} errors, {} friend acceptances skipped (no request waiting)",
         report["requests"].as_u64().unwrap_or(0) as f64 / report["seconds"].as_f64().unwrap_or(1.0),
         report["errors"],
         report["skipped"],
     );
     println!(
-        "  responses/s, first {window} s → last {window} s: {first:.0} → {final_:.0} ({:.2}); worst second's p99 (reads and writes) {first_p99:.1} → {final_p99:.1} ms",
-        final_ / first
+        "  {:<15} {:>17} {:>30} {:>8}  errors",
+        "endpoint",
+        format!("responses/s {window}s"),
+        format!("worst second's p99 {window}s, ms"),
+        "p99 ms"
     );
-    let mut p99s = BTreeMap::new();
+    let (mut first_all, mut last_all, mut first_worst, mut last_worst) = (0.0, 0.0, 0.0_f64, 0.0_f64);
     for endpoint in &endpoints {
-        let label = endpoint["endpoint"].as_str().unwrap_or("?");
-        p99s.insert(label, (endpoint["latency_ms"]["p99"].as_f64(), &endpoint["errors_by_status"]));
-    }
-    for (label, (p99, errors)) in p99s {
+        let (first, first_p99) = stretch(endpoint, 0);
+        let (final_, final_p99) = stretch(endpoint, last - window);
+        first_all += first;
+        last_all += final_;
+        if !matches!(endpoint["endpoint"].as_str(), Some("signup" | "login")) {
+            first_worst = first_worst.max(first_p99);
+            last_worst = last_worst.max(final_p99);
+        }
         println!(
-            "  {label:<15} p99 {:>7.1} ms  errors {errors}",
-            p99.unwrap_or(f64::NAN)
+            "  {:<15} {:>7.1} → {:>7.1} {:>14.1} → {:>13.1} {:>8.1}  {}",
+            endpoint["endpoint"].as_str().unwrap_or("?"),
+            first,
+            final_,
+            first_p99,
+            final_p99,
+            endpoint["latency_ms"]["p99"].as_f64().unwrap_or(f64::NAN),
+            endpoint["errors_by_status"],
         );
     }
+    println!(
+        "  all: {first_all:.0} → {last_all:.0} responses/s ({:.2}); reads and writes' worst second's p99 {first_worst:.1} → {last_worst:.1} ms",
+        last_all / first_all
+    );
 }
 
 /// Each service of `platform` (its `dozen run <service> serve` process) with the figure of
