@@ -200,7 +200,6 @@ pub fn get(port: u16, path: &str) -> std::io::Result<String> {
     Ok(answer)
 }
 
-
 /// The release gateway in front of the upstream on `upstream_port` (its every peer), quiet, its
 /// read limit off (wrk sends one token at full speed), answering; and the port it listens on.
 pub fn start_gateway(upstream_port: u16) -> anyhow::Result<(Running, ReservedPort)> {

@@ -70,7 +70,8 @@ fn main() -> anyhow::Result<()> {
     );
     for platform in platforms {
         // The databases and streams are dropped with `backing`, after the platform stops.
-        let backing = (platform == "postgres").then(|| dozen_tests::platform::PostgresAndNats::new("capacity"));
+        let backing =
+            (platform == "postgres").then(|| dozen_tests::platform::PostgresAndNats::new("capacity"));
         let mut env = vec![
             ("RATE_LIMIT_SIGNUPS", "off"),
             ("RATE_LIMIT_SESSIONS", "off"),
@@ -145,7 +146,8 @@ fn measure(
     println!(
         "  memory, MiB        peak RSS   PSS at the end   RSS after {IDLE:?} idle   PSS after {IDLE:?} idle"
     );
-    let figure = |figures: &BTreeMap<String, f64>, service: &str| figures.get(service).copied().unwrap_or(f64::NAN);
+    let figure =
+        |figures: &BTreeMap<String, f64>, service: &str| figures.get(service).copied().unwrap_or(f64::NAN);
     for (service, peak) in &peaks {
         println!(
             "    {service:<13} {peak:>9.1} {:>16.1} {:>21.1} {:>21.1}",
@@ -161,7 +163,9 @@ fn measure(
 /// on this terminal, and return its JSON report.
 fn load(gateway: &str, args: &[&str], json: &Path) -> anyhow::Result<Value> {
     let status = Command::new(sibling("dozen")?)
-        .args(["load", "--url", gateway, "--users", USERS, "--format", "json", "--json"])
+        .args([
+            "load", "--url", gateway, "--users", USERS, "--format", "json", "--json",
+        ])
         .arg(json)
         .args(args)
         .stdout(Stdio::null())
@@ -256,7 +260,11 @@ fn memory(platform: &Platform, file: &str, field: &str) -> anyhow::Result<BTreeM
             continue;
         };
         let words: Vec<&str> = command_line.split('\0').collect();
-        let Some(service) = words.iter().position(|word| *word == "run").and_then(|at| words.get(at + 1)) else {
+        let Some(service) = words
+            .iter()
+            .position(|word| *word == "run")
+            .and_then(|at| words.get(at + 1))
+        else {
             continue;
         };
         let figures = std::fs::read_to_string(format!("/proc/{pid}/{file}"))?;
