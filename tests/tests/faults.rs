@@ -20,10 +20,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sqlx::Connection as _;
 
-/// The load every scenario runs: modest, for a debug build on a shared 2-core machine (at 40
-/// the platform on Postgres + NATS answered near `/api/me`'s deadline during restarts), yet
-/// with signups (2 in 100 of the mix) enough for a score or so in a scenario.
-const RATE: u32 = 30;
+/// The load every scenario runs: modest, for a debug build on a shared 2-core machine, yet
+/// with signups (2 in 100 of the mix) enough for two dozen in a 30 s scenario.
+const RATE: u32 = 40;
 
 /// Which platform `backing` (`dozen up`'s extra settings from `on_both_platforms!`) puts the
 /// platform on, for the printed tally.
