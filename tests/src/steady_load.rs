@@ -33,13 +33,17 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// for a while before every pair is friends.
 const MEMBERS: usize = 8;
 
+/// Connections the load's client keeps open to the gateway between requests (what
+/// `dozen load` sizes by `--max-in-flight`): more than a modest rate ever has in flight.
+const IDLE_CONNECTIONS: usize = 256;
+
 /// The pool of verified members the load acts as, made through the gateway `api` calls.
 pub async fn members(api: &PublicApi) -> Arc<Workload> {
     let setup = Setup {
         users: MEMBERS,
         concurrency: 2,
     };
-    let workload = Workload::prepare(&api.url(""), REQUEST_TIMEOUT, 256, setup)
+    let workload = Workload::prepare(&api.url(""), REQUEST_TIMEOUT, IDLE_CONNECTIONS, setup)
         .await
         .expect("the load's members are made");
     Arc::new(workload)

@@ -24,6 +24,18 @@ use sqlx::Connection as _;
 /// with signups (2 in 100 of the mix) enough for two dozen in a 30 s scenario.
 const RATE: u32 = 40;
 
+/// `dozen up`'s settings for a scenario on `backing` (from `on_both_platforms!`), then `extra`.
+/// On Postgres each instance keeps at most 4 connections: at the default 8, two replicas of
+/// every service (80) and other tests' platforms on the shared server went past its 100, and
+/// services were refused connections ("too many clients") mid-scenario.
+fn platform_env<'a>(backing: &[(&'a str, &'a str)], extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut env = [backing, extra].concat();
+    if !backing.is_empty() {
+        env.push(("DATABASE_MAX_CONNECTIONS", "4"));
+    }
+    env
+}
+
 /// Which platform `backing` (`dozen up`'s extra settings from `on_both_platforms!`) puts the
 /// platform on, for the printed tally.
 fn platform_name(backing: &[(&str, &str)]) -> &'static str {
@@ -96,7 +108,7 @@ fn assert_nothing_lost_or_doubled(tally: &Tally, platform: &Platform) {
 async fn a_rolling_restart_of_every_instance_costs_no_request_and_no_event(backing: &[(&str, &str)]) {
     // A deployment drains an instance before stopping it: its answers meanwhile tell clients
     // to reconnect (to another instance).
-    let env = [backing, &[("REPLICAS", "2"), ("DRAIN_DELAY", "1s")]].concat();
+    let env = platform_env(backing, &[("REPLICAS", "2"), ("DRAIN_DELAY", "1s")]);
     let platform = Platform::start(&env).await;
     let (api, members) = prepare(&platform).await;
     let load = SteadyLoad::start(members, RATE, Duration::from_secs(30));
@@ -135,7 +147,7 @@ on_both_platforms!(a_rolling_restart_of_every_instance_costs_no_request_and_no_e
 /// requests to it fail meanwhile (counted), but no accepted signup is lost, none is mailed
 /// twice, `repair` leaves no half-made account, and every event is handled.
 async fn kill_9_loops_of_every_service_lose_no_signup_and_double_no_event(backing: &[(&str, &str)]) {
-    let platform = Platform::start(backing).await;
+    let platform = Platform::start(&platform_env(backing, &[])).await;
     let (api, members) = prepare(&platform).await;
     let load = SteadyLoad::start(members, RATE, Duration::from_secs(30));
     let began = tokio::time::Instant::now();
@@ -307,11 +319,10 @@ async fn the_sns_sqs_emulator_frozen_mid_load_loses_nothing_and_the_backlog_drai
 /// dead letter, and every other event flows on meanwhile; once the trigger is gone, `replay`
 /// delivers it, once.
 async fn a_poison_event_is_dead_lettered_the_rest_flow_and_replay_delivers_it_once(backing: &[(&str, &str)]) {
-    let env = [
+    let env = platform_env(
         backing,
         &[("BUS_MAX_ATTEMPTS", "3"), ("BUS_RETRY_BACKOFF", "100ms")],
-    ]
-    .concat();
+    );
     let platform = Platform::start(&env).await;
     let stores = Stores::of(&platform, backing);
     let friends = stores.databases["friends"].clone();
@@ -428,7 +439,7 @@ async fn a_slow_reset_then_black_holed_link_to_friends_degrades_me_within_its_de
     backing: &[(&str, &str)],
 ) {
     const ME_DEADLINE: Duration = Duration::from_millis(800);
-    let platform = Platform::start(backing).await;
+    let platform = Platform::start(&platform_env(backing, &[])).await;
     // A gateway of the test's own, reaching friends through the proxy.
     let link = FaultProxy::start(&platform.url("friends", "")).await;
     let keys = platform.keys_dir();
