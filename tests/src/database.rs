@@ -70,6 +70,14 @@ impl TestDatabase {
     }
 }
 
+/// The URL of `service`'s database on the Postgres server `server` names (a `DATABASE_URL` of
+/// `dozen up`): `<its database>_<service>`, as `dozen up` names them.
+pub fn service_database_url(server: &str, service: &str) -> String {
+    let options = PgConnectOptions::from_str(server).expect("a Postgres URL");
+    let name = format!("{}_{service}", options.get_database().unwrap_or("dozen"));
+    options.database(&name).to_url_lossy().to_string()
+}
+
 fn admin_options() -> PgConnectOptions {
     PgConnectOptions::from_str(&postgres_admin_url()).expect("TEST_POSTGRES_URL is a Postgres URL")
 }
@@ -103,10 +111,7 @@ impl DatabasePrefix {
 
     /// The URL of `service`'s database under the prefix.
     pub fn url_of(&self, service: &str) -> String {
-        admin_options()
-            .database(&format!("{}_{service}", self.prefix))
-            .to_url_lossy()
-            .to_string()
+        service_database_url(&self.url, service)
     }
 
     /// The names of the databases made under the prefix so far, sorted.

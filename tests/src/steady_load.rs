@@ -1,10 +1,12 @@
 //! A steady load on a platform's public API while a test breaks something, and the tally of
 //! what the break cost: the fault suite's (`tests/tests/faults.rs`) measure.
 //!
-//! The load is an open loop: request *k* is due at *k*/rate seconds whatever the answers do,
-//! and its latency counts from that due time, so a stall shows instead of slowing the load.
-//! Every tenth request is a signup (a new address each), two are profile writes
-//! (`PATCH /api/me`) and the rest reads (`GET /api/me`) by a few verified members.
+//! The load is `dozen load`'s default mix (`dozen::load::mix::DEFAULT_MIX`: signups, logins,
+//! profile reads and writes, suggestions, friend requests and acceptances), sent by its
+//! workload as a pool of verified members, in an open loop: request *k* is due at *k*/rate
+//! seconds whatever the answers do, and its latency counts from that due time, so a stall
+//! shows instead of slowing the load. Unlike `dozen load`, every request's outcome is kept, and
+//! new signups are left unverified: the tally follows each itself.
 //!
 //! The tally then follows every signup answered 202 to its end (a profile, a credential and
 //! one verification mail) after `repair`, and counts what went wrong.
@@ -14,56 +16,46 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use reqwest::Method;
-use serde_json::json;
+pub use dozen::load::mix::Endpoint;
+use dozen::load::mix::{DEFAULT_MIX, Mix};
+pub use dozen::load::report::Outcome as Answer;
+use dozen::load::schedule::{Limit, Schedule};
+use dozen::load::workload::{Setup, Workload};
 use sqlx::Connection;
 
+use crate::platform::Platform;
 use crate::public_api::{PublicApi, token_in};
 
 /// The longest a request of the load may take before it counts as failed (`timeout`).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A verified member the load reads and writes as.
-#[derive(Debug, Clone)]
-pub struct Member {
-    /// Their access token.
-    pub token: String,
-}
+/// Verified members the load acts as: enough pairs that friend requests and acceptances go on
+/// for a while before every pair is friends.
+const MEMBERS: usize = 8;
 
-/// Sign up, verify and log in `count` members, their addresses under `label`.
-pub async fn members(api: &PublicApi, label: &str, count: usize) -> Vec<Member> {
-    let mut members = Vec::new();
-    for n in 0..count {
-        let email = format!("{label}-member-{n}@example.com");
-        let answer = api
-            .sign_up(&format!("{label}-member-{n}"), &email, "Member", &["chess"])
-            .await;
-        assert_eq!(answer.status(), 202, "signing up {email}");
-        members.push(Member {
-            token: api.verify_and_log_in(&email).await,
-        });
-    }
-    members
-}
+/// Connections the load's client keeps open to the gateway between requests (what
+/// `dozen load` sizes by `--max-in-flight`): more than a modest rate ever has in flight.
+const IDLE_CONNECTIONS: usize = 256;
 
-/// What the load sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Kind {
-    /// `POST /api/signups`, a new address.
-    Signup,
-    /// `GET /api/me`.
-    Read,
-    /// `PATCH /api/me`.
-    Write,
+/// The pool of verified members the load acts as, made through the gateway `api` calls.
+pub async fn members(api: &PublicApi) -> Arc<Workload> {
+    let setup = Setup {
+        users: MEMBERS,
+        concurrency: 2,
+    };
+    let workload = Workload::prepare(&api.url(""), REQUEST_TIMEOUT, IDLE_CONNECTIONS, setup)
+        .await
+        .expect("the load's members are made");
+    Arc::new(workload)
 }
 
 /// One request's fate.
 #[derive(Debug, Clone)]
 pub struct Outcome {
     /// What it was.
-    pub kind: Kind,
-    /// Its status, or why there was none (`timeout`, `connection`, …).
-    pub answer: Result<u16, String>,
+    pub kind: Endpoint,
+    /// Its status, or why there was none; `/api/me` answered without a part is `Degraded`.
+    pub answer: Answer,
     /// When it was due, from the start of the load.
     pub due: Duration,
     /// From when it was due to its answer.
@@ -75,7 +67,7 @@ pub struct Outcome {
 impl Outcome {
     /// Whether it was answered 2xx (and for a read, with every part of the profile page).
     pub fn succeeded(&self) -> bool {
-        matches!(self.answer, Ok(status) if (200..300).contains(&status))
+        self.answer.is_success()
     }
 }
 
@@ -88,47 +80,40 @@ pub struct SteadyLoad {
 }
 
 impl SteadyLoad {
-    /// Start `rate` requests a second for `duration` through `api` as `members`, signing up
-    /// new addresses under `label`.
-    pub fn start(
-        api: Arc<PublicApi>,
-        members: Vec<Member>,
-        label: &str,
-        rate: u32,
-        duration: Duration,
-    ) -> Self {
-        let label = label.to_owned();
+    /// Start `rate` requests a second of the default mix for `duration`, as the `members`.
+    pub fn start(members: Arc<Workload>, rate: u32, duration: Duration) -> Self {
         let sent = Arc::new(AtomicU64::new(0));
         let counter = sent.clone();
         let sender = tokio::spawn(async move {
-            let total = u64::from(rate) * duration.as_secs();
-            let interval = Duration::from_secs(1) / rate;
+            let schedule = Schedule {
+                rate: f64::from(rate),
+                limit: Limit::Duration(duration),
+            };
+            let mix: Mix = DEFAULT_MIX.parse().expect("dozen load's default mix");
             let start = tokio::time::Instant::now();
             let mut requests = tokio::task::JoinSet::new();
-            for k in 0..total {
-                let due = start + interval * u32::try_from(k).expect("a modest count");
-                tokio::time::sleep_until(due).await;
-                counter.store(k + 1, Ordering::SeqCst);
-                let kind = match k % 10 {
-                    0 => Kind::Signup,
-                    3 | 7 => Kind::Write,
-                    _ => Kind::Read,
-                };
-                let member = members[usize::try_from(k).expect("a count") % members.len()].clone();
-                let email = (kind == Kind::Signup).then(|| format!("{label}-{k}@example.com"));
-                let api = api.clone();
+            for ((k, due), kind) in (1..).zip(schedule.arrivals()).zip(mix.sequence()) {
+                tokio::time::sleep_until(start + due).await;
+                counter.store(k, Ordering::SeqCst);
+                let members = members.clone();
                 requests.spawn(async move {
-                    let answer = send(&api, kind, &member, email.as_deref(), k).await;
-                    Outcome {
+                    let (answer, email) = if kind == Endpoint::Signup {
+                        let (email, answer) = members.sign_up_new_address().await;
+                        (Some(answer), Some(email))
+                    } else {
+                        (members.call(kind).await, None)
+                    };
+                    // None: an acceptance with no request open, skipped as `dozen load` does.
+                    answer.map(|answer| Outcome {
                         kind,
                         answer,
-                        due: due - start,
-                        latency: due.elapsed(),
+                        due,
+                        latency: (start + due).elapsed(),
                         email,
-                    }
+                    })
                 });
             }
-            requests.join_all().await
+            requests.join_all().await.into_iter().flatten().collect()
         });
         Self { sender, sent, rate }
     }
@@ -149,52 +134,6 @@ impl SteadyLoad {
     pub async fn finish(self) -> Vec<Outcome> {
         self.sender.await.expect("the load runs to its end")
     }
-}
-
-async fn send(
-    api: &PublicApi,
-    kind: Kind,
-    member: &Member,
-    email: Option<&str>,
-    k: u64,
-) -> Result<u16, String> {
-    let request = match kind {
-        Kind::Signup => api
-            .client
-            .post(api.url("/api/signups"))
-            .header(
-                "Idempotency-Key",
-                format!("load-{k}-{}", email.unwrap_or_default()),
-            )
-            .json(&json!({
-                "email": email,
-                "password": crate::public_api::PASSWORD,
-                "display_name": format!("Load {k}"),
-                "interests": ["chess"],
-            })),
-        Kind::Read => api.client.get(api.url("/api/me")).bearer_auth(&member.token),
-        Kind::Write => api
-            .client
-            .request(Method::PATCH, api.url("/api/me"))
-            .bearer_auth(&member.token)
-            .json(&json!({ "display_name": format!("Member {k}") })),
-    };
-    let response = request.timeout(REQUEST_TIMEOUT).send().await.map_err(|error| {
-        if error.is_timeout() {
-            "timeout".to_owned()
-        } else {
-            "connection".to_owned()
-        }
-    })?;
-    let status = response.status().as_u16();
-    if kind == Kind::Read && status == 200 {
-        // A profile page answered without some service is degraded, not a success.
-        let page: serde_json::Value = response.json().await.map_err(|_| "unreadable".to_owned())?;
-        if page["missing"].as_array().is_some_and(|parts| !parts.is_empty()) {
-            return Err("degraded".to_owned());
-        }
-    }
-    Ok(status)
 }
 
 /// What a fault cost, counted after the load.
@@ -265,36 +204,37 @@ pub enum Repair {
 }
 
 impl Stores {
-    /// The stores of a `dozen up` platform on its embedded defaults.
-    pub fn embedded(platform: &crate::platform::Platform) -> Self {
+    /// The stores of `platform`, a `dozen up` started with `env` over its defaults: SQLite
+    /// files in its data folder, or with a Postgres `DATABASE_URL` a database per service
+    /// there; and the bus `BUS_URL` names, its embedded one by default.
+    pub fn of(platform: &Platform, env: &[(&str, &str)]) -> Self {
+        let setting = |wanted: &str| {
+            env.iter()
+                .find(|(name, _)| *name == wanted)
+                .map(|(_, value)| *value)
+        };
         let data = platform.data_dir();
         let databases = crate::process::SERVICES
             .iter()
             .filter(|(_, has_database)| *has_database)
             .map(|(name, _)| {
-                (
-                    *name,
-                    format!("sqlite://{}", data.join(format!("{name}.db")).display()),
-                )
+                let url = match setting("DATABASE_URL") {
+                    Some(server) => crate::database::service_database_url(server, name),
+                    None => format!("sqlite://{}", data.join(format!("{name}.db")).display()),
+                };
+                (*name, url)
             })
             .collect();
-        let bus = format!("sqlite://{}", data.join("bus.db").display());
         Self {
             databases,
-            repair: Repair::Process(Self::repair_env(platform, &[("BUS_URL", &bus)])),
+            repair: Repair::Process(Self::repair_env(platform, &bus_env(platform, env))),
         }
     }
 
     /// The environment of `repair` for `platform` on the bus `bus_env` names.
-    pub fn repair_env(
-        platform: &crate::platform::Platform,
-        bus_env: &[(&str, &str)],
-    ) -> Vec<(String, String)> {
+    pub fn repair_env(platform: &Platform, bus_env: &[(String, String)]) -> Vec<(String, String)> {
         let keys = platform.keys_dir();
-        let mut env: Vec<(String, String)> = bus_env
-            .iter()
-            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
-            .collect();
+        let mut env = bus_env.to_vec();
         env.extend([
             ("USERS_URL".to_owned(), platform.url("users", "")),
             ("PASSWORDS_URL".to_owned(), platform.url("passwords", "")),
@@ -317,7 +257,7 @@ impl Stores {
     pub async fn tally(&self, api: &PublicApi, outcomes: &[Outcome], patience: Duration) -> Tally {
         let accepted: BTreeSet<String> = outcomes
             .iter()
-            .filter(|outcome| outcome.kind == Kind::Signup && outcome.answer == Ok(202))
+            .filter(|outcome| outcome.kind == Endpoint::Signup && outcome.answer == Answer::Status(202))
             .filter_map(|outcome| outcome.email.clone())
             .collect();
         let signed_up: BTreeSet<String> = outcomes
@@ -357,11 +297,7 @@ impl Stores {
             .unwrap_or_default();
         let mut failed = BTreeMap::new();
         for outcome in outcomes.iter().filter(|outcome| !outcome.succeeded()) {
-            let key = match &outcome.answer {
-                Ok(status) => status.to_string(),
-                Err(why) => why.clone(),
-            };
-            *failed.entry(key).or_insert(0) += 1;
+            *failed.entry(outcome.answer.label()).or_insert(0) += 1;
         }
         Tally {
             requests: outcomes.len(),
@@ -418,6 +354,22 @@ impl Stores {
     }
 }
 
+/// The settings that name the bus of `platform`, a `dozen up` started with `env` over its
+/// defaults: `BUS_URL` (its embedded bus by default) and `BUS_NAMESPACE` when set; what an
+/// admin command of a service (`repair`, `replay`) needs beside its `DATABASE_URL`.
+pub fn bus_env(platform: &Platform, env: &[(&str, &str)]) -> Vec<(String, String)> {
+    let embedded = format!("sqlite://{}", platform.data_dir().join("bus.db").display());
+    let mut bus = vec![("BUS_URL".to_owned(), embedded)];
+    for (name, value) in env {
+        match *name {
+            "BUS_URL" => bus[0].1 = (*value).to_owned(),
+            "BUS_NAMESPACE" => bus.push(((*name).to_owned(), (*value).to_owned())),
+            _ => {}
+        }
+    }
+    bus
+}
+
 /// How many verification mails each of `emails` got.
 async fn verification_mails(api: &PublicApi, emails: &BTreeSet<String>) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
@@ -469,4 +421,20 @@ pub async fn count(url: &str, sql: &'static str) -> usize {
         sqlx::query_scalar(sql).fetch_one(&mut connection).await
     };
     usize::try_from(count.expect("a count")).expect("a count")
+}
+
+/// Run the statement `sql` on the database at `url`.
+pub async fn execute(url: &str, sql: &'static str) {
+    let done = if url.starts_with("sqlite:") {
+        let mut connection = sqlx::SqliteConnection::connect(url)
+            .await
+            .expect("the SQLite database");
+        sqlx::query(sql).execute(&mut connection).await.map(drop)
+    } else {
+        let mut connection = sqlx::PgConnection::connect(url)
+            .await
+            .expect("the Postgres database");
+        sqlx::query(sql).execute(&mut connection).await.map(drop)
+    };
+    done.unwrap_or_else(|error| panic!("{sql}: {error}"));
 }

@@ -28,7 +28,7 @@ use dozen_tests::images::{Images, podman, podman_ok, printed, world_writable_fol
 use dozen_tests::nats::{StreamNamespace, nats_url};
 use dozen_tests::process::SERVICES;
 use dozen_tests::public_api::{PublicApi, subject_of};
-use dozen_tests::steady_load::{self, Repair, SteadyLoad, Stores};
+use dozen_tests::steady_load::{self, Answer, Endpoint, Repair, SteadyLoad, Stores};
 use dozen_tests::{PATIENCE, repository};
 use serde_json::{Value, json};
 
@@ -436,15 +436,9 @@ async fn compose_runs_the_platform_restarts_a_service_under_load_and_leaves_noth
     assert!(!subject_of(&api.verify_and_log_in(&email).await).is_empty());
 
     // signup restarted under a steady load: SIGTERM, drain, start again on the same network.
-    let members = steady_load::members(&api, &format!("compose-{id}"), 3).await;
+    let members = steady_load::members(&api).await;
     let signup = project.container("signup").await;
-    let load = SteadyLoad::start(
-        api.clone(),
-        members,
-        &format!("compose-load-{id}"),
-        RATE,
-        LOAD_FOR,
-    );
+    let load = SteadyLoad::start(members, RATE, LOAD_FOR);
     load.reached(RESTART_AT).await;
     let restarting = Instant::now();
     podman_ok(&["restart", &signup]).await;
@@ -471,7 +465,7 @@ async fn compose_runs_the_platform_restarts_a_service_under_load_and_leaves_noth
     // some part past its deadline on a busy machine (`degraded`), never an error.
     for outcome in outcomes.iter().filter(|outcome| !outcome.succeeded()) {
         assert!(
-            outcome.kind == steady_load::Kind::Signup || outcome.answer == Err("degraded".to_owned()),
+            outcome.kind == Endpoint::Signup || outcome.answer == Answer::Degraded,
             "only signups may fail while signup restarts: {outcome:?}"
         );
     }

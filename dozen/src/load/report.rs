@@ -31,12 +31,13 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn is_success(&self) -> bool {
+    /// Whether it counts as a success: a 2xx response.
+    pub fn is_success(&self) -> bool {
         matches!(self, Self::Status(status) if (200..300).contains(status))
     }
 
     /// Its name in "errors by status".
-    fn label(&self) -> String {
+    pub fn label(&self) -> String {
         match self {
             Self::Status(status) => status.to_string(),
             Self::Degraded => "degraded".to_owned(),

@@ -354,29 +354,34 @@ impl Workload {
         fastrand::usize(..self.users.len())
     }
 
+    /// Sign up a new address of this run (what the mix's signups send); the address, and how
+    /// it went.
+    pub async fn sign_up_new_address(&self) -> (String, Outcome) {
+        let (email, password, n) = self.new_address();
+        let outcome = match self.sign_up(&email, &password, n).await {
+            Ok(response) if response.status() == 202 => {
+                if self.mailbox {
+                    self.waiting_signups
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(WaitingSignup {
+                            email: email.clone(),
+                            since: Instant::now(),
+                        });
+                }
+                Outcome::Status(202)
+            }
+            Ok(response) => Outcome::Status(response.status().as_u16()),
+            Err(error) => failure(&error),
+        };
+        (email, outcome)
+    }
+
     /// Send one request to `endpoint`; `None` when there was nothing to send (a friend
     /// acceptance with no request open).
     pub async fn call(&self, endpoint: Endpoint) -> Option<Outcome> {
         let outcome = match endpoint {
-            Endpoint::Signup => {
-                let (email, password, n) = self.new_address();
-                match self.sign_up(&email, &password, n).await {
-                    Ok(response) if response.status() == 202 => {
-                        if self.mailbox {
-                            self.waiting_signups
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .push(WaitingSignup {
-                                    email,
-                                    since: Instant::now(),
-                                });
-                        }
-                        Outcome::Status(202)
-                    }
-                    Ok(response) => Outcome::Status(response.status().as_u16()),
-                    Err(error) => failure(&error),
-                }
-            }
+            Endpoint::Signup => self.sign_up_new_address().await.1,
             Endpoint::Login => {
                 let user = &self.users[self.random_user()];
                 match self.log_in(&user.email, &user.password).await {
