@@ -467,9 +467,6 @@ async fn a_slow_reset_then_black_holed_link_to_friends_degrades_me_within_its_de
         ("DEV_MAILBOX", "true"),
         ("ME_DEADLINE", "800ms"),
         ("BREAKER_OPEN_FOR", "2s"),
-        // A call into the black hole gives up, its retries included, well within the load's
-        // own timeout: friends' routes are answered with a problem rather than left hanging.
-        ("UPSTREAM_TIMEOUT", "2s"),
         ("RATE_LIMIT_SIGNUPS", "10000/min"),
         ("RATE_LIMIT_SESSIONS", "10000/min"),
         ("RATE_LIMIT_VERIFICATIONS", "10000/min"),
@@ -534,10 +531,12 @@ async fn a_slow_reset_then_black_holed_link_to_friends_degrades_me_within_its_de
                     && outcome.latency < ME_DEADLINE + Duration::from_millis(1200),
                 "every read is answered within its deadline, without friends at worst: {outcome:?}"
             ),
-            // Friends' own routes: the gateway answers for friends when it cannot reach it.
+            // Friends' own routes: the gateway answers for friends when it cannot reach it,
+            // within one attempt's time (`UPSTREAM_TIMEOUT`, 5 s), its retries included.
             Endpoint::Suggestions | Endpoint::FriendRequest | Endpoint::FriendAccept => assert!(
-                outcome.succeeded() || matches!(outcome.answer, Answer::Status(503 | 504)),
-                "a call to friends is answered, with the gateway's problem at worst: {outcome:?}"
+                (outcome.succeeded() || matches!(outcome.answer, Answer::Status(503 | 504)))
+                    && outcome.latency < Duration::from_secs(5) + Duration::from_millis(2000),
+                "a call to friends is answered in time, with the gateway's problem at worst: {outcome:?}"
             ),
             _ => assert!(outcome.succeeded(), "nothing else is touched: {outcome:?}"),
         }

@@ -363,6 +363,11 @@ impl Upstream {
         self.0.name
     }
 
+    /// How long one attempt of a call may take (`UPSTREAM_TIMEOUT`).
+    pub fn attempt_timeout(&self) -> Duration {
+        self.0.http.timeout
+    }
+
     /// The peer's base URLs, as configured.
     pub fn base_url(&self) -> &str {
         &self.0.base_url

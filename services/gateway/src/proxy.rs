@@ -55,7 +55,12 @@ pub struct Outgoing<'a> {
 
 /// Send `outgoing` to `upstream` and return its answer.
 pub async fn forward(upstream: &Upstream, outgoing: Outgoing<'_>) -> Response {
-    let mut request = upstream.call(outgoing.method, &outgoing.path).body(outgoing.body);
+    // A client at the edge waits one attempt's time at most, retries included: retrying after
+    // a timeout would make it wait several.
+    let mut request = upstream
+        .call(outgoing.method, &outgoing.path)
+        .timeout(upstream.attempt_timeout())
+        .body(outgoing.body);
     for name in FORWARDED_REQUEST_HEADERS {
         if let Some(value) = outgoing.headers.get(&name) {
             request = request.header(name, value);
