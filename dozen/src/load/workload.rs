@@ -16,6 +16,8 @@ use tokio_util::task::TaskTracker;
 use super::mix::Endpoint;
 use super::report::{Outcome, Recorder};
 
+/// How long an idle connection to the gateway is kept for the next request.
+const IDLE_CONNECTIONS_KEPT: Duration = Duration::from_millis(500);
 /// How long a new signup's verification mail may take before it counts as lost.
 const MAIL_DEADLINE: Duration = Duration::from_secs(30);
 /// How often the mailbox is read while signups wait for their mail: one reader for all of
@@ -92,6 +94,10 @@ impl Workload {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .pool_max_idle_per_host(max_in_flight)
+            // Idle for less than an instance drains (`DRAIN_DELAY`): a connection kept longer
+            // may be the one a stopping instance closes just as a request goes out on it,
+            // while one used during the drain is told `Connection: close` and let go.
+            .pool_idle_timeout(IDLE_CONNECTIONS_KEPT)
             .build()
             .context("cannot make an HTTP client")?;
         let mut workload = Self {
