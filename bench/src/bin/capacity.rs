@@ -6,7 +6,7 @@
 //! says how much of the platform's capacity the edge leaves to the services.
 //!
 //! With `-- <duration>` (`5m`, `90s`), each platform then runs the default mix at half its
-//! capacity for that long, and the benchmark prints what issue "holds steady" asks of it:
+//! capacity for that long, and the benchmark prints whether it holds steady:
 //! responses per second in the first minute against the last, the worst second's p99 in each,
 //! each endpoint's p99 over the run, the errors, and every service's memory: its peak resident
 //! set, and its proportional set size (PSS: the pages it shares, such as the `dozen` binary's
