@@ -467,6 +467,9 @@ async fn a_slow_reset_then_black_holed_link_to_friends_degrades_me_within_its_de
         ("DEV_MAILBOX", "true"),
         ("ME_DEADLINE", "800ms"),
         ("BREAKER_OPEN_FOR", "2s"),
+        // Calls into the black hole end (timed out) within 2 s of the heal, not 5 s: a late
+        // timeout would open the breaker again after it closed.
+        ("UPSTREAM_TIMEOUT", "2s"),
         ("RATE_LIMIT_SIGNUPS", "10000/min"),
         ("RATE_LIMIT_SESSIONS", "10000/min"),
         ("RATE_LIMIT_VERIFICATIONS", "10000/min"),
